@@ -1,0 +1,45 @@
+# Two commands set everything up:  `make run` (the default evaluation) and `make test`.
+# Both create/refresh .venv on first use, then prepare the default model (converted once, cached).
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# vLLM's CUDA build where an NVIDIA GPU answers, vLLM's CPU build elsewhere. Force with FLAVOR=cpu|gpu.
+FLAVOR ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
+STAMP := $(VENV)/.installed-$(FLAVOR)
+REQS := $(if $(filter gpu,$(FLAVOR)),requirements/gpu.txt,requirements/cpu.lock)
+# Runs here use local files only; set HF_HUB_OFFLINE=0 to let hub models download.
+export HF_HUB_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= 1
+
+.PHONY: venv model run test lint lock mlflow-ui clean
+
+venv: $(STAMP)
+
+$(STAMP): $(REQS) requirements/direct.txt requirements/shared.constraints pyproject.toml scripts/setup_venv.sh
+	bash scripts/setup_venv.sh $(FLAVOR) $(VENV)
+	touch $@
+
+model: venv
+	$(PY) -m runner.models
+
+## The default job: text_geospatial on smollm2_135m. Extra Hydra overrides: make run ARGS="limit=50"
+run: model
+	$(PY) -m runner $(ARGS)
+
+## The test suite. Extra pytest arguments: make test PYTEST_ARGS="-k config"
+test: model
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: venv
+	$(PY) -m ruff check runner adapters tests bench
+
+## MLflow's UI on the project's store, on loopback only.
+mlflow-ui: venv
+	$(PY) -m mlflow ui --backend-store-uri sqlite:///$(CURDIR)/outputs/mlflow.db --host 127.0.0.1 --port 5000
+
+## Re-resolve requirements/cpu.lock and shared.constraints from requirements/direct.txt (needs the registry).
+lock:
+	bash scripts/lock.sh
+
+clean:
+	rm -rf $(VENV) .cache
