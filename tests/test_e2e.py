@@ -1,0 +1,128 @@
+"""The whole path with real parts: Hydra -> vLLM (CPU build) + default model -> lm-eval -> MLflow.
+
+The model is tiny and weak, so these tests assert on mechanics (runs, metrics, files), not on scores.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+import pytest
+from conftest import run_cli
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory, default_model_dir):
+    out = tmp_path_factory.mktemp("outputs")
+    result = run_cli("limit=6", f"paths.output_dir={out}")
+    assert result.returncode == 0, result.stdout[-5000:]
+    mlflow.set_tracking_uri(f"sqlite:///{out}/mlflow.db")
+    runs = mlflow.search_runs(experiment_names=["text_geospatial"], output_format="list")
+    return out, result.stdout, runs
+
+
+def test_one_finished_mlflow_run_with_accuracy_and_engine_telemetry(job):
+    _, _, runs = job
+    (run,) = runs
+    assert run.info.status == "FINISHED"
+    metrics = run.data.metrics
+    for name in (
+        "coordinate_processing/acc",
+        "coordinate_processing/parse_rate",
+        "output_tokens_per_s",
+        "input_tokens_per_s",
+        "model_load_s",
+        "wall_s",
+        "peak_rss_gib",
+        "kv_cache_tokens",
+        "max_concurrency",
+        "latency_p50_s",
+        "latency_p95_s",
+        "success_rate",
+    ):
+        assert name in metrics, name
+    assert 0.0 <= metrics["coordinate_processing/acc"] <= 1.0
+    assert metrics["output_tokens_per_s"] > 0 and metrics["input_tokens_per_s"] > 0
+    assert metrics["requests"] == 6 * len([k for k in metrics if k.endswith("/wall_s")])
+    assert 0 < metrics["model_load_s"] < metrics["wall_s"]
+    assert 0 < metrics["latency_p50_s"] <= metrics["latency_p95_s"]
+    assert metrics["peak_rss_gib"] > 0.5  # the fp32 model alone is ~0.5 GiB
+    assert run.data.tags["engine"] == "cpu"
+    assert run.data.params["limit"] == "6"
+
+
+def test_the_run_carries_the_resolved_config_and_lm_eval_results(job):
+    _, _, runs = job
+    (run,) = runs
+    artifacts = Path(mlflow.artifacts.download_artifacts(run_id=run.info.run_id))
+    assert (artifacts / "hydra" / "config.yaml").is_file() and (artifacts / "hydra" / "overrides.yaml").is_file()
+    resolved = (artifacts / "config_resolved.yaml").read_text()
+    assert "name: smollm2_135m" in resolved and "${" not in resolved
+    results = [json.loads(p.read_text()) for p in (artifacts / "lm_eval").rglob("results_*.json")]
+    coordinate = next(r for r in results if "coordinate_processing" in r["results"])
+    assert coordinate["n-samples"]["coordinate_processing"]["effective"] == 6
+    assert (artifacts / "telemetry.json").is_file()
+    hardware = json.loads((artifacts / "hardware.json").read_text())
+    assert hardware["cpu_count"] >= 1 and hardware["engine"]["kind"] == "cpu"
+
+
+def test_the_run_folder_holds_lm_evals_own_outputs(job):
+    out, _, _ = job
+    (run_dir,) = list((out / "runs").glob("*/*_text_geospatial_smollm2_135m"))
+    (samples,) = list(run_dir.rglob("samples_coordinate_processing_*.jsonl"))
+    records = [json.loads(line) for line in samples.read_text().splitlines()]
+    assert len(records) == 6
+    assert {"doc", "target", "resps", "filtered_resps", "acc", "parse_rate"} <= set(records[0])
+    assert (run_dir / ".hydra" / "overrides.yaml").is_file()
+    assert (run_dir / "runner.log").is_file()
+
+
+def test_the_summary_names_scores_throughput_and_where_things_are(job):
+    out, stdout, runs = job
+    assert "TEXT_GEOSPATIAL · smollm2_135m · engine cpu" in stdout
+    assert "coordinate_processing  acc" in stdout
+    assert "output tok/s" in stdout and "latency p50" in stdout
+    assert f"MLflow run:  {runs[0].info.run_id}" in stdout
+    assert f"output dir:  {out}/runs/" in stdout
+
+
+def test_a_multirun_sweep_gives_one_run_per_job(tmp_path, default_model_dir):
+    result = run_cli("-m", "limit=2,3", "model=smollm2_135m", f"paths.output_dir={tmp_path}")
+    assert result.returncode == 0, result.stdout[-5000:]
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    runs = mlflow.search_runs(experiment_names=["text_geospatial"], output_format="list")
+    assert sorted(r.data.params["limit"] for r in runs) == ["2", "3"]
+    assert all(r.info.status == "FINISHED" for r in runs)
+    jobs = sorted(p.name for p in (tmp_path / "multirun").glob("*/*/*") if p.is_dir())
+    assert jobs == ["0_text_geospatial_smollm2_135m", "1_text_geospatial_smollm2_135m"]
+
+
+def test_a_builtin_lm_eval_task_runs_offline_from_local_files(tmp_path, default_model_dir):
+    """lm-eval's own gsm8k task (prompt, filters, metric) on local files; the unready dataset is skipped."""
+    pairs = [(2, 3), (5, 7), (10, 1), (4, 4), (6, 9), (3, 8), (12, 5), (7, 7)]
+    rows = [(f"Tom has {a} apples and buys {b} more. How many apples does he have?", a + b) for a, b in pairs]
+    for split, part in (("train", rows[:5]), ("test", rows[5:])):
+        lines = [json.dumps({"question": q, "answer": f"{q.split()[2]} + more = {n}\n#### {n}"}) for q, n in part]
+        (tmp_path / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
+    result = run_cli(
+        "category=math",
+        "model=smollm2_135m",
+        f"paths.output_dir={tmp_path}",
+        f"category.datasets.gsm8k.local.test={tmp_path / 'test.jsonl'}",
+        f"category.datasets.gsm8k.local.train={tmp_path / 'train.jsonl'}",
+    )
+    assert result.returncode == 0, result.stdout[-5000:]
+    assert "skipped hendrycks_math500: not available offline" in result.stdout
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    (run,) = mlflow.search_runs(experiment_names=["math"], output_format="list")
+    assert "gsm8k/exact_match_strict-match" in run.data.metrics
+    assert run.data.metrics["requests"] == 3
+    assert run.data.tags["model_in_category"] == "false"
+    assert "hendrycks_math500" in run.data.tags["skipped_datasets"]
+    (samples,) = list(tmp_path.glob("runs/*/*/lm_eval/*/samples_gsm8k_*.jsonl"))
+    first = json.loads(samples.read_text().splitlines()[0])
+    assert first["doc"]["question"].startswith("Tom has 3 apples")
