@@ -110,8 +110,10 @@ def model_status(model: Any, cache_dir: str | Path) -> Status:
     if model.get("load_format") == "dummy":
         return Status(True, "load_format=dummy: random weights, no download")
     snapshot = _hub_snapshot("models", model.repo_id)
-    if snapshot and (snapshot / "config.json").exists() and (
-        any(snapshot.glob("*.safetensors")) or any(snapshot.glob("*.bin"))
+    if (
+        snapshot
+        and (snapshot / "config.json").exists()
+        and (any(snapshot.glob("*.safetensors")) or any(snapshot.glob("*.bin")))
     ):
         return Status(True, f"in the HF cache ({snapshot})")
     return Status(
@@ -236,7 +238,9 @@ def load_catalog(overrides: list[str] = ()) -> tuple[dict[str, Any], dict[str, A
     from hydra.core.global_hydra import GlobalHydra
 
     def _categories():
-        return {c: compose("config", overrides=[*overrides, f"category={c}"]).category for c in option_names("category")}
+        return {
+            c: compose("config", overrides=[*overrides, f"category={c}"]).category for c in option_names("category")
+        }
 
     if GlobalHydra.instance().is_initialized():  # inside `python -m runner`
         categories = _categories()

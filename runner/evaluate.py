@@ -71,7 +71,9 @@ def task_specs(dataset: Any, tasks, out_dir: Path) -> list[str]:
             "task": task,
             "dataset_path": dataset.local.format,
             "dataset_name": None,
-            "dataset_kwargs": {"data_files": {split: str(Path(f).expanduser().resolve()) for split, f in files.items()}},
+            "dataset_kwargs": {
+                "data_files": {split: str(Path(f).expanduser().resolve()) for split, f in files.items()}
+            },
         }
         path = folder / f"{task}.yaml"
         path.write_text(OmegaConf.to_yaml(OmegaConf.create(override)))

@@ -103,5 +103,7 @@ def render_plan(plan: dict[str, Any]) -> str:
     per_model = plan["samples_per_model"]
     total = plan["samples_total"]
     lines.append("")
-    lines.append(f"samples: {'?' if per_model is None else per_model} per model, {'?' if total is None else total} in all")
+    lines.append(
+        f"samples: {'?' if per_model is None else per_model} per model, {'?' if total is None else total} in all"
+    )
     return "\n".join(lines)

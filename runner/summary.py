@@ -34,7 +34,9 @@ def print_summary(job: JobResult, cfg: Any) -> None:
     for name, why in job.skipped.items():
         print(f"skipped {name}: {why}")
     print()
-    latency = f" · latency p50 {t['latency_p50_s']:.2f} s, p95 {t['latency_p95_s']:.2f} s" if "latency_p50_s" in t else ""
+    latency = (
+        f" · latency p50 {t['latency_p50_s']:.2f} s, p95 {t['latency_p95_s']:.2f} s" if "latency_p50_s" in t else ""
+    )
     print(
         f"throughput: {t['output_tokens_per_s']:.1f} output tok/s, {t['input_tokens_per_s']:.1f} input tok/s, "
         f"{t['requests_per_s']:.2f} req/s{latency}"

@@ -134,7 +134,15 @@ def test_plan_without_a_model_covers_every_model_of_the_category(tmp_path):
     result = run_cli("mode=plan", "category=general", "output=json", f"paths.output_dir={tmp_path}")
     plan = json.loads(result.stdout)
     names = [m["name"] for m in plan["models"]]
-    assert names == ["qwen25_7b", "llama31_8b", "mistral_7b_v03", "gemma2_9b", "phi35_mini", "llama31_70b", "qwen25_72b"]
+    assert names == [
+        "qwen25_7b",
+        "llama31_8b",
+        "mistral_7b_v03",
+        "gemma2_9b",
+        "phi35_mini",
+        "llama31_70b",
+        "qwen25_72b",
+    ]
     # On a CPU-only box the 70B-class models do not fit in RAM: the plan says so instead of failing.
     assert "RAM" in plan["models"][5]["engine"]["error"]
 
