@@ -1,8 +1,9 @@
-"""The lm-eval bridge: an `lm_eval.api.model.LM` over any runner engine.
+"""The lm-eval bridge: an `lm_eval.api.model.TemplateLM` over any runner engine.
 
 lm-eval hands each request type over as one list; this class keeps it that way and gives the engine
-every request of a generation-settings group in a single call, so vLLM's continuous batching sees the
-whole task at once (a fixed batch size makes every batch wait for its longest sequence).
+every request of a generation-settings group (and every log-likelihood request) in a single call, so
+vLLM's continuous batching sees the whole task at once (a fixed batch size makes every batch wait for
+its longest sequence). Tokenisation of context/continuation pairs is lm-eval's own (`TemplateLM`).
 """
 
 from __future__ import annotations
@@ -10,8 +11,9 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from lm_eval.api.model import LM
+from lm_eval.api.model import TemplateLM
 from lm_eval.models.utils import handle_stop_sequences, maybe_truncate, normalize_gen_kwargs
+from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
 from runner.engines.base import SamplingSettings
 
@@ -23,7 +25,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class EngineLM(LM):
+class EngineLM(TemplateLM):
     def __init__(
         self,
         engine: Engine,
@@ -39,8 +41,18 @@ class EngineLM(LM):
         self.chat = chat
         self.default_max_gen_toks = default_max_gen_toks
         self.seed = seed
+        self.served = 0  # requests that reached the engine (the rest came from lm-eval's response cache)
 
-    # --- chat templating (lm-eval builds the messages, the model's own template renders them) ---
+    # --- tokens and chat templating (lm-eval builds the messages, the model's own template renders them) ---
+
+    @property
+    def eot_token_id(self) -> int:
+        return self.engine.tokenizer.eos_token_id
+
+    @property
+    def prefix_token_id(self) -> int:
+        tokenizer = self.engine.tokenizer
+        return tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
 
     @property
     def tokenizer_name(self) -> str:
@@ -57,13 +69,15 @@ class EngineLM(LM):
             continue_final_message=not add_generation_prompt,
         )
 
-    def tok_encode(self, text: str) -> list[int]:
+    def tok_encode(self, string: str, add_special_tokens: bool | None = None, **kwargs) -> list[int]:
         # A chat-templated prompt already carries its special tokens; adding BOS again would double it.
-        return self.engine.tokenizer(text, add_special_tokens=not self.chat).input_ids
+        special = (not self.chat) if add_special_tokens is None else add_special_tokens
+        return self.engine.tokenizer(string, add_special_tokens=special).input_ids
 
     # --- the three request types ---
 
     def generate_until(self, requests: list[Instance], disable_tqdm: bool = False) -> list[str]:
+        self.served += len(requests)
         eos = self.engine.tokenizer.eos_token
         groups: dict[SamplingSettings, list[tuple[int, list[int]]]] = {}
         for index, request in enumerate(requests):
@@ -89,14 +103,44 @@ class EngineLM(LM):
                 self.cache_hook.add_partial("generate_until", requests[index].args, completion.text)
         return results  # type: ignore[return-value]
 
-    def loglikelihood(self, requests: list[Instance]) -> list[tuple[float, bool]]:
-        raise NotImplementedError(
-            f"The {self.engine.name} engine serves generate_until tasks only so far; "
-            "log-likelihood (multiple-choice) tasks are not supported yet. Pick generation tasks."
-        )
+    def _loglikelihood_tokens(
+        self, requests: list[tuple[tuple[str, str], list[int], list[int]]], disable_tqdm: bool = False, **kwargs
+    ) -> list[tuple[float, bool]]:
+        self.served += len(requests)
+        pairs = [self._fit(context, continuation) for _, context, continuation in requests]
+        scores = self.engine.loglikelihood(pairs)
+        out = []
+        for (key, _, _), score in zip(requests, scores, strict=True):
+            out.append((score.logprob, score.is_greedy))
+            if key is not None:
+                self.cache_hook.add_partial("loglikelihood", key, out[-1])
+        return out
 
-    def loglikelihood_rolling(self, requests: list[Instance]) -> list[float]:
-        raise NotImplementedError(
-            f"The {self.engine.name} engine serves generate_until tasks only so far; "
-            "perplexity (loglikelihood_rolling) tasks are not supported yet."
-        )
+    def _fit(self, context: list[int], continuation: list[int]) -> tuple[list[int], list[int]]:
+        """Keep the whole continuation and as much of the context (from the left) as the window allows."""
+        room = self.max_length - len(continuation)
+        if room < 1:
+            raise ValueError(
+                f"A continuation of {len(continuation)} tokens does not fit the model's {self.max_length}-token "
+                "window; raise model.max_model_len or shorten the task's targets."
+            )
+        return context[-room:], continuation
+
+    def loglikelihood_rolling(self, requests: list[Instance], disable_tqdm: bool = False) -> list[float]:
+        # Perplexity-style scoring: the text is cut into windows of the model's length, each scored given
+        # the tokens before it, as lm-eval's own models do; all windows of all texts go in one engine call.
+        self.served += len(requests)
+        windows: list[tuple[list[int], list[int]]] = []
+        owners: list[int] = []
+        for index, request in enumerate(requests):
+            (text,) = request.args
+            tokens = self.tok_encode(text, add_special_tokens=False)
+            for window in get_rolling_token_windows(tokens, self.prefix_token_id, self.max_length, context_len=1):
+                windows.append(make_disjoint_window(window))
+                owners.append(index)
+        totals = [0.0] * len(requests)
+        for owner, score in zip(owners, self.engine.loglikelihood(windows), strict=True):
+            totals[owner] += score.logprob
+        for request, total in zip(requests, totals, strict=True):
+            self.cache_hook.add_partial("loglikelihood_rolling", request.args, total)
+        return totals

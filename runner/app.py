@@ -5,6 +5,7 @@ Read this file top to bottom to follow a run; each step lives in a module named 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -17,13 +18,15 @@ from omegaconf import OmegaConf
 
 from runner import tracking
 from runner.catalog import dataset_status, model_status, project_tasks
+from runner.engines import build_engine, max_length, pool
+from runner.engines.lazy import LazyEngine
 from runner.env import prepare_environment
 from runner.evaluate import DataError, DatasetResult, evaluate_dataset, task_manager
 from runner.hardware import detect
 from runner.models import ModelNotFoundError, resolve_model
 from runner.selection import Selection, select_engine
 from runner.summary import print_summary
-from runner.telemetry import PeakRSS
+from runner.telemetry import PeakGPUMemory, PeakRSS
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +76,57 @@ def runnable_datasets(cfg: Any) -> tuple[list[Any], dict[str, str]]:
     return runnable, skipped
 
 
+def response_cache_key(cfg: Any, selection: Selection) -> str:
+    """Model identity for the response cache: what changes answers, not how they were computed.
+
+    Batch size, GPU count and parallelism are left out on purpose; vLLM and transformers are kept
+    apart because their numerics differ outside fp32.
+    """
+    model = cfg.model
+    identity = {
+        "model": model.path or model.repo_id,
+        "gguf": OmegaConf.to_container(model.gguf) if model.get("gguf") else None,
+        "revision": model.revision,
+        "dtype": model.dtype,
+        "quantization": model.quantization,
+        "load_format": model.load_format,
+        "chat_template": bool(model.chat_template),
+        "engine": "hf" if selection.kind == "hf" else "vllm",
+    }
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+    return f"{model.name}-{digest}"
+
+
+def _in_sweep() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def _engine(cfg: Any, selection: Selection, model_source: str) -> tuple[LazyEngine, bool]:
+    """A lazily loaded engine; in a sequential sweep, the previous job's when its settings are the same."""
+
+    def make() -> LazyEngine:
+        return LazyEngine(
+            lambda: build_engine(selection, model_source, cfg.model, cfg.engine),
+            model_source,
+            trust_remote_code=bool(cfg.model.trust_remote_code),
+        )
+
+    if not _in_sweep():
+        return make(), False
+    settings = {
+        "source": model_source,
+        "selection": selection.kind,
+        "tp": selection.tensor_parallel_size,
+        "pp": selection.pipeline_parallel_size,
+        "model": OmegaConf.to_container(cfg.model, resolve=True),
+        "engine": OmegaConf.to_container(cfg.engine, resolve=True),
+    }
+    return pool.acquire(json.dumps(settings, sort_keys=True, default=str), make)
+
+
 def run_job(cfg: Any, out_dir: Path) -> JobResult:
     started = time.perf_counter()
     prepare_environment(cfg.paths.cache_dir)
@@ -99,31 +153,39 @@ def run_job(cfg: Any, out_dir: Path) -> JobResult:
         "hardware": hardware.summary(),
         "output_dir": str(out_dir),
         "model_in_category": str(cfg.model.name in cfg.category.models).lower(),
+        "response_cache": str(cfg.cache).lower(),
     }
     if skipped:
         tags["skipped_datasets"] = "; ".join(f"{name}: {why}" for name, why in skipped.items())
-    with tracking.mlflow_run(cfg, tags) as run, PeakRSS() as rss:
+    with tracking.mlflow_run(cfg, tags) as run, PeakRSS() as rss, PeakGPUMemory() as gpu_memory:
         from adapters.lm_eval_model import EngineLM
-        from runner.engines import build_engine, vllm_engine_args
 
         tasks = task_manager(cfg.paths.tasks_dir, [t for ds in datasets for t in ds.tasks])
-        engine = build_engine(selection, model_source, cfg.model, cfg.engine)
+        engine, reused = _engine(cfg, selection, model_source)
+        cache = str(Path(cfg.paths.response_cache) / response_cache_key(cfg, selection)) if cfg.cache else None
         try:
             lm = EngineLM(
                 engine,
-                max_length=vllm_engine_args(selection, cfg.model, cfg.engine)["max_model_len"],
+                max_length=max_length(selection, cfg.model, cfg.engine),
                 chat=bool(cfg.model.chat_template),
                 seed=cfg.seed,
             )
-            results = [evaluate_dataset(lm, ds, cfg=cfg, tasks=tasks, out_dir=out_dir) for ds in datasets]
+            results = [evaluate_dataset(lm, ds, cfg=cfg, tasks=tasks, out_dir=out_dir, cache=cache) for ds in datasets]
         finally:
-            engine.shutdown()
+            if not _in_sweep():  # a sweep's next job may reuse it (runner/engines/pool.py)
+                engine.shutdown()
 
+        requests = sum(r.requests for r in results)
         telemetry = engine.stats.as_metrics() | {
             "wall_s": time.perf_counter() - started,
             "peak_rss_gib": rss.peak_bytes / 1024**3,
+            **({"peak_gpu_memory_gib": gpu_memory.peak_bytes / 1024**3} if gpu_memory.available else {}),
+            "engine_loaded": float(engine.loaded),
+            "engine_reused": float(reused),
+            "requests_total": float(requests),
+            "requests_from_cache": float(requests - sum(r.served for r in results)),
         }
-        metrics = dict(telemetry)
+        metrics = {k: v for k, v in telemetry.items() if v == v}  # NaN: nothing measured (all from cache)
         for result in results:
             metrics[tracking.metric_name(result.name, "wall_s")] = result.wall_seconds
             for task, values in result.metrics.items():

@@ -30,6 +30,8 @@ class DatasetResult:
     metrics: dict[str, dict[str, float]]
     samples: dict[str, int]  # task -> number of samples evaluated
     wall_seconds: float
+    requests: int = 0  # lm-eval requests of this dataset (a multiple-choice doc makes one per choice)
+    served: int = 0  # of those, answered by the engine; the rest came from the response cache
     results_file: Path | None = None
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
@@ -81,15 +83,16 @@ def task_specs(dataset: Any, tasks, out_dir: Path) -> list[str]:
     return specs
 
 
-def evaluate_dataset(lm, dataset: Any, *, cfg: Any, tasks, out_dir: Path) -> DatasetResult:
+def evaluate_dataset(lm, dataset: Any, *, cfg: Any, tasks, out_dir: Path, cache: str | None = None) -> DatasetResult:
     from lm_eval import simple_evaluate
     from lm_eval.loggers import EvaluationTracker
 
     limit = cfg.limit if cfg.limit is not None else dataset.limit
-    gen_kwargs = OmegaConf.to_container(dataset.gen_kwargs) if dataset.get("gen_kwargs") else None
+    gen_kwargs = OmegaConf.to_container(dataset.gen_kwargs) or None
     # Code-executing tasks need the opt-in; a dataset marked unsafe_code opts in unless the user says no.
     allow_code = cfg.allow_code_execution if cfg.allow_code_execution is not None else bool(dataset.unsafe_code)
     tracker = EvaluationTracker(output_path=str(out_dir / "lm_eval"))
+    served_before = lm.served
     start = time.perf_counter()
     results = simple_evaluate(
         model=lm,
@@ -107,6 +110,9 @@ def evaluate_dataset(lm, dataset: Any, *, cfg: Any, tasks, out_dir: Path) -> Dat
         torch_random_seed=cfg.seed,
         fewshot_random_seed=cfg.seed,
         confirm_run_unsafe_code=allow_code,
+        # lm-eval's own SQLite response cache: results are written as they arrive, so a rerun (after a
+        # crash, or of a finished job) sends the engine only what is missing.
+        use_cache=cache,
     )
     wall = time.perf_counter() - start
     samples = results.pop("samples")
@@ -117,7 +123,9 @@ def evaluate_dataset(lm, dataset: Any, *, cfg: Any, tasks, out_dir: Path) -> Dat
 
     metrics = {task: _metrics(values) for task, values in results["results"].items()}
     counts = {task: int(n["effective"]) for task, n in results.get("n-samples", {}).items()}
-    return DatasetResult(dataset.name, metrics, counts, wall, results_file, results)
+    requests = sum(len(sample["arguments"]) for task_samples in samples.values() for sample in task_samples)
+    served = lm.served - served_before
+    return DatasetResult(dataset.name, metrics, counts, wall, requests, served, results_file, results)
 
 
 def _metrics(values: dict[str, Any]) -> dict[str, float]:

@@ -60,7 +60,9 @@ class DatasetConfig:
     limit: int | None = None  # samples per task; None = all
     num_samples: int | None = None  # size of the evaluated split (planning); counted for project tasks
     hf_dataset: str | None = None  # hub dataset the lm-eval task downloads (readiness check)
-    gen_kwargs: dict[str, Any] | None = None
+    gen_kwargs: dict[str, Any] = field(
+        default_factory=dict
+    )  # lm-eval generation overrides: +...gen_kwargs.max_gen_toks=64
     # Run the lm-eval task from these files instead of the hub: local.test=/path/test.jsonl
     local: LocalData = field(default_factory=LocalData)
     unsafe_code: bool = False  # the task executes model-written code (in the sandbox)
@@ -87,11 +89,12 @@ class SelectionConfig:
 
 @dataclass
 class EngineConfig:
-    kind: str = "auto"  # auto | vllm | distributed | cpu
+    kind: str = "auto"  # auto | vllm | distributed | cpu | hf
     args: dict[str, Any] = field(default_factory=dict)  # vLLM EngineArgs; win over everything
     gpu: dict[str, Any] = field(default_factory=dict)
     cpu: dict[str, Any] = field(default_factory=dict)
     cpu_env: dict[str, str] = field(default_factory=dict)
+    hf: dict[str, Any] = field(default_factory=dict)  # HFEngine keyword arguments (engine=hf)
     tensor_parallel_size: int | None = None  # distributed: None = chosen from memory
     pipeline_parallel_size: int | None = None
     selection: SelectionConfig = field(default_factory=SelectionConfig)
@@ -103,6 +106,7 @@ class PathsConfig:
     output_dir: str = MISSING
     cache_dir: str = MISSING
     tasks_dir: str = MISSING
+    response_cache: str = MISSING
 
 
 @dataclass
@@ -122,6 +126,7 @@ class RunnerConfig:
     output: str = "text"  # text | json (list, plan, doctor)
     limit: int | None = None
     seed: int = 0
+    cache: bool = True  # lm-eval's response cache: reruns only compute what is missing
     allow_code_execution: bool | None = None  # None: datasets marked unsafe_code may run code (sandboxed)
     paths: PathsConfig = field(default_factory=PathsConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)

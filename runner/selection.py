@@ -17,7 +17,7 @@ from typing import Any
 
 from runner.hardware import GiB, Hardware
 
-KINDS = ("auto", "vllm", "distributed", "cpu")
+KINDS = ("auto", "vllm", "distributed", "cpu", "hf")
 
 # Bytes per parameter of the stored weights.
 _DTYPE_BYTES = {"float32": 4.0, "float": 4.0, "float16": 2.0, "half": 2.0, "bfloat16": 2.0, "auto": 2.0}
@@ -93,6 +93,14 @@ def select_engine(engine: Any, model: Any, hardware: Hardware) -> Selection:
         f"{model.name} needs ~{memory.total_bytes / GiB:.1f} GiB "
         f"(weights {memory.weights_bytes / GiB:.1f} + KV reserve {memory.kv_reserve_bytes / GiB:.1f})"
     )
+
+    if kind == "hf":  # the transformers reference engine: one GPU if there is one, else the CPU
+        if hardware.gpu_count == 0:
+            _check_host_memory(memory, hardware, need)
+        where = "one GPU" if hardware.gpu_count else "the CPU"
+        return Selection(
+            "hf", f"engine=hf: transformers on {where}; {need}", gpus=min(1, hardware.gpu_count), memory=memory
+        )
 
     if kind == "cpu" or (kind == "auto" and hardware.gpu_count == 0):
         _check_host_memory(memory, hardware, need)

@@ -34,13 +34,22 @@ def print_summary(job: JobResult, cfg: Any) -> None:
     for name, why in job.skipped.items():
         print(f"skipped {name}: {why}")
     print()
-    latency = (
-        f" · latency p50 {t['latency_p50_s']:.2f} s, p95 {t['latency_p95_s']:.2f} s" if "latency_p50_s" in t else ""
+    cached = int(t.get("requests_from_cache", 0))
+    engine_state = (
+        "reused from the previous job"
+        if t.get("engine_reused")
+        else ("loaded" if t.get("engine_loaded", 1) else "not loaded: every answer came from the cache")
     )
-    print(
-        f"throughput: {t['output_tokens_per_s']:.1f} output tok/s, {t['input_tokens_per_s']:.1f} input tok/s, "
-        f"{t['requests_per_s']:.2f} req/s{latency}"
-    )
+    total = int(t.get("requests_total", t["requests"]))
+    print(f"requests: {total}, {cached} from the response cache · engine {engine_state}")
+    if t["requests"]:  # measured only when the engine served something
+        latency = (
+            f" · latency p50 {t['latency_p50_s']:.2f} s, p95 {t['latency_p95_s']:.2f} s" if "latency_p50_s" in t else ""
+        )
+        print(
+            f"throughput: {t['output_tokens_per_s']:.1f} output tok/s, {t['input_tokens_per_s']:.1f} input tok/s, "
+            f"{t['requests_per_s']:.2f} req/s{latency}"
+        )
     kv = f" · KV cache {t['kv_cache_tokens']:.0f} tokens" if "kv_cache_tokens" in t else ""
     print(f"model load {t['model_load_s']:.1f} s · wall {t['wall_s']:.1f} s · peak RSS {t['peak_rss_gib']:.2f} GiB{kv}")
     print(f"MLflow run:  {job.run_id} (experiment '{cfg.tracking.experiment}', store {cfg.tracking.uri})")

@@ -1,39 +1,40 @@
-"""Measurements taken around a job: peak resident memory over the whole process tree.
+"""Measurements taken around a job: peak host memory and peak GPU memory over the whole process tree.
 
-vLLM can run its engine core (and, with parallelism, its workers) in child processes, so the runner's
-own RSS says little; the sampler sums RSS over this process and all descendants.
+vLLM can run its engine core and its workers in child processes, so the runner's own numbers say
+little: the samplers sum over this process and all its descendants. GPU memory comes from NVML's
+per-process accounting (what `nvidia-smi` shows), so it includes each process's CUDA context.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 import psutil
 
 
-class PeakRSS:
-    def __init__(self, interval_s: float = 0.25) -> None:
+def process_tree() -> list[psutil.Process]:
+    root = psutil.Process()
+    return [root, *root.children(recursive=True)]
+
+
+class _Sampler:
+    """Calls `sample()` every `interval_s` in a daemon thread between __enter__ and __exit__."""
+
+    def __init__(self, interval_s: float) -> None:
         self.interval_s = interval_s
         self.peak_bytes = 0
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="peak-rss", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=type(self).__name__, daemon=True)
 
     def sample(self) -> int:
-        root = psutil.Process()
-        total = 0
-        for proc in [root, *root.children(recursive=True)]:
-            try:
-                total += proc.memory_info().rss
-            except (psutil.NoSuchProcess, psutil.AccessDenied):
-                continue  # a worker that exited between listing and reading
-        self.peak_bytes = max(self.peak_bytes, total)
-        return total
+        raise NotImplementedError
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
             self.sample()
 
-    def __enter__(self) -> PeakRSS:
+    def __enter__(self):
         self.sample()
         self._thread.start()
         return self
@@ -42,3 +43,55 @@ class PeakRSS:
         self._stop.set()
         self._thread.join()
         self.sample()
+
+
+class PeakRSS(_Sampler):
+    def __init__(self, interval_s: float = 0.25) -> None:
+        super().__init__(interval_s)
+
+    def sample(self) -> int:
+        total = 0
+        for proc in process_tree():
+            try:
+                total += proc.memory_info().rss
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue  # a worker that exited between listing and reading
+        self.peak_bytes = max(self.peak_bytes, total)
+        return total
+
+
+def nvml_process_memory() -> dict[int, int] | None:
+    """pid -> GPU bytes used, over all GPUs, from NVML; None where there is no NVIDIA driver."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+    except Exception:  # noqa: BLE001 - no bindings or no driver: nothing to measure
+        return None
+    try:
+        used: dict[int, int] = {}
+        for index in range(pynvml.nvmlDeviceGetCount()):
+            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+            for proc in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
+                used[proc.pid] = used.get(proc.pid, 0) + (proc.usedGpuMemory or 0)
+        return used
+    finally:
+        pynvml.nvmlShutdown()
+
+
+class PeakGPUMemory(_Sampler):
+    """Peak GPU memory of this process tree; `available` is False where NVML cannot be read."""
+
+    def __init__(self, interval_s: float = 0.5, query: Callable[[], dict[int, int] | None] = nvml_process_memory):
+        super().__init__(interval_s)
+        self._query = query
+        self.available = query() is not None
+
+    def sample(self) -> int:
+        if not self.available:
+            return 0
+        used = self._query() or {}
+        pids = {p.pid for p in process_tree()}
+        total = sum(bytes_ for pid, bytes_ in used.items() if pid in pids)
+        self.peak_bytes = max(self.peak_bytes, total)
+        return total

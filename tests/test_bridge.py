@@ -9,7 +9,7 @@ import pytest
 from lm_eval.api.instance import Instance
 
 from adapters.lm_eval_model import EngineLM
-from runner.engines.base import Completion, Engine, SamplingSettings
+from runner.engines.base import Completion, Engine, LogLikelihood, SamplingSettings
 
 
 class RecordingEngine(Engine):
@@ -21,6 +21,7 @@ class RecordingEngine(Engine):
         super().__init__()
         self._tokenizer = tokenizer
         self.calls: list[tuple[list[list[int]], SamplingSettings]] = []
+        self.scored: list[list[tuple[list[int], list[int]]]] = []
 
     @property
     def tokenizer(self):
@@ -29,6 +30,11 @@ class RecordingEngine(Engine):
     def _generate(self, prompts, settings):
         self.calls.append((prompts, settings))
         return [Completion(text=f"len={len(p)}", prompt_tokens=len(p), output_tokens=2) for p in prompts]
+
+    def _loglikelihood(self, requests):
+        self.scored.append(requests)
+        # -1 per continuation token; "greedy" when the continuation is one token long.
+        return [LogLikelihood(-float(len(cont)), len(cont) == 1) for _, cont in requests]
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +123,51 @@ def test_latency_percentiles_follow_numpys_linear_method():
     assert metrics["latency_p95_s"] == pytest.approx(4.8)
 
 
-def test_log_likelihood_requests_fail_with_a_clear_message(tokenizer):
-    lm = EngineLM(RecordingEngine(tokenizer), max_length=4096)
-    with pytest.raises(NotImplementedError, match="generate_until tasks only"):
-        lm.loglikelihood([])
+def ll_request(context: str, continuation: str) -> Instance:
+    return Instance(request_type="loglikelihood", doc={}, arguments=(context, continuation), idx=0)
+
+
+def test_all_log_likelihood_requests_go_to_the_engine_in_one_call(tokenizer):
+    engine = RecordingEngine(tokenizer)
+    lm = EngineLM(engine, max_length=4096, chat=False)
+    reqs = [ll_request("The capital of France is", " Paris"), ll_request("2 + 2 =", " four apples")]
+    out = lm.loglikelihood(reqs)
+    assert len(engine.scored) == 1 and len(engine.scored[0]) == 2
+    # lm-eval's own pair encoding: context and continuation tokens concatenate to the whole text's tokens.
+    for (context, continuation), (ctx, cont) in zip(engine.scored[0], [r.args for r in reqs], strict=True):
+        assert context + continuation == tokenizer(ctx + cont).input_ids
+        assert tokenizer.decode(continuation) == cont
+    assert out == [
+        (-float(len(engine.scored[0][0][1])), len(engine.scored[0][0][1]) == 1),
+        (-float(len(engine.scored[0][1][1])), len(engine.scored[0][1][1]) == 1),
+    ]
+
+
+def test_an_empty_context_is_conditioned_on_the_prefix_token(tokenizer):
+    engine = RecordingEngine(tokenizer)
+    lm = EngineLM(engine, max_length=4096, chat=False)
+    lm.loglikelihood([ll_request("", "Hello world")])
+    ((context, continuation),) = engine.scored[0]
+    assert context == [lm.prefix_token_id]
+    assert tokenizer.decode(continuation) == "Hello world"
+
+
+def test_long_contexts_are_cut_from_the_left_to_fit_the_window(tokenizer):
+    engine = RecordingEngine(tokenizer)
+    lm = EngineLM(engine, max_length=32, chat=False)
+    lm.loglikelihood([ll_request("word " * 100, "end")])
+    ((context, continuation),) = engine.scored[0]
+    assert len(context) + len(continuation) == 32
+
+
+def test_rolling_log_likelihood_scores_every_token_once_across_windows(tokenizer):
+    engine = RecordingEngine(tokenizer)
+    lm = EngineLM(engine, max_length=16, chat=False)
+    text = "one two three four five six seven eight nine ten " * 4
+    (total,) = lm.loglikelihood_rolling([Instance("loglikelihood_rolling", {}, (text,), 0)])
+    n_tokens = len(tokenizer(text, add_special_tokens=False).input_ids)
+    (windows,) = engine.scored
+    # The model reads context + continuation minus its last token: at most the window's 16 tokens.
+    assert len(windows) > 1 and all(len(c) + len(p) - 1 <= 16 for c, p in windows)
+    assert sum(len(p) for _, p in windows) == n_tokens
+    assert total == -float(n_tokens)

@@ -17,6 +17,7 @@ __all__ = [
     "LogLikelihood",
     "SamplingSettings",
     "build_engine",
+    "max_length",
     "vllm_engine_args",
 ]
 
@@ -47,7 +48,26 @@ def vllm_engine_args(selection: Selection, model: Any, engine: Any) -> dict[str,
     return args
 
 
+def max_length(selection: Selection, model: Any, engine: Any) -> int:
+    """The context window the bridge must fit prompts into, for whichever engine runs."""
+    if selection.kind == "hf":
+        return int(engine.hf.get("max_length") or model.max_model_len)
+    return int(vllm_engine_args(selection, model, engine)["max_model_len"])
+
+
 def build_engine(selection: Selection, model_source: str, model: Any, engine: Any) -> Engine:
+    if selection.kind == "hf":
+        from runner.engines.hf import HFEngine
+
+        options = {k: v for k, v in OmegaConf.to_container(engine.hf, resolve=True).items() if k != "max_length"}
+        return HFEngine(
+            model_source,
+            dtype=model.dtype,
+            revision=model.revision if not (model.get("path") or model.get("gguf")) else None,
+            trust_remote_code=bool(model.trust_remote_code),
+            load_format=model.load_format,
+            **options,
+        )
     if selection.kind in ("vllm", "distributed", "cpu"):
         from runner.engines.vllm import VLLMEngine
 

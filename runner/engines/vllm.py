@@ -7,7 +7,7 @@ import logging
 import time
 from typing import Any
 
-from runner.engines.base import Completion, Engine, SamplingSettings
+from runner.engines.base import Completion, Engine, LogLikelihood, SamplingSettings
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,21 @@ class VLLMEngine(Engine):
             )
             for out in outputs
         ]
+
+    def _loglikelihood(self, requests: list[tuple[list[int], list[int]]]) -> list[LogLikelihood]:
+        from vllm import SamplingParams
+
+        # Score the prompt itself: prompt_logprobs=1 returns, for every prompt position, the actual
+        # token's log-probability and its rank (rank 1 = what greedy decoding would have picked).
+        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=1, detokenize=False)
+        prompts = [{"prompt_token_ids": context + continuation} for context, continuation in requests]
+        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        scores = []
+        for (context, continuation), out in zip(requests, outputs, strict=True):
+            positions = out.prompt_logprobs[len(context) : len(context) + len(continuation)]
+            picked = [entry[token] for entry, token in zip(positions, continuation, strict=True)]
+            scores.append(LogLikelihood(sum(p.logprob for p in picked), all(p.rank == 1 for p in picked)))
+        return scores
 
     def shutdown(self) -> None:
         llm = getattr(self, "llm", None)

@@ -1,0 +1,160 @@
+"""Hugging Face transformers engine: the reference implementation and the fallback (`engine=hf`).
+
+Slower than vLLM (static batches, no paged KV cache) but it runs anywhere torch runs, and it is what
+vLLM's outputs are checked against. `load_format=dummy` builds the model from its config with random
+weights, for speed studies of an architecture without its checkpoint.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import time
+from typing import Any
+
+from runner.engines.base import Completion, Engine, LogLikelihood, SamplingSettings
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"float32": "float32", "float": "float32", "float16": "float16", "half": "float16", "bfloat16": "bfloat16"}
+
+
+class HFEngine(Engine):
+    name = "hf"
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        dtype: str = "float32",
+        revision: str | None = None,
+        trust_remote_code: bool = False,
+        load_format: str = "auto",
+        device: str | None = None,
+        batch_size: int = 16,
+        seed: int | None = 0,
+    ) -> None:
+        super().__init__()
+        import torch
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.batch_size = batch_size
+        torch_dtype = getattr(torch, _DTYPES.get(str(dtype), "float32")) if dtype != "auto" else "auto"
+        start = time.perf_counter()
+        kwargs: dict[str, Any] = {"revision": revision, "trust_remote_code": trust_remote_code}
+        self._tokenizer = AutoTokenizer.from_pretrained(model, **kwargs)
+        if load_format == "dummy":
+            if seed is not None:
+                torch.manual_seed(seed)
+            config = AutoConfig.from_pretrained(model, **kwargs)
+            with torch.device(self.device):
+                self.model = AutoModelForCausalLM.from_config(
+                    config, dtype=torch_dtype, trust_remote_code=trust_remote_code
+                )
+        else:
+            self.model = AutoModelForCausalLM.from_pretrained(model, dtype=torch_dtype, **kwargs).to(self.device)
+        self.model.eval()
+        if self._tokenizer.pad_token_id is None:
+            self._tokenizer.pad_token = self._tokenizer.eos_token
+        self.stats.load_seconds = time.perf_counter() - start
+        log.info("Loaded %s with transformers on %s in %.1f s", model, self.device, self.stats.load_seconds)
+
+    @property
+    def tokenizer(self):
+        return self._tokenizer
+
+    def _batches(self, items: list[Any], key) -> list[list[int]]:
+        """Index batches, longest first, so each batch pads little and the first one shows any OOM early."""
+        order = sorted(range(len(items)), key=lambda i: -key(items[i]))
+        return [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+
+    def _generate(self, prompts: list[list[int]], settings: SamplingSettings) -> list[Completion]:
+        import torch
+
+        pad = self._tokenizer.pad_token_id
+        eos = self._tokenizer.eos_token_id
+        results: list[Completion | None] = [None] * len(prompts)
+        for batch in self._batches(prompts, len):
+            width = max(len(prompts[i]) for i in batch)
+            # Left padding: every row's next token sits at the same position.
+            ids = torch.tensor([[pad] * (width - len(prompts[i])) + prompts[i] for i in batch], device=self.device)
+            mask = torch.tensor(
+                [[0] * (width - len(prompts[i])) + [1] * len(prompts[i]) for i in batch], device=self.device
+            )
+            sample = settings.temperature > 0
+            if settings.seed is not None:
+                torch.manual_seed(settings.seed)
+            start = time.perf_counter()
+            with torch.inference_mode():
+                out = self.model.generate(
+                    input_ids=ids,
+                    attention_mask=mask,
+                    max_new_tokens=settings.max_tokens,
+                    do_sample=sample,
+                    temperature=settings.temperature if sample else None,
+                    top_p=settings.top_p if sample else None,
+                    top_k=None,
+                    pad_token_id=pad,
+                    eos_token_id=eos,
+                )
+            latency = time.perf_counter() - start
+            for row, index in enumerate(batch):
+                new = out[row, width:].tolist()
+                if eos in new:  # generation ended at end-of-sequence: drop it and the padding after it
+                    new = new[: new.index(eos)]
+                    reason = "stop"
+                else:
+                    reason = "length"
+                text = self._tokenizer.decode(new, skip_special_tokens=True)
+                text, stopped = _cut_at_stop(text, settings.stop)
+                if stopped:
+                    reason = "stop"
+                    new = self._tokenizer(text, add_special_tokens=False).input_ids
+                results[index] = Completion(text, len(prompts[index]), len(new), reason, latency)
+        return results  # type: ignore[return-value]
+
+    def _loglikelihood(self, requests: list[tuple[list[int], list[int]]]) -> list[LogLikelihood]:
+        import torch
+
+        pad = self._tokenizer.pad_token_id
+        scores: list[LogLikelihood | None] = [None] * len(requests)
+        for batch in self._batches(requests, lambda r: len(r[0]) + len(r[1])):
+            # The model predicts token t from tokens < t: feed context + continuation minus its last token.
+            inputs = [(requests[i][0] + requests[i][1])[:-1] for i in batch]
+            width = max(len(x) for x in inputs)
+            ids = torch.tensor([x + [pad] * (width - len(x)) for x in inputs], device=self.device)
+            mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in inputs], device=self.device)
+            with torch.inference_mode():
+                logits = self.model(input_ids=ids, attention_mask=mask).logits.float()
+            logprobs = torch.log_softmax(logits, dim=-1)
+            for row, index in enumerate(batch):
+                context, continuation = requests[index]
+                first = len(context) - 1
+                positions = logprobs[row, first : first + len(continuation)]
+                target = torch.tensor(continuation, device=self.device)
+                logprob = positions.gather(1, target[:, None]).sum().item()
+                greedy = bool((positions.argmax(dim=-1) == target).all().item())
+                scores[index] = LogLikelihood(logprob, greedy)
+        return scores  # type: ignore[return-value]
+
+    def shutdown(self) -> None:
+        if getattr(self, "model", None) is None:
+            return
+        self.model = None
+        gc.collect()
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except ImportError:
+            pass
+
+
+def _cut_at_stop(text: str, stops: tuple[str, ...]) -> tuple[str, bool]:
+    """Cut at the first stop sequence, as vLLM does (the stop string itself is not returned)."""
+    cuts = [text.find(s) for s in stops if s and s in text]
+    if not cuts:
+        return text, False
+    return text[: min(cuts)], True

@@ -1,0 +1,67 @@
+"""An engine that loads the model only when a request actually needs it.
+
+With the response cache, a rerun of a finished job is answered entirely from SQLite: the model is
+then never loaded, and the job costs seconds instead of a model load plus generation. The tokenizer
+(needed to render prompts and to build cache keys) loads eagerly; it is cheap.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from runner.engines.base import Completion, Engine, EngineStats, LogLikelihood, SamplingSettings
+
+log = logging.getLogger(__name__)
+
+
+class LazyEngine(Engine):
+    def __init__(
+        self, factory: Callable[[], Engine], tokenizer_source: str, *, trust_remote_code: bool = False
+    ) -> None:
+        super().__init__()
+        from transformers import AutoTokenizer
+
+        self._factory = factory
+        self._engine: Engine | None = None
+        self._tokenizer = AutoTokenizer.from_pretrained(tokenizer_source, trust_remote_code=trust_remote_code)
+        self.name = "lazy"
+
+    @property
+    def loaded(self) -> bool:
+        return self._engine is not None
+
+    def _real(self) -> Engine:
+        if self._engine is None:
+            self._engine = self._factory()
+            self.name = self._engine.name
+            # The real engine keeps the measurements from now on.
+            self._engine.stats.extra.update(self.stats.extra)
+            self.stats = self._engine.stats
+        return self._engine
+
+    @property
+    def tokenizer(self):
+        return self._tokenizer
+
+    # The real engine measures its own calls; these only forward.
+    def generate(self, prompts: list[list[int]], settings: SamplingSettings) -> list[Completion]:
+        return self._real().generate(prompts, settings) if prompts else []
+
+    def loglikelihood(self, requests: list[tuple[list[int], list[int]]]) -> list[LogLikelihood]:
+        return self._real().loglikelihood(requests) if requests else []
+
+    def _generate(self, prompts, settings):  # pragma: no cover - generate() forwards before this is reached
+        raise AssertionError("LazyEngine forwards generate()")
+
+    def shutdown(self) -> None:
+        if self._engine is not None:
+            self._engine.shutdown()
+
+    def reset_stats(self) -> EngineStats:
+        """Start a new job's measurements on a loaded engine (reused across sweep jobs)."""
+        fresh = EngineStats(extra=dict(self.stats.extra))
+        if self._engine is not None:
+            self._engine.stats = fresh
+        self.stats = fresh
+        return fresh

@@ -1,0 +1,103 @@
+"""Engine plumbing without loading a model: lazy loading, reuse across sweep jobs, cache identity."""
+
+from __future__ import annotations
+
+import pytest
+
+from runner.app import response_cache_key
+from runner.engines import pool
+from runner.engines.base import Completion, Engine, LogLikelihood
+from runner.engines.lazy import LazyEngine
+from runner.hardware import Hardware
+from runner.selection import select_engine
+
+GiB = 1024**3
+
+
+class CountingEngine(Engine):
+    name = "counting"
+    loads = 0
+
+    def __init__(self) -> None:
+        super().__init__()
+        CountingEngine.loads += 1
+        self.stats.load_seconds = 1.5
+        self.stats.extra["kv_cache_tokens"] = 1000.0
+        self.closed = False
+
+    @property
+    def tokenizer(self):
+        raise AssertionError("the lazy engine's own tokenizer is used")
+
+    def _generate(self, prompts, settings):
+        return [Completion("x", len(p), 1) for p in prompts]
+
+    def _loglikelihood(self, requests):
+        return [LogLikelihood(-1.0, True) for _ in requests]
+
+    def shutdown(self) -> None:
+        self.closed = True
+
+
+@pytest.fixture
+def lazy(default_model_dir):
+    CountingEngine.loads = 0
+
+    def make() -> LazyEngine:
+        return LazyEngine(CountingEngine, str(default_model_dir))
+
+    yield make
+    pool.release()
+
+
+def test_the_model_loads_only_when_a_request_needs_it(lazy):
+    engine = lazy()
+    assert not engine.loaded and CountingEngine.loads == 0
+    assert engine.tokenizer.eos_token == "<|im_end|>"  # prompts can be built without the model
+    assert engine.generate([], None) == [] and not engine.loaded
+    engine.generate([[1, 2, 3]], None)
+    assert engine.loaded and CountingEngine.loads == 1
+    assert engine.stats.requests == 1 and engine.stats.load_seconds == 1.5  # the real engine's numbers
+    engine.loglikelihood([([1], [2])])
+    assert CountingEngine.loads == 1 and engine.stats.loglikelihood_requests == 1
+
+
+def test_sweep_jobs_with_the_same_settings_reuse_the_loaded_engine(lazy):
+    first, reused = pool.acquire("model-a", lazy)
+    assert not reused
+    first.generate([[1]], None)
+    second, reused = pool.acquire("model-a", lazy)
+    assert second is first and reused and CountingEngine.loads == 1
+    # A new job starts its own measurements; the engine's cache capacity still belongs to it.
+    assert second.stats.requests == 0 and second.stats.load_seconds == 0
+    assert second.stats.extra["kv_cache_tokens"] == 1000.0
+    real = first._engine
+    third, reused = pool.acquire("model-b", lazy)
+    assert third is not first and not reused
+    assert real.closed  # the previous engine was shut down before the next one could load
+
+
+def test_the_response_cache_is_keyed_on_model_identity_not_on_how_it_ran(compose_cfg):
+    base = compose_cfg()
+    cpu = select_engine(base.engine, base.model, Hardware(host_memory_bytes=64 * GiB))
+    key = response_cache_key(base, cpu)
+    same = compose_cfg("+engine.args.max_num_seqs=4", "engine.cpu.kv_cache_memory_bytes=2147483648", "limit=3")
+    assert response_cache_key(same, cpu) == key
+    for override in (
+        "model.dtype=bfloat16",
+        "model.revision=v2",
+        "model.load_format=dummy",
+        "model.chat_template=false",
+    ):
+        assert response_cache_key(compose_cfg(override), cpu) != key, override
+    hf = compose_cfg("engine=hf")
+    assert response_cache_key(hf, select_engine(hf.engine, hf.model, Hardware(host_memory_bytes=64 * GiB))) != key
+
+
+def test_engine_hf_is_the_transformers_reference_engine(compose_cfg):
+    from runner.engines import max_length
+
+    cfg = compose_cfg("engine=hf")
+    selection = select_engine(cfg.engine, cfg.model, Hardware(host_memory_bytes=64 * GiB))
+    assert selection.kind == "hf" and "transformers on the CPU" in selection.reason
+    assert max_length(selection, cfg.model, cfg.engine) == cfg.model.max_model_len

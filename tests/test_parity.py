@@ -1,0 +1,124 @@
+"""vLLM (CPU build) and the transformers reference engine agree on the default model in fp32.
+
+Same greedy text, log-likelihoods within 1e-3, and the same scores on a multiple-choice lm-eval task.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from lm_eval.api.instance import Instance
+
+from adapters.lm_eval_model import EngineLM
+from runner.engines.base import SamplingSettings
+
+pytestmark = pytest.mark.slow
+
+PROMPTS = [
+    "What is the capital of France?",
+    "Name three primary colours.",
+    "Write one sentence about the sea.",
+    "Convert 48.8566 degrees north to degrees, minutes and seconds.",
+]
+PAIRS = [
+    ("The capital of France is", " Paris"),
+    ("The capital of France is", " Berlin"),
+    ("One, two, three,", " four"),
+    ("The opposite of hot is", " cold and the opposite of up is down"),
+]
+
+
+@pytest.fixture(scope="module")
+def engines(default_model_dir):
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    from runner.engines.hf import HFEngine
+    from runner.engines.vllm import VLLMEngine
+
+    vllm = VLLMEngine(
+        str(default_model_dir),
+        {
+            "dtype": "float32",
+            "enforce_eager": True,
+            "distributed_executor_backend": "uni",
+            "kv_cache_memory_bytes": 1 << 30,
+            "max_model_len": 2048,
+            "seed": 0,
+            # As the runner runs it: multiple-choice requests share their context through the prefix cache.
+            "enable_prefix_caching": True,
+        },
+    )
+    hf = HFEngine(str(default_model_dir), dtype="float32", batch_size=8)
+    yield {"vllm": vllm, "hf": hf}
+    vllm.shutdown()
+    hf.shutdown()
+
+
+def chat_prompt(tokenizer, text: str) -> list[int]:
+    rendered = tokenizer.apply_chat_template(
+        [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+    )
+    return tokenizer(rendered, add_special_tokens=False).input_ids
+
+
+def test_greedy_generations_are_identical(engines):
+    tokenizer = engines["hf"].tokenizer
+    prompts = [chat_prompt(tokenizer, p) for p in PROMPTS]
+    settings = SamplingSettings(max_tokens=24, stop=(tokenizer.eos_token,))
+    vllm_out = engines["vllm"].generate(prompts, settings)
+    hf_out = engines["hf"].generate(prompts, settings)
+    assert [c.text for c in vllm_out] == [c.text for c in hf_out]
+    assert all(c.text for c in vllm_out)
+
+
+def test_log_likelihoods_agree_to_a_thousandth(engines):
+    lms = {name: EngineLM(engine, max_length=2048, chat=False) for name, engine in engines.items()}
+    requests = [Instance("loglikelihood", {}, pair, i) for i, pair in enumerate(PAIRS)]
+    scores = {name: lm.loglikelihood(requests) for name, lm in lms.items()}
+    for (v_lp, v_greedy), (h_lp, h_greedy) in zip(scores["vllm"], scores["hf"], strict=True):
+        assert v_lp == pytest.approx(h_lp, abs=1e-3)
+        assert v_greedy == h_greedy
+    paris, berlin = scores["hf"][0][0], scores["hf"][1][0]
+    assert paris > berlin  # the scores mean something, not only agree
+
+
+def test_rolling_log_likelihoods_agree(engines):
+    text = "The quick brown fox jumps over the lazy dog. " * 20
+    request = [Instance("loglikelihood_rolling", {}, (text,), 0)]
+    small_window = {name: EngineLM(e, max_length=64, chat=False) for name, e in engines.items()}
+    (v,), (h,) = (small_window[name].loglikelihood_rolling(request) for name in ("vllm", "hf"))
+    assert v == pytest.approx(h, abs=1e-2) and v < 0
+
+
+def test_a_multiple_choice_lm_eval_task_runs_on_both_engines(engines, tmp_path):
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    rows = [
+        {"question": "What is the capital of France?", "choices": ["Paris", "Rome", "Madrid"], "label": 0},
+        {"question": "What colour is the sky on a clear day?", "choices": ["green", "blue", "red"], "label": 1},
+        {"question": "How many legs does a spider have?", "choices": ["six", "four", "eight"], "label": 2},
+        {"question": "Which is a fruit?", "choices": ["apple", "carrot", "potato"], "label": 0},
+    ]
+    data = tmp_path / "mc.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "mc.yaml").write_text(
+        "task: tiny_mc\ndataset_path: json\n"
+        f"dataset_kwargs:\n  data_files:\n    test: {data}\n"
+        "output_type: multiple_choice\ntest_split: test\n"
+        'doc_to_text: "Question: {{question}}\\nAnswer:"\ndoc_to_choice: "{{choices}}"\ndoc_to_target: label\n'
+        "metric_list:\n  - metric: acc\n  - metric: acc_norm\nmetadata:\n  version: 1.0\n"
+    )
+    tasks = TaskManager(include_path=str(tmp_path), include_defaults=False)
+    results = {}
+    for name, engine in engines.items():
+        lm = EngineLM(engine, max_length=2048, chat=False)
+        out = simple_evaluate(model=lm, tasks=["tiny_mc"], task_manager=tasks, log_samples=True)
+        results[name] = out
+    acc = {name: r["results"]["tiny_mc"]["acc,none"] for name, r in results.items()}
+    assert acc["vllm"] == acc["hf"]
+    picks = {name: [s["filtered_resps"] for s in r["samples"]["tiny_mc"]] for name, r in results.items()}
+    for v_doc, h_doc in zip(picks["vllm"], picks["hf"], strict=True):
+        for (v_lp, _), (h_lp, _) in zip(v_doc, h_doc, strict=True):
+            assert float(v_lp) == pytest.approx(float(h_lp), abs=1e-3)

@@ -1,0 +1,41 @@
+"""Memory samplers over the whole process tree (children included), as vLLM's workers are children."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+from runner.telemetry import PeakGPUMemory, PeakRSS
+
+
+def test_peak_rss_counts_child_processes():
+    with PeakRSS(interval_s=0.05) as alone:
+        pass
+    child = subprocess.Popen([sys.executable, "-c", "b = bytearray(300 * 2**20); import time; time.sleep(3)"])
+    try:
+        time.sleep(1.5)
+        with PeakRSS(interval_s=0.05) as with_child:
+            time.sleep(0.3)
+    finally:
+        child.kill()
+        child.wait()
+    assert with_child.peak_bytes - alone.peak_bytes > 250 * 2**20
+
+
+def test_gpu_peak_sums_this_process_tree_and_ignores_other_processes():
+    me = os.getpid()
+    # The first reading answers the availability check; then entry, the explicit sample, and exit.
+    readings = iter([{}, {me: 1 << 30, 999999: 50 << 30}, {me: 3 << 30}, {me: 2 << 30}])
+    sampler = PeakGPUMemory(interval_s=60, query=lambda: next(readings, {}))
+    with sampler:
+        sampler.sample()
+    assert sampler.available and sampler.peak_bytes == 3 << 30  # never the other process's 50 GiB
+
+
+def test_gpu_sampler_is_a_no_op_without_nvml():
+    sampler = PeakGPUMemory(interval_s=60, query=lambda: None)
+    with sampler:
+        pass
+    assert not sampler.available and sampler.peak_bytes == 0
