@@ -22,7 +22,8 @@ $(STAMP): $(REQS) requirements/direct.txt requirements/shared.constraints pyproj
 model: venv
 	$(PY) -m runner.models
 
-## The default job: text_geospatial on smollm2_135m. Extra Hydra overrides: make run ARGS="limit=50"
+## The default job: text_geospatial on smollm2_135m, 50 samples per dataset. Other overrides: make run ARGS="limit=200"
+ARGS ?= limit=50
 run: model
 	$(PY) -m runner $(ARGS)
 

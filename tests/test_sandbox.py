@@ -96,7 +96,9 @@ def test_everything_outside_the_private_tmpfs_is_read_only(isolation, tmp_path):
     if not isolation["mount_ns"]:
         pytest.skip("no mount namespace here")
     assert isolation["readonly_root"] is True
-    target = REPO_ROOT / f"readonly-probe-{uuid.uuid4().hex}"  # a new name only: nothing there to destroy
+    # A new name only (nothing there to destroy), on a host mount outside the private tmpfs dirs: the
+    # checkout itself may live under /tmp, which the sandbox replaces.
+    target = Path("/usr/local") / f"readonly-probe-{uuid.uuid4().hex}"
     try:
         result = _run(f"""
             import errno
