@@ -1,6 +1,6 @@
 """A rerun of a finished job with the response cache vs the first run, through the real CLI.
 
-    python bench/cache_rerun.py [--limit 20] [--repeat 3]
+    python bench/cache_rerun.py [--limit 50] [--repeat 3]
 
 The first run loads the model and generates; each rerun of the same command should be answered from
 the cache without loading the model. Prints the machine, the sample count, the first run's time, the
@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--limit", type=int, default=20)
+    parser.add_argument("--limit", type=int, default=50)  # the job `make run` runs
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     out = tempfile.mkdtemp(prefix="bench-cache-")

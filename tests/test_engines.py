@@ -101,3 +101,18 @@ def test_engine_hf_is_the_transformers_reference_engine(compose_cfg):
     selection = select_engine(cfg.engine, cfg.model, Hardware(host_memory_bytes=64 * GiB))
     assert selection.kind == "hf" and "transformers on the CPU" in selection.reason
     assert max_length(selection, cfg.model, cfg.engine) == cfg.model.max_model_len
+
+
+def test_the_light_tokenizer_path_gives_what_autotokenizer_gives(default_model_dir):
+    from transformers import AutoTokenizer
+
+    from runner.engines.lazy import load_tokenizer
+
+    light, auto = load_tokenizer(str(default_model_dir)), AutoTokenizer.from_pretrained(default_model_dir)
+    assert type(light) is type(auto)
+    chat = [{"role": "user", "content": "Où est Zürich? 48°51'24\"N"}]
+    for text in ("Hello, world!", "Où est Zürich? 48°51'24\"N", "  spaces\tand\nlines  "):
+        assert light(text).input_ids == auto(text).input_ids
+    rendered = light.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+    assert rendered == auto.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+    assert (light.eos_token, light.bos_token_id) == (auto.eos_token, auto.bos_token_id)

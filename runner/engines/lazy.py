@@ -7,12 +7,34 @@ then never loaded, and the job costs seconds instead of a model load plus genera
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
+from pathlib import Path
 
 from runner.engines.base import Completion, Engine, EngineStats, LogLikelihood, SamplingSettings
 
 log = logging.getLogger(__name__)
+
+
+# Tokenizer classes that AutoTokenizer would resolve to the generic tokenizers-backed class anyway.
+_GENERIC_TOKENIZERS = {"TokenizersBackend", "PreTrainedTokenizerFast"}
+
+
+def load_tokenizer(source: str, *, trust_remote_code: bool = False):
+    """AutoTokenizer's answer, without importing torch when a local folder names the generic class.
+
+    `from transformers import AutoTokenizer` pulls in torch and scikit-learn (~4 s here), which would
+    dominate a rerun answered from the cache; the generic class alone imports in under a second.
+    """
+    config = Path(source) / "tokenizer_config.json"
+    if config.is_file() and json.loads(config.read_text()).get("tokenizer_class") in _GENERIC_TOKENIZERS:
+        from transformers.tokenization_utils_tokenizers import TokenizersBackend
+
+        return TokenizersBackend.from_pretrained(source)
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
 
 
 class LazyEngine(Engine):
@@ -20,11 +42,9 @@ class LazyEngine(Engine):
         self, factory: Callable[[], Engine], tokenizer_source: str, *, trust_remote_code: bool = False
     ) -> None:
         super().__init__()
-        from transformers import AutoTokenizer
-
         self._factory = factory
         self._engine: Engine | None = None
-        self._tokenizer = AutoTokenizer.from_pretrained(tokenizer_source, trust_remote_code=trust_remote_code)
+        self._tokenizer = load_tokenizer(tokenizer_source, trust_remote_code=trust_remote_code)
         self.name = "lazy"
 
     @property
