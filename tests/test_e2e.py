@@ -97,6 +97,10 @@ def test_a_multirun_sweep_gives_one_run_per_job(tmp_path, default_model_dir):
     runs = mlflow.search_runs(experiment_names=["text_geospatial"], output_format="list")
     assert sorted(r.data.params["limit"] for r in runs) == ["2", "3"]
     assert all(r.info.status == "FINISHED" for r in runs)
+    # Same model, same engine settings: the second job reuses the engine the first one loaded.
+    by_limit = {r.data.params["limit"]: r.data.metrics for r in runs}
+    assert by_limit["2"]["engine_reused"] == 0 and by_limit["2"]["model_load_s"] > 0
+    assert by_limit["3"]["engine_reused"] == 1 and by_limit["3"]["model_load_s"] == 0
     jobs = sorted(p.name for p in (tmp_path / "multirun").glob("*/*/*") if p.is_dir())
     assert jobs == ["0_text_geospatial_smollm2_135m", "1_text_geospatial_smollm2_135m"]
 
