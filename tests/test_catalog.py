@@ -55,6 +55,14 @@ def test_hub_model_is_ready_once_its_weights_are_in_the_hf_cache(compose_cfg, em
     assert model_status(model, "/nonexistent").ok
 
 
+def test_dummy_weights_still_need_the_config_and_tokenizer(compose_cfg, empty_hf_cache):
+    model = compose_cfg("model=qwen25_7b", "model.load_format=dummy").model
+    status = model_status(model, "/nonexistent")
+    assert not status.ok and "config.json and tokenizer" in status.detail
+    fake_snapshot(empty_hf_cache, "models", "Qwen/Qwen2.5-7B-Instruct", ["config.json", "tokenizer.json"])
+    assert model_status(model, "/nonexistent").ok  # no weights needed
+
+
 def test_local_path_and_packaged_models(compose_cfg, tmp_path, default_model_dir):
     assert model_status(compose_cfg(f"model.path={default_model_dir}").model, tmp_path).ok
     missing = model_status(compose_cfg(f"model.path={tmp_path}/nope").model, tmp_path)
