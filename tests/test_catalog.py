@@ -56,10 +56,12 @@ def test_hub_model_is_ready_once_its_weights_are_in_the_hf_cache(compose_cfg, em
 
 
 def test_dummy_weights_still_need_the_config_and_tokenizer(compose_cfg, empty_hf_cache):
-    model = compose_cfg("model=qwen25_7b", "model.load_format=dummy").model
+    shipped = compose_cfg("model=qwen25_7b", "model.load_format=dummy").model
+    assert "shipped architecture" in model_status(shipped, "/nonexistent").detail
+    model = compose_cfg("model=llama31_8b", "model.load_format=dummy").model  # no architecture shipped
     status = model_status(model, "/nonexistent")
     assert not status.ok and "config.json and tokenizer" in status.detail
-    fake_snapshot(empty_hf_cache, "models", "Qwen/Qwen2.5-7B-Instruct", ["config.json", "tokenizer.json"])
+    fake_snapshot(empty_hf_cache, "models", "meta-llama/Llama-3.1-8B-Instruct", ["config.json", "tokenizer.json"])
     assert model_status(model, "/nonexistent").ok  # no weights needed
 
 

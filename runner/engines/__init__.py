@@ -22,6 +22,11 @@ __all__ = [
 ]
 
 
+def _from_hub(model: Any) -> bool:
+    """A hub revision applies only to weights loaded by repo id (not a local, converted or dummy folder)."""
+    return bool(model.get("revision")) and not (model.get("path") or model.get("gguf") or model.load_format == "dummy")
+
+
 def vllm_engine_args(selection: Selection, model: Any, engine: Any) -> dict[str, Any]:
     """vLLM EngineArgs for this job: platform defaults, then the model's facts, then `engine.args` (user wins)."""
     platform = engine.gpu if selection.kind != "cpu" else engine.cpu
@@ -35,7 +40,7 @@ def vllm_engine_args(selection: Selection, model: Any, engine: Any) -> dict[str,
     )
     if model.get("quantization"):
         args["quantization"] = model.quantization
-    if model.get("revision") and not model.get("path") and not model.get("gguf"):
+    if _from_hub(model):
         args["revision"] = model.revision
     if selection.kind == "distributed":
         args.update(
@@ -63,7 +68,7 @@ def build_engine(selection: Selection, model_source: str, model: Any, engine: An
         return HFEngine(
             model_source,
             dtype=model.dtype,
-            revision=model.revision if not (model.get("path") or model.get("gguf")) else None,
+            revision=model.revision if _from_hub(model) else None,
             trust_remote_code=bool(model.trust_remote_code),
             load_format=model.load_format,
             **options,
