@@ -212,11 +212,11 @@ def check_category_models(category: Any, models: dict[str, Any] | None = None) -
         )
 
 
-def render_list(statuses: list[CategoryStatus], verbose: bool = True) -> str:
+def render_list(statuses: list[CategoryStatus]) -> str:
     lines = []
     for status in statuses:
         lines.append(status.line())
-        if status.state == "READY" or not verbose:
+        if status.state == "READY":
             continue
         for kind, items in (("model", status.models), ("dataset", status.datasets)):
             for name, item in items.items():

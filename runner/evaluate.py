@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +32,6 @@ class DatasetResult:
     wall_seconds: float
     requests: int = 0  # lm-eval requests of this dataset (a multiple-choice doc makes one per choice)
     served: int = 0  # of those, answered by the engine; the rest came from the response cache
-    results_file: Path | None = None
-    raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
 
 def task_manager(tasks_dir: str, needed: list[str]):
@@ -119,13 +117,12 @@ def evaluate_dataset(lm, dataset: Any, *, cfg: Any, tasks, out_dir: Path, cache:
     tracker.save_results_aggregated(results=results, samples=samples)
     for task_name in results["configs"]:
         tracker.save_results_samples(task_name=task_name, samples=samples[task_name])
-    results_file = _newest(out_dir / "lm_eval", "results_*.json")
 
     metrics = {task: _metrics(values) for task, values in results["results"].items()}
     counts = {task: int(n["effective"]) for task, n in results.get("n-samples", {}).items()}
     requests = sum(len(sample["arguments"]) for task_samples in samples.values() for sample in task_samples)
     served = lm.served - served_before
-    return DatasetResult(dataset.name, metrics, counts, wall, requests, served, results_file, results)
+    return DatasetResult(dataset.name, metrics, counts, wall, requests, served)
 
 
 def _metrics(values: dict[str, Any]) -> dict[str, float]:
@@ -137,8 +134,3 @@ def _metrics(values: dict[str, Any]) -> dict[str, float]:
         metric, filter_name = key.split(",", 1)
         out[metric if filter_name == "none" else f"{metric}_{filter_name}"] = float(value)
     return out
-
-
-def _newest(folder: Path, pattern: str) -> Path | None:
-    found = sorted(folder.rglob(pattern), key=lambda p: p.stat().st_mtime)
-    return found[-1] if found else None

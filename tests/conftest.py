@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -53,3 +55,13 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600, env: dict
         timeout=timeout,
         stdin=subprocess.DEVNULL,
     )
+
+
+def load_by_path(name: str, path: Path) -> ModuleType:
+    """Import a task's helper file the way lm-eval does: by file path, not as a package."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # registered before exec so dataclasses can resolve their module
+    spec.loader.exec_module(module)
+    return module

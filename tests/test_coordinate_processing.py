@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from collections import Counter
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+from conftest import load_by_path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TASKS_DIR = REPO_ROOT / "adapters" / "tasks"
@@ -27,23 +26,12 @@ SUBTYPES = (
 )
 
 
-def _load_by_path(name: str, path: Path) -> ModuleType:
-    # Same way lm-eval imports task helpers: by file path, not as a package.
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    # Registered before exec so dataclasses can resolve their module.
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-utils = _load_by_path("text_geospatial_utils_under_test", TASK_DIR / "utils.py")
+utils = load_by_path("text_geospatial_utils_under_test", TASK_DIR / "utils.py")
 
 
 @pytest.fixture(scope="module")
 def generate_mod() -> ModuleType:
-    return _load_by_path("text_geospatial_generate_under_test", TASK_DIR / "generate.py")
+    return load_by_path("text_geospatial_generate_under_test", TASK_DIR / "generate.py")
 
 
 @pytest.fixture(scope="module")

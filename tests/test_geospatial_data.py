@@ -4,17 +4,16 @@ and truth re-derived independently from the libraries it came from."""
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import json
 import math
 import re
-import sys
 from collections import Counter, defaultdict, deque
 from importlib.resources import files
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+from conftest import load_by_path
 
 ROOT = Path(__file__).resolve().parents[1]
 TASK_DIR = ROOT / "adapters" / "tasks" / "text_geospatial"
@@ -23,19 +22,9 @@ TASK_NAMES = ("coordinate_processing", "spatial_reasoning", "address_parsing", "
 DIRECTIONS = ("north", "north-east", "east", "south-east", "south", "south-west", "west", "north-west")
 
 
-def _load_by_path(name: str, path: Path) -> ModuleType:
-    # Same way lm-eval imports task helpers: by file path, not as a package.
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses resolve their module through sys.modules
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def gen() -> ModuleType:
-    return _load_by_path("text_geospatial_generate_data_test", TASK_DIR / "generate.py")
+    return load_by_path("text_geospatial_generate_data_test", TASK_DIR / "generate.py")
 
 
 def _records(task: str) -> list[dict]:

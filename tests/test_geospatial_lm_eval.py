@@ -4,7 +4,6 @@ aggregation through the real evaluator, and (slow) the plain lm_eval CLI."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -12,9 +11,9 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import ModuleType
 
 import pytest
+from conftest import load_by_path
 
 ROOT = Path(__file__).resolve().parents[1]
 TASKS_DIR = ROOT / "adapters" / "tasks"
@@ -36,15 +35,7 @@ PROCESS = {
 }
 
 
-def _load_by_path(name: str, path: Path) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-utils = _load_by_path("text_geospatial_utils_lm_eval_test", TASK_DIR / "utils.py")
+utils = load_by_path("text_geospatial_utils_lm_eval_test", TASK_DIR / "utils.py")
 
 
 @pytest.fixture(scope="module")

@@ -4,27 +4,17 @@ units, unparseable replies (scored 0, parse_rate 0), and the micro metrics."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
-from types import ModuleType
 
 import pytest
+from conftest import load_by_path
 
 ROOT = Path(__file__).resolve().parents[1]
 TASK_DIR = ROOT / "adapters" / "tasks" / "text_geospatial"
 
 
-def _load_by_path(name: str, path: Path) -> ModuleType:
-    # Same way lm-eval imports task helpers: by file path, not as a package.
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-utils = _load_by_path("text_geospatial_utils_parsing_test", TASK_DIR / "utils.py")
+utils = load_by_path("text_geospatial_utils_parsing_test", TASK_DIR / "utils.py")
 
 
 # --------------------------------------------------------------------------- shared helpers

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
 import textwrap
 import time
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 import yaml
+from conftest import load_by_path
 
 from adapters.sandbox import SandboxError, SandboxResult
 
@@ -20,17 +18,7 @@ TASKS_DIR = REPO_ROOT / "adapters" / "tasks"
 TASK_DIR = TASKS_DIR / "code"
 
 
-def _load_by_path(name: str, path: Path) -> ModuleType:
-    # The way lm-eval imports task helpers: by file path, not as a package.
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-utils = _load_by_path("humaneval_offline_utils", TASK_DIR / "utils.py")
+utils = load_by_path("humaneval_offline_utils", TASK_DIR / "utils.py")
 
 
 @pytest.fixture(autouse=True)

@@ -134,9 +134,3 @@ class Engine(ABC):
 
     def shutdown(self) -> None:  # noqa: B027 - engines without processes need no teardown
         """Release the model and any worker processes. Safe to call twice."""
-
-    def __enter__(self) -> Engine:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.shutdown()
