@@ -6,6 +6,7 @@ holds exactly what `lm_eval --output_path ... --log_samples` would write and lm-
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from dataclasses import dataclass
@@ -81,9 +82,24 @@ def task_specs(dataset: Any, tasks, out_dir: Path) -> list[str]:
     return specs
 
 
+def _collect_env_info_once() -> None:
+    """lm-eval records torch's environment report in every results file; build it once per process.
+
+    The report runs `pip list` and friends (~0.8 s here) and cannot change within a process, but
+    `simple_evaluate` rebuilds it for each dataset: on a job answered from the cache, that was a
+    third of the rerun.
+    """
+    import torch.utils.collect_env as collect_env
+
+    if not hasattr(collect_env.get_pretty_env_info, "cache_info"):
+        collect_env.get_pretty_env_info = functools.cache(collect_env.get_pretty_env_info)
+
+
 def evaluate_dataset(lm, dataset: Any, *, cfg: Any, tasks, out_dir: Path, cache: str | None = None) -> DatasetResult:
     from lm_eval import simple_evaluate
     from lm_eval.loggers import EvaluationTracker
+
+    _collect_env_info_once()
 
     limit = cfg.limit if cfg.limit is not None else dataset.limit
     gen_kwargs = OmegaConf.to_container(dataset.gen_kwargs) or None

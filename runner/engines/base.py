@@ -6,6 +6,9 @@ special tokens) so every engine sees exactly the same tokens for the same reques
 
 from __future__ import annotations
 
+import ctypes
+import gc
+import sys
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -134,3 +137,21 @@ class Engine(ABC):
 
     def shutdown(self) -> None:  # noqa: B027 - engines without processes need no teardown
         """Release the model and any worker processes. Safe to call twice."""
+
+
+def release_memory() -> None:
+    """Hand a torn-down engine's memory back, so the next job (or another process) starts from baseline.
+
+    Dropping the last reference frees the weights and KV cache inside the process, but glibc keeps
+    freed heap pages mapped; `malloc_trim` returns them to the OS (~0.3 GiB more here for a 135M
+    model). CUDA's caching allocator likewise keeps freed blocks until `empty_cache`.
+    """
+    gc.collect()
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except OSError:  # not glibc (musl): nothing to trim
+            pass
+    torch = sys.modules.get("torch")  # only an engine that imported torch has CUDA memory to give back
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -7,12 +7,11 @@ weights, for speed studies of an architecture without its checkpoint.
 
 from __future__ import annotations
 
-import gc
 import logging
 import time
 from typing import Any
 
-from runner.engines.base import Completion, Engine, LogLikelihood, SamplingSettings
+from runner.engines.base import Completion, Engine, LogLikelihood, SamplingSettings, release_memory
 
 log = logging.getLogger(__name__)
 
@@ -142,14 +141,7 @@ class HFEngine(Engine):
         if getattr(self, "model", None) is None:
             return
         self.model = None
-        gc.collect()
-        try:
-            import torch
-
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-        except ImportError:
-            pass
+        release_memory()
 
 
 def _cut_at_stop(text: str, stops: tuple[str, ...]) -> tuple[str, bool]:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import gc
 import logging
 import time
 from typing import Any
 
-from runner.engines.base import Completion, Engine, LogLikelihood, SamplingSettings
+from runner.engines.base import Completion, Engine, LogLikelihood, SamplingSettings, release_memory
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +85,7 @@ class VLLMEngine(Engine):
         except Exception:  # noqa: BLE001 - a failing teardown must not hide the run's result
             log.warning("vLLM engine shutdown raised", exc_info=True)
         self.llm = None
-        gc.collect()
+        release_memory()
 
 
 def _latency(output) -> float | None:
