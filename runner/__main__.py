@@ -9,18 +9,24 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from runner.config import CONFIG_DIR  # registers the schema and ${project_root:} before Hydra composes
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
-def main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig) -> object:
     from runner.cli import dispatch
 
     hydra_cfg = HydraConfig.get()
-    overridden = any(o.split("=", 1)[0].lstrip("+~") == "model" for o in hydra_cfg.overrides.task)
-    dispatch(cfg, Path(hydra_cfg.runtime.output_dir), model_overridden=overridden)
+    overridden = {o.split("=", 1)[0].lstrip("+~") for o in hydra_cfg.overrides.task}
+    return dispatch(
+        cfg,
+        Path(hydra_cfg.runtime.output_dir),
+        overridden=overridden,
+        in_sweep=hydra_cfg.mode == RunMode.MULTIRUN,
+    )
 
 
 if __name__ == "__main__":  # vLLM spawns workers that re-import this module

@@ -24,6 +24,7 @@ from runner.env import prepare_environment
 from runner.evaluate import DataError, DatasetResult, evaluate_dataset, task_manager
 from runner.hardware import detect
 from runner.models import ModelNotFoundError, resolve_model
+from runner.plan import build_plan, write_plan
 from runner.selection import Selection, select_engine
 from runner.summary import print_summary
 from runner.telemetry import PeakGPUMemory, PeakRSS
@@ -33,8 +34,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class JobResult:
-    run_id: str
-    experiment_id: str
+    run_id: str | None  # None: the tracking store was unreachable from the start (see mode=sync)
+    synced: bool  # everything reached the tracking store
     out_dir: Path
     selection: Selection
     datasets: list[DatasetResult]
@@ -127,37 +128,51 @@ def _engine(cfg: Any, selection: Selection, model_source: str) -> tuple[LazyEngi
     return pool.acquire(json.dumps(settings, sort_keys=True, default=str), make)
 
 
+def _sweep_tags() -> dict[str, str]:
+    """Where a sweep's job ran: its sweep folder and job number (and host, for launchers that spread jobs)."""
+    import socket
+
+    from hydra.core.hydra_config import HydraConfig
+
+    tags = {"host": socket.gethostname()}
+    if _in_sweep():
+        hydra_cfg = HydraConfig.get()
+        tags |= {"sweep_dir": str(Path(hydra_cfg.sweep.dir).resolve()), "job_num": str(hydra_cfg.job.num)}
+    return tags
+
+
 def run_job(cfg: Any, out_dir: Path) -> JobResult:
     started = time.perf_counter()
     prepare_environment(cfg.paths.cache_dir)
-    hardware = detect()
-    selection = select_engine(cfg.engine, cfg.model, hardware)
-    log.info("Hardware: %s. Engine: %s (%s)", hardware.summary(), selection.kind, selection.reason)
-    # Everything that can fail without loading anything fails here, before an MLflow run or an engine exists.
-    check_model_present(cfg)
-    model_source = resolve_model(cfg.model, cfg.paths.cache_dir)
-    datasets, skipped = runnable_datasets(cfg)
-    if cfg.model.name not in cfg.category.models:
-        log.warning(
-            "Model %s is not one of category %s's models (%s); running it as asked.",
-            cfg.model.name,
-            cfg.category.name,
-            ", ".join(cfg.category.models),
-        )
-
     tags = {
         "model": cfg.model.name,
         "category": cfg.category.name,
-        "engine": selection.kind,
-        "engine_reason": selection.reason,
-        "hardware": hardware.summary(),
         "output_dir": str(out_dir),
         "model_in_category": str(cfg.model.name in cfg.category.models).lower(),
         "response_cache": str(cfg.cache).lower(),
+        **_sweep_tags(),
     }
-    if skipped:
-        tags["skipped_datasets"] = "; ".join(f"{name}: {why}" for name, why in skipped.items())
-    with tracking.mlflow_run(cfg, tags) as run, PeakRSS() as rss, PeakGPUMemory() as gpu_memory:
+    # The run exists from here on: whatever fails below ends it FAILED with the error attached.
+    with tracking.Tracker(cfg, out_dir, tags) as tracker, PeakRSS() as rss, PeakGPUMemory() as gpu_memory:
+        hardware = detect()
+        selection = select_engine(cfg.engine, cfg.model, hardware)
+        log.info("Hardware: %s. Engine: %s (%s)", hardware.summary(), selection.kind, selection.reason)
+        tracker.set_tags({"engine": selection.kind, "engine_reason": selection.reason, "hardware": hardware.summary()})
+        tracker.log_artifact(write_plan(build_plan(cfg, [cfg.model], hardware), out_dir))
+        # What can fail without loading anything fails here, before an engine exists.
+        check_model_present(cfg)
+        model_source = resolve_model(cfg.model, cfg.paths.cache_dir)
+        datasets, skipped = runnable_datasets(cfg)
+        if skipped:
+            tracker.set_tags({"skipped_datasets": "; ".join(f"{name}: {why}" for name, why in skipped.items())})
+        if cfg.model.name not in cfg.category.models:
+            log.warning(
+                "Model %s is not one of category %s's models (%s); running it as asked.",
+                cfg.model.name,
+                cfg.category.name,
+                ", ".join(cfg.category.models),
+            )
+
         from adapters.lm_eval_model import EngineLM
 
         tasks = task_manager(cfg.paths.tasks_dir, [t for ds in datasets for t in ds.tasks])
@@ -170,7 +185,14 @@ def run_job(cfg: Any, out_dir: Path) -> JobResult:
                 chat=bool(cfg.model.chat_template),
                 seed=cfg.seed,
             )
-            results = [evaluate_dataset(lm, ds, cfg=cfg, tasks=tasks, out_dir=out_dir, cache=cache) for ds in datasets]
+            results = []
+            for dataset in datasets:
+                result = evaluate_dataset(lm, dataset, cfg=cfg, tasks=tasks, out_dir=out_dir, cache=cache)
+                results.append(result)
+                # Logged as each dataset finishes, so a later failure keeps the earlier scores in the run.
+                tracker.log_metrics(dataset_metrics(result))
+                for task, table in result.tables.items():
+                    tracker.log_table(table, f"samples/{result.name}/{task}.json")
         finally:
             if not _in_sweep():  # a sweep's next job may reuse it (runner/engines/pool.py)
                 engine.shutdown()
@@ -185,14 +207,7 @@ def run_job(cfg: Any, out_dir: Path) -> JobResult:
             "requests_total": float(requests),
             "requests_from_cache": float(requests - sum(r.served for r in results)),
         }
-        metrics = {k: v for k, v in telemetry.items() if v == v}  # NaN: nothing measured (all from cache)
-        for result in results:
-            metrics[tracking.metric_name(result.name, "wall_s")] = result.wall_seconds
-            for task, values in result.metrics.items():
-                task_part = "" if task == result.name else task
-                for metric, value in values.items():
-                    metrics[tracking.metric_name(result.name, task_part, metric)] = value
-        tracking.log_metrics(metrics)
+        tracker.log_metrics({k: v for k, v in telemetry.items() if v == v})  # NaN: not measured (all cached)
 
         (out_dir / "telemetry.json").write_text(json.dumps(telemetry, indent=2) + "\n")
         (out_dir / "hardware.json").write_text(
@@ -200,10 +215,22 @@ def run_job(cfg: Any, out_dir: Path) -> JobResult:
         )
         (out_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
         for name in ("telemetry.json", "hardware.json", "config_resolved.yaml", "runner.log"):
-            tracking.log_artifact(out_dir / name)
-        tracking.log_artifact(out_dir / ".hydra", "hydra")
-        tracking.log_artifact(out_dir / "lm_eval", "lm_eval")
+            tracker.log_artifact(out_dir / name)
+        tracker.log_artifact(out_dir / ".hydra", "hydra")
+        tracker.log_artifact(out_dir / "lm_eval", "lm_eval")
 
-    job = JobResult(run.info.run_id, run.info.experiment_id, out_dir, selection, results, telemetry, skipped)
+    job = JobResult(tracker.run_id, tracker.record.synced, out_dir, selection, results, telemetry, skipped)
     print_summary(job, cfg)
     return job
+
+
+def dataset_metrics(result: DatasetResult) -> dict[str, float]:
+    """`<dataset>/<metric>` (and `<dataset>/<task>/<metric>` for a group's tasks), `<dataset>/score`, wall."""
+    metrics = {tracking.metric_name(result.name, "wall_s"): result.wall_seconds}
+    for task, values in result.metrics.items():
+        task_part = "" if task == result.name else task
+        for metric, value in values.items():
+            metrics[tracking.metric_name(result.name, task_part, metric)] = value
+    if result.score is not None:
+        metrics[tracking.metric_name(result.name, "score")] = result.score
+    return metrics

@@ -139,7 +139,7 @@ def dataset_status(dataset: Any, own_tasks: dict[str, Path]) -> Status:
     if dataset.get("needs_network"):
         return Status(False, "fetches its data from the web at load time, so it cannot run offline")
     if all(task in own_tasks for task in dataset.tasks):
-        missing = [t for t in dataset.tasks if not _data_file(own_tasks[t], t).is_file()]
+        missing = [t for t in dataset.tasks if not _has_data(own_tasks[t], t)]
         if missing:
             where = own_tasks[missing[0]].parent / "data"
             return Status(False, f"data file of {', '.join(missing)} is missing under {where}")
@@ -168,6 +168,14 @@ def dataset_status(dataset: Any, own_tasks: dict[str, Path]) -> Status:
             "or run once with the hub reachable",
         )
     return Status(False, f"no lm-eval task named {', '.join(dataset.tasks)} under adapters/tasks and no hf_dataset set")
+
+
+def _has_data(task_yaml: Path, task: str) -> bool:
+    """data/<task>.jsonl beside the YAML, or the package its `metadata: data_package:` names (HumanEval's)."""
+    match = re.search(r"^\s+data_package:\s*([\w.]+)", task_yaml.read_text(), re.MULTILINE)
+    if match:
+        return importlib.util.find_spec(match.group(1)) is not None
+    return _data_file(task_yaml, task).is_file()
 
 
 def _data_file(task_yaml: Path, task: str) -> Path:

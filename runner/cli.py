@@ -1,7 +1,9 @@
-"""What `python -m runner` does with a composed config: run a job, or list / plan / doctor.
+"""What `python -m runner` does with a composed config: run a job, or list / plan / doctor / sync / report.
 
 Known problems (bad config, model not found, engine cannot fit) end with one paragraph naming the
-problem and the fix, and exit code 2; HYDRA_FULL_ERROR=1 shows the traceback instead.
+problem and the fix, and exit code 2; HYDRA_FULL_ERROR=1 shows the traceback instead. In a sweep
+(`-m`), a failing job is recorded (its MLflow run FAILED, `job.json` in its folder) and the sweep
+goes on; runner/callbacks.py lists the failures at the end and exits non-zero.
 """
 
 from __future__ import annotations
@@ -19,29 +21,123 @@ from runner.schema import ConfigError, validate
 log = logging.getLogger("runner")
 
 
-def dispatch(cfg: Any, out_dir: Path, model_overridden: bool) -> Any:
+JOB_STATUS = "job.json"  # a sweep job's outcome, read by the end-of-sweep summary
+
+
+def dispatch(cfg: Any, out_dir: Path, overridden: set[str] = frozenset(), in_sweep: bool = False) -> Any:
     from runner.evaluate import DataError
     from runner.models import ModelNotFoundError
     from runner.selection import SelectionError
 
+    full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
     try:
-        validate(cfg)
-        if cfg.mode == "list":
-            return list_catalog(cfg)
-        check_category_models(cfg.category)
-        if cfg.mode == "plan":
-            return plan(cfg, out_dir, model_overridden)
-        if cfg.mode == "doctor":
-            return doctor(cfg)
-        from runner.app import run_job
-
-        return run_job(cfg, out_dir)
+        result = _act(cfg, out_dir, overridden)
     except (ConfigError, SelectionError, ModelNotFoundError, DataError) as exc:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        if full_error and not in_sweep:
             raise
         log.error("%s", exc)
         print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+        if not in_sweep:
+            sys.exit(2)
+        _job_status(out_dir, cfg, "FAILED", str(exc))
+        return None
+    except KeyboardInterrupt:
+        if in_sweep:
+            _job_status(out_dir, cfg, "KILLED", "interrupted (Ctrl-C)")
+        raise
+    except Exception as exc:
+        if not in_sweep:
+            raise
+        # Anything else (an engine crash, out of memory): this job is lost, the sweep's next job still runs.
+        log.exception("Job failed")
+        _job_status(out_dir, cfg, "FAILED", f"{type(exc).__name__}: {exc}")
+        return None
+    if in_sweep:
+        _job_status(out_dir, cfg, "FINISHED", None, getattr(result, "run_id", None))
+    return result
+
+
+def _act(cfg: Any, out_dir: Path, overridden: set[str]) -> Any:
+    validate(cfg)
+    if cfg.mode == "list":
+        return list_catalog(cfg)
+    if cfg.mode == "sync":
+        return sync(cfg, "tracking.uri" in overridden)
+    if cfg.mode == "report":
+        return report(cfg, out_dir)
+    check_category_models(cfg.category)
+    if cfg.mode == "plan":
+        return plan(cfg, out_dir, "model" in overridden)
+    if cfg.mode == "doctor":
+        return doctor(cfg)
+    from runner.app import run_job
+
+    return run_job(cfg, out_dir)
+
+
+def _job_status(out_dir: Path, cfg: Any, status: str, error: str | None, run_id: str | None = None) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    hydra_cfg = HydraConfig.get()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    record = {
+        "job_num": hydra_cfg.job.num,
+        "overrides": list(hydra_cfg.overrides.task),
+        "status": status,
+        "error": error,
+        "run_id": run_id,
+        "model": cfg.model.get("name"),
+        "category": cfg.category.get("name"),
+        "tracking_uri": cfg.tracking.uri,
+        "output_dir": str(out_dir),
+    }
+    (out_dir / JOB_STATUS).write_text(json.dumps(record, indent=2) + "\n")
+
+
+def sync(cfg: Any, uri_given: bool) -> list[str]:
+    """Upload runs that could not reach the tracking store when they ran (`tracking.json` in job folders)."""
+    from runner.tracking import pending_records, sync_record
+
+    pending = pending_records(Path(cfg.paths.output_dir))
+    if not pending:
+        print(f"Nothing to sync: every run under {cfg.paths.output_dir} is in its tracking store.")
+        return []
+    synced, failed = [], []
+    for path in pending:
+        try:
+            run_id = sync_record(path, cfg.tracking.uri if uri_given else None)
+        except Exception as exc:  # noqa: BLE001 - report each record, go on with the others
+            failed.append(path)
+            print(f"not synced: {path.parent}: {type(exc).__name__}: {str(exc)[:300]}", file=sys.stderr)
+            continue
+        synced.append(run_id)
+        print(f"synced run {run_id} <- {path.parent}")
+    if failed:
+        raise ConfigError(
+            f"{len(failed)} of {len(pending)} runs could not be uploaded (above). They stay on disk; "
+            "check that the tracking store is reachable (tracking.uri=... or MLFLOW_TRACKING_URI) and run "
+            "`python -m runner mode=sync` again."
+        )
+    return synced
+
+
+def report(cfg: Any, out_dir: Path) -> tuple[Path, Path] | None:
+    from runner.report import write_report
+
+    target = Path(cfg.report.out_dir) if cfg.report.out_dir else out_dir
+    files = write_report(
+        cfg.tracking.uri,
+        target,
+        experiments=list(cfg.report.experiments) or None,
+        sweep_dir=cfg.report.sweep_dir,
+    )
+    if files is None:
+        raise ConfigError(
+            f"No runs to report in {cfg.tracking.uri} (experiments={list(cfg.report.experiments) or 'all'}, "
+            f"sweep_dir={cfg.report.sweep_dir}). Run a job first, or point tracking.uri at the store that has them."
+        )
+    print(f"report: {files[1]}\nplot:   {files[0]}")
+    return files
 
 
 def list_catalog(cfg: Any) -> list[dict]:

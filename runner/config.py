@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,11 @@ CONFIG_DIR = PROJECT_ROOT / "conf"
 # ${project_root:} anchors every default path at the checkout, whatever the working directory is.
 if not OmegaConf.has_resolver("project_root"):
     OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT))
+# ${start_env:MLFLOW_TRACKING_URI,default}: the variable as the user set it when the process started.
+# (mlflow.set_tracking_uri() exports MLFLOW_TRACKING_URI itself, so ${oc.env:} would see the previous job's.)
+_START_ENV = dict(os.environ)
+if not OmegaConf.has_resolver("start_env"):
+    OmegaConf.register_new_resolver("start_env", lambda name, default=None: _START_ENV.get(name, default))
 # ${csv:${category.models}} turns a list into Hydra's sweep syntax (a,b,c) for hydra.sweeper.params.
 if not OmegaConf.has_resolver("csv"):
     OmegaConf.register_new_resolver("csv", lambda items: ",".join(str(i) for i in items))

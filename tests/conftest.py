@@ -65,3 +65,97 @@ def load_by_path(name: str, path: Path) -> ModuleType:
     sys.modules[name] = module  # registered before exec so dataclasses can resolve their module
     spec.loader.exec_module(module)
     return module
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class MlflowServer:
+    """A real `mlflow server` on loopback over a sqlite store in `folder`; stop() ends it and its workers."""
+
+    def __init__(self, folder: Path, port: int) -> None:
+        import signal
+        import time
+        import urllib.request
+
+        folder.mkdir(parents=True, exist_ok=True)
+        self.url = f"http://127.0.0.1:{port}"
+        self._signal = signal
+        self.log = (folder / "server.log").open("ab")
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "mlflow",
+                "server",
+                "--backend-store-uri",
+                f"sqlite:///{folder}/mlflow.db",
+                "--artifacts-destination",
+                str(folder / "artifacts"),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--workers",
+                "1",
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
+        )
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                if self.process.poll() is not None:
+                    break
+                time.sleep(0.5)
+        self.stop()
+        raise RuntimeError(
+            f"mlflow server did not come up on {self.url}: {(folder / 'server.log').read_text()[-2000:]}"
+        )
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, self._signal.SIGTERM)  # its gunicorn/uvicorn workers too
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, self._signal.SIGKILL)
+                self.process.wait()
+        self.log.close()
+
+
+def mlflow_server(folder: Path, port: int) -> MlflowServer:
+    return MlflowServer(folder, port)
+
+
+class Sweep:
+    """A real sweep through the CLI, shared by the tests that look at what a sweep leaves behind."""
+
+    MODELS = ("smollm2_135m", "tiny_llama", "qwen25_7b")  # the last one's weights are not here: it fails
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.result = run_cli(
+            "-m", f"model={','.join(self.MODELS)}", "limit=2", f"paths.output_dir={out}", timeout=1200
+        )
+        found = sorted(out.glob("multirun/*/*"))
+        assert len(found) == 1, self.result.stdout[-5000:]
+        self.dir = found[0]
+        self.tracking_uri = f"sqlite:///{out}/mlflow.db"
+
+
+@pytest.fixture(scope="session")
+def sweep(tmp_path_factory, default_model_dir) -> Sweep:
+    return Sweep(tmp_path_factory.mktemp("sweep"))

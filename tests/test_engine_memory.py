@@ -53,7 +53,11 @@ def test_a_torn_down_engine_gives_its_memory_back(default_model_dir, tmp_path):
     env = {**os.environ, "VLLM_CACHE_ROOT": str(tmp_path / "vllm"), "PYTHONPATH": str(PROJECT_ROOT)}
     done = subprocess.run(
         [sys.executable, "-c", PROBE, str(default_model_dir)],
-        cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=600,
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     lines = [line for line in done.stdout.splitlines() if line.startswith("POINTS")]
     assert lines, done.stdout[-3000:] + done.stderr[-3000:]

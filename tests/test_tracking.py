@@ -1,9 +1,13 @@
-"""MLflow run lifecycle against a real sqlite store."""
+"""MLflow run lifecycle against a real sqlite store and a real `mlflow server`: live, offline, and sync."""
 
 from __future__ import annotations
 
-import mlflow
+import json
+import time
+
 import pytest
+from conftest import free_port, mlflow_server
+from mlflow import MlflowClient
 
 from runner import tracking
 
@@ -16,40 +20,131 @@ def test_metric_names_lose_what_mlflow_rejects():
 
 @pytest.fixture
 def cfg(compose_cfg, tmp_path):
-    return compose_cfg(f"paths.output_dir={tmp_path}")
+    # No system-metrics thread: these tests are about the run's own content.
+    return compose_cfg(f"paths.output_dir={tmp_path}", "tracking.system_metrics=false")
 
 
-def _runs(cfg):
-    mlflow.set_tracking_uri(cfg.tracking.uri)
-    return mlflow.search_runs(experiment_names=[cfg.tracking.experiment], output_format="list")
+def _runs(uri: str, experiment: str = "text_geospatial"):
+    client = MlflowClient(uri)
+    return client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
 
 
-def test_a_finished_job_is_one_finished_run_with_the_flattened_config(cfg, tmp_path):
-    with tracking.mlflow_run(cfg, {"engine": "cpu"}):
-        tracking.log_metrics({"coordinate_processing/acc": 0.5, tracking.metric_name("h", "pass@1"): 1.0})
-    (run,) = _runs(cfg)
-    assert run.info.status == "FINISHED"
+def _job(cfg, out_dir, *, fail: BaseException | None = None, between=None):
+    """What run_job logs, in small: tags, metrics (in two steps), an artifact and a table."""
+    with tracking.Tracker(cfg, out_dir, {"engine": "cpu"}) as tracker:
+        tracker.log_metrics({"coordinate_processing/acc": 0.5, tracking.metric_name("h", "pass@1"): 1.0})
+        if between:
+            between()
+        (out_dir / "telemetry.json").write_text('{"wall_s": 1.0}\n')
+        tracker.log_artifact(out_dir / "telemetry.json")
+        tracker.log_table({"prompt": ["a", "b"], "score": [1.0, 0.0]}, "samples/ds/task.json")
+        tracker.log_metrics({"wall_s": 12.5})
+        if fail is not None:
+            raise fail
+    return tracker
+
+
+def _table(client, run_id, tmp_path):
+    """A table as MLflow stores it (pandas 'split' JSON), tagged so the UI's evaluation view lists it."""
+    assert "samples/ds/task.json" in client.get_run(run_id).data.tags["mlflow.loggedArtifacts"]
+    return json.loads(open(client.download_artifacts(run_id, "samples/ds/task.json", str(tmp_path))).read())
+
+
+def test_a_finished_job_is_one_finished_run_with_config_provenance_and_samples(cfg, tmp_path):
+    tracker = _job(cfg, tmp_path / "job")
+    (run,) = _runs(cfg.tracking.uri)
+    assert run.info.run_id == tracker.run_id and run.info.status == "FINISHED"
     assert run.info.run_name == "smollm2_135m/text_geospatial"
     assert run.data.params["model.repo_id"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert run.data.params["category.datasets.coordinate_processing.num_fewshot"] == "0"
     assert run.data.tags["engine"] == "cpu"
-    assert run.data.metrics["coordinate_processing/acc"] == 0.5
-    assert run.data.metrics["h/pass_at_1"] == 1.0
+    assert run.data.tags["version.lm_eval"] == "0.4.13" and "version.torch" in run.data.tags
+    assert len(run.data.tags["mlflow.source.git.commit"]) == 40 and run.data.tags["git_dirty"] in ("true", "false")
+    assert run.data.metrics == {"coordinate_processing/acc": 0.5, "h/pass_at_1": 1.0, "wall_s": 12.5}
     # Artifacts go where the config says, not into the working directory.
     assert run.info.artifact_uri.startswith((tmp_path / "mlartifacts").as_uri())
+    client = MlflowClient(cfg.tracking.uri)
+    assert _table(client, run.info.run_id, tmp_path)["data"] == [["a", 1.0], ["b", 0.0]]
+    assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["samples", "telemetry.json"]
+    record = json.loads((tmp_path / "job" / tracking.RECORD).read_text())
+    assert record["synced"] and record["status"] == "FINISHED" and record["run_id"] == run.info.run_id
 
 
-def test_an_exception_ends_the_run_failed_never_running(cfg):
+def test_an_exception_ends_the_run_failed_with_the_error_attached(cfg, tmp_path):
     with pytest.raises(RuntimeError):
-        with tracking.mlflow_run(cfg, {}):
-            raise RuntimeError("engine died")
-    (run,) = _runs(cfg)
+        _job(cfg, tmp_path / "job", fail=RuntimeError("engine died"))
+    (run,) = _runs(cfg.tracking.uri)
     assert run.info.status == "FAILED"
+    assert run.data.tags["error"] == "RuntimeError: engine died"
+    assert run.data.metrics["wall_s"] == 12.5  # what was computed before the failure is kept
+    error = MlflowClient(cfg.tracking.uri).download_artifacts(run.info.run_id, "error.txt", str(tmp_path))
+    assert "Traceback" in open(error).read()
 
 
-def test_ctrl_c_ends_the_run_killed(cfg):
+def test_ctrl_c_ends_the_run_killed(cfg, tmp_path):
     with pytest.raises(KeyboardInterrupt):
-        with tracking.mlflow_run(cfg, {}):
-            raise KeyboardInterrupt
-    (run,) = _runs(cfg)
+        _job(cfg, tmp_path / "job", fail=KeyboardInterrupt())
+    (run,) = _runs(cfg.tracking.uri)
     assert run.info.status == "KILLED"
+
+
+def _comparable(run):
+    params = {k: v for k, v in run.data.params.items() if k != "tracking.uri"}  # the one intended difference
+    return (
+        run.info.status,
+        run.info.run_name,
+        params,
+        run.data.metrics,
+        {k: v for k, v in run.data.tags.items() if not k.startswith("mlflow.") or k == "mlflow.source.git.commit"},
+    )
+
+
+def test_an_unreachable_server_costs_seconds_and_sync_creates_the_same_run_later(compose_cfg, tmp_path):
+    live_uri = f"sqlite:///{tmp_path}/live.db"
+    live = compose_cfg(f"paths.output_dir={tmp_path}", "tracking.system_metrics=false", f"tracking.uri={live_uri}")
+    _job(live, tmp_path / "live_job")
+
+    down = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    cfg = compose_cfg(f"paths.output_dir={tmp_path}", "tracking.system_metrics=false", f"tracking.uri={down}")
+    started = time.monotonic()
+    tracker = _job(cfg, tmp_path / "offline_job")
+    assert time.monotonic() - started < 30  # bounded: MLflow's default retries would wait minutes
+    assert tracker.run_id is None and not tracker.record.synced
+    assert tracking.pending_records(tmp_path) == [tmp_path / "offline_job" / tracking.RECORD]
+
+    # The server is back (here: another store); one command uploads what the job kept.
+    synced_uri = f"sqlite:///{tmp_path}/synced.db"
+    run_id = tracking.sync_record(tmp_path / "offline_job" / tracking.RECORD, synced_uri)
+    (synced,) = _runs(synced_uri)
+    (reference,) = _runs(live_uri)
+    assert synced.info.run_id == run_id
+    assert _comparable(synced) == _comparable(reference)
+    assert synced.info.start_time == tracker.record.start_time and synced.info.end_time == tracker.record.end_time
+    assert _table(MlflowClient(synced_uri), run_id, tmp_path)["columns"] == ["prompt", "score"]
+    assert tracking.pending_records(tmp_path) == []
+    tracking.sync_record(tmp_path / "offline_job" / tracking.RECORD, synced_uri)  # repeating it is harmless
+    assert len(_runs(synced_uri)) == 1
+
+
+@pytest.mark.slow
+def test_a_server_going_down_mid_run_is_completed_by_sync(compose_cfg, tmp_path):
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    cfg = compose_cfg(f"paths.output_dir={tmp_path}", "tracking.system_metrics=false", f"tracking.uri={uri}")
+    server = mlflow_server(tmp_path / "server", port)
+    try:
+        tracker = _job(cfg, tmp_path / "job", between=server.stop)
+    finally:
+        server.stop()
+    assert tracker.run_id is not None and not tracker.record.synced
+    server = mlflow_server(tmp_path / "server", port)  # back up, same store
+    try:
+        (before,) = _runs(uri)
+        assert before.info.status == "RUNNING" and "wall_s" not in before.data.metrics
+        assert tracking.sync_record(tmp_path / "job" / tracking.RECORD) == tracker.run_id
+        (after,) = _runs(uri)
+        assert after.info.status == "FINISHED" and after.data.metrics["wall_s"] == 12.5
+        artifacts = {a.path for a in MlflowClient(uri).list_artifacts(tracker.run_id)}
+        assert artifacts == {"samples", "telemetry.json"}
+    finally:
+        server.stop()
