@@ -11,7 +11,7 @@ REQS := $(if $(filter gpu,$(FLAVOR)),requirements/gpu.txt,requirements/cpu.lock)
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 
-.PHONY: venv model run test lint lock mlflow-ui clean
+.PHONY: venv model browser run test lint lock mlflow-ui clean
 
 venv: $(STAMP)
 
@@ -27,16 +27,22 @@ ARGS ?= limit=50
 run: model
 	$(PY) -m runner $(ARGS)
 
+## Headless Chromium for the MLflow UI test (Debian's package, as root; that test skips, saying why, without it).
+browser:
+	bash scripts/install_chromium.sh
+
 ## The test suite. Extra pytest arguments: make test PYTEST_ARGS="-k config"
-test: model
+test: model browser
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: venv
 	$(PY) -m ruff check runner adapters tests bench
 
-## MLflow's UI on the project's store, on loopback only.
+## MLflow's UI on the project's store, on loopback only (ssh -L 5000:127.0.0.1:5000 to look from elsewhere).
+MLFLOW_PORT ?= 5000
 mlflow-ui: venv
-	$(PY) -m mlflow ui --backend-store-uri sqlite:///$(CURDIR)/outputs/mlflow.db --host 127.0.0.1 --port 5000
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(PY) -m mlflow ui --backend-store-uri sqlite:///$(CURDIR)/outputs/mlflow.db \
+		--artifacts-destination $(CURDIR)/outputs/mlartifacts --host 127.0.0.1 --port $(MLFLOW_PORT)
 
 ## Re-resolve requirements/cpu.lock and shared.constraints from requirements/direct.txt (needs the registry).
 lock:
