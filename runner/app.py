@@ -18,11 +18,11 @@ from omegaconf import OmegaConf
 
 from runner import tracking
 from runner.catalog import dataset_status, model_status, project_tasks
+from runner.cluster import job_hardware
 from runner.engines import build_engine, max_length, pool
 from runner.engines.lazy import LazyEngine
 from runner.env import prepare_environment
 from runner.evaluate import DataError, DatasetResult, evaluate_dataset, task_manager
-from runner.hardware import detect
 from runner.models import ModelNotFoundError, resolve_model
 from runner.plan import build_plan, write_plan
 from runner.selection import Selection, select_engine
@@ -137,7 +137,11 @@ def _sweep_tags() -> dict[str, str]:
     tags = {"host": socket.gethostname()}
     if _in_sweep():
         hydra_cfg = HydraConfig.get()
-        tags |= {"sweep_dir": str(Path(hydra_cfg.sweep.dir).resolve()), "job_num": str(hydra_cfg.job.num)}
+        tags |= {
+            "sweep_dir": str(Path(hydra_cfg.sweep.dir).resolve()),
+            "job_num": str(hydra_cfg.job.num),
+            "launcher": str(hydra_cfg.runtime.choices.get("hydra/launcher", "basic")),
+        }
     return tags
 
 
@@ -154,10 +158,17 @@ def run_job(cfg: Any, out_dir: Path) -> JobResult:
     }
     # The run exists from here on: whatever fails below ends it FAILED with the error attached.
     with tracking.Tracker(cfg, out_dir, tags) as tracker, PeakRSS() as rss, PeakGPUMemory() as gpu_memory:
-        hardware = detect()
+        hardware = job_hardware(cfg)  # this machine, or the Ray cluster named by ray.address / RAY_ADDRESS
         selection = select_engine(cfg.engine, cfg.model, hardware)
         log.info("Hardware: %s. Engine: %s (%s)", hardware.summary(), selection.kind, selection.reason)
-        tracker.set_tags({"engine": selection.kind, "engine_reason": selection.reason, "hardware": hardware.summary()})
+        tracker.set_tags(
+            {
+                "engine": selection.kind,
+                "engine_reason": selection.reason,
+                "hardware": hardware.summary(),
+                **({"placement": "; ".join(hardware.notes)} if hardware.source == "ray" else {}),
+            }
+        )
         tracker.log_artifact(write_plan(build_plan(cfg, [cfg.model], hardware), out_dir))
         # What can fail without loading anything fails here, before an engine exists.
         check_model_present(cfg)

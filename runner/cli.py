@@ -158,12 +158,12 @@ def list_catalog(cfg: Any) -> list[dict]:
 
 def plan(cfg: Any, out_dir: Path, model_overridden: bool) -> dict:
     from runner.catalog import load_model
-    from runner.hardware import detect
+    from runner.cluster import job_hardware
     from runner.plan import build_plan, render_plan, write_plan
 
     # With model=... the plan covers that model; otherwise every model the category lists.
     models = [cfg.model] if model_overridden else [load_model(name) for name in cfg.category.models]
-    result = build_plan(cfg, models, detect())
+    result = build_plan(cfg, models, job_hardware(cfg))
     path = write_plan(result, out_dir)
     if cfg.output == "json":
         print(json.dumps(result, indent=2))

@@ -100,6 +100,8 @@ class EngineConfig:
     hf: dict[str, Any] = field(default_factory=dict)  # HFEngine keyword arguments (engine=hf)
     tensor_parallel_size: int | None = None  # distributed: None = chosen from memory
     pipeline_parallel_size: int | None = None
+    # Engine replicas sharing the requests; None: one per GPU of this node when the model fits one GPU.
+    data_parallel_size: int | None = None
     selection: SelectionConfig = field(default_factory=SelectionConfig)
 
 
@@ -126,6 +128,15 @@ class TrackingConfig:
 
 
 @dataclass
+class RayConfig:
+    """An existing Ray cluster to run on (multi-node); see runner/cluster.py."""
+
+    address: str | None = None  # e.g. 10.0.0.1:6379; RAY_ADDRESS works too; None: this machine alone
+    gpu_memory_gib: float | None = None  # per GPU, for accelerator types runner/cluster.py does not know
+    connect_timeout_s: float = 20.0
+
+
+@dataclass
 class ReportConfig:
     """`mode=report`: rebuild the comparison report from MLflow (also written after every sweep)."""
 
@@ -149,6 +160,7 @@ class RunnerConfig:
     paths: PathsConfig = field(default_factory=PathsConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
 
 
 MODES = ("run", "list", "plan", "doctor", "sync", "report")

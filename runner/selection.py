@@ -12,7 +12,7 @@ Every threshold lives in `engine.selection` (conf/engine/auto.yaml).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from runner.hardware import GiB, Hardware
@@ -56,6 +56,7 @@ class Selection:
     pipeline_parallel_size: int = 1
     nodes: int = 1
     memory: MemoryEstimate | None = None
+    data_parallel_size: int = 1  # independent engine replicas sharing the requests (runner/engines/replicas.py)
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -98,14 +99,19 @@ def select_engine(engine: Any, model: Any, hardware: Hardware) -> Selection:
         if hardware.gpu_count == 0:
             _check_host_memory(memory, hardware, need)
         where = "one GPU" if hardware.gpu_count else "the CPU"
-        return Selection(
-            "hf", f"engine=hf: transformers on {where}; {need}", gpus=min(1, hardware.gpu_count), memory=memory
+        dp = _data_parallel(engine, hardware, per_replica=min(1, hardware.gpu_count), default=1)
+        return _with_replicas(
+            Selection(
+                "hf", f"engine=hf: transformers on {where}; {need}", gpus=min(1, hardware.gpu_count), memory=memory
+            ),
+            dp,
         )
 
     if kind == "cpu" or (kind == "auto" and hardware.gpu_count == 0):
         _check_host_memory(memory, hardware, need)
         why = "no GPU found" if kind == "auto" else "engine=cpu"
-        return Selection("cpu", f"{why}: vLLM's CPU build; {need}", memory=memory)
+        dp = _data_parallel(engine, hardware, per_replica=0, default=1)
+        return _with_replicas(Selection("cpu", f"{why}: vLLM's CPU build; {need}", memory=memory), dp)
 
     if hardware.gpu_count == 0:
         raise SelectionError(
@@ -123,7 +129,10 @@ def select_engine(engine: Any, model: Any, hardware: Hardware) -> Selection:
                 f"engine=vllm runs on one GPU, but {need}, more than the {budget}. "
                 "Use engine=distributed (or engine=auto) to spread it over several GPUs."
             )
-        return Selection("vllm", f"fits one GPU: {need} <= {budget}", gpus=1, memory=memory)
+        # Several GPUs on this node and a model that fits one: a replica per GPU shares the requests.
+        local_gpus = hardware.gpus_per_node if hardware.nodes == 1 else 1
+        dp = _data_parallel(engine, hardware, per_replica=1, default=local_gpus)
+        return _with_replicas(Selection("vllm", f"fits one GPU: {need} <= {budget}", gpus=1, memory=memory), dp)
 
     # distributed: explicit sizes win; otherwise the fewest GPUs that hold the model.
     tp, pp = _parallel_sizes(engine, needed, hardware, need, budget)
@@ -135,7 +144,7 @@ def select_engine(engine: Any, model: Any, hardware: Hardware) -> Selection:
     )
     if kind == "distributed" and needed == 1 and engine.tensor_parallel_size is None:
         reason = f"engine=distributed set in config; {need} fits one GPU, tensor parallel {tp}"
-    return Selection(
+    selection = Selection(
         "distributed",
         reason,
         gpus=tp * pp,
@@ -143,6 +152,44 @@ def select_engine(engine: Any, model: Any, hardware: Hardware) -> Selection:
         pipeline_parallel_size=pp,
         nodes=math.ceil(tp * pp / hardware.gpus_per_node),
         memory=memory,
+    )
+    dp = _data_parallel(engine, hardware, per_replica=tp * pp, default=1) if selection.nodes == 1 else 1
+    return _with_replicas(selection, dp)
+
+
+def _data_parallel(engine: Any, hardware: Hardware, *, per_replica: int, default: int) -> int:
+    """Replicas: engine.data_parallel_size if set, else `default`; each needs its own GPUs (or CPU core)."""
+    asked = engine.get("data_parallel_size")
+    dp = int(asked) if asked is not None else max(1, default)
+    if dp < 1:
+        raise SelectionError(f"engine.data_parallel_size={dp} must be at least 1 (or null to choose).")
+    if per_replica == 0:
+        if dp > hardware.cpu_count:
+            raise SelectionError(
+                f"engine.data_parallel_size={dp} asks for one CPU core per replica, "
+                f"but {hardware.cpu_count} were found."
+            )
+    elif hardware.nodes > 1 and dp > 1:
+        raise SelectionError(
+            "engine.data_parallel_size > 1 runs replicas on this node only; with a Ray cluster use tensor or "
+            "pipeline parallelism (engine=distributed) or run one job per node (hydra/launcher=ray)."
+        )
+    elif dp * per_replica > hardware.gpus_per_node:
+        raise SelectionError(
+            f"engine.data_parallel_size={dp} replicas x {per_replica} GPU(s) each = {dp * per_replica} GPUs, "
+            f"but this node has {hardware.gpus_per_node} ({hardware.summary()})."
+        )
+    return dp
+
+
+def _with_replicas(selection: Selection, dp: int) -> Selection:
+    if dp == 1:
+        return selection
+    return replace(
+        selection,
+        data_parallel_size=dp,
+        gpus=selection.gpus * dp,
+        reason=f"{selection.reason}; {dp} data-parallel replicas share the requests",
     )
 
 

@@ -76,7 +76,9 @@ def test_gpu_defaults_cap_max_model_len_at_the_models_own(compose_cfg):
 def test_models_that_fit_one_80gb_gpu_get_the_lightweight_engine(compose_cfg, weights_gb):
     engine, model = sized(weights_gb, compose_cfg)
     selection = select_engine(engine, model, box(8))
-    assert (selection.kind, selection.gpus, selection.tensor_parallel_size) == ("vllm", 1, 1)
+    # One GPU holds it; the other seven hold replicas that share the requests.
+    assert (selection.kind, selection.tensor_parallel_size, selection.data_parallel_size) == ("vllm", 1, 8)
+    assert selection.gpus == 8 and "8 data-parallel replicas" in selection.reason
     assert "fits one GPU" in selection.reason
 
 
@@ -148,3 +150,36 @@ def test_engine_kinds_can_be_forced(compose_cfg):
     engine, model = sized(5, compose_cfg)
     assert select_engine(OmegaConf.merge(engine, {"kind": "distributed"}), model, box(8)).kind == "distributed"
     assert select_engine(OmegaConf.merge(engine, {"kind": "cpu"}), model, box(8)).kind == "cpu"
+
+
+# --- data parallelism ---
+
+
+def test_data_parallel_size_can_be_set_or_turned_off(compose_cfg):
+    engine, model = sized(15, compose_cfg)
+    two = select_engine(OmegaConf.merge(engine, {"data_parallel_size": 2}), model, box(8))
+    assert (two.data_parallel_size, two.gpus) == (2, 2)
+    one = select_engine(OmegaConf.merge(engine, {"data_parallel_size": 1}), model, box(8))
+    assert (one.data_parallel_size, one.gpus, one.reason) == (1, 1, one.reason.split(";")[0])
+
+
+def test_replicas_of_a_tensor_parallel_engine_each_get_their_own_gpus(compose_cfg):
+    engine, model = sized(140, compose_cfg)  # a 70B in bf16: tensor parallel 4
+    selection = select_engine(OmegaConf.merge(engine, {"data_parallel_size": 2}), model, box(8))
+    assert (selection.tensor_parallel_size, selection.data_parallel_size, selection.gpus) == (4, 2, 8)
+
+
+def test_more_replicas_than_devices_fail_naming_both(compose_cfg):
+    engine, model = sized(15, compose_cfg)
+    with pytest.raises(SelectionError, match="data_parallel_size=16 replicas x 1 GPU.*this node has 8"):
+        select_engine(OmegaConf.merge(engine, {"data_parallel_size": 16}), model, box(8))
+    cpu = compose_cfg("engine=cpu", "model=smollm2_135m", "engine.data_parallel_size=3")
+    with pytest.raises(SelectionError, match="one CPU core per replica, but 2 were found"):
+        select_engine(cpu.engine, cpu.model, CPU_BOX)
+
+
+def test_a_ray_cluster_gets_no_automatic_replicas(compose_cfg):
+    engine, model = sized(15, compose_cfg)
+    assert select_engine(engine, model, box(8, nodes=2)).data_parallel_size == 1
+    with pytest.raises(SelectionError, match="replicas on this node only"):
+        select_engine(OmegaConf.merge(engine, {"data_parallel_size": 2}), model, box(8, nodes=2))

@@ -148,3 +148,13 @@ def test_a_server_going_down_mid_run_is_completed_by_sync(compose_cfg, tmp_path)
         assert artifacts == {"samples", "telemetry.json"}
     finally:
         server.stop()
+
+
+def test_mlflow_tracking_uri_from_the_environment_is_the_default_store(tmp_path):
+    from conftest import run_cli
+
+    uri = f"sqlite:///{tmp_path}/elsewhere.db"
+    shown = run_cli("--cfg", "job", "--resolve", env={"MLFLOW_TRACKING_URI": uri})
+    assert f"uri: {uri}" in shown.stdout, shown.stdout[-2000:]
+    given = run_cli("--cfg", "job", "--resolve", "tracking.uri=http://127.0.0.1:5000", env={"MLFLOW_TRACKING_URI": uri})
+    assert "uri: http://127.0.0.1:5000" in given.stdout  # the command line wins

@@ -61,6 +61,19 @@ def max_length(selection: Selection, model: Any, engine: Any) -> int:
 
 
 def build_engine(selection: Selection, model_source: str, model: Any, engine: Any) -> Engine:
+    if selection.data_parallel_size > 1:
+        from dataclasses import replace
+
+        from runner.engines.replicas import ReplicatedEngine
+
+        one = replace(selection, data_parallel_size=1, gpus=selection.gpus // selection.data_parallel_size)
+        build = {
+            "selection": one,
+            "source": model_source,
+            "model": OmegaConf.to_container(model, resolve=True),
+            "engine": OmegaConf.to_container(engine, resolve=True),
+        }
+        return ReplicatedEngine(build, selection.data_parallel_size, tokenizer_source=model_source)
     if selection.kind == "hf":
         from runner.engines.hf import HFEngine
 
