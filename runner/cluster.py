@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from typing import Any
 
 from runner.hardware import GPU, GiB, Hardware
@@ -52,18 +53,26 @@ def connect(address: str, timeout_s: float) -> None:
 
     if ray.is_initialized():
         return
-    # Ray retries a missing GCS for a minute by default; an evaluation job should say so sooner.
-    os.environ.setdefault("RAY_gcs_rpc_server_connect_timeout_s", str(int(timeout_s)))
-    os.environ.setdefault("RAY_gcs_rpc_server_reconnect_timeout_s", str(int(timeout_s)))
+
+    def unreachable(why: str) -> SelectionError:
+        return SelectionError(
+            f"The Ray cluster at ray.address={address} cannot be reached ({why}). Start it with `ray start --head` "
+            "on one node and `ray start --address=<head>:6379` on the others, or unset ray.address / RAY_ADDRESS "
+            "to run on this machine alone."
+        )
+
+    # Ray's core library ends the whole process after ~20 s when its GCS does not answer, so look first.
+    if address != "auto":
+        host, _, port = address.removeprefix("ray://").rpartition(":")
+        try:
+            socket.create_connection((host or address, int(port or 6379)), timeout=timeout_s).close()
+        except (OSError, ValueError) as exc:
+            raise unreachable(f"{type(exc).__name__}: {exc}") from exc
     try:
         ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING, include_dashboard=False)
     except Exception as exc:  # noqa: BLE001 - ConnectionError, RuntimeError, ...: all mean "not reachable"
-        raise SelectionError(
-            f"The Ray cluster at ray.address={address} cannot be reached ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0][:200] if str(exc) else 'no answer'}). Start it with `ray start --head` on "
-            "one node and `ray start --address=<head>:6379` on the others, or unset ray.address / RAY_ADDRESS "
-            "to run on this machine alone."
-        ) from exc
+        first_line = str(exc).splitlines()[0][:200] if str(exc) else "no answer"
+        raise unreachable(f"{type(exc).__name__}: {first_line}") from exc
 
 
 def job_hardware(cfg: Any) -> Hardware:

@@ -16,6 +16,8 @@ import re
 import subprocess
 import time
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -171,7 +173,8 @@ class Tracker:
         mlflow.set_tracking_uri(self.record.tracking_uri)
         if self.system_metrics:
             mlflow.set_system_metrics_sampling_interval(self.system_metrics_interval)
-        experiment_id = experiment_id_for(mlflow.MlflowClient(), self.record)
+        with store_lock(self.record.tracking_uri):
+            experiment_id = experiment_id_for(mlflow.MlflowClient(), self.record)
         run = mlflow.start_run(
             experiment_id=experiment_id,
             run_name=self.record.run_name,
@@ -260,6 +263,21 @@ class Tracker:
         self.record.save(self.out_dir)
 
 
+@contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """Parallel jobs (joblib, submitit) sharing one sqlite store: the first to touch it creates its tables
+    and the experiment, and two processes doing that at once fail ('table experiments already exists')."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    from filelock import FileLock
+
+    database = Path(uri.removeprefix("sqlite:///"))
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(database) + ".lock", timeout=120):
+        yield
+
+
 def experiment_id_for(client: Any, record: RunRecord) -> str:
     found = client.get_experiment_by_name(record.experiment)
     if found is not None:
@@ -308,7 +326,9 @@ def sync_record(path: Path, tracking_uri: str | None = None) -> str:
     out_dir = path.parent
     if tracking_uri:
         record.tracking_uri = tracking_uri
-    client = MlflowClient(record.tracking_uri)
+    with store_lock(record.tracking_uri):
+        client = MlflowClient(record.tracking_uri)
+        client.search_experiments(max_results=1)  # creates the store's tables, if this is its first use
     run_id = None
     if record.run_id:  # the live job got as far as creating the run: complete that one
         try:
