@@ -44,3 +44,20 @@ def test_a_two_job_sweep_through_a_launcher_plugin_lands_in_mlflow(launcher, tmp
         assert run.info.status == "FINISHED" and "coordinate_processing/score" in run.data.metrics
         assert run.data.tags["launcher"] == launcher and run.data.tags["host"] == socket.gethostname()
         assert run.data.tags["sweep_dir"] == str(sweep_dir)
+
+
+@pytest.mark.parametrize(
+    ("preset", "target", "fields"),
+    [
+        ("slurm_gpu", "SlurmLauncher", {"partition": "gpu", "gpus_per_node": 1, "timeout_min": 240}),
+        ("ray_cluster", "RayLauncher", {"ray.init.address": "auto", "ray.remote.num_gpus": 1}),
+        ("local_parallel", "JoblibLauncher", {"n_jobs": 2}),
+    ],
+)
+def test_the_shipped_launcher_presets_compose_onto_the_plugins(compose_cfg, preset, target, fields):
+    from omegaconf import OmegaConf
+
+    launcher = compose_cfg(f"hydra/launcher={preset}", hydra=True).hydra.launcher
+    assert launcher._target_.endswith(target)
+    for key, value in fields.items():
+        assert OmegaConf.select(launcher, key) == value
