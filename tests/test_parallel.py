@@ -116,3 +116,25 @@ def test_data_parallel_replicas_merge_to_the_single_engines_answers(tiny_checkpo
     _same_answers(got, single, 1e-6)  # the same computation, only split by request
     assert got["extra"]["data_parallel_replicas"] == 2.0
     assert got["extra"]["kv_cache_tokens"] == 2 * single["extra"]["kv_cache_tokens"]
+
+
+def test_a_replica_that_cannot_load_fails_the_job_and_leaves_no_process(tmp_path):
+    import multiprocessing
+
+    from runner.engines.replicas import ReplicatedEngine
+    from runner.selection import Selection
+
+    missing = str(tmp_path / "no_such_model")
+    engine = {"cpu": {"enforce_eager": True}, "gpu": {}, "args": {}, "cpu_env": {}, "hf": {}}
+    model = {
+        "dtype": "float32",
+        "max_model_len": 512,
+        "trust_remote_code": False,
+        "load_format": "auto",
+        "quantization": None,
+        "revision": None,
+    }
+    build = {"selection": Selection("cpu", "test"), "source": missing, "model": model, "engine": engine}
+    with pytest.raises(RuntimeError, match="engine replica 0 failed to load"):
+        ReplicatedEngine(build, 2, tokenizer_source=missing)
+    assert multiprocessing.active_children() == []  # the other replica was stopped too, nothing hangs
