@@ -142,6 +142,7 @@ class Tracker:
         )
         self.live = False  # the store answered so far; once it fails we stop waiting on it
         self.warned = False
+        self._prior_uri_env: str | None = None
 
     # -- the live mirror ---------------------------------------------------------------------------
     def _mirror(self, what: str, call) -> None:
@@ -170,7 +171,8 @@ class Tracker:
     def _start_live(self) -> None:
         import mlflow
 
-        mlflow.set_tracking_uri(self.record.tracking_uri)
+        self._prior_uri_env = os.environ.get("MLFLOW_TRACKING_URI")
+        mlflow.set_tracking_uri(self.record.tracking_uri)  # also exports MLFLOW_TRACKING_URI: undone in finish()
         if self.system_metrics:
             mlflow.set_system_metrics_sampling_interval(self.system_metrics_interval)
         with store_lock(self.record.tracking_uri):
@@ -260,6 +262,12 @@ class Tracker:
                 mlflow.end_run(status=status)
             except Exception:  # noqa: BLE001
                 pass
+        # Leave the environment as it was: a later job (or a process this one starts) must not inherit
+        # this run's store as if the user had set MLFLOW_TRACKING_URI.
+        if self._prior_uri_env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = self._prior_uri_env
         self.record.save(self.out_dir)
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
-from conftest import run_cli
+from conftest import SHORT_ANSWERS, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def job(tmp_path_factory, default_model_dir):
     out = tmp_path_factory.mktemp("outputs")
-    result = run_cli("limit=6", f"paths.output_dir={out}")
+    result = run_cli("limit=6", *SHORT_ANSWERS, f"paths.output_dir={out}")
     assert result.returncode == 0, result.stdout[-5000:]
     mlflow.set_tracking_uri(f"sqlite:///{out}/mlflow.db")
     runs = mlflow.search_runs(experiment_names=["text_geospatial"], output_format="list")
@@ -90,21 +90,6 @@ def test_the_summary_names_scores_throughput_and_where_things_are(job):
     assert f"output dir:  {out}/runs/" in stdout
 
 
-def test_a_multirun_sweep_gives_one_run_per_job(tmp_path, default_model_dir):
-    result = run_cli("-m", "limit=2,3", "model=smollm2_135m", f"paths.output_dir={tmp_path}")
-    assert result.returncode == 0, result.stdout[-5000:]
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
-    runs = mlflow.search_runs(experiment_names=["text_geospatial"], output_format="list")
-    assert sorted(r.data.params["limit"] for r in runs) == ["2", "3"]
-    assert all(r.info.status == "FINISHED" for r in runs)
-    # Same model, same engine settings: the second job reuses the engine the first one loaded.
-    by_limit = {r.data.params["limit"]: r.data.metrics for r in runs}
-    assert by_limit["2"]["engine_reused"] == 0 and by_limit["2"]["model_load_s"] > 0
-    assert by_limit["3"]["engine_reused"] == 1 and by_limit["3"]["model_load_s"] == 0
-    jobs = sorted(p.name for p in (tmp_path / "multirun").glob("*/*/*") if p.is_dir())
-    assert jobs == ["0_text_geospatial_smollm2_135m", "1_text_geospatial_smollm2_135m"]
-
-
 def test_a_builtin_lm_eval_task_runs_offline_from_local_files(tmp_path, default_model_dir):
     """lm-eval's own gsm8k task (prompt, filters, metric) on local files; the unready dataset is skipped."""
     pairs = [(2, 3), (5, 7), (10, 1), (4, 4), (6, 9), (3, 8), (12, 5), (7, 7)]
@@ -160,9 +145,12 @@ def test_a_rerun_is_answered_from_the_cache_and_a_larger_one_computes_only_the_r
     assert bigger["requests"] == bigger["requests_total"] - first["requests_total"]  # only the missing ones
 
 
-@pytest.mark.parametrize("engine", ["cpu", "hf"])
+# On vLLM, tiny_llama's dummy weights run in the shared sweep (tests/test_sweep.py).
+@pytest.mark.parametrize("engine", ["hf"])
 def test_dummy_weights_on_a_shipped_architecture_run_offline(tmp_path, default_model_dir, engine):
-    result = run_cli("model=tiny_llama", f"engine={engine}", "limit=2", "cache=false", f"paths.output_dir={tmp_path}")
+    result = run_cli(
+        "model=tiny_llama", f"engine={engine}", "limit=2", "cache=false", *SHORT_ANSWERS, f"paths.output_dir={tmp_path}"
+    )
     assert result.returncode == 0, result.stdout[-5000:]
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
     (run,) = mlflow.search_runs(experiment_names=["text_geospatial"], output_format="list")

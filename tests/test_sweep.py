@@ -1,7 +1,7 @@
-"""A real sweep with one failing job: every job recorded, the failure listed, the report written.
+"""A real sweep with failing jobs: every job recorded, failures listed, engines reused, the report written.
 
-The sweep (tests/conftest.py: Sweep) runs `-m model=smollm2_135m,tiny_llama,qwen25_7b limit=2`; the
-last model's weights are not on this machine, so its job fails and the sweep must carry on.
+The sweep (tests/conftest.py: Sweep) runs `-m model=smollm2_135m,tiny_llama,qwen25_7b limit=1,2`; the
+last model's weights are not on this machine, so its jobs fail and the sweep must carry on.
 """
 
 from __future__ import annotations
@@ -22,36 +22,55 @@ def _runs(uri: str) -> dict[str, object]:
     return {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
 
 
-def test_a_failing_job_does_not_stop_the_sweep_and_the_exit_code_says_so(sweep):
+def _jobs(sweep) -> list[tuple[str, int]]:
+    return [(model, limit) for model in sweep.MODELS for limit in sweep.LIMITS]
+
+
+def _job_runs(sweep) -> dict[tuple[str, int], object]:
+    client = MlflowClient(sweep.tracking_uri)
+    experiment = client.get_experiment_by_name("text_geospatial")
+    runs = [r for r in client.search_runs([experiment.experiment_id]) if "job_num" in r.data.tags]
+    return {(r.data.tags["model"], int(r.data.params["limit"])): r for r in runs}
+
+
+def test_failing_jobs_do_not_stop_the_sweep_and_the_exit_code_says_so(sweep):
     assert sweep.result.returncode == 1, sweep.result.stdout[-5000:]
     jobs = json.loads((sweep.dir / "sweep_summary.json").read_text())
-    assert [(j["job_num"], j["model"], j["status"]) for j in jobs] == [
-        (0, "smollm2_135m", "FINISHED"),
-        (1, "tiny_llama", "FINISHED"),
-        (2, "qwen25_7b", "FAILED"),
-    ]
-    assert "Qwen/Qwen2.5-7B-Instruct" in jobs[2]["error"]
+    expected = [(n, m, "FAILED" if m == "qwen25_7b" else "FINISHED") for n, (m, _) in enumerate(_jobs(sweep))]
+    assert [(j["job_num"], j["model"], j["status"]) for j in jobs] == expected
+    assert "Qwen/Qwen2.5-7B-Instruct" in jobs[4]["error"]
     out = sweep.result.stdout
-    assert "1 of 3 jobs failed" in out and "job 2 (model=qwen25_7b" in out
+    assert "2 of 6 jobs failed" in out and "job 4 (model=qwen25_7b limit=1" in out
     assert "Traceback" not in out
+    folders = sorted(p.name for p in sweep.dir.iterdir() if p.is_dir() and p.name[0].isdigit())
+    assert folders == [f"{n}_text_geospatial_{m}" for n, (m, _) in enumerate(_jobs(sweep))]
 
 
 def test_every_job_is_a_run_that_knows_its_sweep_and_ends_finished_or_failed(sweep):
-    runs = _runs(sweep.tracking_uri)
-    jobs = {f"{m}/text_geospatial": n for n, m in enumerate(sweep.MODELS)}
-    assert set(jobs) <= set(runs)
-    for name, number in jobs.items():
-        run = runs[name]
+    runs = _job_runs(sweep)
+    assert sorted(runs) == sorted(_jobs(sweep))
+    for number, job in enumerate(_jobs(sweep)):
+        run = runs[job]
         assert run.data.tags["sweep_dir"] == str(sweep.dir) and run.data.tags["job_num"] == str(number)
-        assert run.info.status == ("FAILED" if name.startswith("qwen25_7b") else "FINISHED")
-    failed = runs["qwen25_7b/text_geospatial"]
+        assert run.data.tags["launcher"] == "basic"
+        assert run.info.status == ("FAILED" if job[0] == "qwen25_7b" else "FINISHED")
+    failed = runs[("qwen25_7b", 1)]
     assert "not present" in failed.data.tags["error"]
     assert not any(k.endswith("/score") for k in failed.data.metrics)  # nothing that looks like a result
-    for name in ("smollm2_135m/text_geospatial", "tiny_llama/text_geospatial"):
-        metrics = runs[name].data.metrics
+    for model in ("smollm2_135m", "tiny_llama"):
+        metrics = runs[(model, 1)].data.metrics
         assert 0 <= metrics["spatial_reasoning/score"] <= 1 and metrics["output_tokens_per_s"] > 0
         # MLflow's own system metrics were sampled during the job.
         assert "system/cpu_utilization_percentage" in metrics
+    assert runs[("tiny_llama", 1)].data.params["model.load_format"] == "dummy"  # random weights, on vLLM
+
+
+def test_consecutive_jobs_with_the_same_model_reuse_its_engine(sweep):
+    runs = _job_runs(sweep)
+    for model in ("smollm2_135m", "tiny_llama"):
+        first, second = runs[(model, 1)].data.metrics, runs[(model, 2)].data.metrics
+        assert first["engine_reused"] == 0 and first["model_load_s"] > 0
+        assert second["engine_reused"] == 1 and second["model_load_s"] == 0
 
 
 def test_the_sweep_ends_with_a_comparison_report_in_its_folder_and_in_mlflow(sweep):
