@@ -86,17 +86,16 @@ def free_port() -> int:
 
 
 class MlflowServer:
-    """A real `mlflow server` on loopback over a sqlite store in `folder`; stop() ends it and its workers."""
+    """A real `mlflow server` on loopback; stop() ends it and every process it started."""
 
-    def __init__(self, folder: Path, port: int) -> None:
-        import signal
+    def __init__(self, backend_uri: str, artifacts: Path, port: int, log_path: Path, start_timeout_s: float = 90):
         import time
         import urllib.request
 
-        folder.mkdir(parents=True, exist_ok=True)
+        log_path.parent.mkdir(parents=True, exist_ok=True)
         self.url = f"http://127.0.0.1:{port}"
-        self._signal = signal
-        self.log = (folder / "server.log").open("ab")
+        self.log_path = log_path
+        self.log = log_path.open("ab")
         self.process = subprocess.Popen(
             [
                 sys.executable,
@@ -104,9 +103,9 @@ class MlflowServer:
                 "mlflow",
                 "server",
                 "--backend-store-uri",
-                f"sqlite:///{folder}/mlflow.db",
+                backend_uri,
                 "--artifacts-destination",
-                str(folder / "artifacts"),
+                str(artifacts),
                 "--host",
                 "127.0.0.1",
                 "--port",
@@ -117,37 +116,41 @@ class MlflowServer:
             stdout=self.log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            start_new_session=True,
-            env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
+            start_new_session=True,  # its own process group: stop() signals the workers it starts too
+            # The job runner (huey consumers) serves UI features no test uses; off, it starts and stops faster.
+            env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
         )
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
+        deadline = time.monotonic() + start_timeout_s
+        while time.monotonic() < deadline and self.process.poll() is None:
             try:
                 with urllib.request.urlopen(f"{self.url}/health", timeout=2) as response:
                     if response.status == 200:
                         return
             except OSError:
-                if self.process.poll() is not None:
-                    break
-                time.sleep(0.5)
+                time.sleep(0.25)
         self.stop()
-        raise RuntimeError(
-            f"mlflow server did not come up on {self.url}: {(folder / 'server.log').read_text()[-2000:]}"
-        )
+        raise RuntimeError(f"mlflow server did not come up on {self.url}: {log_path.read_text()[-3000:]}")
 
     def stop(self) -> None:
+        import signal
+
         if self.process.poll() is None:
-            os.killpg(self.process.pid, self._signal.SIGTERM)  # its gunicorn/uvicorn workers too
+            os.killpg(self.process.pid, signal.SIGTERM)
             try:
                 self.process.wait(timeout=20)
             except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, self._signal.SIGKILL)
-                self.process.wait()
+                pass
+        try:  # also after a clean exit of the leader: a worker it started may outlive it
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.process.wait()
         self.log.close()
 
 
 def mlflow_server(folder: Path, port: int) -> MlflowServer:
-    return MlflowServer(folder, port)
+    """A server over its own sqlite store in `folder` (the same store again when restarted on it)."""
+    return MlflowServer(f"sqlite:///{folder}/mlflow.db", folder / "artifacts", port, folder / "server.log")
 
 
 # The default category's datasets answer in at most 16 tokens: the tests look at mechanics, not scores,

@@ -13,10 +13,7 @@ import math
 import os
 import shutil
 import signal
-import socket
 import subprocess
-import sys
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -28,6 +25,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+from conftest import MlflowServer, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -35,7 +33,6 @@ METRIC = "spatial_reasoning/score"
 CATEGORY = "text_geospatial"
 ABSENT_RUN = f"not_in_the_sweep/{CATEGORY}"  # proves the page check can fail
 
-SERVER_START_S = 60
 PAGE_TIMEOUT_S = 60
 # Virtual time, not wall time: it only advances while no request is pending, so the dump waits for the
 # UI's API calls however slow the server is, and timers (debounces, polling) fire without real waiting.
@@ -64,80 +61,30 @@ def sweep_store(sweep) -> SweepStore:
     return SweepStore(sweep.tracking_uri, db_path, sweep.out / "mlartifacts", CATEGORY, run_names, METRIC)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _stop(proc: subprocess.Popen) -> None:
-    """SIGTERM the process's whole group, give it time to exit, then SIGKILL whatever is left of the group."""
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        pass
-    try:
-        # Also after a clean exit of the leader: a child it started (uvicorn, a renderer) may outlive it.
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+    """End Chromium and every process it started (its own process group)."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            continue
     proc.wait(timeout=10)
 
 
 @pytest.fixture
 def mlflow_server(sweep_store: SweepStore, tmp_path: Path) -> Iterator[str]:
     """A real `mlflow server` on loopback over the store; yields its base URL, always stopped after."""
-    port = _free_port()
-    log_path = tmp_path / "mlflow-server.log"
-    env = {
-        **os.environ,
-        "MLFLOW_DISABLE_TELEMETRY": "true",
-        # The job runner (huey consumers) serves UI features this test does not use; off, the server
-        # starts faster and has fewer processes to stop.
-        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
-    }
-    command = [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "server",
-        "--backend-store-uri",
-        sweep_store.tracking_uri,
-        "--artifacts-destination",
-        str(sweep_store.artifacts_dir),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-    ]
-    with log_path.open("wb") as log:
-        # Its own session, so teardown can signal the server and every process it started.
-        proc = subprocess.Popen(
-            command, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    base_url = f"http://127.0.0.1:{port}"
+    server = MlflowServer(
+        sweep_store.tracking_uri, sweep_store.artifacts_dir, free_port(), tmp_path / "mlflow-server.log"
+    )
     try:
-        deadline = time.monotonic() + SERVER_START_S
-        while True:
-            try:
-                with urllib.request.urlopen(f"{base_url}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except (urllib.error.URLError, OSError):
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                why = f"exited with {proc.returncode}" if proc.poll() is not None else f"not up in {SERVER_START_S}s"
-                pytest.fail(f"mlflow server {why}; its output:\n{log_path.read_text(errors='replace')[-5000:]}")
-            time.sleep(0.25)
-        yield base_url
+        yield server.url
     finally:
-        _stop(proc)
+        server.stop()
 
 
 class _Page(HTMLParser):
