@@ -42,6 +42,7 @@ class EngineLM(TemplateLM):
         self.default_max_gen_toks = default_max_gen_toks
         self.seed = seed
         self.served = 0  # requests that reached the engine (the rest came from lm-eval's response cache)
+        self.truncated = 0  # of those, prompts cut from the left to fit max_length (lm-eval's convention)
 
     # --- tokens and chat templating (lm-eval builds the messages, the model's own template renders them) ---
 
@@ -83,9 +84,9 @@ class EngineLM(TemplateLM):
         for index, request in enumerate(requests):
             context, gen_kwargs = request.args
             kwargs = normalize_gen_kwargs(gen_kwargs, default_max_gen_toks=self.default_max_gen_toks)
-            tokens, max_tokens = maybe_truncate(
-                self.tok_encode(context), kwargs["max_gen_toks"], self.max_length, shrink_gen_toks=True
-            )
+            full = self.tok_encode(context)
+            tokens, max_tokens = maybe_truncate(full, kwargs["max_gen_toks"], self.max_length, shrink_gen_toks=True)
+            self.truncated += len(tokens) < len(full)
             settings = SamplingSettings(
                 max_tokens=max_tokens,
                 temperature=float(kwargs.get("temperature", 0.0)),
@@ -97,10 +98,15 @@ class EngineLM(TemplateLM):
 
         results: list[str | None] = [None] * len(requests)
         for settings, items in groups.items():
-            completions = self.engine.generate([tokens for _, tokens in items], settings)
-            for (index, _), completion in zip(items, completions, strict=True):
+
+            def answered(position: int, completion, items=items) -> None:
+                # Into lm-eval's response cache as each request finishes: a crash loses only those in flight.
+                index = items[position][0]
                 results[index] = completion.text
                 self.cache_hook.add_partial("generate_until", requests[index].args, completion.text)
+
+            self.engine.generate([tokens for _, tokens in items], settings, on_result=answered)
+        log.info("Answered %d generate_until requests; lm-eval scores them next", len(requests))
         return results  # type: ignore[return-value]
 
     def _loglikelihood_tokens(
@@ -108,13 +114,16 @@ class EngineLM(TemplateLM):
     ) -> list[tuple[float, bool]]:
         self.served += len(requests)
         pairs = [self._fit(context, continuation) for _, context, continuation in requests]
-        scores = self.engine.loglikelihood(pairs)
-        out = []
-        for (key, _, _), score in zip(requests, scores, strict=True):
-            out.append((score.logprob, score.is_greedy))
+        out: list[tuple[float, bool] | None] = [None] * len(requests)
+
+        def scored(index: int, score) -> None:
+            out[index] = (score.logprob, score.is_greedy)
+            key = requests[index][0]
             if key is not None:
-                self.cache_hook.add_partial("loglikelihood", key, out[-1])
-        return out
+                self.cache_hook.add_partial("loglikelihood", key, out[index])
+
+        self.engine.loglikelihood(pairs, on_result=scored)
+        return out  # type: ignore[return-value]
 
     def _fit(self, context: list[int], continuation: list[int]) -> tuple[list[int], list[int]]:
         """Keep the whole continuation and as much of the context (from the left) as the window allows."""
@@ -124,6 +133,7 @@ class EngineLM(TemplateLM):
                 f"A continuation of {len(continuation)} tokens does not fit the model's {self.max_length}-token "
                 "window; raise model.max_model_len or shorten the task's targets."
             )
+        self.truncated += len(context) > room
         return context[-room:], continuation
 
     def loglikelihood_rolling(self, requests: list[Instance], disable_tqdm: bool = False) -> list[float]:

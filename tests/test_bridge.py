@@ -27,11 +27,11 @@ class RecordingEngine(Engine):
     def tokenizer(self):
         return self._tokenizer
 
-    def _generate(self, prompts, settings):
+    def _generate(self, prompts, settings, on_result):
         self.calls.append((prompts, settings))
         return [Completion(text=f"len={len(p)}", prompt_tokens=len(p), output_tokens=2) for p in prompts]
 
-    def _loglikelihood(self, requests):
+    def _loglikelihood(self, requests, on_result):
         self.scored.append(requests)
         # -1 per continuation token; "greedy" when the continuation is one token long.
         return [LogLikelihood(-float(len(cont)), len(cont) == 1) for _, cont in requests]
@@ -85,11 +85,39 @@ def test_sampling_settings_pass_through(tokenizer):
     assert (settings.temperature, settings.top_p) == (0.7, 0.9)
 
 
-def test_long_prompts_are_truncated_to_fit_the_context(tokenizer):
+def test_long_prompts_are_truncated_to_fit_the_context_and_counted(tokenizer):
     engine = RecordingEngine(tokenizer)
-    EngineLM(engine, max_length=64).generate_until([request("word " * 500, max_gen_toks=16)])
-    prompt, settings = engine.calls[0]
-    assert len(prompt[0]) + settings.max_tokens <= 64
+    lm = EngineLM(engine, max_length=64)
+    lm.generate_until([request("word " * 500, max_gen_toks=16), request("short", max_gen_toks=16)])
+    prompts, settings = engine.calls[0]
+    assert len(prompts[0]) + settings.max_tokens <= 64
+    assert lm.truncated == 1  # reported as the run's requests_truncated, and warned about in the summary
+    lm.loglikelihood([Instance("loglikelihood", {}, ("word " * 500, " end"), 0)])
+    assert lm.truncated == 2 and len(engine.scored[0][0][0]) + len(engine.scored[0][0][1]) <= 64
+
+
+def test_answers_reach_the_response_cache_as_each_request_finishes(tokenizer):
+    class Streaming(RecordingEngine):
+        def _generate(self, prompts, settings, on_result):
+            out = []
+            for index, prompt in enumerate(prompts):  # the cache must hold each answer before the next is made
+                assert len(saved) == index
+                out.append(Completion(text=f"len={len(prompt)}", prompt_tokens=len(prompt), output_tokens=1))
+                on_result(index, out[-1])
+            return out
+
+    saved: list = []
+    lm = EngineLM(Streaming(tokenizer), max_length=4096)
+    lm.set_cache_hook(type("Hook", (), {"add_partial": lambda self, *a: saved.append(a)})())
+    lm.generate_until([request(c) for c in ("a", "b c", "d e f")])
+    assert [s[0] for s in saved] == ["generate_until"] * 3
+
+    # An engine that cannot stream still reports every answer, once, when its call returns.
+    saved.clear()
+    lm = EngineLM(RecordingEngine(tokenizer), max_length=4096)
+    lm.set_cache_hook(type("Hook", (), {"add_partial": lambda self, *a: saved.append(a)})())
+    lm.generate_until([request(c) for c in ("a", "b c")])
+    assert len(saved) == 2
 
 
 def test_chat_template_renders_lm_evals_messages_with_the_models_template(tokenizer):

@@ -6,7 +6,7 @@ import pytest
 
 from runner.app import response_cache_key
 from runner.engines import pool
-from runner.engines.base import Completion, Engine, LogLikelihood
+from runner.engines.base import Completion, Engine, LogLikelihood, SamplingSettings
 from runner.engines.lazy import LazyEngine
 from runner.hardware import Hardware
 from runner.selection import select_engine
@@ -29,10 +29,10 @@ class CountingEngine(Engine):
     def tokenizer(self):
         raise AssertionError("the lazy engine's own tokenizer is used")
 
-    def _generate(self, prompts, settings):
+    def _generate(self, prompts, settings, on_result):
         return [Completion("x", len(p), 1) for p in prompts]
 
-    def _loglikelihood(self, requests):
+    def _loglikelihood(self, requests, on_result):
         return [LogLikelihood(-1.0, True) for _ in requests]
 
     def shutdown(self) -> None:
@@ -55,7 +55,7 @@ def test_the_model_loads_only_when_a_request_needs_it(lazy):
     assert not engine.loaded and CountingEngine.loads == 0
     assert engine.tokenizer.eos_token == "<|im_end|>"  # prompts can be built without the model
     assert engine.generate([], None) == [] and not engine.loaded
-    engine.generate([[1, 2, 3]], None)
+    engine.generate([[1, 2, 3]], SamplingSettings())
     assert engine.loaded and CountingEngine.loads == 1
     assert engine.stats.requests == 1 and engine.stats.load_seconds == 1.5  # the real engine's numbers
     engine.loglikelihood([([1], [2])])
@@ -65,7 +65,7 @@ def test_the_model_loads_only_when_a_request_needs_it(lazy):
 def test_sweep_jobs_with_the_same_settings_reuse_the_loaded_engine(lazy):
     first, reused = pool.acquire("model-a", lazy)
     assert not reused
-    first.generate([[1]], None)
+    first.generate([[1]], SamplingSettings())
     second, reused = pool.acquire("model-a", lazy)
     assert second is first and reused and CountingEngine.loads == 1
     # A new job starts its own measurements; the engine's cache capacity still belongs to it.

@@ -8,10 +8,19 @@ from __future__ import annotations
 
 import ctypes
 import gc
+import logging
 import sys
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+# on_result(index, result): called as each request of a call is answered, so a caller can save it at once
+# (the response cache) and a crash loses only the requests still in flight.
+OnResult = Callable[[int, Any], None]
 
 
 @dataclass(frozen=True)
@@ -104,12 +113,19 @@ class Engine(ABC):
     def tokenizer(self):
         """A Hugging Face tokenizer for this model (chat template, encode/decode)."""
 
-    def generate(self, prompts: list[list[int]], settings: SamplingSettings) -> list[Completion]:
-        """Generate one completion per prompt, in order. Hands the whole list to the engine at once."""
+    def generate(
+        self, prompts: list[list[int]], settings: SamplingSettings, on_result: OnResult | None = None
+    ) -> list[Completion]:
+        """Generate one completion per prompt, in order. Hands the whole list to the engine at once;
+        `on_result(i, completion)` is called for each as it is answered (engines that cannot stream
+        call it for all of them at the end)."""
         if not prompts:
             return []
+        log.info(
+            "%s engine: generating %d requests, up to %d new tokens each", self.name, len(prompts), settings.max_tokens
+        )
         start = time.perf_counter()
-        completions = self._generate(prompts, settings)
+        completions = _reporting(lambda report: self._generate(prompts, settings, report), on_result)
         self.stats.generate_seconds += time.perf_counter() - start
         self.stats.generate_calls += 1
         self.stats.requests += len(prompts)
@@ -119,24 +135,46 @@ class Engine(ABC):
         self.stats.latencies.extend(c.latency_s for c in completions if c.latency_s is not None)
         return completions
 
-    def loglikelihood(self, requests: list[tuple[list[int], list[int]]]) -> list[LogLikelihood]:
+    def loglikelihood(
+        self, requests: list[tuple[list[int], list[int]]], on_result: OnResult | None = None
+    ) -> list[LogLikelihood]:
         """Score each (context tokens, continuation tokens) pair, in order, in as few engine calls as possible."""
         if not requests:
             return []
+        log.info("%s engine: scoring %d log-likelihood requests", self.name, len(requests))
         start = time.perf_counter()
-        scores = self._loglikelihood(requests)
+        scores = _reporting(lambda report: self._loglikelihood(requests, report), on_result)
         self.stats.loglikelihood_seconds += time.perf_counter() - start
         self.stats.loglikelihood_requests += len(requests)
         return scores
 
+    # Subclasses implement these; `on_result` may be called as requests finish (see `generate`).
     @abstractmethod
-    def _generate(self, prompts: list[list[int]], settings: SamplingSettings) -> list[Completion]: ...
+    def _generate(
+        self, prompts: list[list[int]], settings: SamplingSettings, on_result: OnResult
+    ) -> list[Completion]: ...
 
-    def _loglikelihood(self, requests: list[tuple[list[int], list[int]]]) -> list[LogLikelihood]:
+    def _loglikelihood(self, requests: list[tuple[list[int], list[int]]], on_result: OnResult) -> list[LogLikelihood]:
         raise NotImplementedError(f"The {self.name} engine does not score log-likelihoods.")
 
     def shutdown(self) -> None:  # noqa: B027 - engines without processes need no teardown
         """Release the model and any worker processes. Safe to call twice."""
+
+
+def _reporting(call: Callable[[OnResult], list], on_result: OnResult | None) -> list:
+    """Run an engine call; make sure `on_result` saw every result exactly once, streamed or not."""
+    reported: set[int] = set()
+
+    def report(index: int, result: Any) -> None:
+        if index not in reported:
+            reported.add(index)
+            if on_result is not None:
+                on_result(index, result)
+
+    results = call(report)
+    for index, result in enumerate(results):
+        report(index, result)
+    return results
 
 
 def release_memory() -> None:

@@ -11,7 +11,7 @@ import logging
 import time
 from typing import Any
 
-from runner.engines.base import Completion, Engine, LogLikelihood, SamplingSettings, release_memory
+from runner.engines.base import Completion, Engine, LogLikelihood, OnResult, SamplingSettings, release_memory
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ class HFEngine(Engine):
         order = sorted(range(len(items)), key=lambda i: -key(items[i]))
         return [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
 
-    def _generate(self, prompts: list[list[int]], settings: SamplingSettings) -> list[Completion]:
+    def _generate(self, prompts: list[list[int]], settings: SamplingSettings, on_result: OnResult) -> list[Completion]:
         import torch
 
         pad = self._tokenizer.pad_token_id
@@ -111,9 +111,10 @@ class HFEngine(Engine):
                     reason = "stop"
                     new = self._tokenizer(text, add_special_tokens=False).input_ids
                 results[index] = Completion(text, len(prompts[index]), len(new), reason, latency)
+                on_result(index, results[index])
         return results  # type: ignore[return-value]
 
-    def _loglikelihood(self, requests: list[tuple[list[int], list[int]]]) -> list[LogLikelihood]:
+    def _loglikelihood(self, requests: list[tuple[list[int], list[int]]], on_result: OnResult) -> list[LogLikelihood]:
         import torch
 
         pad = self._tokenizer.pad_token_id
@@ -135,6 +136,7 @@ class HFEngine(Engine):
                 logprob = positions.gather(1, target[:, None]).sum().item()
                 greedy = bool((positions.argmax(dim=-1) == target).all().item())
                 scores[index] = LogLikelihood(logprob, greedy)
+                on_result(index, scores[index])
         return scores  # type: ignore[return-value]
 
     def shutdown(self) -> None:

@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from runner.engines.base import Completion, Engine, EngineStats, LogLikelihood, SamplingSettings
+from runner.engines.base import Completion, Engine, EngineStats, LogLikelihood, OnResult, SamplingSettings
 
 log = logging.getLogger(__name__)
 
@@ -65,13 +65,17 @@ class LazyEngine(Engine):
         return self._tokenizer
 
     # The real engine measures its own calls; these only forward.
-    def generate(self, prompts: list[list[int]], settings: SamplingSettings) -> list[Completion]:
-        return self._real().generate(prompts, settings) if prompts else []
+    def generate(
+        self, prompts: list[list[int]], settings: SamplingSettings, on_result: OnResult | None = None
+    ) -> list[Completion]:
+        return self._real().generate(prompts, settings, on_result) if prompts else []
 
-    def loglikelihood(self, requests: list[tuple[list[int], list[int]]]) -> list[LogLikelihood]:
-        return self._real().loglikelihood(requests) if requests else []
+    def loglikelihood(
+        self, requests: list[tuple[list[int], list[int]]], on_result: OnResult | None = None
+    ) -> list[LogLikelihood]:
+        return self._real().loglikelihood(requests, on_result) if requests else []
 
-    def _generate(self, prompts, settings):  # pragma: no cover - generate() forwards before this is reached
+    def _generate(self, prompts, settings, on_result):  # pragma: no cover - generate() forwards before this is reached
         raise AssertionError("LazyEngine forwards generate()")
 
     def shutdown(self) -> None:

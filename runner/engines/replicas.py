@@ -20,7 +20,7 @@ import time
 import traceback
 from typing import Any
 
-from runner.engines.base import Completion, Engine, LogLikelihood, SamplingSettings
+from runner.engines.base import Completion, Engine, LogLikelihood, OnResult, SamplingSettings
 
 log = logging.getLogger(__name__)
 
@@ -156,10 +156,11 @@ class ReplicatedEngine(Engine):
             merged.extend(value)
         return merged
 
-    def _generate(self, prompts: list[list[int]], settings: SamplingSettings) -> list[Completion]:
+    # Results are reported when every shard is back (Engine.generate calls on_result then).
+    def _generate(self, prompts: list[list[int]], settings: SamplingSettings, on_result: OnResult) -> list[Completion]:
         return self._scatter("generate", prompts, settings)
 
-    def _loglikelihood(self, requests: list[tuple[list[int], list[int]]]) -> list[LogLikelihood]:
+    def _loglikelihood(self, requests: list[tuple[list[int], list[int]]], on_result: OnResult) -> list[LogLikelihood]:
         return self._scatter("loglikelihood", requests)
 
     def shutdown(self) -> None:

@@ -6,7 +6,7 @@ import logging
 import time
 from typing import Any
 
-from runner.engines.base import Completion, Engine, LogLikelihood, SamplingSettings, release_memory
+from runner.engines.base import Completion, Engine, LogLikelihood, OnResult, SamplingSettings, release_memory
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,37 @@ class VLLMEngine(Engine):
             if value is not None:
                 self.stats.extra[key] = float(value)
 
-    def _generate(self, prompts: list[list[int]], settings: SamplingSettings) -> list[Completion]:
+    def _run(self, prompts: list[dict], params: Any, on_output) -> list:
+        """vLLM's own offline loop (what `LLM.generate` does), handing each request over as it finishes.
+
+        One call with every prompt: vLLM's scheduler batches continuously, which beats any fixed batch
+        size. Outputs come back in prompt order.
+        """
+        enqueue = getattr(self.llm, "enqueue", None)
+        if enqueue is None:  # a vLLM without enqueue(): the results arrive all at once
+            return self.llm.generate(prompts, params, use_tqdm=False)
+        request_ids = enqueue(prompts, params, use_tqdm=False)  # internal ids: "<external id>-<random suffix>"
+        position = {request_id: index for index, request_id in enumerate(request_ids)}
+        # Outputs carry the external id (what LLM.generate sorts its outputs by).
+        position |= {request_id.rsplit("-", 1)[0]: index for index, request_id in enumerate(request_ids)}
+        outputs: list = [None] * len(prompts)
+        engine = self.llm.llm_engine
+        try:
+            while engine.has_unfinished_requests():
+                for out in engine.step():
+                    index = position.get(out.request_id)
+                    if out.finished and index is not None:
+                        outputs[index] = out
+                        on_output(index, out)
+        except BaseException:
+            # Leave no request of this call queued in the engine: the next call would receive its output.
+            engine.abort_request([r for i, r in enumerate(request_ids) if outputs[i] is None], internal=True)
+            raise
+        if None in outputs:
+            raise RuntimeError(f"vLLM stopped with {outputs.count(None)} of {len(prompts)} requests unanswered.")
+        return outputs
+
+    def _generate(self, prompts: list[list[int]], settings: SamplingSettings, on_result: OnResult) -> list[Completion]:
         from vllm import SamplingParams
 
         params = SamplingParams(
@@ -47,33 +77,30 @@ class VLLMEngine(Engine):
             stop=list(settings.stop) or None,
             seed=settings.seed,
         )
-        # One call with every prompt: vLLM's scheduler batches continuously, which beats any fixed batch size.
-        outputs = self.llm.generate([{"prompt_token_ids": ids} for ids in prompts], params, use_tqdm=False)
-        return [
-            Completion(
-                text=out.outputs[0].text,
-                prompt_tokens=len(out.prompt_token_ids or ()),
-                output_tokens=len(out.outputs[0].token_ids),
-                finish_reason=out.outputs[0].finish_reason,
-                latency_s=_latency(out),
-            )
-            for out in outputs
-        ]
+        completions: list = [None] * len(prompts)
 
-    def _loglikelihood(self, requests: list[tuple[list[int], list[int]]]) -> list[LogLikelihood]:
+        def finished(index: int, out) -> None:
+            completions[index] = _completion(out)
+            on_result(index, completions[index])
+
+        outputs = self._run([{"prompt_token_ids": ids} for ids in prompts], params, finished)
+        return [c or _completion(out) for c, out in zip(completions, outputs, strict=True)]
+
+    def _loglikelihood(self, requests: list[tuple[list[int], list[int]]], on_result: OnResult) -> list[LogLikelihood]:
         from vllm import SamplingParams
 
         # Score the prompt itself: prompt_logprobs=1 returns, for every prompt position, the actual
         # token's log-probability and its rank (rank 1 = what greedy decoding would have picked).
         params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=1, detokenize=False)
+        scores: list = [None] * len(requests)
+
+        def finished(index: int, out) -> None:
+            scores[index] = _score(requests[index], out)
+            on_result(index, scores[index])
+
         prompts = [{"prompt_token_ids": context + continuation} for context, continuation in requests]
-        outputs = self.llm.generate(prompts, params, use_tqdm=False)
-        scores = []
-        for (context, continuation), out in zip(requests, outputs, strict=True):
-            positions = out.prompt_logprobs[len(context) : len(context) + len(continuation)]
-            picked = [entry[token] for entry, token in zip(positions, continuation, strict=True)]
-            scores.append(LogLikelihood(sum(p.logprob for p in picked), all(p.rank == 1 for p in picked)))
-        return scores
+        outputs = self._run(prompts, params, finished)
+        return [s or _score(r, o) for s, r, o in zip(scores, requests, outputs, strict=True)]
 
     def shutdown(self) -> None:
         llm = getattr(self, "llm", None)
@@ -86,6 +113,23 @@ class VLLMEngine(Engine):
             log.warning("vLLM engine shutdown raised", exc_info=True)
         self.llm = None
         release_memory()
+
+
+def _completion(out) -> Completion:
+    return Completion(
+        text=out.outputs[0].text,
+        prompt_tokens=len(out.prompt_token_ids or ()),
+        output_tokens=len(out.outputs[0].token_ids),
+        finish_reason=out.outputs[0].finish_reason,
+        latency_s=_latency(out),
+    )
+
+
+def _score(request: tuple[list[int], list[int]], out) -> LogLikelihood:
+    context, continuation = request
+    positions = out.prompt_logprobs[len(context) : len(context) + len(continuation)]
+    picked = [entry[token] for entry, token in zip(positions, continuation, strict=True)]
+    return LogLikelihood(sum(p.logprob for p in picked), all(p.rank == 1 for p in picked))
 
 
 def _latency(output) -> float | None:
