@@ -5,6 +5,7 @@ Read this file top to bottom to follow a run; each step lives in a module named 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -22,7 +23,7 @@ from runner.cluster import job_hardware
 from runner.engines import build_engine, max_length, pool
 from runner.engines.lazy import LazyEngine
 from runner.env import prepare_environment
-from runner.evaluate import DataError, DatasetResult, evaluate_dataset, task_manager
+from runner.evaluate import DataError, DatasetResult, check_local_files, evaluate_dataset, task_manager
 from runner.models import ModelNotFoundError, resolve_model
 from runner.plan import build_plan, write_plan
 from runner.selection import Selection, select_engine
@@ -49,6 +50,23 @@ def hub_offline() -> bool:
     )
 
 
+@functools.cache
+def hub_unreachable(timeout_s: float = 5.0) -> str | None:
+    """Why the Hugging Face Hub (HF_ENDPOINT) cannot be reached from here, or None. Checked once per process:
+    without it, each hub dataset would cost huggingface_hub's five retries (about 25 s) before failing."""
+    import socket
+    from urllib.parse import urlsplit
+
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    parts = urlsplit(endpoint)
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        socket.create_connection((parts.hostname, port), timeout=timeout_s).close()
+    except (OSError, ValueError) as exc:
+        return f"the hub ({endpoint}) cannot be reached ({exc})"
+    return None
+
+
 def check_model_present(cfg: Any) -> None:
     status = model_status(cfg.model, cfg.paths.cache_dir)
     # Online, a hub model that is not cached yet is simply downloaded by the engine.
@@ -63,10 +81,10 @@ def runnable_datasets(cfg: Any) -> tuple[list[Any], dict[str, str]]:
     for name, dataset in cfg.category.datasets.items():
         status = dataset_status(dataset, own)
         downloadable = not hub_offline() and dataset.get("hf_dataset") and not dataset.unsafe_code
-        if status.ok or downloadable:
+        if status.ok or (downloadable and not hub_unreachable()):
             runnable.append(dataset)
         else:
-            skipped[name] = status.detail
+            skipped[name] = f"{status.detail}; {hub_unreachable()}" if downloadable else status.detail
             log.warning("Skipping dataset %s: %s", name, status.detail)
     if not runnable:
         reasons = "; ".join(f"{name}: {why}" for name, why in skipped.items())
@@ -174,6 +192,8 @@ def run_job(cfg: Any, out_dir: Path) -> JobResult:
         check_model_present(cfg)
         model_source = resolve_model(cfg.model, cfg.paths.cache_dir)
         datasets, skipped = runnable_datasets(cfg)
+        for dataset in datasets:
+            check_local_files(dataset)
         if skipped:
             tracker.set_tags({"skipped_datasets": "; ".join(f"{name}: {why}" for name, why in skipped.items())})
         if cfg.model.name not in cfg.category.models:
@@ -196,10 +216,16 @@ def run_job(cfg: Any, out_dir: Path) -> JobResult:
                 chat=bool(cfg.model.chat_template),
                 seed=cfg.seed,
             )
-            results = []
+            results, failed = [], {}
             for dataset in datasets:
-                result = evaluate_dataset(lm, dataset, cfg=cfg, tasks=tasks, out_dir=out_dir, cache=cache)
+                try:
+                    result = evaluate_dataset(lm, dataset, cfg=cfg, tasks=tasks, out_dir=out_dir, cache=cache)
+                except DataError as exc:  # this dataset's data or task; the others still run, the job fails at the end
+                    log.error("%s", exc)
+                    failed[dataset.name] = str(exc)
+                    continue
                 results.append(result)
+                log.info("Dataset %s scored (%s); logging it to MLflow", result.name, result.score)
                 # Logged as each dataset finishes, so a later failure keeps the earlier scores in the run.
                 tracker.log_metrics(dataset_metrics(result))
                 for task, table in result.tables.items():
@@ -217,6 +243,7 @@ def run_job(cfg: Any, out_dir: Path) -> JobResult:
             "engine_reused": float(reused),
             "requests_total": float(requests),
             "requests_from_cache": float(requests - sum(r.served for r in results)),
+            "requests_truncated": float(lm.truncated),  # prompts cut from the left to fit the context window
         }
         tracker.log_metrics({k: v for k, v in telemetry.items() if v == v})  # NaN: not measured (all cached)
 
@@ -230,7 +257,12 @@ def run_job(cfg: Any, out_dir: Path) -> JobResult:
         tracker.log_artifact(out_dir / ".hydra", "hydra")
         tracker.log_artifact(out_dir / "lm_eval", "lm_eval")
 
-    job = JobResult(tracker.run_id, tracker.record.synced, out_dir, selection, results, telemetry, skipped)
+        job = JobResult(tracker.run_id, tracker.record.synced, out_dir, selection, results, telemetry, skipped)
+        if failed:
+            print_summary(job, cfg)
+            tracker.set_tags({"failed_datasets": ", ".join(failed)})
+            others = " and the others were scored and logged" if len(failed) < len(datasets) else ""
+            raise DataError(f"{len(failed)} of {len(datasets)} datasets failed{others}. " + " ".join(failed.values()))
     print_summary(job, cfg)
     return job
 

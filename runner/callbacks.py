@@ -32,6 +32,55 @@ def read_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
     return sorted(jobs, key=lambda job: job.get("job_num", -1))
 
 
+def output_problem(output_dir: Path, min_free_mb: int) -> str | None:
+    """Why jobs could not write under output_dir, and the fix (None: they can)."""
+    import errno
+    import shutil
+    import tempfile
+
+    where = (
+        "Runs, logs, the response cache and the local MLflow store all live there: {fix}, or point "
+        "paths.output_dir at another disk."
+    )
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=output_dir, prefix=".write-check-"):
+            pass
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return f"paths.output_dir={output_dir} is full. " + where.format(fix="free some space")
+        problem = exc.strerror or str(exc)
+        return f"paths.output_dir={output_dir} is not writable ({problem}). " + where.format(fix="make it writable")
+    free_mb = shutil.disk_usage(output_dir).free / 2**20
+    if free_mb < min_free_mb:
+        return (
+            f"paths.output_dir={output_dir} has {free_mb:.0f} MB free, less than paths.min_free_mb={min_free_mb}. "
+            + where.format(fix="free some space")
+        )
+    return None
+
+
+class OutputCheck(Callback):
+    """Before Hydra creates a job's folder: a read-only or full output_dir is one message, not a traceback."""
+
+    def on_run_start(self, config: Any, **kwargs: Any) -> None:
+        self._check(config)
+
+    def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
+        self._check(config)
+
+    @staticmethod
+    def _check(config: Any) -> None:
+        import sys
+
+        # Free space matters for jobs that evaluate; list, plan and the others write a few small files.
+        min_free = int(config.paths.min_free_mb) if config.mode == "run" else 0
+        problem = output_problem(Path(config.paths.output_dir), min_free)
+        if problem:
+            print(f"error: {problem}", file=sys.stderr)
+            raise SystemExit(2)
+
+
 class SweepSummary(Callback):
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
         from runner.summary import format_table

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sqlite3
 import sys
 from pathlib import Path
 from typing import Any
@@ -24,27 +25,42 @@ log = logging.getLogger("runner")
 JOB_STATUS = "job.json"  # a sweep job's outcome, read by the end-of-sweep summary
 
 
+class SyncError(RuntimeError):
+    """Runs kept on disk could not be uploaded; they stay pending for the next `mode=sync`."""
+
+
 def dispatch(cfg: Any, out_dir: Path, overridden: set[str] = frozenset(), in_sweep: bool = False) -> Any:
+    from runner.engines import EngineLoadError
     from runner.evaluate import DataError
     from runner.models import ModelNotFoundError
     from runner.selection import SelectionError
 
     full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    known = (ConfigError, SelectionError, ModelNotFoundError, DataError, EngineLoadError, SyncError)
     try:
         result = _act(cfg, out_dir, overridden)
-    except (ConfigError, SelectionError, ModelNotFoundError, DataError) as exc:
-        if full_error and not in_sweep:
+    except (*known, OSError, sqlite3.OperationalError) as exc:
+        message = str(exc) if isinstance(exc, known) else _disk_problem(exc, cfg)
+        if message is None or (full_error and not in_sweep):
             raise
-        log.error("%s", exc)
-        print(f"error: {exc}", file=sys.stderr)
+        log.error("%s", message)
+        print(f"error: {message}", file=sys.stderr)
         if not in_sweep:
             sys.exit(2)
-        _job_status(out_dir, cfg, "FAILED", str(exc))
+        _job_status(out_dir, cfg, "FAILED", message)
         return None
     except KeyboardInterrupt:
         if in_sweep:
             _job_status(out_dir, cfg, "KILLED", "interrupted (Ctrl-C)")
-        raise
+            raise  # Ctrl-C stops the whole sweep
+        if full_error:
+            raise
+        print(
+            f"\ninterrupted (Ctrl-C): the job stopped; a job's MLflow run is ended KILLED. Answers received so far "
+            f"are in the response cache ({cfg.paths.response_cache}): rerun the same command to compute only the rest.",
+            file=sys.stderr,
+        )
+        sys.exit(130)  # the shell's code for a command ended by SIGINT
     except Exception as exc:
         if not in_sweep:
             raise
@@ -55,6 +71,23 @@ def dispatch(cfg: Any, out_dir: Path, overridden: set[str] = frozenset(), in_swe
     if in_sweep:
         _job_status(out_dir, cfg, "FINISHED", None, getattr(result, "run_id", None))
     return result
+
+
+def _disk_problem(exc: Exception, cfg: Any) -> str | None:
+    """A full or read-only disk in the middle of a job, as one paragraph (other errors are not known)."""
+    import errno
+
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+        what = f"Writing {exc.filename or 'a file'} failed: {exc.strerror}"
+    elif isinstance(exc, sqlite3.OperationalError) and ("full" in str(exc) or "readonly" in str(exc)):
+        what = f"An SQLite write (response cache or MLflow store) failed: {exc}"
+    else:
+        return None
+    return (
+        f"{what}. Answers received so far are kept in the "
+        f"response cache ({cfg.paths.response_cache}) when it could be written; free space (or make "
+        f"{cfg.paths.output_dir} writable) and rerun the same command to compute only the rest."
+    )
 
 
 def _act(cfg: Any, out_dir: Path, overridden: set[str]) -> Any:
@@ -96,24 +129,28 @@ def _job_status(out_dir: Path, cfg: Any, status: str, error: str | None, run_id:
 
 def sync(cfg: Any, uri_given: bool) -> list[str]:
     """Upload runs that could not reach the tracking store when they ran (`tracking.json` in job folders)."""
-    from runner.tracking import pending_records, sync_record
+    from runner.tracking import bound_http_waits, pending_records, sync_record, unreachable
 
+    bound_http_waits(cfg.tracking.http_timeout_s, cfg.tracking.http_retries)
     pending = pending_records(Path(cfg.paths.output_dir))
     if not pending:
         print(f"Nothing to sync: every run under {cfg.paths.output_dir} is in its tracking store.")
         return []
     synced, failed = [], []
-    for path in pending:
+    for position, path in enumerate(pending):
         try:
             run_id = sync_record(path, cfg.tracking.uri if uri_given else None)
         except Exception as exc:  # noqa: BLE001 - report each record, go on with the others
             failed.append(path)
-            print(f"not synced: {path.parent}: {type(exc).__name__}: {str(exc)[:300]}", file=sys.stderr)
+            print(f"not synced: {path.parent}: {type(exc).__name__}: {str(exc)[:600]}", file=sys.stderr)
+            if unreachable(exc):  # the store is not answering: the other records would each wait as long
+                failed.extend(pending[position + 1 :])
+                break
             continue
         synced.append(run_id)
         print(f"synced run {run_id} <- {path.parent}")
     if failed:
-        raise ConfigError(
+        raise SyncError(
             f"{len(failed)} of {len(pending)} runs could not be uploaded (above). They stay on disk; "
             "check that the tracking store is reachable (tracking.uri=... or MLFLOW_TRACKING_URI) and run "
             "`python -m runner mode=sync` again."
@@ -123,6 +160,9 @@ def sync(cfg: Any, uri_given: bool) -> list[str]:
 
 def report(cfg: Any, out_dir: Path) -> tuple[Path, Path] | None:
     from runner.report import write_report
+    from runner.tracking import bound_http_waits
+
+    bound_http_waits(cfg.tracking.http_timeout_s, cfg.tracking.http_retries)
 
     target = Path(cfg.report.out_dir) if cfg.report.out_dir else out_dir
     files = write_report(

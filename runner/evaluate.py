@@ -7,6 +7,7 @@ holds exactly what `lm_eval --output_path ... --log_samples` would write and lm-
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -84,6 +85,81 @@ def task_specs(dataset: Any, tasks, out_dir: Path) -> list[str]:
     return specs
 
 
+def check_local_files(dataset: Any) -> None:
+    """Read a dataset's local JSON Lines files before anything loads: a bad line is reported by file and line
+    (the `datasets` JSON reader would fail later, inside lm-eval, with a byte offset in a pyarrow traceback)."""
+    for split, name in local_files(dataset.local).items():
+        path = Path(name).expanduser()
+        where = f"category.datasets.{dataset.name}.local.{split}={name}"
+        if path.is_dir():
+            raise DataError(f"{where} is a folder; it must name a data file.")
+        try:
+            raw = path.read_bytes()
+        except OSError as exc:
+            raise DataError(f"{where} cannot be read ({exc.strerror}); check the path and its permissions.") from exc
+        if dataset.local.format != "json":
+            continue
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            line = raw[: exc.start].count(b"\n") + 1
+            raise DataError(
+                f"{path}, line {line}: not UTF-8 (byte 0x{raw[exc.start]:02x}); lm-eval reads JSON as UTF-8. "
+                "Convert the file, e.g. `iconv -f latin1 -t utf-8 in.jsonl > out.jsonl`."
+            ) from exc
+        array = text.lstrip().startswith("[")  # one JSON array of objects rather than JSON Lines
+        lines = [(1, text)] if array else [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+        if not lines:
+            raise DataError(f"{where} is empty: no samples to evaluate.")
+        for number, line in lines:
+            try:
+                rows = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(
+                    f"{path}, line {number + exc.lineno - 1}: not valid JSON ({exc.msg}, column {exc.colno}). "
+                    "Each line of a JSON Lines file is one JSON object; fix or remove that line."
+                ) from exc
+            for row in rows if array and isinstance(rows, list) else [rows]:
+                if not isinstance(row, dict):
+                    raise DataError(f"{path}, line {number}: a JSON {type(row).__name__} where an object belongs.")
+
+
+def load_tasks(dataset: Any, tasks, specs: list[str], tasks_dir: str) -> None:
+    """Build the dataset's lm-eval tasks (config and data) before evaluating, so a task that cannot load
+    fails as this dataset's problem, with its name and the fix, not as a traceback from inside lm-eval."""
+    try:
+        tasks.load(specs)
+    except Exception as exc:  # noqa: BLE001 - YAML errors, unreachable hub, missing files: all one message
+        first = (str(exc).strip().splitlines() or [""])[0][:500].rstrip(".")
+        problem = _yaml_problem(tasks_dir, list(dataset.tasks)) or f"{type(exc).__name__}: {first}"
+        if "ConnectionError" in type(exc).__name__ or "reach" in first:
+            fix = (
+                "Without network, set HF_DATASETS_OFFLINE=1 (the dataset is then skipped) or point "
+                f"category.datasets.{dataset.name}.local.test at a local file."
+            )
+        else:
+            fix = f"Check the task's YAML (lm-eval task format) under {tasks_dir} or lm-eval's own tasks."
+        raise DataError(
+            f"Dataset {dataset.name}: lm-eval could not load task(s) {', '.join(dataset.tasks)}: {problem}. {fix}"
+        ) from exc
+
+
+def _yaml_problem(tasks_dir: str, names: list[str]) -> str | None:
+    """lm-eval's task index skips a YAML file it cannot parse, and then only says the task is unknown."""
+    import yaml
+
+    for path in sorted(Path(tasks_dir).glob("**/*.yaml")):
+        if path.stem not in names:
+            continue
+        try:
+            yaml.compose(path.read_text())  # syntax only: lm-eval's !function tags need its own loader
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f"{path}, line {mark.line + 1}" if mark else str(path)
+            return f"{where}: {getattr(exc, 'problem', None) or exc}"
+    return None
+
+
 def _collect_env_info_once() -> None:
     """lm-eval records torch's environment report in every results file; build it once per process.
 
@@ -110,10 +186,12 @@ def evaluate_dataset(lm, dataset: Any, *, cfg: Any, tasks, out_dir: Path, cache:
     tracker = EvaluationTracker(output_path=str(out_dir / "lm_eval"))
     served_before = lm.served
     start = time.perf_counter()
+    specs = task_specs(dataset, tasks, out_dir)
+    load_tasks(dataset, tasks, specs, cfg.paths.tasks_dir)
     results = simple_evaluate(
         model=lm,
         model_args={"pretrained": cfg.model.repo_id},  # only names the model in lm-eval's results file
-        tasks=task_specs(dataset, tasks, out_dir),
+        tasks=specs,
         num_fewshot=dataset.num_fewshot,
         limit=limit,
         task_manager=tasks,

@@ -112,6 +112,7 @@ class PathsConfig:
     cache_dir: str = MISSING
     tasks_dir: str = MISSING
     response_cache: str = MISSING
+    min_free_mb: int = 200  # a job refuses to start with less free space than this under output_dir
 
 
 @dataclass
@@ -188,6 +189,9 @@ def validate(cfg: Any) -> None:
     for key in ("tensor_parallel_size", "pipeline_parallel_size"):
         value = cfg.engine[key]
         need(value is None or value >= 1, f"engine.{key}={value} must be at least 1 (or null to choose).")
+    timeout, retries = cfg.tracking.http_timeout_s, cfg.tracking.http_retries
+    need(timeout > 0, f"tracking.http_timeout_s={timeout} must be positive (seconds per request to a tracking server).")
+    need(retries >= 0, f"tracking.http_retries={retries} must be 0 or more.")
     fraction = cfg.engine.selection.usable_gpu_fraction
     need(0 < fraction <= 1, f"engine.selection.usable_gpu_fraction={fraction} must be in (0, 1].")
     need(len(cfg.category.datasets) > 0, f"category '{cfg.category.name}' lists no datasets: add some to its defaults.")

@@ -89,6 +89,16 @@ def select_engine(engine: Any, model: Any, hardware: Hardware) -> Selection:
     kind = engine.kind
     if kind not in KINDS:
         raise SelectionError(f"engine.kind={kind!r} is not one of {', '.join(KINDS)}.")
+    sizes = {k: engine.get(k) for k in ("tensor_parallel_size", "pipeline_parallel_size") if (engine.get(k) or 1) > 1}
+    if sizes and kind in ("hf", "cpu", "vllm"):
+        asked = " and ".join(f"engine.{k}={v}" for k, v in sizes.items())
+        one = {"hf": "transformers on one device", "cpu": "vLLM's CPU build in one process", "vllm": "one GPU"}[kind]
+        raise SelectionError(
+            f"{asked} conflicts with engine={kind}, which runs {one}. Use engine=distributed (vLLM over "
+            "several GPUs) for tensor or pipeline parallelism, or drop the size."
+        )
+    if sizes and kind == "auto":
+        kind = "distributed"  # explicit parallel sizes ask for the distributed engine
     memory = estimate_memory(model, engine.selection)
     need = (
         f"{model.name} needs ~{memory.total_bytes / GiB:.1f} GiB "
@@ -114,9 +124,14 @@ def select_engine(engine: Any, model: Any, hardware: Hardware) -> Selection:
         return _with_replicas(Selection("cpu", f"{why}: vLLM's CPU build; {need}", memory=memory), dp)
 
     if hardware.gpu_count == 0:
+        asked = "".join(f", engine.{k}={v}" for k, v in sizes.items())
         raise SelectionError(
-            f"engine={kind} needs a GPU, but none was found on this machine ({hardware.summary()}). "
-            "Use engine=auto (or engine=cpu) to run on the CPU."
+            f"engine={engine.kind}{asked} needs a GPU, but none was found on this machine ({hardware.summary()}). "
+            + (
+                "Drop the parallel sizes to run on the CPU."
+                if sizes
+                else "Use engine=auto (or engine=cpu) to run on the CPU."
+            )
         )
     fraction = float(engine.selection.usable_gpu_fraction)
     per_gpu = min(g.total_bytes for g in hardware.gpus) * fraction

@@ -42,6 +42,11 @@ def print_summary(job: JobResult, cfg: Any) -> None:
     )
     total = int(t.get("requests_total", t["requests"]))
     print(f"requests: {total}, {cached} from the response cache · engine {engine_state}")
+    if t.get("requests_truncated"):
+        print(
+            f"warning: {int(t['requests_truncated'])} prompts were longer than the context window and lost their "
+            "beginning (lm-eval's left truncation); raise model.max_model_len if the model allows it."
+        )
     if t["requests"]:  # measured only when the engine served something
         latency = (
             f" · latency p50 {t['latency_p50_s']:.2f} s, p95 {t['latency_p95_s']:.2f} s" if "latency_p50_s" in t else ""

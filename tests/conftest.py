@@ -67,6 +67,58 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600, env: dict
     )
 
 
+class LiveCli:
+    """`python -m runner ARGS` started in the background, its output collected as it comes, so a test can
+    act (send a signal, kill it) at a given moment of the job."""
+
+    def __init__(self, *args: str) -> None:
+        import threading
+
+        env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "runner", *args],
+            cwd=PROJECT_ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            start_new_session=True,  # its own process group: stop() can end whatever the job started
+        )
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=lambda: self.lines.extend(self.process.stdout), daemon=True)
+        self._reader.start()
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def wait_until(self, condition, timeout: float = 300) -> None:
+        """Poll `condition()` every 20 ms while the job runs; fail if the job ends or time runs out first."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        while not condition():
+            assert self.process.poll() is None, f"the job ended first:\n{self.output[-4000:]}"
+            assert time.monotonic() < deadline, f"not reached in {timeout} s:\n{self.output[-4000:]}"
+            time.sleep(0.02)
+
+    def finish(self, timeout: float = 600) -> int:
+        code = self.process.wait(timeout)
+        self.stop()
+        return code
+
+    def stop(self) -> None:
+        import signal
+
+        try:  # anything the job started (sandboxed programs) goes with it
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.process.wait(30)
+        self._reader.join(10)  # the rest of the output
+
+
 def load_by_path(name: str, path: Path) -> ModuleType:
     """Import a task's helper file the way lm-eval does: by file path, not as a package."""
     spec = importlib.util.spec_from_file_location(name, path)

@@ -8,6 +8,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from runner.engines.base import Completion, Engine, EngineStats, LogLikelihood, SamplingSettings
+from runner.schema import ConfigError
 from runner.selection import Selection
 
 __all__ = [
@@ -16,10 +17,15 @@ __all__ = [
     "EngineStats",
     "LogLikelihood",
     "SamplingSettings",
+    "EngineLoadError",
     "build_engine",
     "max_length",
     "vllm_engine_args",
 ]
+
+
+class EngineLoadError(RuntimeError):
+    """The engine refused the model or its settings while loading; no request was sent."""
 
 
 def _from_hub(model: Any) -> bool:
@@ -74,6 +80,38 @@ def build_engine(selection: Selection, model_source: str, model: Any, engine: An
             "engine": OmegaConf.to_container(engine, resolve=True),
         }
         return ReplicatedEngine(build, selection.data_parallel_size, tokenizer_source=model_source)
+    try:
+        return _load(selection, model_source, model, engine)
+    except (ConfigError, EngineLoadError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - any refusal by the engine library becomes one clear message
+        first = (str(exc).strip().splitlines() or [""])[0][:500].rstrip(".")
+        raise EngineLoadError(
+            f"The {selection.kind} engine could not load model {model.name} ({model_source}): "
+            f"{type(exc).__name__}: {first}. Check the model's settings (model.*) and the engine's "
+            "(engine.args.*); HYDRA_FULL_ERROR=1 shows the engine's traceback."
+        ) from exc
+
+
+def check_engine_args(args: dict[str, Any]) -> None:
+    """Names in engine.args must be vLLM EngineArgs: a typo is caught before the engine starts."""
+    import dataclasses
+    import difflib
+
+    from vllm.engine.arg_utils import EngineArgs
+
+    known = {f.name for f in dataclasses.fields(EngineArgs)}
+    for name in args:
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f" Did you mean engine.args.{close[0]}?" if close else ""
+            raise ConfigError(
+                f"engine.args.{name} is not a vLLM EngineArgs field (vLLM's `--{name.replace('_', '-')}`).{hint} "
+                "See `vllm serve --help` for every engine argument."
+            )
+
+
+def _load(selection: Selection, model_source: str, model: Any, engine: Any) -> Engine:
     if selection.kind == "hf":
         from runner.engines.hf import HFEngine
 
@@ -92,5 +130,7 @@ def build_engine(selection: Selection, model_source: str, model: Any, engine: An
         if selection.kind == "cpu":
             for key, value in (engine.get("cpu_env") or {}).items():
                 os.environ.setdefault(str(key), str(value))
-        return VLLMEngine(model_source, vllm_engine_args(selection, model, engine))
+        args = vllm_engine_args(selection, model, engine)
+        check_engine_args(args)
+        return VLLMEngine(model_source, args)
     raise ValueError(f"No engine implementation for kind {selection.kind!r}")
