@@ -117,34 +117,6 @@ def test_a_builtin_lm_eval_task_runs_offline_from_local_files(tmp_path, default_
     assert first["doc"]["question"].startswith("Tom has 3 apples")
 
 
-def test_a_rerun_is_answered_from_the_cache_and_a_larger_one_computes_only_the_rest(tmp_path, default_model_dir):
-    def run(limit: int):
-        result = run_cli(
-            f"limit={limit}",
-            "category=efficiency",
-            "model=smollm2_135m",
-            "+category.datasets.humaneval_offline.gen_kwargs.max_gen_toks=48",  # keep the tiny model brief
-            f"paths.output_dir={tmp_path}",
-        )
-        assert result.returncode == 0, result.stdout[-5000:]
-        mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
-        runs = mlflow.search_runs(experiment_names=["efficiency"], output_format="list", order_by=["start_time DESC"])
-        return result.stdout, runs[0].data.metrics
-
-    _, first = run(3)
-    stdout, again = run(3)
-    assert again["requests_from_cache"] == again["requests_total"] == first["requests_total"]
-    assert again["engine_loaded"] == 0 and again["requests"] == 0  # no engine call, no model load
-    assert "engine not loaded: every answer came from the cache" in stdout
-    datasets = ("coordinate_processing/", "humaneval_offline/")
-    scores = {k: v for k, v in first.items() if k.startswith(datasets) and not k.endswith("/wall_s")}
-    assert scores and all(again[k] == v for k, v in scores.items())  # identical results
-
-    _, bigger = run(5)
-    assert bigger["requests_total"] == first["requests_total"] / 3 * 5
-    assert bigger["requests"] == bigger["requests_total"] - first["requests_total"]  # only the missing ones
-
-
 # On vLLM, tiny_llama's dummy weights run in the shared sweep (tests/test_sweep.py).
 @pytest.mark.parametrize("engine", ["hf"])
 def test_dummy_weights_on_a_shipped_architecture_run_offline(tmp_path, default_model_dir, engine):

@@ -1,0 +1,126 @@
+"""kill -9 and resume, with the real engine: a job killed at any point is finished by rerunning the same
+command, which sends the engine only the requests that had not been answered, and ends with the same
+scores as a job that was never interrupted. Runs the killed processes left RUNNING are closed as KILLED.
+A rerun of a finished job is answered from the response cache without loading the model."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from conftest import LiveCli
+from mlflow import MlflowClient
+
+LIMIT = 2
+COMMAND = (
+    f"limit={LIMIT}",
+    "category=efficiency",  # coordinate_processing (generation) then humaneval_offline (sandboxed scoring)
+    "model=smollm2_135m",
+    "+category.datasets.coordinate_processing.gen_kwargs.max_gen_toks=16",
+    "+category.datasets.humaneval_offline.gen_kwargs.max_gen_toks=32",
+    # One sequence at a time, so requests finish one by one and "mid-generation" is a real state.
+    "+engine.args.max_num_seqs=1",
+    "tracking.system_metrics=false",
+)
+SCORES = ("coordinate_processing/", "humaneval_offline/")
+
+
+def _start(out: Path) -> LiveCli:
+    return LiveCli(*COMMAND, f"paths.output_dir={out}")
+
+
+def _cached(out: Path) -> int:
+    """Answers in the job's response cache (lm-eval's SQLite cache), read as another process would."""
+    total = 0
+    for db in (out / "cache").glob("*.db"):
+        try:
+            with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as connection:
+                total += connection.execute("SELECT COUNT(*) FROM unnamed").fetchone()[0]
+        except sqlite3.Error:  # not created yet
+            pass
+    return total
+
+
+def _run_and_kill(out: Path, when: Callable[[str, Path], bool]) -> str:
+    """Start the job, SIGKILL its main process the moment `when(output so far, out)` holds; return the output."""
+    job = _start(out)
+    try:
+        job.wait_until(lambda: when(job.output, out))
+        os.kill(job.process.pid, signal.SIGKILL)  # what `kill -9 <pid>` does: no handler, no cleanup
+        job.process.wait(30)
+    finally:
+        job.stop()
+    return job.output
+
+
+def _finish(out: Path) -> str:
+    job = _start(out)
+    assert job.finish() == 0, job.output[-5000:]
+    return job.output
+
+
+def _scores(run) -> dict[str, float]:
+    return {k: v for k, v in run.data.metrics.items() if k.startswith(SCORES) and "wall_s" not in k}
+
+
+def _runs(out: Path):
+    client = MlflowClient(f"sqlite:///{out}/mlflow.db")
+    return client.search_runs([client.get_experiment_by_name("efficiency").experiment_id], order_by=["start_time"])
+
+
+@pytest.mark.slow
+def test_killed_at_every_stage_the_rerun_computes_only_the_rest_and_matches_an_uninterrupted_run(
+    tmp_path, default_model_dir
+):
+    reference = tmp_path / "uninterrupted"
+    baseline = _start(reference)  # runs beside the killed ones; only its scores are compared
+    out = tmp_path / "killed"
+    total = 2 * LIMIT
+
+    # 1. During model load.
+    _run_and_kill(out, lambda text, _: "with vLLM (" in text)
+    assert _cached(out) == 0
+    # 2. As generation ends and lm-eval scores the first dataset.
+    _run_and_kill(out, lambda text, _: f"Answered {LIMIT} generate_until requests" in text)
+    # 3. While the first dataset's results go to MLflow.
+    _run_and_kill(out, lambda text, _: "Dataset coordinate_processing scored" in text)
+    assert _cached(out) == LIMIT
+    # 4. In the middle of the second dataset's generation: some of its answers are saved, some are not.
+    _run_and_kill(out, lambda _, where: _cached(where) > LIMIT)
+    answered = _cached(out)
+    assert LIMIT < answered < total
+
+    stdout = _finish(out)
+    runs = _runs(out)
+    final = runs[-1]
+    assert final.info.status == "FINISHED"
+    # The engine was sent only what no killed run had finished.
+    assert final.data.metrics["requests"] == total - answered
+    assert final.data.metrics["requests_from_cache"] == answered
+    assert f"Cached requests: {LIMIT}, Requests remaining: 0" in stdout  # the first dataset, entirely from the cache
+
+    assert baseline.finish() == 0, baseline.output[-5000:]
+    (uninterrupted,) = _runs(reference)
+    expected = _scores(uninterrupted)
+    assert expected and _scores(final) == expected
+
+    # Rerunning a finished job: every answer from the cache, no model load, the same scores.
+    again_stdout = _finish(reference)
+    again = _runs(reference)[-1]
+    assert again.data.metrics["requests_from_cache"] == again.data.metrics["requests_total"] == total
+    assert again.data.metrics["engine_loaded"] == 0 and again.data.metrics["requests"] == 0
+    assert "engine not loaded: every answer came from the cache" in again_stdout
+    assert _scores(again) == expected
+
+    # The four killed processes could not end their runs; the next start closed them, none stays RUNNING.
+    assert [r.info.status for r in runs] == ["KILLED"] * 4 + ["FINISHED"]
+    for run in runs[:4]:
+        assert "kill -9" in run.data.tags["error"]
+        assert run.info.end_time >= run.info.start_time
+        record = Path(run.data.tags["output_dir"]) / "tracking.json"
+        assert '"status": "KILLED"' in record.read_text()
+        assert not (Path(run.data.tags["output_dir"]) / "telemetry.json").exists()  # written only by a whole job
