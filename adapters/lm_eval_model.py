@@ -98,6 +98,9 @@ class EngineLM(TemplateLM):
 
         results: list[str | None] = [None] * len(requests)
         for settings, items in groups.items():
+            # Longest prompts first, as lm-eval's own models order them: the engine starts the slowest
+            # requests first, and memory trouble shows at once. Results go back in request order.
+            items.sort(key=lambda item: -len(item[1]))
 
             def answered(position: int, completion, items=items) -> None:
                 # Into lm-eval's response cache as each request finishes: a crash loses only those in flight.

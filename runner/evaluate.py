@@ -10,6 +10,8 @@ import functools
 import json
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -124,24 +126,39 @@ def check_local_files(dataset: Any) -> None:
                     raise DataError(f"{path}, line {number}: a JSON {type(row).__name__} where an object belongs.")
 
 
-def load_tasks(dataset: Any, tasks, specs: list[str], tasks_dir: str) -> None:
-    """Build the dataset's lm-eval tasks (config and data) before evaluating, so a task that cannot load
-    fails as this dataset's problem, with its name and the fix, not as a traceback from inside lm-eval."""
+@contextmanager
+def task_load_errors(dataset: Any, tasks, tasks_dir: str) -> Iterator[None]:
+    """While lm-eval builds the dataset's tasks (config and data) inside `simple_evaluate`, a failure
+    becomes this dataset's DataError, with its name and the fix, not a traceback from inside lm-eval.
+    Wraps the TaskManager's `load` rather than building the tasks twice."""
+    original = tasks.load
+
+    def load(*args, **kwargs):
+        try:
+            return original(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - YAML errors, unreachable hub, missing files: all one message
+            raise _load_error(dataset, tasks_dir, exc) from exc
+
+    tasks.load = load
     try:
-        tasks.load(specs)
-    except Exception as exc:  # noqa: BLE001 - YAML errors, unreachable hub, missing files: all one message
-        first = (str(exc).strip().splitlines() or [""])[0][:500].rstrip(".")
-        problem = _yaml_problem(tasks_dir, list(dataset.tasks)) or f"{type(exc).__name__}: {first}"
-        if "ConnectionError" in type(exc).__name__ or "reach" in first:
-            fix = (
-                "Without network, set HF_DATASETS_OFFLINE=1 (the dataset is then skipped) or point "
-                f"category.datasets.{dataset.name}.local.test at a local file."
-            )
-        else:
-            fix = f"Check the task's YAML (lm-eval task format) under {tasks_dir} or lm-eval's own tasks."
-        raise DataError(
-            f"Dataset {dataset.name}: lm-eval could not load task(s) {', '.join(dataset.tasks)}: {problem}. {fix}"
-        ) from exc
+        yield
+    finally:
+        del tasks.load  # the class's method again
+
+
+def _load_error(dataset: Any, tasks_dir: str, exc: Exception) -> DataError:
+    first = (str(exc).strip().splitlines() or [""])[0][:500].rstrip(".")
+    problem = _yaml_problem(tasks_dir, list(dataset.tasks)) or f"{type(exc).__name__}: {first}"
+    if "ConnectionError" in type(exc).__name__ or "reach" in first:
+        fix = (
+            "Without network, set HF_DATASETS_OFFLINE=1 (the dataset is then skipped) or point "
+            f"category.datasets.{dataset.name}.local.test at a local file."
+        )
+    else:
+        fix = f"Check the task's YAML (lm-eval task format) under {tasks_dir} or lm-eval's own tasks."
+    return DataError(
+        f"Dataset {dataset.name}: lm-eval could not load task(s) {', '.join(dataset.tasks)}: {problem}. {fix}"
+    )
 
 
 def _yaml_problem(tasks_dir: str, names: list[str]) -> str | None:
@@ -186,28 +203,27 @@ def evaluate_dataset(lm, dataset: Any, *, cfg: Any, tasks, out_dir: Path, cache:
     tracker = EvaluationTracker(output_path=str(out_dir / "lm_eval"))
     served_before = lm.served
     start = time.perf_counter()
-    specs = task_specs(dataset, tasks, out_dir)
-    load_tasks(dataset, tasks, specs, cfg.paths.tasks_dir)
-    results = simple_evaluate(
-        model=lm,
-        model_args={"pretrained": cfg.model.repo_id},  # only names the model in lm-eval's results file
-        tasks=specs,
-        num_fewshot=dataset.num_fewshot,
-        limit=limit,
-        task_manager=tasks,
-        apply_chat_template=bool(cfg.model.chat_template),
-        gen_kwargs=gen_kwargs,
-        log_samples=True,
-        evaluation_tracker=tracker,
-        random_seed=cfg.seed,
-        numpy_random_seed=cfg.seed,
-        torch_random_seed=cfg.seed,
-        fewshot_random_seed=cfg.seed,
-        confirm_run_unsafe_code=allow_code,
-        # lm-eval's own SQLite response cache: results are written as they arrive, so a rerun (after a
-        # crash, or of a finished job) sends the engine only what is missing.
-        use_cache=cache,
-    )
+    with task_load_errors(dataset, tasks, cfg.paths.tasks_dir):
+        results = simple_evaluate(
+            model=lm,
+            model_args={"pretrained": cfg.model.repo_id},  # only names the model in lm-eval's results file
+            tasks=task_specs(dataset, tasks, out_dir),
+            num_fewshot=dataset.num_fewshot,
+            limit=limit,
+            task_manager=tasks,
+            apply_chat_template=bool(cfg.model.chat_template),
+            gen_kwargs=gen_kwargs,
+            log_samples=True,
+            evaluation_tracker=tracker,
+            random_seed=cfg.seed,
+            numpy_random_seed=cfg.seed,
+            torch_random_seed=cfg.seed,
+            fewshot_random_seed=cfg.seed,
+            confirm_run_unsafe_code=allow_code,
+            # lm-eval's own SQLite response cache: results are written as they arrive, so a rerun (after a
+            # crash, or of a finished job) sends the engine only what is missing.
+            use_cache=cache,
+        )
     wall = time.perf_counter() - start
     samples = results.pop("samples")
     # Before lm-eval's tracker rewrites the samples in place for its JSON files (arguments become dicts).

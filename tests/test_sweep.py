@@ -113,3 +113,29 @@ def test_mode_sync_uploads_runs_the_store_missed(compose_cfg, tmp_path):
     again = run_cli("mode=sync", f"paths.output_dir={tmp_path}", f"tracking.uri={uri}")
     assert "Nothing to sync" in again.stdout and len(_runs(uri)) == 1
     assert Path(tmp_path / "runs" / "job" / "tracking.json").exists()  # the local record stays
+
+
+def test_a_job_out_of_memory_at_load_fails_alone_and_the_sweep_goes_on(tmp_path, default_model_dir):
+    # Job 0's KV cache cannot hold a single block: vLLM refuses to start, as when memory runs out at load.
+    only_spatial = [f"~category.datasets.{n}" for n in ("coordinate_processing", "address_parsing", "location_ner")]
+    result = run_cli(
+        "-m",
+        "model=smollm2_135m",
+        "+engine.args.kv_cache_memory_bytes=1024,1073741824",
+        "limit=1",
+        *only_spatial,
+        "~category.datasets.ner_locations",
+        "+category.datasets.spatial_reasoning.gen_kwargs.max_gen_toks=8",
+        f"paths.output_dir={tmp_path}",
+    )
+    assert result.returncode == 1, result.stdout[-5000:]
+    assert "1 of 2 jobs failed" in result.stdout and "Traceback" not in result.stdout
+    (sweep_dir,) = tmp_path.glob("multirun/*/*")
+    jobs = json.loads((sweep_dir / "sweep_summary.json").read_text())
+    assert [(j["job_num"], j["status"]) for j in jobs] == [(0, "FAILED"), (1, "FINISHED")]
+    assert "No available memory for the cache blocks" in jobs[0]["error"]
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    found = client.search_runs([client.get_experiment_by_name("text_geospatial").experiment_id])
+    runs = {r.data.tags["job_num"]: r for r in found if "job_num" in r.data.tags}
+    assert runs["0"].info.status == "FAILED" and "No available memory" in runs["0"].data.tags["error"]
+    assert runs["1"].info.status == "FINISHED" and "spatial_reasoning/score" in runs["1"].data.metrics
