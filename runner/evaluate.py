@@ -6,9 +6,9 @@ holds exactly what `lm_eval --output_path ... --log_samples` would write and lm-
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -177,24 +177,59 @@ def _yaml_problem(tasks_dir: str, names: list[str]) -> str | None:
     return None
 
 
-def _collect_env_info_once() -> None:
-    """lm-eval records torch's environment report in every results file; build it once per process.
+# What lm-eval's add_env_info puts in every results file.
+ENV_INFO_KEYS = ("pretty_env_info", "transformers_version", "lm_eval_version", "upper_git_hash")
 
-    The report runs `pip list` and friends (~0.8 s here) and cannot change within a process, but
-    `simple_evaluate` rebuilds it for each dataset: on a job answered from the cache, that was a
-    third of the rerun.
-    """
-    import torch.utils.collect_env as collect_env
 
-    if not hasattr(collect_env.get_pretty_env_info, "cache_info"):
-        collect_env.get_pretty_env_info = functools.cache(collect_env.get_pretty_env_info)
+def environment_key() -> str:
+    """This host, its GPU driver, Python, every installed distribution (name and version) and the working
+    directory: what lm-eval's environment report is made of. Any change gives another key."""
+    import hashlib
+    import os
+    import site
+    import socket
+    import sys
+
+    parts = [socket.gethostname(), sys.version, sys.prefix, os.getcwd()]
+    driver = Path("/proc/driver/nvidia/version")
+    parts.append(driver.read_text() if driver.is_file() else "no nvidia driver")
+    for folder in site.getsitepackages():
+        if Path(folder).is_dir():
+            parts += sorted(name for name in os.listdir(folder) if name.endswith(".dist-info"))
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+def reuse_env_info(cache_dir: str) -> None:
+    """lm-eval adds torch's environment report to every results file. Building it imports torch and runs
+    `pip list` and friends (~1.5 s here): on a job answered from the response cache, nothing else imports
+    torch, and that was a fifth of the rerun. The report is kept under paths.cache_dir/env_info, keyed on
+    everything it describes (`environment_key`), and rebuilt by lm-eval's own code whenever that changes."""
+    import lm_eval.evaluator as evaluator
+
+    if getattr(evaluator.add_env_info, "reuses_report", False):
+        return
+    original = evaluator.add_env_info
+    stored = Path(cache_dir) / "env_info" / f"{environment_key()}.json"
+
+    def add_env_info(storage: dict[str, Any]) -> None:
+        if stored.is_file():
+            storage.update(json.loads(stored.read_text()))
+            return
+        original(storage)
+        stored.parent.mkdir(parents=True, exist_ok=True)
+        tmp = stored.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({key: storage.get(key) for key in ENV_INFO_KEYS}))
+        tmp.replace(stored)  # atomic: parallel jobs of a sweep may write it at once
+
+    add_env_info.reuses_report = True  # type: ignore[attr-defined]
+    evaluator.add_env_info = add_env_info
 
 
 def evaluate_dataset(lm, dataset: Any, *, cfg: Any, tasks, out_dir: Path, cache: str | None = None) -> DatasetResult:
     from lm_eval import simple_evaluate
     from lm_eval.loggers import EvaluationTracker
 
-    _collect_env_info_once()
+    reuse_env_info(cfg.paths.cache_dir)
 
     limit = cfg.limit if cfg.limit is not None else dataset.limit
     gen_kwargs = OmegaConf.to_container(dataset.gen_kwargs) or None
@@ -217,7 +252,9 @@ def evaluate_dataset(lm, dataset: Any, *, cfg: Any, tasks, out_dir: Path, cache:
             evaluation_tracker=tracker,
             random_seed=cfg.seed,
             numpy_random_seed=cfg.seed,
-            torch_random_seed=cfg.seed,
+            # The engines seed torch themselves (HF per call, vLLM through its `seed`); lm-eval doing it too
+            # would import torch on a job answered entirely from the response cache (~1.2 s of a rerun).
+            torch_random_seed=None,
             fewshot_random_seed=cfg.seed,
             confirm_run_unsafe_code=allow_code,
             # lm-eval's own SQLite response cache: results are written as they arrive, so a rerun (after a

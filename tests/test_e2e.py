@@ -65,9 +65,32 @@ def test_the_run_carries_the_resolved_config_and_lm_eval_results(job):
     results = [json.loads(p.read_text()) for p in (artifacts / "lm_eval").rglob("results_*.json")]
     coordinate = next(r for r in results if "coordinate_processing" in r["results"])
     assert coordinate["n-samples"]["coordinate_processing"]["effective"] == 6
+    assert coordinate["pretty_env_info"].startswith("PyTorch version")  # lm-eval's environment report
     assert (artifacts / "telemetry.json").is_file()
     hardware = json.loads((artifacts / "hardware.json").read_text())
     assert hardware["cpu_count"] >= 1 and hardware["engine"]["kind"] == "cpu"
+
+
+def test_lm_evals_environment_report_is_built_once_per_environment(tmp_path, monkeypatch):
+    import lm_eval.evaluator as evaluator
+
+    from runner import evaluate
+
+    built = []
+
+    def lm_evals_own(storage):  # stands in for lm-eval's add_env_info (which imports torch, runs pip list)
+        built.append(1)
+        storage.update(pretty_env_info="PyTorch version: x", transformers_version="t", lm_eval_version="l")
+
+    monkeypatch.setattr(evaluator, "add_env_info", lm_evals_own)
+    evaluate.reuse_env_info(str(tmp_path))
+    evaluate.reuse_env_info(str(tmp_path))  # a second job in the same process does not wrap it twice
+    first, second = {"results": 1}, {}
+    evaluator.add_env_info(first)
+    evaluator.add_env_info(second)
+    assert len(built) == 1 and second["pretty_env_info"] == "PyTorch version: x"
+    assert (tmp_path / "env_info" / f"{evaluate.environment_key()}.json").is_file()
+    assert first["results"] == 1 and "results" not in second  # only the report's keys are stored
 
 
 def test_the_run_folder_holds_lm_evals_own_outputs(job):

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import os
-from typing import Any
-
-from omegaconf import OmegaConf
+from typing import TYPE_CHECKING, Any
 
 from runner.engines.base import Completion, Engine, EngineStats, LogLikelihood, SamplingSettings
-from runner.schema import ConfigError
-from runner.selection import Selection
+
+if TYPE_CHECKING:
+    from runner.selection import Selection
+
+# Importing an engine needs torch and transformers (or vLLM) only: OmegaConf and the config schema are
+# imported where configs are read, so bench/gpu_bandwidth.py runs on a machine with just torch.
 
 __all__ = [
     "Completion",
@@ -35,6 +37,8 @@ def _from_hub(model: Any) -> bool:
 
 def vllm_engine_args(selection: Selection, model: Any, engine: Any) -> dict[str, Any]:
     """vLLM EngineArgs for this job: platform defaults, then the model's facts, then `engine.args` (user wins)."""
+    from omegaconf import OmegaConf
+
     platform = engine.gpu if selection.kind != "cpu" else engine.cpu
     args: dict[str, Any] = dict(OmegaConf.to_container(platform, resolve=True))
     max_len = min(int(args.pop("max_model_len", model.max_model_len)), int(model.max_model_len))
@@ -67,6 +71,10 @@ def max_length(selection: Selection, model: Any, engine: Any) -> int:
 
 
 def build_engine(selection: Selection, model_source: str, model: Any, engine: Any) -> Engine:
+    from omegaconf import OmegaConf
+
+    from runner.schema import ConfigError
+
     if selection.data_parallel_size > 1:
         from dataclasses import replace
 
@@ -100,6 +108,8 @@ def check_engine_args(args: dict[str, Any]) -> None:
 
     from vllm.engine.arg_utils import EngineArgs
 
+    from runner.schema import ConfigError
+
     known = {f.name for f in dataclasses.fields(EngineArgs)}
     for name in args:
         if name not in known:
@@ -112,6 +122,8 @@ def check_engine_args(args: dict[str, Any]) -> None:
 
 
 def _load(selection: Selection, model_source: str, model: Any, engine: Any) -> Engine:
+    from omegaconf import OmegaConf
+
     if selection.kind == "hf":
         from runner.engines.hf import HFEngine
 
