@@ -8,9 +8,10 @@ needed. Decoding one step reads every weight once, so at batch 1 a token takes a
 weights bytes / memory bandwidth; a batch of B shares that read, so B tokens per step at best.
 
 The script measures the card's bandwidth with a large device-to-device copy (read + write: 2 x bytes per
-copy), then times `generate` at each batch size (prompts of 128 random token ids, greedy, end of
-sequence ignored so every row makes `--new-tokens` tokens). It prints the card, versions, the floor and,
-last, measured output tokens/s as a fraction of the bandwidth bound at each batch size.
+copy), then times `generate` at each batch size (prompts of 128 random token ids, greedy, up to
+`--new-tokens` new tokens; tokens/s counts the tokens each row really made). It prints the card,
+versions, the floor and, last, measured output tokens/s as a fraction of the bandwidth bound at each
+batch size.
 `--device cpu --model tiny_llama` runs the same measurement on a CPU (a check of the script itself).
 """
 
@@ -87,7 +88,6 @@ def main() -> None:
         device=device,
         batch_size=max(args.batches),
     )
-    engine.model.generation_config.eos_token_id = None  # random weights: no row stops early
     weights = sum(p.numel() * p.element_size() for p in engine.model.parameters())
     floor_s = weights / bandwidth  # one decode step reads every weight once
     generator = torch.Generator().manual_seed(0)
