@@ -59,6 +59,8 @@ def hub_unreachable(timeout_s: float = 5.0) -> str | None:
 
     endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
     parts = urlsplit(endpoint)
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY")):
+        return None  # through a proxy a direct connection proves nothing: let huggingface_hub try
     try:
         port = parts.port or (443 if parts.scheme == "https" else 80)
         socket.create_connection((parts.hostname, port), timeout=timeout_s).close()
