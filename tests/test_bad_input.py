@@ -258,6 +258,7 @@ def test_a_task_yaml_error_names_the_file_and_line_and_the_other_datasets_still_
 def test_an_unreachable_hub_is_found_once_and_its_datasets_are_skipped_saying_so(tmp_path):
     dead = f"http://127.0.0.1:{free_port()}"
     env = {"HF_HUB_OFFLINE": "0", "HF_DATASETS_OFFLINE": "0", "HF_ENDPOINT": dead}
+    env |= dict.fromkeys(("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY"), "")  # direct
     result = run_cli("category=math", "limit=1", f"paths.output_dir={tmp_path}", env=env, timeout=300)
     error = _assert_one_clear_error(result, "None of category 'math''s datasets can run here")
     assert "gsm8k: not available offline: openai/gsm8k is not in the HF cache" in error
