@@ -20,6 +20,7 @@ from omegaconf import OmegaConf
 from runner import tracking
 from runner.catalog import dataset_status, model_status, project_tasks
 from runner.cluster import job_hardware
+from runner.driver import require_compatible
 from runner.engines import build_engine, max_length, pool
 from runner.engines.lazy import LazyEngine
 from runner.env import prepare_environment
@@ -180,7 +181,11 @@ def run_job(cfg: Any, out_dir: Path) -> JobResult:
     with tracking.Tracker(cfg, out_dir, tags) as tracker, PeakRSS() as rss, PeakGPUMemory() as gpu_memory:
         hardware = job_hardware(cfg)  # this machine, or the Ray cluster named by ray.address / RAY_ADDRESS
         selection = select_engine(cfg.engine, cfg.model, hardware)
+        if selection.gpus and hardware.source in ("nvml", "torch"):
+            require_compatible()  # a driver too old for the installed CUDA build stops here, not inside vLLM
         log.info("Hardware: %s. Engine: %s (%s)", hardware.summary(), selection.kind, selection.reason)
+        for line in selection.busy:
+            log.warning("Not using %s (other processes hold its memory)", line)
         tracker.set_tags(
             {
                 "engine": selection.kind,

@@ -32,11 +32,12 @@ class SyncError(RuntimeError):
 def dispatch(cfg: Any, out_dir: Path, overridden: set[str] = frozenset(), in_sweep: bool = False) -> Any:
     from runner.engines import EngineLoadError
     from runner.evaluate import DataError
+    from runner.hardware import HardwareError
     from runner.models import ModelNotFoundError
-    from runner.selection import SelectionError
 
     full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
-    known = (ConfigError, SelectionError, ModelNotFoundError, DataError, EngineLoadError, SyncError)
+    # HardwareError covers SelectionError: a device mask, busy GPUs, a driver, a model too big.
+    known = (ConfigError, HardwareError, ModelNotFoundError, DataError, EngineLoadError, SyncError)
     try:
         result = _act(cfg, out_dir, overridden)
     except (*known, OSError, sqlite3.OperationalError) as exc:
@@ -215,8 +216,12 @@ def plan(cfg: Any, out_dir: Path, model_overridden: bool) -> dict:
 
 def doctor(cfg: Any) -> list[dict]:
     from runner.doctor import as_json, render, run_checks
-    from runner.hardware import detect
+    from runner.hardware import HardwareError, detect
 
-    checks = run_checks(cfg, detect())
+    try:
+        hardware, mask_error = detect(), None
+    except HardwareError as exc:  # a bad CUDA_VISIBLE_DEVICES is one of the problems doctor reports
+        hardware, mask_error = detect(apply_visible_devices=False), exc
+    checks = run_checks(cfg, hardware, mask_error)
     print(json.dumps(as_json(checks), indent=2) if cfg.output == "json" else render(checks))
     return as_json(checks)

@@ -11,8 +11,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from runner import driver as nvidia
 from runner.catalog import hf_hub_cache, model_status
-from runner.hardware import GiB, Hardware
+from runner.hardware import GiB, Hardware, HardwareError
 
 
 @dataclass(frozen=True)
@@ -30,19 +31,36 @@ def _version(dist: str) -> str | None:
         return None
 
 
-def _nvml_versions() -> tuple[str | None, str | None]:
-    try:
-        import pynvml
+def _gpu_checks(hardware: Hardware, mask_error: HardwareError | None) -> list[Check]:
+    """The device mask, the driver against the installed CUDA build, and each GPU's free memory."""
+    checks = []
+    if mask_error is not None:  # CUDA_VISIBLE_DEVICES names GPUs that are not there; all GPUs listed below
+        what, _, fix = str(mask_error).partition(". ")
+        checks.append(Check("CUDA_VISIBLE_DEVICES", False, what, fix))
+    found, runtime = nvidia.driver(), nvidia.needed_cuda()
+    if found:
+        problem = nvidia.problem(runtime[0], runtime[1], found) if runtime else None
+        built = f"; installed build: CUDA {runtime[0]} ({runtime[1]})" if runtime else ""
+        checks.append(
+            Check("nvidia driver", problem is None, f"driver {found.version}, CUDA {found.cuda}{built}", problem or "")
+        )
+    elif hardware.gpu_count == 0:
+        checks.append(Check("nvidia driver", True, "no NVIDIA GPU found: runs use vLLM's CPU build"))
+    if hardware.visible_devices is not None and mask_error is None:
+        checks.append(Check("CUDA_VISIBLE_DEVICES", True, f"{hardware.visible_devices!r}: {hardware.gpu_count} GPU(s)"))
+    for gpu in hardware.gpus:
+        free, total = gpu.free_bytes / GiB, gpu.total_bytes / GiB
+        detail = f"{gpu.name}: {free:.1f} of {total:.1f} GiB free"
+        if gpu.processes:
+            detail = f"{detail}; {gpu.usage().split(': ', 1)[1]}"
+        checks.append(Check(f"gpu {gpu.index}", True, detail))
+    return checks
 
-        pynvml.nvmlInit()
-    except Exception:  # noqa: BLE001 - no driver, no bindings: both mean "no NVIDIA stack"
-        return None, None
-    try:
-        driver = pynvml.nvmlSystemGetDriverVersion()
-        cuda = pynvml.nvmlSystemGetCudaDriverVersion()
-        return (driver.decode() if isinstance(driver, bytes) else driver), f"{cuda // 1000}.{cuda % 1000 // 10}"
-    finally:
-        pynvml.nvmlShutdown()
+
+def _why_no_gpu(hardware: Hardware) -> str:
+    if hardware.visible_devices == "":
+        return "CUDA_VISIBLE_DEVICES is empty"
+    return "; ".join(hardware.notes) or "NVML found no GPU"
 
 
 def _python_probe(code: str) -> subprocess.CompletedProcess:
@@ -55,19 +73,12 @@ def _last_line(text: str) -> str:
     return lines[-1] if lines else "no output"
 
 
-def run_checks(cfg: Any, hardware: Hardware) -> list[Check]:
+def run_checks(cfg: Any, hardware: Hardware, mask_error: HardwareError | None = None) -> list[Check]:
     checks = [
         Check("python", sys.version_info >= (3, 11), f"{platform.python_version()} ({sys.executable})", "use 3.11+")
     ]
 
-    driver, cuda = _nvml_versions()
-    if hardware.gpu_count:
-        checks.append(Check("nvidia driver", True, f"driver {driver}, CUDA {cuda}"))
-        for gpu in hardware.gpus:
-            free, total = gpu.free_bytes / GiB, gpu.total_bytes / GiB
-            checks.append(Check(f"gpu {gpu.index}", True, f"{gpu.name}: {free:.1f} of {total:.1f} GiB free"))
-    else:
-        checks.append(Check("nvidia driver", True, "no NVIDIA GPU found: runs use vLLM's CPU build"))
+    checks += _gpu_checks(hardware, mask_error)
 
     probe = _python_probe("import torch; print(torch.__version__, torch.cuda.is_available(), torch.version.cuda)")
     if probe.returncode == 0:
@@ -87,9 +98,18 @@ def run_checks(cfg: Any, hardware: Hardware) -> list[Check]:
         mismatch = bool(gpu_build) != bool(hardware.gpu_count)
         imported = _python_probe("import vllm")
         detail = f"{gpu_build or cpu_build}, {build}"
+        if gpu_build and not hardware.gpu_count:
+            detail = f"{gpu_build}: the CUDA build is installed, but no NVIDIA GPU answers ({_why_no_gpu(hardware)})"
         if imported.returncode != 0:
             detail += f"; import fails: {_last_line(imported.stderr)}"
-        fix = f"FLAVOR={'gpu' if hardware.gpu_count else 'cpu'} make venv" if mismatch else "run `make venv`"
+        fix = (
+            "run on a machine whose NVIDIA GPU and driver answer (nvidia-smi), or FLAVOR=cpu make clean venv "
+            "for vLLM's CPU build"
+            if gpu_build and mismatch
+            else "FLAVOR=gpu make clean venv"
+            if mismatch
+            else "run `make venv`"
+        )
         checks.append(Check("vllm", imported.returncode == 0 and not mismatch, detail, fix))
     else:
         checks.append(Check("vllm", False, "not installed", "run `make venv`"))

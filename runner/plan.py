@@ -88,10 +88,15 @@ def render_plan(plan: dict[str, Any]) -> str:
         size = f"{m['params_b']}B {m['quantization'] or m['dtype']}"
         rows.append([m["name"] + note, size, how, memory, "yes" if m["weights"]["ok"] else "no"])
     lines.append(format_table(["model", "size", "engine", "memory (est.)", "weights here"], rows))
+    busy: list[str] = []
     for m in plan["models"]:
         lines.append(f"  {m['name']}: {m['engine'].get('reason') or m['engine'].get('error')}")
+        if m["engine"].get("devices"):
+            lines.append(f"    on GPUs: {','.join(m['engine']['devices'])}")
+        busy += [line for line in m["engine"].get("busy", ()) if line not in busy]
         if not m["weights"]["ok"]:
             lines.append(f"    weights: {m['weights']['detail']}")
+    lines += [f"  not offered, in use: {line}" for line in busy]
     lines.append("")
     rows = []
     for d in plan["datasets"]:

@@ -15,7 +15,7 @@ import math
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from runner.hardware import GiB, Hardware
+from runner.hardware import GiB, Hardware, HardwareError
 
 KINDS = ("auto", "vllm", "distributed", "cpu", "hf")
 
@@ -24,7 +24,7 @@ _DTYPE_BYTES = {"float32": 4.0, "float": 4.0, "float16": 2.0, "half": 2.0, "bflo
 _QUANT_BYTES = {"awq": 0.5, "gptq": 0.5, "awq_marlin": 0.5, "gptq_marlin": 0.5, "bitsandbytes": 0.5, "fp8": 1.0}
 
 
-class SelectionError(ValueError):
+class SelectionError(HardwareError):
     """The model cannot run on what was found; raised before anything is loaded."""
 
 
@@ -57,6 +57,8 @@ class Selection:
     nodes: int = 1
     memory: MemoryEstimate | None = None
     data_parallel_size: int = 1  # independent engine replicas sharing the requests (runner/engines/replicas.py)
+    devices: tuple[str, ...] = ()  # CUDA_VISIBLE_DEVICES entries of the GPUs it runs on, in order (one node)
+    busy: tuple[str, ...] = ()  # GPUs left out because other processes hold their memory, and by whom
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -105,6 +107,51 @@ def select_engine(engine: Any, model: Any, hardware: Hardware) -> Selection:
         f"(weights {memory.weights_bytes / GiB:.1f} + KV reserve {memory.kv_reserve_bytes / GiB:.1f})"
     )
 
+    hardware, busy = _free_gpus(hardware, engine, kind, memory)
+    selection = _select(engine, model, hardware, kind, sizes, memory, need)
+    devices = tuple(_pin(g) for g in hardware.gpus[: selection.gpus]) if hardware.nodes == 1 else ()
+    return replace(selection, devices=devices if selection.gpus else (), busy=busy)
+
+
+def _pin(gpu: Any) -> str:
+    return gpu.device_id or str(gpu.physical_index if gpu.physical_index is not None else gpu.index)
+
+
+def claimed_fraction(engine: Any) -> float:
+    """The share of a GPU's memory a vLLM engine takes at start (vLLM's gpu_memory_utilization)."""
+    args = engine.get("args") or {}
+    return float(args.get("gpu_memory_utilization") or engine.gpu.get("gpu_memory_utilization") or 0.9)
+
+
+def _free_gpus(hardware: Hardware, engine: Any, kind: str, memory: MemoryEstimate) -> tuple[Hardware, tuple[str, ...]]:
+    """The GPUs with room for the engine, and a line for each one other processes already fill.
+
+    vLLM refuses to start unless gpu_memory_utilization x total memory is free; the transformers engine
+    needs the model's estimate. A GPU without that room is not offered, rather than failing at load.
+    """
+    if not hardware.gpus or hardware.nodes > 1 or kind == "cpu":
+        return hardware, ()
+    fraction = claimed_fraction(engine)
+
+    def room(gpu) -> bool:
+        need = memory.total_bytes if kind == "hf" else fraction * gpu.total_bytes
+        return gpu.free_bytes >= need
+
+    free = tuple(g for g in hardware.gpus if room(g))
+    busy = tuple(g.usage() for g in hardware.gpus if not room(g))
+    if busy and not free:
+        claim = "the model's estimate" if kind == "hf" else f"{fraction:.0%} of its memory (gpu_memory_utilization)"
+        raise SelectionError(
+            f"Every GPU this job may use is already in use: {'; '.join(busy)}. The engine needs {claim} free "
+            "on a GPU. Wait for those processes or stop them, choose other GPUs with CUDA_VISIBLE_DEVICES, or "
+            "claim less with +engine.args.gpu_memory_utilization=<fraction that is free>."
+        )
+    return replace(hardware, gpus=free), busy
+
+
+def _select(
+    engine: Any, model: Any, hardware: Hardware, kind: str, sizes: dict, memory: MemoryEstimate, need: str
+) -> Selection:
     if kind == "hf":  # the transformers reference engine: one GPU if there is one, else the CPU
         if hardware.gpu_count == 0:
             _check_host_memory(memory, hardware, need)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from runner.engines.base import Completion, Engine, EngineStats, LogLikelihood, SamplingSettings
@@ -80,16 +81,18 @@ def build_engine(selection: Selection, model_source: str, model: Any, engine: An
 
         from runner.engines.replicas import ReplicatedEngine
 
-        one = replace(selection, data_parallel_size=1, gpus=selection.gpus // selection.data_parallel_size)
+        one = replace(selection, data_parallel_size=1, gpus=selection.gpus // selection.data_parallel_size, devices=())
         build = {
             "selection": one,
+            "devices": selection.devices,
             "source": model_source,
             "model": OmegaConf.to_container(model, resolve=True),
             "engine": OmegaConf.to_container(engine, resolve=True),
         }
         return ReplicatedEngine(build, selection.data_parallel_size, tokenizer_source=model_source)
     try:
-        return _load(selection, model_source, model, engine)
+        with _visible_devices(selection.devices):
+            return _load(selection, model_source, model, engine)
     except (ConfigError, EngineLoadError):
         raise
     except Exception as exc:  # noqa: BLE001 - any refusal by the engine library becomes one clear message
@@ -99,6 +102,25 @@ def build_engine(selection: Selection, model_source: str, model: Any, engine: An
             f"{type(exc).__name__}: {first}. Check the model's settings (model.*) and the engine's "
             "(engine.args.*); HYDRA_FULL_ERROR=1 shows the engine's traceback."
         ) from exc
+
+
+@contextmanager
+def _visible_devices(devices: tuple[str, ...]):
+    """Load on the GPUs selection chose (fewer than the mask allows when others are busy): CUDA and vLLM's
+    worker processes read CUDA_VISIBLE_DEVICES as they start, during the load. The mask is put back after,
+    so the next job of a sweep detects the GPUs the user gave, not the ones this job took."""
+    if not devices:
+        yield
+        return
+    before = os.environ.get("CUDA_VISIBLE_DEVICES")
+    os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(devices)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+        else:
+            os.environ["CUDA_VISIBLE_DEVICES"] = before
 
 
 def check_engine_args(args: dict[str, Any]) -> None:

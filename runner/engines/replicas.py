@@ -2,7 +2,7 @@
 
 vLLM's own data-parallel mode is refused for single-process (offline) use of dense models, so each
 replica is a separate spawned process holding an ordinary engine on its own device
-(`CUDA_VISIBLE_DEVICES=<i>`, or `VLLM_CPU_OMP_THREADS_BIND=<i>` on the CPU build). A batch is cut into
+(`CUDA_VISIBLE_DEVICES=<its GPUs' UUIDs>`, or `VLLM_CPU_OMP_THREADS_BIND=<i>` on the CPU build). A batch is cut into
 N contiguous shards, every replica gets its shard at once, and the answers are put back in request
 order, so the result is the one a single engine gives.
 
@@ -56,12 +56,19 @@ def _serve(conn: Any, build: dict[str, Any], env: dict[str, str]) -> None:
         conn.close()
 
 
-def device_env(kind: str, replica: int, gpus_per_replica: int = 1) -> dict[str, str]:
-    """What pins a replica to its own devices: its own GPUs, or its own CPU core on vLLM's CPU build."""
+def device_env(kind: str, replica: int, gpus_per_replica: int = 1, devices: tuple[str, ...] = ()) -> dict[str, str]:
+    """What pins a replica to its own devices: its own GPUs, or its own CPU core on vLLM's CPU build.
+
+    `devices` are the selection's GPUs as CUDA_VISIBLE_DEVICES names them (UUIDs from NVML): replica r
+    gets the r-th run of `gpus_per_replica` of them, so replicas stay within the user's own mask.
+    """
     if kind == "cpu" or gpus_per_replica == 0:
         return {"VLLM_CPU_OMP_THREADS_BIND": str(replica), "CUDA_VISIBLE_DEVICES": ""}
     first = replica * gpus_per_replica
-    return {"CUDA_VISIBLE_DEVICES": ",".join(str(first + i) for i in range(gpus_per_replica))}
+    mine = devices[first : first + gpus_per_replica]
+    if len(mine) < gpus_per_replica:
+        raise ValueError(f"replica {replica} needs {gpus_per_replica} GPU(s); the selection lists {list(devices)}")
+    return {"CUDA_VISIBLE_DEVICES": ",".join(mine)}
 
 
 def shard(n: int, parts: int) -> list[tuple[int, int]]:
@@ -103,12 +110,13 @@ class ReplicatedEngine(Engine):
         start = time.perf_counter()
         selection = build["selection"]
         per_replica = selection.gpus  # the selection of one replica
+        devices = tuple(build.get("devices") or ())
         try:
             for replica in range(replicas):
                 parent, child = context.Pipe()
                 process = context.Process(
                     target=_serve,
-                    args=(child, build, device_env(selection.kind, replica, per_replica)),
+                    args=(child, build, device_env(selection.kind, replica, per_replica, devices)),
                     daemon=True,
                     name=f"replica-{replica}",
                 )
