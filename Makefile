@@ -5,13 +5,15 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # vLLM's CUDA build where an NVIDIA GPU answers, vLLM's CPU build elsewhere. Force with FLAVOR=cpu|gpu.
 FLAVOR ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
-STAMP := $(VENV)/.installed-$(FLAVOR)
+# GPU_CUDA=12.9 (with FLAVOR=gpu): vLLM's CUDA 12.9 build for NVIDIA drivers 525-579; docs/gpu.md.
+export GPU_CUDA
+STAMP := $(VENV)/.installed-$(FLAVOR)$(if $(GPU_CUDA),-cu$(GPU_CUDA))
 REQS := requirements/$(FLAVOR).lock
 # Runs here use local files only; set HF_HUB_OFFLINE=0 to let hub models download.
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 
-.PHONY: venv model browser run test lint lock lock-gpu mlflow-ui clean
+.PHONY: venv model browser run test lint lock lock-gpu check-gpu-env mlflow-ui clean
 
 venv: $(STAMP)
 
@@ -52,6 +54,10 @@ lock:
 lock-gpu: venv
 	PYTHON=$(PY) bash scripts/lock.sh gpu
 
+## Opt-in: install gpu.lock into .venv-gpu on this machine (GPU or not, ~10 GB), then import the CUDA build
+## and run doctor and plans for 1x and 8x H100 with NVML faked. Cost and output: docs/gpu.md.
+check-gpu-env: venv
+	bash scripts/check_gpu_env.sh
 
 clean:
 	rm -rf $(VENV) .venv-gpu .cache
