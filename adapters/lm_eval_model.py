@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from lm_eval.api.model import TemplateLM
+from lm_eval.api.model import TemplateLM, hash_args
 from lm_eval.models.utils import handle_stop_sequences, maybe_truncate, normalize_gen_kwargs
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
@@ -20,6 +20,7 @@ from runner.engines.base import SamplingSettings
 if TYPE_CHECKING:
     from lm_eval.api.instance import Instance
 
+    from runner.cached_telemetry import CachedTelemetry
     from runner.engines.base import Engine
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,7 @@ class EngineLM(TemplateLM):
         chat: bool = True,
         default_max_gen_toks: int = 256,
         seed: int | None = 0,
+        telemetry: CachedTelemetry | None = None,
     ) -> None:
         super().__init__()
         self.engine = engine
@@ -41,6 +43,7 @@ class EngineLM(TemplateLM):
         self.chat = chat
         self.default_max_gen_toks = default_max_gen_toks
         self.seed = seed
+        self.telemetry = telemetry  # each answer's engine pass, tokens and latency, beside the response cache
         self.served = 0  # requests that reached the engine (the rest came from lm-eval's response cache)
         self.truncated = 0  # of those, prompts cut from the left to fit max_length (lm-eval's convention)
 
@@ -107,8 +110,14 @@ class EngineLM(TemplateLM):
                 index = items[position][0]
                 results[index] = completion.text
                 self.cache_hook.add_partial("generate_until", requests[index].args, completion.text)
+                if self.telemetry is not None:
+                    self.telemetry.answer(hash_args("generate_until", requests[index].args), completion)
 
+            if self.telemetry is not None:
+                self.telemetry.start_pass(self.engine.stats)
             self.engine.generate([tokens for _, tokens in items], settings, on_result=answered)
+            if self.telemetry is not None:
+                self.telemetry.end_pass(self.engine.name, self.engine.stats)
         log.info("Answered %d generate_until requests; lm-eval scores them next", len(requests))
         return results  # type: ignore[return-value]
 

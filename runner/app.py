@@ -17,7 +17,8 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from runner import tracking
+from runner import provenance, tracking
+from runner.cached_telemetry import CachedTelemetry
 from runner.catalog import dataset_status, model_status, project_tasks
 from runner.cluster import job_hardware
 from runner.driver import require_compatible
@@ -27,6 +28,7 @@ from runner.env import prepare_environment
 from runner.evaluate import DataError, DatasetResult, check_local_files, evaluate_dataset, task_manager
 from runner.models import ModelNotFoundError, resolve_model
 from runner.plan import build_plan, write_plan
+from runner.schema import seeds
 from runner.selection import Selection, select_engine
 from runner.summary import print_summary
 from runner.telemetry import PeakGPUMemory, PeakRSS
@@ -198,6 +200,8 @@ def run_job(cfg: Any, out_dir: Path) -> JobResult:
         # What can fail without loading anything fails here, before an engine exists.
         check_model_present(cfg)
         model_source = resolve_model(cfg.model, cfg.paths.cache_dir)
+        weights = provenance.describe(cfg.model, model_source, cfg.paths.cache_dir)
+        tracker.set_tags(weights.tags())
         datasets, skipped = runnable_datasets(cfg)
         for dataset in datasets:
             check_local_files(dataset)
@@ -221,12 +225,15 @@ def run_job(cfg: Any, out_dir: Path) -> JobResult:
                 engine,
                 max_length=max_length(selection, cfg.model, cfg.engine),
                 chat=bool(cfg.model.chat_template),
-                seed=cfg.seed,
+                seed=seeds(cfg.seed)[2],  # the torch seed of lm-eval's four, as the engines get it
+                telemetry=CachedTelemetry(cache) if cache else None,
             )
             results, failed = [], {}
             for dataset in datasets:
                 try:
-                    result = evaluate_dataset(lm, dataset, cfg=cfg, tasks=tasks, out_dir=out_dir, cache=cache)
+                    result = evaluate_dataset(
+                        lm, dataset, cfg=cfg, tasks=tasks, out_dir=out_dir, cache=cache, model_args=weights.model_args()
+                    )
                 except DataError as exc:  # this dataset's data or task; the others still run, the job fails at the end
                     log.error("%s", exc)
                     failed[dataset.name] = str(exc)
@@ -235,6 +242,8 @@ def run_job(cfg: Any, out_dir: Path) -> JobResult:
                 log.info("Dataset %s scored (%s); logging it to MLflow", result.name, result.score)
                 # Logged as each dataset finishes, so a later failure keeps the earlier scores in the run.
                 tracker.log_metrics(dataset_metrics(result))
+                # Which version of each task scored it: runs of different data versions are not compared.
+                tracker.set_tags({f"task_version.{task}": v for task, v in result.versions.items()})
                 for task, table in result.tables.items():
                     tracker.log_table(table, f"samples/{result.name}/{task}.json")
         finally:
@@ -242,14 +251,23 @@ def run_job(cfg: Any, out_dir: Path) -> JobResult:
                 engine.shutdown()
 
         requests = sum(r.requests for r in results)
-        telemetry = engine.stats.as_metrics() | {
+        served = sum(r.served for r in results)
+        measured, source = engine.stats.as_metrics(), "engine" if served == requests else "mixed"
+        if requests and not engine.stats.requests and lm.telemetry is not None:
+            # Every generation answer came from the cache: report the passes that generated them, marked so.
+            stored = lm.telemetry.metrics(key for r in results for key in r.generate_keys)
+            measured, source = measured | stored, "response_cache" if stored else "none"
+        if lm.telemetry is not None:
+            lm.telemetry.close()
+        tracker.set_tags({"throughput_source": source})
+        telemetry = measured | {
             "wall_s": time.perf_counter() - started,
             "peak_rss_gib": rss.peak_bytes / 1024**3,
             **({"peak_gpu_memory_gib": gpu_memory.peak_bytes / 1024**3} if gpu_memory.available else {}),
             "engine_loaded": float(engine.loaded),
             "engine_reused": float(reused),
             "requests_total": float(requests),
-            "requests_from_cache": float(requests - sum(r.served for r in results)),
+            "requests_from_cache": float(requests - served),
             "requests_truncated": float(lm.truncated),  # prompts cut from the left to fit the context window
         }
         tracker.log_metrics({k: v for k, v in telemetry.items() if v == v})  # NaN: not measured (all cached)
@@ -279,8 +297,11 @@ def dataset_metrics(result: DatasetResult) -> dict[str, float]:
     metrics = {tracking.metric_name(result.name, "wall_s"): result.wall_seconds}
     for task, values in result.metrics.items():
         task_part = "" if task == result.name else task
+        counts = result.metric_samples.get(task, {})
         for metric, value in values.items():
             metrics[tracking.metric_name(result.name, task_part, metric)] = value
+            if metric in counts:  # the docs this metric was scored on (a subgroup's, for acc_k1)
+                metrics[tracking.metric_name(result.name, task_part, f"{metric}_n")] = float(counts[metric])
     if result.score is not None:
         metrics[tracking.metric_name(result.name, "score")] = result.score
     return metrics

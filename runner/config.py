@@ -9,6 +9,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from runner.schema import register as register_schema
+from runner.schema import seeds
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = PROJECT_ROOT / "conf"
@@ -24,6 +25,10 @@ if not OmegaConf.has_resolver("start_env"):
 # ${csv:${category.models}} turns a list into Hydra's sweep syntax (a,b,c) for hydra.sweeper.params.
 if not OmegaConf.has_resolver("csv"):
     OmegaConf.register_new_resolver("csv", lambda items: ",".join(str(i) for i in items))
+
+# ${torch_seed:${seed}}: the torch seed of lm-eval's four (runner/schema.py `seeds`), which the engines use.
+if not OmegaConf.has_resolver("torch_seed"):
+    OmegaConf.register_new_resolver("torch_seed", lambda value: seeds(value)[2])
 
 register_schema()
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from runner.schema import local_files
+from runner.schema import local_files, seeds
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,11 @@ class DatasetResult:
     served: int = 0  # of those, answered by the engine; the rest came from the response cache
     score: float | None = None  # the dataset's headline metric (dataset.metric)
     tables: dict[str, dict[str, list]] = field(default_factory=dict)  # task -> per-sample columns
+    # task -> metric (named as in `metrics`) -> the docs it was scored on: a subgroup metric (acc_k1) is
+    # scored on its group's docs only, not on every sample of the task.
+    metric_samples: dict[str, dict[str, int]] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)  # task -> its lm-eval version (task YAML metadata)
+    generate_keys: list[str] = field(default_factory=list)  # lm-eval's cache keys of its generation requests
 
 
 def task_manager(tasks_dir: str, needed: list[str]):
@@ -223,7 +228,9 @@ def reuse_env_info(cache_dir: str) -> None:
     evaluator.add_env_info = add_env_info
 
 
-def evaluate_dataset(lm, dataset: Any, *, cfg: Any, tasks, out_dir: Path, cache: str | None = None) -> DatasetResult:
+def evaluate_dataset(
+    lm, dataset: Any, *, cfg: Any, tasks, out_dir: Path, cache: str | None = None, model_args: dict | None = None
+) -> DatasetResult:
     from lm_eval import simple_evaluate
     from lm_eval.loggers import EvaluationTracker
 
@@ -234,12 +241,14 @@ def evaluate_dataset(lm, dataset: Any, *, cfg: Any, tasks, out_dir: Path, cache:
     # Code-executing tasks need the opt-in; a dataset marked unsafe_code opts in unless the user says no.
     allow_code = cfg.allow_code_execution if cfg.allow_code_execution is not None else bool(dataset.unsafe_code)
     tracker = EvaluationTracker(output_path=str(out_dir / "lm_eval"))
+    random_seed, numpy_seed, _, fewshot_seed = seeds(cfg.seed)
     served_before = lm.served
     start = time.perf_counter()
     with task_load_errors(dataset, tasks, cfg.paths.tasks_dir):
         results = simple_evaluate(
             model=lm,
-            model_args={"pretrained": cfg.model.repo_id},  # only names the model in lm-eval's results file
+            # Only names the model in lm-eval's results file: the weights loaded (runner/provenance.py).
+            model_args=model_args or {"pretrained": cfg.model.repo_id},
             tasks=task_specs(dataset, tasks, out_dir),
             num_fewshot=dataset.num_fewshot,
             limit=limit,
@@ -248,12 +257,13 @@ def evaluate_dataset(lm, dataset: Any, *, cfg: Any, tasks, out_dir: Path, cache:
             gen_kwargs=gen_kwargs,
             log_samples=True,
             evaluation_tracker=tracker,
-            random_seed=cfg.seed,
-            numpy_random_seed=cfg.seed,
-            # The engines seed torch themselves (HF per call, vLLM through its `seed`); lm-eval doing it too
-            # would import torch on a job answered entirely from the response cache (~1.2 s of a rerun).
+            # lm-eval's four seeds as `lm_eval --seed` sets them. The engines seed torch themselves (HF per
+            # call, vLLM through its `seed`) with the third; lm-eval doing it too would import torch on a job
+            # answered entirely from the response cache (~1.2 s of a rerun).
+            random_seed=random_seed,
+            numpy_random_seed=numpy_seed,
             torch_random_seed=None,
-            fewshot_random_seed=cfg.seed,
+            fewshot_random_seed=fewshot_seed,
             confirm_run_unsafe_code=allow_code,
             # lm-eval's own SQLite response cache: results are written as they arrive, so a rerun (after a
             # crash, or of a finished job) sends the engine only what is missing.
@@ -263,13 +273,14 @@ def evaluate_dataset(lm, dataset: Any, *, cfg: Any, tasks, out_dir: Path, cache:
     samples = results.pop("samples")
     # Before lm-eval's tracker rewrites the samples in place for its JSON files (arguments become dicts).
     tables = {task: sample_table(task_samples, dataset.metric) for task, task_samples in samples.items()}
+    keys = generate_keys(samples, configs=results.get("configs", {}))
     tracker.save_results_aggregated(results=results, samples=samples)
     for task_name in results["configs"]:
         tracker.save_results_samples(task_name=task_name, samples=samples[task_name])
 
     metrics = {task: _metrics(values) for task, values in results["results"].items()}
     counts = {task: int(n["effective"]) for task, n in results.get("n-samples", {}).items()}
-    requests = sum(len(sample["arguments"]) for task_samples in samples.values() for sample in task_samples)
+    requests = count_requests(samples)
     served = lm.served - served_before
     return DatasetResult(
         dataset.name,
@@ -280,7 +291,47 @@ def evaluate_dataset(lm, dataset: Any, *, cfg: Any, tasks, out_dir: Path, cache:
         served,
         score=headline(metrics, dataset),
         tables=tables,
+        metric_samples={task: metric_counts(task_samples) for task, task_samples in samples.items()},
+        versions={task: str(version) for task, version in results.get("versions", {}).items()},
+        generate_keys=keys,
     )
+
+
+def count_requests(samples: dict[str, list[dict[str, Any]]]) -> int:
+    """Requests sent for these samples. lm-eval logs one sample per doc *and filter* (gsm8k has two
+    filters over the same answer), so each doc's requests count once, whatever the number of filters."""
+    seen: set[tuple[str, Any]] = set()
+    total = 0
+    for task, task_samples in samples.items():
+        for sample in task_samples:
+            if (task, sample["doc_id"]) not in seen:
+                seen.add((task, sample["doc_id"]))
+                total += len(sample["arguments"])
+    return total
+
+
+def generate_keys(samples: dict[str, list[dict[str, Any]]], configs: dict[str, Any]) -> list[str]:
+    """The response-cache keys (lm-eval's `hash_args`) of the generation requests behind these samples."""
+    from lm_eval.api.model import hash_args
+
+    keys = []
+    for task, task_samples in samples.items():
+        if configs.get(task, {}).get("output_type") != "generate_until":
+            continue
+        for sample in task_samples:
+            keys += [hash_args("generate_until", args) for args in sample["arguments"]]
+    return sorted(set(keys))  # a doc logged once per filter holds the same requests
+
+
+def metric_counts(samples: list[dict[str, Any]]) -> dict[str, int]:
+    """Metric name (as `_metrics` names it) -> how many docs reported it: what lm-eval aggregated it over."""
+    counts: dict[str, int] = {}
+    for sample in samples:
+        filter_name = sample.get("filter", "none")
+        for metric in sample.get("metrics", ()):
+            name = metric if filter_name == "none" else f"{metric}_{filter_name}"
+            counts[name] = counts.get(name, 0) + 1
+    return counts
 
 
 def headline(metrics: dict[str, dict[str, float]], dataset: Any) -> float | None:

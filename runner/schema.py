@@ -11,7 +11,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, ListConfig
+
+# lm-eval's defaults for (random, numpy, torch, fewshot) seeds: `lm_eval --seed` is "0,1234,1234,1234".
+LM_EVAL_SEEDS = (0, 1234, 1234, 1234)
 
 
 @dataclass
@@ -155,7 +158,9 @@ class RunnerConfig:
     mode: str = "run"  # run | list | plan | doctor | sync (upload offline runs) | report
     output: str = "text"  # text | json (list, plan, doctor)
     limit: int | None = None
-    seed: int = 0
+    # lm-eval's --seed: one integer for all four seeds, or [random, numpy, torch, fewshot] (null leaves one
+    # unset). The default is lm-eval's own, so few-shot examples are drawn as `lm_eval` draws them.
+    seed: Any = field(default_factory=lambda: list(LM_EVAL_SEEDS))
     cache: bool = True  # lm-eval's response cache: reruns only compute what is missing
     allow_code_execution: bool | None = None  # None: datasets marked unsafe_code may run code (sandboxed)
     paths: PathsConfig = field(default_factory=PathsConfig)
@@ -165,6 +170,31 @@ class RunnerConfig:
 
 
 MODES = ("run", "list", "plan", "doctor", "sync", "report")
+
+
+def seeds(value: Any) -> tuple[int | None, int | None, int | None, int | None]:
+    """(random, numpy, torch, fewshot) seeds from `seed`, read as lm-eval's CLI reads `--seed`: one value for
+    all four, or four values (three: the fourth from lm-eval's default), each an integer or None."""
+
+    def one(item: Any) -> int | None:
+        if item is None or str(item).strip().lower() == "none":
+            return None
+        if isinstance(item, bool) or not str(item).strip().lstrip("-").isdigit():
+            raise ConfigError(
+                f"seed={value!r}: {item!r} is not an integer or None. Use one integer for all four seeds "
+                "(seed=42) or [random, numpy, torch, fewshot] (seed=[0,1234,1234,1234], lm-eval's default)."
+            )
+        return int(item)
+
+    listed = isinstance(value, list | tuple | ListConfig)
+    items = [one(v) for v in (list(value) if listed else str(value).split(","))]
+    if len(items) == 1:
+        items *= 4
+    if len(items) not in (3, 4):
+        raise ConfigError(f"seed={value!r} has {len(items)} values: give one, or four [random, numpy, torch, fewshot].")
+    return tuple(items + list(LM_EVAL_SEEDS[len(items) :]))  # type: ignore[return-value]
+
+
 OUTPUTS = ("text", "json")
 
 
@@ -181,6 +211,7 @@ def validate(cfg: Any) -> None:
         if not ok:
             raise ConfigError(message)
 
+    seeds(cfg.seed)  # raises ConfigError for a seed lm-eval's CLI would refuse
     need(cfg.mode in MODES, f"mode={cfg.mode!r} is not one of {', '.join(MODES)}.")
     need(cfg.output in OUTPUTS, f"output={cfg.output!r} is not one of {', '.join(OUTPUTS)}.")
     need(cfg.limit is None or cfg.limit > 0, f"limit={cfg.limit} must be a positive number of samples (or null).")

@@ -26,11 +26,13 @@ def print_summary(job: JobResult, cfg: Any) -> None:
         for task, metrics in result.metrics.items():
             for name in sorted(m for m in metrics if not m.endswith("_stderr")):
                 label = result.name if task == result.name else f"{result.name}/{task}"
-                rows.append([label, name, _value(metrics, name), str(result.samples.get(task, "?"))])
+                # n: the docs this metric was scored on (a subgroup metric's own docs), else the task's samples.
+                n = result.metric_samples.get(task, {}).get(name, result.samples.get(task, "?"))
+                rows.append([label, name, _value(metrics, name), str(n)])
     t = job.telemetry
     print()
     print(f"{cfg.category.get('label', cfg.category.name)} · {cfg.model.name} · engine {job.selection.kind}")
-    print(format_table(["dataset", "metric", "value", "samples"], rows))
+    print(format_table(["dataset", "metric", "value", "n"], rows))
     for name, why in job.skipped.items():
         print(f"skipped {name}: {why}")
     print()
@@ -47,12 +49,20 @@ def print_summary(job: JobResult, cfg: Any) -> None:
             f"warning: {int(t['requests_truncated'])} prompts were longer than the context window and lost their "
             "beginning (lm-eval's left truncation); raise model.max_model_len if the model allows it."
         )
-    if t["requests"]:  # measured only when the engine served something
+    # Measured now when the engine served something; else, where the cache kept them, the measurements of the
+    # engine passes that generated the cached answers (throughput_source=response_cache in MLflow).
+    from_cache = not t["requests"] and "cached_answers_with_telemetry" in t
+    if t["requests"] or from_cache:
         latency = (
             f" · latency p50 {t['latency_p50_s']:.2f} s, p95 {t['latency_p95_s']:.2f} s" if "latency_p50_s" in t else ""
         )
+        label = (
+            "throughput (from the response cache, measured when those answers were generated)"
+            if from_cache
+            else "throughput"
+        )
         print(
-            f"throughput: {t['output_tokens_per_s']:.1f} output tok/s, {t['input_tokens_per_s']:.1f} input tok/s, "
+            f"{label}: {t['output_tokens_per_s']:.1f} output tok/s, {t['input_tokens_per_s']:.1f} input tok/s, "
             f"{t['requests_per_s']:.2f} req/s{latency}"
         )
     kv = f" · KV cache {t['kv_cache_tokens']:.0f} tokens" if "kv_cache_tokens" in t else ""

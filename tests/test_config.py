@@ -100,3 +100,34 @@ def test_category_models_have_configs(compose_cfg):
         cfg = compose_cfg(f"category={category}")
         missing = [m for m in cfg.category.models if m not in options("model")]
         assert not missing, f"conf/category/{category}.yaml names models without a config: {missing}"
+
+
+# --- seeds: lm-eval's four, read as `lm_eval --seed` reads them ---
+
+
+@pytest.mark.parametrize("value", ["42", "0,1234,1234,1234", "1,None,3,4", "5,6,7", "none"])
+def test_seed_maps_onto_lm_evals_four_as_its_cli_does(value):
+    from lm_eval._cli.utils import _int_or_none_list_arg_type
+
+    from runner.schema import seeds
+
+    assert list(seeds(value)) == _int_or_none_list_arg_type(3, 4, "0,1234,1234,1234", value)
+
+
+def test_the_default_seeds_are_lm_evals_and_the_engines_get_the_torch_seed(compose_cfg):
+    from runner.schema import seeds
+
+    cfg = compose_cfg()
+    assert seeds(cfg.seed) == (0, 1234, 1234, 1234)
+    assert cfg.engine.cpu.seed == cfg.engine.gpu.seed == cfg.engine.hf.seed == 1234
+    cfg = compose_cfg("seed=[1,2,3,4]")
+    assert seeds(cfg.seed) == (1, 2, 3, 4) and cfg.engine.cpu.seed == 3
+    assert compose_cfg("seed=42").engine.hf.seed == 42
+
+
+@pytest.mark.parametrize("value", ["abc", "[1,2]", "[1,2,3,4,5]"])
+def test_a_seed_lm_eval_would_refuse_is_one_clear_error(value, compose_cfg):
+    from runner.schema import ConfigError, validate
+
+    with pytest.raises(ConfigError, match=r"^seed="):
+        validate(compose_cfg(f"seed={value}"))
