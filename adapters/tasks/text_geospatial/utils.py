@@ -416,9 +416,12 @@ def fold(text: str) -> str:
 
 
 def normalise_name(text: str) -> str:
-    """Place names compared loosely: accents, case, punctuation and a leading "the" ignored."""
-    s = re.sub(r"[.,;:!?'’\"()]", "", fold(text))
-    s = " ".join(s.replace("-", " ").split())
+    """Place names compared loosely: accents, case, punctuation and a leading "the" ignored,
+    "&" read as "and" ("the D.R. Congo" -> "dr congo"). generate.normalise_answer is the same
+    rule: the accepted names baked into the data are distinct under it."""
+    s = fold(text).replace("&", " and ")
+    s = re.sub(r"[.,;:!?'’‘`\"()]", "", s)
+    s = " ".join(re.sub("[-\u2010-\u2015]", " ", s).split())  # hyphens and dashes
     return s[4:] if s.startswith("the ") else s
 
 
@@ -651,6 +654,8 @@ def _score_direction(doc: dict, text: str | None) -> bool | None:
 
 
 def _score_containment(doc: dict, text: str | None) -> bool | None:
+    """Correct when the reply's name equals one of the item's accepted names (official,
+    short and common names of the right country or state, baked into the data)."""
     answer = _answer_text(text)
     if answer is None or not normalise_name(answer):
         return None
