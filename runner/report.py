@@ -1,8 +1,9 @@
 """Comparison report of evaluation runs recorded in MLflow: score against throughput, per dataset.
 
 `write_report` collects the runs of some experiments (or of one Hydra sweep), draws one score-vs-output-tokens/s
-panel per dataset with its Pareto front, writes `report.png` and a self-contained `report.html`, and logs both
-to MLflow as a run tagged `runner.report=true`, which later reports skip.
+panel per dataset with its Pareto front and 95% intervals, writes `report.png`, a self-contained `report.html` and
+`comparisons.json` (runner/compare.py: intervals and paired tests on the per-doc scores), and logs them to MLflow as
+a run tagged `runner.report=true`, which later reports skip.
 """
 
 from __future__ import annotations
@@ -13,10 +14,13 @@ import logging
 import math
 import os
 import textwrap
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from runner import compare
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -42,12 +46,21 @@ class RunRow:
     engine: str
     status: str
     scores: dict[str, float] = field(default_factory=dict)
-    output_tokens_per_s: float | None = None  # None: every answer came from the response cache
+    output_tokens_per_s: float | None = None  # None: not measured (every answer cached, no stored measurement)
     latency_p50_s: float | None = None
     peak_memory_gib: float | None = None  # GPU memory where measured, else the process's peak RSS
     wall_s: float | None = None
     start_time: datetime | None = None
     memory_kind: str = ""  # "GPU" or "RSS": which measurement peak_memory_gib is
+    # "engine" (measured by this run), "response_cache" (measured when the cached answers were generated), "mixed",
+    # or "" (unknown: no throughput recorded)
+    throughput_source: str = ""
+    task_versions: dict[str, str] = field(default_factory=dict)  # task -> lm-eval's version of it
+    output_dir: str = ""  # the run folder, whose tables/ mirrors the per-sample tables
+
+    @property
+    def from_cache(self) -> bool:
+        return self.throughput_source == "response_cache"
 
     @property
     def finished(self) -> bool:
@@ -72,7 +85,7 @@ def collect_runs(
         return []
     wanted = None if sweep_dir is None else _same_path(sweep_dir)
     rows = []
-    for run in _search_runs(client, list(names)):
+    for run in _all_pages(client.search_runs, list(names)):
         tags = run.data.tags
         if tags.get(REPORT_TAG) == "true":
             continue
@@ -95,23 +108,18 @@ def _experiment_names(client: MlflowClient, experiments: list[str] | None) -> di
             else:
                 found[experiment.experiment_id] = experiment.name
         return found
-    found, token = {}, None
+    return {e.experiment_id: e.name for e in _all_pages(client.search_experiments) if e.name != "Default"}
+
+
+def _all_pages(search: Callable[..., Any], *args: Any) -> list[Any]:
+    """Every result of an MLflow search, page by page."""
+    found, token = [], None
     while True:
-        page = client.search_experiments(max_results=_PAGE, page_token=token)
-        found |= {e.experiment_id: e.name for e in page if e.name != "Default"}
+        page = search(*args, max_results=_PAGE, page_token=token)
+        found.extend(page)
         token = page.token
         if not token:
             return found
-
-
-def _search_runs(client: MlflowClient, experiment_ids: list[str]) -> list[Run]:
-    runs, token = [], None
-    while True:
-        page = client.search_runs(experiment_ids, max_results=_PAGE, page_token=token)
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
 
 
 def _same_path(path: str | os.PathLike[str]) -> str:
@@ -133,6 +141,8 @@ def _row(run: Run, experiment: str) -> RunRow:
     }
     gpu, rss = _finite(metrics.get("peak_gpu_memory_gib")), _finite(metrics.get("peak_rss_gib"))
     start = run.info.start_time
+    tok_s = _finite(metrics.get("output_tokens_per_s"))
+    source = tags.get("throughput_source") or ("engine" if tok_s is not None else "")
     return RunRow(
         run_id=run.info.run_id,
         experiment=experiment,
@@ -142,12 +152,15 @@ def _row(run: Run, experiment: str) -> RunRow:
         engine=tags.get("engine", ""),
         status=run.info.status,
         scores=dict(sorted(scores.items())),
-        output_tokens_per_s=_finite(metrics.get("output_tokens_per_s")),
+        output_tokens_per_s=tok_s,
         latency_p50_s=_finite(metrics.get("latency_p50_s")),
         peak_memory_gib=gpu if gpu is not None else rss,
         wall_s=_finite(metrics.get("wall_s")),
         start_time=datetime.fromtimestamp(start / 1000, tz=UTC) if start else None,
         memory_kind="GPU" if gpu is not None else ("RSS" if rss is not None else ""),
+        throughput_source=source if tok_s is not None else "",
+        task_versions={k.removeprefix("task_version."): v for k, v in tags.items() if k.startswith("task_version.")},
+        output_dir=tags.get("output_dir", ""),
     )
 
 
@@ -189,8 +202,11 @@ def _fronts(rows: list[RunRow], datasets: list[str]) -> dict[str, set[str]]:
 # --------------------------------------------------------------------------------------------------- the report
 
 
-def build_report(rows: list[RunRow], out_dir: Path, title: str) -> tuple[Path, Path]:
-    """Write `report.png` (score vs output tokens/s per dataset) and `report.html` (plot + table of all runs)."""
+def build_report(
+    rows: list[RunRow], out_dir: Path, title: str, *, tracking_uri: str | None = None
+) -> tuple[Path, Path]:
+    """Write `report.png` (score vs output tokens/s per dataset), `comparisons.json` (intervals and paired tests,
+    runner/compare.py; per-sample tables read from the run folders, else from `tracking_uri`) and `report.html`."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     datasets = sorted({d for r in rows for d in r.scores})
@@ -198,11 +214,25 @@ def build_report(rows: list[RunRow], out_dir: Path, title: str) -> tuple[Path, P
     several_engines = len({r.engine for r in rows}) > 1
     labels = {r.run_id: _label(r, several_engines) for r in rows}
     notes = _left_out(rows, labels)
+    comparisons = compare.compare_runs(rows, labels, tracking_uri)
+    compare.write_json(comparisons, out_dir / "comparisons.json")
+    # Error bars only where the interval is one for the plotted (logged) score itself.
+    bars = {
+        (c.dataset, i.run_id): (i.low, i.high)
+        for c in comparisons
+        for i in c.runs
+        if i.matches_score and i.low is not None and i.high is not None
+    }
 
     png = out_dir / "report.png"
-    _plot(rows, datasets, fronts, labels, notes, title, png)
+    _plot(rows, datasets, fronts, labels, notes, bars, title, png)
     page = out_dir / "report.html"
-    page.write_text(_html(rows, datasets, fronts, notes, title, png.read_bytes()), encoding="utf-8")
+    cached = sorted({labels[r.run_id] for r in rows for d in datasets if _plottable(r, d) and r.from_cache})
+    legend = (
+        f'<p class="legend cached">Hollow markers, {_CACHED}: {html.escape(", ".join(cached))}.</p>' if cached else ""
+    )
+    body = _html(rows, datasets, fronts, notes, title, png.read_bytes(), legend, compare.html_section(comparisons))
+    page.write_text(body, encoding="utf-8")
     return png, page
 
 
@@ -219,17 +249,22 @@ def _left_out(rows: list[RunRow], labels: dict[str, str]) -> list[str]:
         if not r.finished:
             notes.append(f"{name}: run {r.status}")
         elif r.output_tokens_per_s is None:
-            notes.append(f"{name}: every answer came from the response cache, so no throughput was measured")
+            notes.append(
+                f"{name}: no throughput recorded (every answer came from the response cache, and the cache kept no "
+                "measurement of the engine passes that generated them)"
+            )
         elif not r.scores:
             notes.append(f"{name}: no dataset score recorded")
     return notes
 
 
 _FRONT_COLOR, _OTHER_COLOR = "#d62728", "#7f7f7f"
+_CACHED = "throughput from the response cache (measured when the answers were generated)"
 _EXPLANATION = (
     "Red stars: Pareto front, the runs no other run matches on both score and output tokens/s while beating it on "
     "one (higher is better for both); the red step line bounds the region they dominate. Grey dots: the other "
-    "finished runs."
+    f"finished runs. Hollow markers: {_CACHED}. Vertical bars: 95% confidence interval of the score, where the "
+    "per-doc scores give one."
 )
 
 
@@ -239,6 +274,7 @@ def _plot(
     fronts: dict[str, set[str]],
     labels: dict[str, str],
     notes: list[str],
+    bars: dict[tuple[str, str], tuple[float, float]],
     title: str,
     path: Path,
 ) -> None:
@@ -277,43 +313,32 @@ def _plot(
             ax.set_yticks([])
             continue
         front = [r for r in plotted if r.run_id in fronts[dataset]]
-        others = [r for r in plotted if r.run_id not in fronts[dataset]]
-        if others:
-            ax.scatter(
-                [r.output_tokens_per_s for r in others],
-                [r.scores[dataset] for r in others],
-                s=36,
-                color=_OTHER_COLOR,
-                zorder=3,
-            )
+        for r in plotted:
+            if (dataset, r.run_id) in bars:
+                low, high = bars[dataset, r.run_id]
+                y = r.scores[dataset]
+                yerr = [[max(0.0, y - low)], [max(0.0, high - y)]]
+                ax.errorbar(r.output_tokens_per_s, y, yerr=yerr, fmt="none", ecolor="0.6", capsize=3, zorder=1)
         steps = sorted(front, key=lambda r: (r.output_tokens_per_s, -r.scores[dataset]))
         # where="pre": between two front points the boundary sits at the faster point's score.
-        ax.step(
-            [r.output_tokens_per_s for r in steps],
-            [r.scores[dataset] for r in steps],
-            where="pre",
-            color=_FRONT_COLOR,
-            linewidth=1.5,
-            zorder=2,
-        )
-        ax.scatter(
-            [r.output_tokens_per_s for r in front],
-            [r.scores[dataset] for r in front],
-            s=160,
-            marker="*",
-            color=_FRONT_COLOR,
-            edgecolors="black",
-            linewidths=0.5,
-            zorder=4,
-        )
+        x, y = [r.output_tokens_per_s for r in steps], [r.scores[dataset] for r in steps]
+        ax.step(x, y, where="pre", color=_FRONT_COLOR, linewidth=1.5, zorder=2)
         for r in plotted:
+            on_front = r.run_id in fronts[dataset]
+            color = _FRONT_COLOR if on_front else _OTHER_COLOR
+            style = {"s": 160, "marker": "*"} if on_front else {"s": 36, "marker": "o"}
+            if r.from_cache:  # hollow: a throughput measured earlier, by the passes that generated the answers
+                style |= {"facecolors": "none", "edgecolors": color, "linewidths": 1.5}
+            else:
+                style |= {"color": color, "edgecolors": "black" if on_front else color, "linewidths": 0.5}
+            ax.scatter([r.output_tokens_per_s], [r.scores[dataset]], zorder=4 if on_front else 3, **style)
             ax.annotate(
                 labels[r.run_id],
                 (r.output_tokens_per_s, r.scores[dataset]),
                 xytext=(6, 4),
                 textcoords="offset points",
                 fontsize=8,
-                fontweight="bold" if r.run_id in fronts[dataset] else "normal",
+                fontweight="bold" if on_front else "normal",
             )
         if log_x:
             ax.set_xscale("log")
@@ -327,7 +352,10 @@ def _plot(
         Line2D([], [], marker="*", markersize=12, color=_FRONT_COLOR, markeredgecolor="black", label="Pareto front"),
         Line2D([], [], marker="o", linestyle="none", color=_OTHER_COLOR, label="other finished run"),
     ]
-    footer.legend(handles=handles, loc="upper left", ncols=2, frameon=False, borderaxespad=0)
+    if any(r.from_cache for d in datasets for r in rows if _plottable(r, d)):
+        hollow = {"markerfacecolor": "none", "markeredgecolor": _OTHER_COLOR, "markeredgewidth": 1.5}
+        handles.append(Line2D([], [], marker="o", linestyle="none", label=_CACHED, **hollow))
+    footer.legend(handles=handles, loc="upper left", ncols=len(handles), frameon=False, borderaxespad=0)
     footer.text(0, 0, text, transform=footer.transAxes, ha="left", va="bottom", fontsize=8, color="0.25")
     fig.savefig(path, format="png")
 
@@ -351,7 +379,16 @@ tr.front { background: #fff6f0; }
 td.status-failed, td.status-killed { color: #b00020; font-weight: bold; }
 td.status-running { color: #a06000; }
 code { font-size: 0.8rem; }
+h2 { font-size: 1.2rem; margin-top: 2rem; } h3 { font-size: 1rem; margin: 1.2rem 0 0.3rem; }
+td.note { white-space: normal; color: #555; min-width: 16rem; } td.sig { font-weight: bold; color: #0a6b2d; }
 """
+
+
+_SOURCES = {
+    "engine": "engine",
+    "response_cache": "response cache (measured when the answers were generated)",
+    "mixed": "engine, some answers cached",
+}
 
 
 def _html(
@@ -361,13 +398,15 @@ def _html(
     notes: list[str],
     title: str,
     png: bytes,
+    legend: str = "",
+    section: str = "",
 ) -> str:
     e = html.escape
     generated = datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
     experiments = sorted({r.experiment for r in rows})
     header = ["★", "experiment", "run name", "model", "engine", "status"]
     header += [f"{d} score" for d in datasets]
-    header += ["output tok/s", "latency p50 (s)", "peak memory (GiB)", "wall (s)", "run id"]
+    header += ["output tok/s", "throughput from", "latency p50 (s)", "peak memory (GiB)", "wall (s)", "run id"]
 
     body = []
     for r in rows:
@@ -380,10 +419,10 @@ def _html(
             css = "num front-score" if d in on else "num"
             cells.append(f'<td class="{css}">{e(_fmt(r.scores.get(d), 4))}</td>')
         memory = _fmt(r.peak_memory_gib, 2, f" {r.memory_kind}" if r.memory_kind else "")
-        cells += [
-            f'<td class="num">{e(v)}</td>'
-            for v in (_fmt(r.output_tokens_per_s, 1), _fmt(r.latency_p50_s, 2), memory, _fmt(r.wall_s, 1))
-        ]
+        cells.append(f'<td class="num">{e(_fmt(r.output_tokens_per_s, 1))}</td>')
+        source = _SOURCES.get(r.throughput_source, r.throughput_source) or _MISSING
+        cells.append(f'<td class="source-{e(r.throughput_source or "none")}">{e(source)}</td>')
+        cells += [f'<td class="num">{e(v)}</td>' for v in (_fmt(r.latency_p50_s, 2), memory, _fmt(r.wall_s, 1))]
         cells.append(f"<td><code>{e(r.run_id)}</code></td>")
         row_class = ' class="front"' if on else ""
         body.append(f'<tr{row_class} data-run-id="{e(r.run_id)}">' + "".join(cells) + "</tr>")
@@ -396,19 +435,13 @@ def _html(
     image = base64.b64encode(png).decode("ascii")
     return "\n".join(
         [
-            "<!DOCTYPE html>",
-            '<html lang="en">',
-            "<head>",
-            '<meta charset="utf-8">',
-            f"<title>{e(title)}</title>",
-            f"<style>{_CSS}</style>",
-            "</head>",
-            "<body>",
-            f"<h1>{e(title)}</h1>",
+            f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{e(title)}</title>',
+            f"<style>{_CSS}</style>\n</head>\n<body>\n<h1>{e(title)}</h1>",
             f'<p class="meta">Generated {e(generated)} · {len(rows)} runs · '
             f"experiments: {e(', '.join(experiments))}</p>",
             f'<img src="data:image/png;base64,{image}" alt="{e("Score against output tokens/s: " + title)}">',
             f'<p class="legend">{e(_EXPLANATION)}</p>',
+            legend,
             notes_html,
             '<p class="legend">★ marks runs on the Pareto front of at least one dataset; bold scores are on that '
             "dataset's front. Peak memory is GPU memory where it was measured, else the process's peak RSS.</p>",
@@ -416,11 +449,9 @@ def _html(
             "<thead><tr>" + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr></thead>",
             "<tbody>",
             *body,
-            "</tbody>",
-            "</table>",
-            "</body>",
-            "</html>",
-            "",
+            "</tbody>\n</table>",
+            section,
+            "</body>\n</html>\n",
         ]
     )
 
@@ -431,7 +462,8 @@ def _html(
 def log_report(
     png: Path, html: Path, tracking_uri: str, experiment: str, *, sweep_dir: str | os.PathLike[str] | None = None
 ) -> str:
-    """Log both files as artifacts of a new run `report` (or `report/<sweep folder>`) in `experiment`.
+    """Log both files, and `comparisons.json` where it sits beside `html`, as artifacts of a new run `report` (or
+    `report/<sweep folder>`) in `experiment`.
 
     The run is created and ended through MlflowClient, so an active fluent run of the caller is left alone.
     Returns the run id; the run ends FINISHED, or FAILED if uploading an artifact fails.
@@ -450,8 +482,9 @@ def log_report(
         run_name = f"report/{os.path.basename(tags['sweep_dir'])}"
     run_id = client.create_run(found.experiment_id, tags=tags, run_name=run_name).info.run_id
     try:
-        client.log_artifact(run_id, str(png))
-        client.log_artifact(run_id, str(html))
+        comparisons = html.with_name("comparisons.json")
+        for path in (png, html, *([comparisons] if comparisons.exists() else [])):
+            client.log_artifact(run_id, str(path))
     except BaseException:
         client.set_terminated(run_id, status="FAILED")
         raise
@@ -468,7 +501,7 @@ def write_report(
     title: str | None = None,
     log: bool = True,
 ) -> tuple[Path, Path] | None:
-    """Collect the runs, write `report.png` and `report.html` into `out_dir`, and log them to MLflow.
+    """Collect the runs, write `report.png`, `report.html` and `comparisons.json` into `out_dir`, log them to MLflow.
 
     With `log`, the report becomes a run in each experiment its runs come from. None when no run matches.
     """
@@ -488,7 +521,7 @@ def write_report(
             else ", ".join(sorted({r.experiment for r in rows}))
         )
         title = f"Evaluation report: {scope}"
-    png, page = build_report(rows, Path(out_dir), title)
+    png, page = build_report(rows, Path(out_dir), title, tracking_uri=tracking_uri)
     if log:
         for experiment in sorted({r.experiment for r in rows}):
             run_id = log_report(png, page, tracking_uri, experiment, sweep_dir=sweep_dir)

@@ -221,6 +221,8 @@ def test_collected_rows_carry_scores_and_telemetry(store):
     accurate = rows[store.ids["accurate"]]
     assert (accurate.peak_memory_gib, accurate.memory_kind) == (3.5, "GPU")  # GPU memory wins over RSS
     assert rows[store.ids["cached"]].output_tokens_per_s is None
+    # No throughput_source tag (runs from before it existed): measured by the engine if a throughput was logged.
+    assert (fast.throughput_source, rows[store.ids["cached"]].throughput_source) == ("engine", "")
     assert rows[store.ids["failed"]].status == "FAILED"
 
 
@@ -302,7 +304,7 @@ def test_log_report_creates_a_finished_run_with_both_artifacts(built, store):
     assert run.data.tags["runner.report"] == "true"
     assert run.data.tags["sweep_dir"] == store.sweep
     assert run.info.experiment_id == client.get_experiment_by_name(CATEGORY).experiment_id
-    assert sorted(a.path for a in client.list_artifacts(run_id)) == ["report.html", "report.png"]
+    assert sorted(a.path for a in client.list_artifacts(run_id)) == ["comparisons.json", "report.html", "report.png"]
     with pytest.raises(ValueError, match="no_such"):
         report.log_report(png, page, store.uri, "no_such")
 

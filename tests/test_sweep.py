@@ -84,7 +84,7 @@ def test_the_sweep_ends_with_a_comparison_report_in_its_folder_and_in_mlflow(swe
     (report,) = report_runs
     assert report.data.tags["sweep_dir"] == str(sweep.dir)
     names = {a.path for a in MlflowClient(sweep.tracking_uri).list_artifacts(report.info.run_id)}
-    assert names == {"report.html", "report.png"}
+    assert names == {"report.html", "report.png", "comparisons.json"}
 
 
 def test_the_report_can_be_rebuilt_from_mlflow_with_one_command(sweep, tmp_path):

@@ -1,0 +1,401 @@
+"""Whether a difference is real: the statistics against known values, and the report's comparison section over a
+real sqlite MLflow store whose runs carry per-sample tables like the runner logs them."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+
+import pytest  # noqa: E402
+from mlflow import MlflowClient  # noqa: E402
+from mlflow.entities import Metric  # noqa: E402
+from scipy.stats import binomtest  # noqa: E402
+
+from runner import compare, report  # noqa: E402
+
+# --------------------------------------------------------------------------------------------------- statistics
+
+
+@pytest.mark.parametrize(
+    ("successes", "n", "low", "high"),
+    # Newcombe (1998), "Two-sided confidence intervals for the single proportion", Table I, method 3 (Wilson).
+    [(81, 263, 0.2553, 0.3662), (15, 148, 0.0624, 0.1605), (0, 20, 0.0, 0.1611), (1, 29, 0.0061, 0.1718)],
+)
+def test_wilson_interval_matches_newcombes_table(successes, n, low, high):
+    got = compare.wilson_interval(successes, n)
+    assert got == pytest.approx((low, high), abs=5e-5)
+
+
+@pytest.mark.parametrize(("a_only", "b_only"), [(3, 12), (12, 3), (10, 10), (0, 7), (25, 40), (60, 0), (1, 0)])
+def test_exact_mcnemar_is_the_two_sided_binomial_test_on_the_discordant_docs(a_only, b_only):
+    expected = binomtest(a_only, a_only + b_only, 0.5).pvalue
+    assert compare.mcnemar_exact(a_only, b_only) == pytest.approx(expected, rel=1e-12)
+
+
+def test_exact_mcnemar_without_discordant_docs_is_one():
+    assert compare.mcnemar_exact(0, 0) == 1.0
+
+
+def test_holm_on_known_vectors():
+    # sorted 0.005, 0.01, 0.03, 0.04 -> x4, x3, x2, x1 = 0.02, 0.03, 0.06, 0.04 -> monotone: 0.02, 0.03, 0.06, 0.06
+    assert compare.holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert compare.holm([0.5, 0.6]) == [1.0, 1.0]  # capped at 1
+    assert compare.holm([0.02]) == [0.02]
+    assert compare.holm([]) == []
+
+
+def test_bootstrap_interval_is_close_to_the_normal_one_and_reproducible():
+    rng = random.Random(7)
+    values = [rng.uniform(0, 1) for _ in range(400)]
+    mean = sum(values) / len(values)
+    sd = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+    low, high = compare.bootstrap_interval([values], [1.0])
+    assert low < mean < high
+    assert (high - low) == pytest.approx(2 * 1.96 * sd / len(values) ** 0.5, rel=0.1)
+    assert compare.bootstrap_interval([values], [1.0]) == (low, high)  # fixed seed
+
+
+def test_paired_bootstrap_p_values():
+    assert compare.paired_bootstrap_p([[0.0] * 50], [1.0]) == 1.0  # no difference at all
+    assert compare.paired_bootstrap_p([[0.1, -0.1] * 50], [1.0]) == 1.0  # mean difference exactly 0
+    shifted = [[0.2 + 0.01 * (i % 5) for i in range(100)]]
+    assert compare.paired_bootstrap_p(shifted, [1.0]) == 1 / (compare.RESAMPLES + 1)  # the smallest it can say
+    rng = random.Random(3)
+    noisy = [[rng.gauss(0.02, 0.3) for _ in range(100)]]  # t-test p ~0.5: nowhere near significant
+    assert 0.2 < compare.paired_bootstrap_p(noisy, [1.0]) < 0.9
+
+
+# --------------------------------------------------------------------------------------------------- the store
+
+
+N = 200
+QA, DIST, NER, GRP = "qa", "dist", "ner", "grp"
+
+
+@dataclass
+class Store:
+    uri: str
+    root: Path
+    ids: dict[str, str]
+
+
+def _table(doc_ids, scores) -> dict[str, list]:
+    n = len(doc_ids)
+    return {
+        "doc_id": list(doc_ids),
+        "prompt": ["q"] * n,
+        "response": ["a"] * n,
+        "target": ["a"] * n,
+        "score": list(scores),
+        "parsed_ok": [True] * n,
+    }
+
+
+def _binary(correct: set[int], docs: int = N) -> list[float]:
+    return [1.0 if i in correct else 0.0 for i in range(docs)]
+
+
+def _add_run(client, experiment_id, model, start, *, scores, tables, tok_s=100.0, tags=None, mirror=None) -> str:
+    run = client.create_run(
+        experiment_id,
+        start_time=start,
+        run_name=f"{model}/geo",
+        tags={"model": model, "category": "geo", "engine": "vllm", **(tags or {})},
+    )
+    run_id = run.info.run_id
+    metrics = {f"{d}/score": v for d, v in scores.items()} | {"wall_s": 10.0}
+    if tok_s is not None:
+        metrics["output_tokens_per_s"] = tok_s
+    client.log_batch(run_id, metrics=[Metric(k, v, start, 0) for k, v in metrics.items()])
+    for artifact_file, columns in tables.items():
+        if mirror is None:
+            client.log_table(run_id, data=columns, artifact_file=artifact_file)
+        else:  # only in the run folder, as Tracker.log_table mirrors it: the report must read it there
+            path = mirror / "tables" / artifact_file
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(columns))
+    client.set_terminated(run_id, status="FINISHED", end_time=start + 1000)
+    return run_id
+
+
+def _mean(values) -> float:
+    return sum(values) / len(values)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Store:
+    root = tmp_path_factory.mktemp("compare_store")
+    uri = f"sqlite:///{root}/mlflow.db"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("geo", artifact_location=(root / "art").as_uri())
+    t0 = 1_735_732_800_000
+    v1 = {"task_version.qa": "1.0", "task_version.dist": "1.0", "task_version.grp_a": "1", "task_version.grp_b": "1"}
+    docs = range(N)
+
+    rng = random.Random(11)
+    dist_a = [rng.uniform(0.2, 0.8) for _ in docs]
+    dist_b = [v - 0.15 + rng.uniform(-0.05, 0.05) for v in dist_a]  # clearly worse
+    dist_c = [v + (0.1 if i % 2 else -0.1) for i, v in enumerate(dist_a)]  # exactly as good on average
+
+    qa_a, qa_b = _binary(set(range(150))), _binary(set(range(90)))  # A right on 60 more docs, never worse
+    qa_c = _binary(set(range(140)) | set(range(150, 155)))  # A right on 10 docs C missed, C on 5 A missed
+    grp_a_a, grp_b_a = [1.0] * 30, _binary(set(range(85)), 170)  # task means 1.0 and 0.5, per-doc mean 0.575
+    grp_a_b, grp_b_b = _binary(set(range(15)), 30), _binary(set(range(85)), 170)
+    grp = {"samples/grp/grp_a.json": range(30), "samples/grp/grp_b.json": range(170)}
+
+    ids = {}
+    ids["a"] = _add_run(
+        client,
+        exp,
+        "model_a",
+        t0,
+        scores={QA: _mean(qa_a), DIST: _mean(dist_a), NER: 0.61, GRP: 0.75},  # grp: lm-eval's unweighted mean
+        tables={
+            "samples/qa/qa.json": _table(docs, qa_a),
+            "samples/dist/dist.json": _table(docs, dist_a),
+            "samples/ner/ner.json": _table(docs, [None] * N),  # micro-F1: no per-doc number
+            **{f: _table(d, s) for (f, d), s in zip(grp.items(), (grp_a_a, grp_b_a), strict=True)},
+        },
+        tags=v1,
+    )
+    ids["b"] = _add_run(
+        client,
+        exp,
+        "model_b",
+        t0 + 1000,
+        scores={QA: _mean(qa_b), DIST: _mean(dist_b), NER: 0.55, GRP: 0.99},  # grp: no statistic of its docs
+        tables={
+            "samples/qa/qa.json": _table(docs, qa_b),
+            "samples/dist/dist.json": _table(docs, dist_b),
+            "samples/ner/ner.json": _table(docs, [None] * N),
+            **{f: _table(d, s) for (f, d), s in zip(grp.items(), (grp_a_b, grp_b_b), strict=True)},
+        },
+        tags=v1,
+    )
+    mirror = root / "runs" / "c"
+    ids["c"] = _add_run(
+        client,
+        exp,
+        "model_c",
+        t0 + 2000,
+        scores={QA: _mean(qa_c), DIST: _mean(dist_c)},
+        tables={"samples/qa/qa.json": _table(docs, qa_c), "samples/dist/dist.json": _table(docs, dist_c)},
+        tok_s=80.0,  # measured when the cached answers were generated
+        tags=v1 | {"throughput_source": "response_cache", "output_dir": str(mirror)},
+        mirror=mirror,
+    )
+    qa_d = _binary(set(range(100)), 180)  # limit=180: a different doc set
+    ids["d"] = _add_run(
+        client,
+        exp,
+        "model_d",
+        t0 + 3000,
+        scores={QA: 100 / 180},
+        tables={"samples/qa/qa.json": _table(range(180), qa_d)},
+    )
+    ids["e"] = _add_run(  # the same docs under another version of the task
+        client,
+        exp,
+        "model_e",
+        t0 + 4000,
+        scores={QA: 0.5},
+        tables={"samples/qa/qa.json": _table(docs, _binary(set(range(100))))},
+        tags={"task_version.qa": "2.0"},
+    )
+    ids["f"] = _add_run(  # an older run: no version tag
+        client,
+        exp,
+        "model_f",
+        t0 + 5000,
+        scores={QA: 0.6},
+        tables={"samples/qa/qa.json": _table(docs, _binary(set(range(120))))},
+    )
+    ids["g"] = _add_run(client, exp, "model_g", t0 + 6000, scores={QA: 0.7}, tables={})  # no per-sample table
+    return Store(uri, root, ids)
+
+
+@pytest.fixture(scope="module")
+def built(store, tmp_path_factory):
+    """The report over the store, with every scatter call of the plot recorded."""
+    from matplotlib.axes import Axes
+
+    calls = []
+    original = Axes.scatter
+
+    def spy(self, x, y, *args, **kwargs):
+        calls.append((list(x), list(y), kwargs))
+        return original(self, x, y, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Axes, "scatter", spy)
+        paths = report.write_report(store.uri, tmp_path_factory.mktemp("compare_report"), title="cmp")
+    assert paths is not None
+    png, page = paths
+    data = json.loads(page.with_name("comparisons.json").read_text())
+    return page.read_text(encoding="utf-8"), data, calls, page
+
+
+def _pair(data, dataset, a, b):
+    (found,) = [p for p in data["datasets"][dataset]["pairs"] if {p["a"], p["b"]} == {a, b}]
+    return found
+
+
+def _not_compared(data, dataset, a, b):
+    (found,) = [p for p in data["datasets"][dataset]["not_compared"] if {p["a"], p["b"]} == {a, b}]
+    return found["reason"]
+
+
+def _interval(data, dataset, run_id):
+    (found,) = [r for r in data["datasets"][dataset]["runs"] if r["run_id"] == run_id]
+    return found
+
+
+# --------------------------------------------------------------------------------------------------- intervals
+
+
+def test_each_run_gets_a_95_percent_interval_wilson_for_0_1_scores(built, store):
+    _, data, _, _ = built
+    a = _interval(data, QA, store.ids["a"])
+    assert (a["method"], a["statistic"], a["n"], a["matches_score"]) == ("wilson", "mean", N, True)
+    assert (a["low"], a["high"]) == pytest.approx(compare.wilson_interval(150, 200))
+    assert (a["low"], a["high"]) == pytest.approx((0.6857, 0.8049), abs=5e-5)
+    assert data["confidence"] == 0.95 and data["correction"] == "holm"
+
+
+def test_non_binary_scores_get_a_bootstrap_interval(built, store):
+    _, data, _, _ = built
+    a = _interval(data, DIST, store.ids["a"])
+    assert a["method"] == "bootstrap" and a["matches_score"]
+    assert a["low"] < a["value"] < a["high"] and a["high"] - a["low"] < 0.1
+
+
+def test_an_aggregate_score_is_recomputed_or_said_not_to_be_the_per_doc_mean(built, store):
+    _, data, _, _ = built
+    a = _interval(data, GRP, store.ids["a"])  # logged 0.75 = unweighted mean of task means 1.0 and 0.5
+    assert (a["statistic"], a["value"], a["matches_score"], a["method"]) == ("task_mean", 0.75, True, "bootstrap")
+    assert a["low"] < 0.75 < a["high"]
+    b = _interval(data, GRP, store.ids["b"])  # logged 0.99 is no statistic of its docs
+    assert (b["statistic"], b["matches_score"]) == ("mean", False)
+    assert "not the mean of the per-doc scores" in b["note"] and "per-doc mean" in b["note"]
+    assert "tested on the per-doc mean" in _pair(data, GRP, store.ids["a"], store.ids["b"])["note"]
+
+
+def test_a_corpus_level_metric_gets_no_interval_and_its_pairs_say_why(built, store):
+    _, data, _, _ = built
+    a = _interval(data, NER, store.ids["a"])
+    assert a["low"] is None and a["n"] == 0 and "no numeric per-doc score" in a["note"]
+    assert data["datasets"][NER]["pairs"] == []
+    assert "no numeric per-doc score" in _not_compared(data, NER, store.ids["a"], store.ids["b"])
+
+
+# --------------------------------------------------------------------------------------------------- pairs
+
+
+def test_mcnemar_finds_the_real_difference_and_not_the_noise(built, store):
+    _, data, _, _ = built
+    ab = _pair(data, QA, store.ids["a"], store.ids["b"])
+    assert ab["method"] == "mcnemar_exact" and ab["n"] == N
+    assert ab["difference"] == pytest.approx(0.30)
+    assert ab["p_value"] == pytest.approx(binomtest(0, 60, 0.5).pvalue)
+    assert ab["significant"] is True and ab["p_holm"] < 0.05
+    ac = _pair(data, QA, store.ids["a"], store.ids["c"])
+    assert ac["difference"] == pytest.approx(0.025)
+    assert ac["p_value"] == pytest.approx(binomtest(5, 15, 0.5).pvalue)  # 0.30
+    assert ac["significant"] is False
+
+
+def test_holm_adjusts_over_the_pairs_tested_on_the_dataset(built, store):
+    _, data, _, _ = built
+    pairs = data["datasets"][QA]["pairs"]
+    # a, b, c, f are comparable with each other (f has no version tag: compared, said so); e only with f.
+    tested = {frozenset((p["a"], p["b"])) for p in pairs}
+    ids = store.ids
+    expected = {frozenset(p) for p in [("a", "b"), ("a", "c"), ("a", "f"), ("b", "c"), ("b", "f"), ("c", "f")]}
+    expected.add(frozenset(("e", "f")))
+    assert tested == {frozenset(ids[x] for x in p) for p in expected}
+    adjusted = compare.holm([p["p_value"] for p in pairs])
+    assert [p["p_holm"] for p in pairs] == pytest.approx(adjusted)
+    assert all(p["significant"] == (p["p_holm"] < 0.05) for p in pairs)
+    assert max(p["p_holm"] / p["p_value"] for p in pairs if p["p_value"] > 0) > 1  # the correction did something
+    assert "version unknown" in _pair(data, QA, ids["a"], ids["f"])["note"]
+
+
+def test_paired_bootstrap_for_non_binary_scores(built, store):
+    _, data, _, _ = built
+    ab = _pair(data, DIST, store.ids["a"], store.ids["b"])
+    assert ab["method"] == "paired_bootstrap" and ab["significant"] is True
+    assert ab["difference"] == pytest.approx(0.15, abs=0.01)
+    ac = _pair(data, DIST, store.ids["a"], store.ids["c"])  # read from the run folder's mirror
+    assert ac["method"] == "paired_bootstrap" and ac["p_value"] == 1.0 and ac["significant"] is False
+
+
+def test_pairs_on_other_docs_or_task_versions_are_not_compared_and_the_rest_still_are(built, store):
+    _, data, _, _ = built
+    ids = store.ids
+    docs = _not_compared(data, QA, ids["a"], ids["d"])
+    assert docs == "different doc sets: 20 docs only in model_a, 0 only in model_d (200 vs 180 docs)"
+    version = _not_compared(data, QA, ids["a"], ids["e"])
+    assert "task qa has version 1.0 in model_a but 2.0 in model_e" in version
+    both = _not_compared(data, QA, ids["d"], ids["e"])
+    assert "version" not in both  # d has no version tag: only its doc set differs
+    assert "no per-sample table logged" in _not_compared(data, QA, ids["a"], ids["g"])
+    assert len(data["datasets"][QA]["pairs"]) == 7  # the comparable ones are still tested
+
+
+# --------------------------------------------------------------------------------------------------- the page
+
+
+def _section(text: str, dataset: str) -> str:
+    match = re.search(rf'<section class="comparison" data-dataset="{dataset}">(.*?)</section>', text, re.S)
+    assert match, f"no comparison section for {dataset}"
+    return match.group(1)
+
+
+def test_the_html_shows_intervals_tests_and_the_pairs_left_out(built, store):
+    text, data, _, _ = built
+    ids = store.ids
+    assert "Is the difference real?" in text and "Holm" in text and "McNemar" in text
+    qa = _section(text, QA)
+    low, high = compare.wilson_interval(150, 200)
+    row = re.search(rf'<tr data-interval="{ids["a"]}">(.*?)</tr>', qa).group(1)
+    assert f"[{low:.4f}, {high:.4f}]" in row and "Wilson" in row and "0.7500" in row
+    ab = re.search(rf'<tr data-pair="{ids["a"]} {ids["b"]}" class="(\w[\w-]*)">(.*?)</tr>', qa)
+    assert ab.group(1) == "significant" and "exact McNemar" in ab.group(2) and ">yes<" in ab.group(2)
+    ac = re.search(rf'<tr data-pair="{ids["a"]} {ids["c"]}" class="(\w[\w-]*)">(.*?)</tr>', qa)
+    assert ac.group(1) == "not-significant" and ">no<" in ac.group(2)
+    assert f'data-pair="{ids["a"]} {ids["d"]}">model_a vs model_d: different doc sets' in qa
+    assert "model_a vs model_e: task qa has version 1.0 in model_a but 2.0 in model_e" in qa
+    assert "every pair with model_g: no per-doc scores" in qa  # named once, not once per pair
+    assert "paired bootstrap" in _section(text, DIST)
+
+
+def test_a_run_answered_from_the_cache_is_plotted_hollow_with_its_earlier_throughput(built, store):
+    text, _, calls, _ = built
+    # model_c: output 80 tok/s measured when its cached answers were generated.
+    hollow = [kw for x, _, kw in calls if x == [80.0]]
+    assert hollow and all(kw.get("facecolors") == "none" for kw in hollow)
+    filled = [kw for x, _, kw in calls if x == [100.0]]
+    assert filled and all(kw.get("facecolors") != "none" for kw in filled)
+    assert '<p class="legend cached">Hollow markers, throughput from the response cache' in text
+    assert "model_c" in re.search(r'<p class="legend cached">(.*?)</p>', text).group(1)
+    notes = re.search(r'<p class="notes">Not plotted:</p><ul class="notes">(.*?)</ul>', text, re.S)
+    assert notes is None or "model_c" not in notes.group(1)
+    row = re.search(rf'<tr( class="front")? data-run-id="{store.ids["c"]}">(.*?)</tr>', text).group(2)
+    assert "response cache (measured when the answers were generated)" in row and "80.0" in row
+
+
+def test_the_comparisons_are_logged_to_mlflow_with_the_report(built, store):
+    _, data, _, page = built
+    client = MlflowClient(store.uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("geo").experiment_id], "tags.`runner.report` = 'true'")
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"report.html", "report.png", "comparisons.json"}
+    logged = json.loads(
+        Path(client.download_artifacts(run.info.run_id, "comparisons.json", str(page.parent / "dl"))).read_text()
+    )
+    assert logged == data
