@@ -15,6 +15,7 @@ from lm_eval.api.model import TemplateLM, hash_args
 from lm_eval.models.utils import handle_stop_sequences, maybe_truncate, normalize_gen_kwargs
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
+from runner.console import FILE_ONLY
 from runner.engines.base import SamplingSettings
 
 if TYPE_CHECKING:
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
 
     from runner.cached_telemetry import CachedTelemetry
     from runner.engines.base import Engine
+    from runner.progress import JobProgress
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +38,7 @@ class EngineLM(TemplateLM):
         default_max_gen_toks: int = 256,
         seed: int | None = 0,
         telemetry: CachedTelemetry | None = None,
+        progress: JobProgress | None = None,
     ) -> None:
         super().__init__()
         self.engine = engine
@@ -44,6 +47,7 @@ class EngineLM(TemplateLM):
         self.default_max_gen_toks = default_max_gen_toks
         self.seed = seed
         self.telemetry = telemetry  # each answer's engine pass, tokens and latency, beside the response cache
+        self.progress = progress  # the job's live display: each finished request moves its bar
         self.served = 0  # requests that reached the engine (the rest came from lm-eval's response cache)
         self.truncated = 0  # of those, prompts cut from the left to fit max_length (lm-eval's convention)
 
@@ -82,6 +86,7 @@ class EngineLM(TemplateLM):
 
     def generate_until(self, requests: list[Instance], disable_tqdm: bool = False) -> list[str]:
         self.served += len(requests)
+        self._expect(len(requests))
         eos = self.engine.tokenizer.eos_token
         groups: dict[SamplingSettings, list[tuple[int, list[int]]]] = {}
         for index, request in enumerate(requests):
@@ -112,19 +117,22 @@ class EngineLM(TemplateLM):
                 self.cache_hook.add_partial("generate_until", requests[index].args, completion.text)
                 if self.telemetry is not None:
                     self.telemetry.answer(hash_args("generate_until", requests[index].args), completion)
+                if self.progress is not None:
+                    self.progress.advance(1, completion.output_tokens)
 
             if self.telemetry is not None:
                 self.telemetry.start_pass(self.engine.stats)
             self.engine.generate([tokens for _, tokens in items], settings, on_result=answered)
             if self.telemetry is not None:
                 self.telemetry.end_pass(self.engine.name, self.engine.stats)
-        log.info("Answered %d generate_until requests; lm-eval scores them next", len(requests))
+        log.info("Answered %d generate_until requests; lm-eval scores them next", len(requests), extra=FILE_ONLY)
         return results  # type: ignore[return-value]
 
     def _loglikelihood_tokens(
         self, requests: list[tuple[tuple[str, str], list[int], list[int]]], disable_tqdm: bool = False, **kwargs
     ) -> list[tuple[float, bool]]:
         self.served += len(requests)
+        self._expect(len(requests))
         pairs = [self._fit(context, continuation) for _, context, continuation in requests]
         out: list[tuple[float, bool] | None] = [None] * len(requests)
 
@@ -133,6 +141,8 @@ class EngineLM(TemplateLM):
             key = requests[index][0]
             if key is not None:
                 self.cache_hook.add_partial("loglikelihood", key, out[index])
+            if self.progress is not None:
+                self.progress.advance(1)
 
         self.engine.loglikelihood(pairs, on_result=scored)
         return out  # type: ignore[return-value]
@@ -152,6 +162,7 @@ class EngineLM(TemplateLM):
         # Perplexity-style scoring: the text is cut into windows of the model's length, each scored given
         # the tokens before it, as lm-eval's own models do; all windows of all texts go in one engine call.
         self.served += len(requests)
+        self._expect(len(requests))
         windows: list[tuple[list[int], list[int]]] = []
         owners: list[int] = []
         for index, request in enumerate(requests):
@@ -165,4 +176,10 @@ class EngineLM(TemplateLM):
             totals[owner] += score.logprob
         for request, total in zip(requests, totals, strict=True):
             self.cache_hook.add_partial("loglikelihood_rolling", request.args, total)
+        if self.progress is not None:
+            self.progress.advance(len(requests))
         return totals
+
+    def _expect(self, requests: int) -> None:
+        if self.progress is not None:
+            self.progress.expect(requests)

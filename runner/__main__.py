@@ -18,8 +18,11 @@ from runner.config import CONFIG_DIR  # registers the schema and ${project_root:
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
 def main(cfg: DictConfig) -> object:
     from runner.cli import dispatch
+    from runner.console import route_library_logs, set_verbose
 
     hydra_cfg = HydraConfig.get()
+    set_verbose(bool(cfg.verbose or hydra_cfg.verbose))
+    route_library_logs()
     overridden = {o.split("=", 1)[0].lstrip("+~") for o in hydra_cfg.overrides.task}
     return dispatch(
         cfg,

@@ -21,6 +21,7 @@ from runner import provenance, tracking
 from runner.cached_telemetry import CachedTelemetry
 from runner.catalog import dataset_status, model_status, project_tasks
 from runner.cluster import job_hardware
+from runner.console import route_engine_logs
 from runner.driver import require_compatible
 from runner.engines import build_engine, max_length, pool
 from runner.engines.lazy import LazyEngine
@@ -28,9 +29,10 @@ from runner.env import prepare_environment
 from runner.evaluate import DataError, DatasetResult, check_local_files, evaluate_dataset, task_manager
 from runner.models import ModelNotFoundError, resolve_model
 from runner.plan import build_plan, write_plan
+from runner.progress import JobProgress
 from runner.schema import seeds
 from runner.selection import Selection, select_engine
-from runner.summary import print_summary
+from runner.summary import print_summary, write_summary_file
 from runner.telemetry import PeakGPUMemory, PeakRSS
 
 log = logging.getLogger(__name__)
@@ -128,15 +130,16 @@ def _in_sweep() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
-def _engine(cfg: Any, selection: Selection, model_source: str) -> tuple[LazyEngine, bool]:
+def _engine(cfg: Any, selection: Selection, model_source: str, progress: JobProgress) -> tuple[LazyEngine, bool]:
     """A lazily loaded engine; in a sequential sweep, the previous job's when its settings are the same."""
 
+    def load():
+        with progress.loading(f"{cfg.model.name} on {selection.kind}"):
+            route_engine_logs()  # the engine imports torch and transformers now: their warnings go to runner.log
+            return build_engine(selection, model_source, cfg.model, cfg.engine)
+
     def make() -> LazyEngine:
-        return LazyEngine(
-            lambda: build_engine(selection, model_source, cfg.model, cfg.engine),
-            model_source,
-            trust_remote_code=bool(cfg.model.trust_remote_code),
-        )
+        return LazyEngine(load, model_source, trust_remote_code=bool(cfg.model.trust_remote_code))
 
     if not _in_sweep():
         return make(), False
@@ -196,7 +199,8 @@ def run_job(cfg: Any, out_dir: Path) -> JobResult:
                 **({"placement": "; ".join(hardware.notes)} if hardware.source == "ray" else {}),
             }
         )
-        tracker.log_artifact(write_plan(build_plan(cfg, [cfg.model], hardware), out_dir))
+        plan = build_plan(cfg, [cfg.model], hardware)
+        tracker.log_artifact(write_plan(plan, out_dir))
         # What can fail without loading anything fails here, before an engine exists.
         check_model_present(cfg)
         model_source = resolve_model(cfg.model, cfg.paths.cache_dir)
@@ -207,6 +211,13 @@ def run_job(cfg: Any, out_dir: Path) -> JobResult:
             check_local_files(dataset)
         if skipped:
             tracker.set_tags({"skipped_datasets": "; ".join(f"{name}: {why}" for name, why in skipped.items())})
+        samples = {d["name"]: d["samples"] for d in plan["datasets"]}
+        log.info(
+            "%s on %s: %s",
+            cfg.model.name,
+            cfg.category.name,
+            ", ".join(f"{d.name} ({samples.get(d.name) or '?'} samples)" for d in datasets),
+        )
         if cfg.model.name not in cfg.category.models:
             log.warning(
                 "Model %s is not one of category %s's models (%s); running it as asked.",
@@ -218,7 +229,9 @@ def run_job(cfg: Any, out_dir: Path) -> JobResult:
         from adapters.lm_eval_model import EngineLM
 
         tasks = task_manager(cfg.paths.tasks_dir, [t for ds in datasets for t in ds.tasks])
-        engine, reused = _engine(cfg, selection, model_source)
+        progress = JobProgress(on_tick=tracker.log_progress)
+        model_args = weights.model_args()  # names the weights in lm-eval's results
+        engine, reused = _engine(cfg, selection, model_source, progress)
         cache = str(Path(cfg.paths.response_cache) / response_cache_key(cfg, selection)) if cfg.cache else None
         try:
             lm = EngineLM(
@@ -227,19 +240,27 @@ def run_job(cfg: Any, out_dir: Path) -> JobResult:
                 chat=bool(cfg.model.chat_template),
                 seed=seeds(cfg.seed)[2],  # the torch seed of lm-eval's four, as the engines get it
                 telemetry=CachedTelemetry(cache) if cache else None,
+                progress=progress,
             )
             results, failed = [], {}
             for dataset in datasets:
                 try:
-                    result = evaluate_dataset(
-                        lm, dataset, cfg=cfg, tasks=tasks, out_dir=out_dir, cache=cache, model_args=weights.model_args()
-                    )
+                    with progress.dataset(dataset.name):
+                        result = evaluate_dataset(
+                            lm,
+                            dataset,
+                            cfg=cfg,
+                            tasks=tasks,
+                            out_dir=out_dir,
+                            cache=cache,
+                            model_args=model_args,
+                        )
                 except DataError as exc:  # this dataset's data or task; the others still run, the job fails at the end
                     log.error("%s", exc)
                     failed[dataset.name] = str(exc)
                     continue
                 results.append(result)
-                log.info("Dataset %s scored (%s); logging it to MLflow", result.name, result.score)
+                log.info("%s", _scored(result, cfg.category.datasets[dataset.name].metric))
                 # Logged as each dataset finishes, so a later failure keeps the earlier scores in the run.
                 tracker.log_metrics(dataset_metrics(result))
                 # Which version of each task scored it: runs of different data versions are not compared.
@@ -247,6 +268,7 @@ def run_job(cfg: Any, out_dir: Path) -> JobResult:
                 for task, table in result.tables.items():
                     tracker.log_table(table, f"samples/{result.name}/{task}.json")
         finally:
+            progress.close()
             if not _in_sweep():  # a sweep's next job may reuse it (runner/engines/pool.py)
                 engine.shutdown()
 
@@ -283,6 +305,7 @@ def run_job(cfg: Any, out_dir: Path) -> JobResult:
         tracker.log_artifact(out_dir / "lm_eval", "lm_eval")
 
         job = JobResult(tracker.run_id, tracker.record.synced, out_dir, selection, results, telemetry, skipped)
+        tracker.log_artifact(write_summary_file(job, cfg))  # every metric with its n, beside the run's scores
         if failed:
             print_summary(job, cfg)
             tracker.set_tags({"failed_datasets": ", ".join(failed)})
@@ -290,6 +313,24 @@ def run_job(cfg: Any, out_dir: Path) -> JobResult:
             raise DataError(f"{len(failed)} of {len(datasets)} datasets failed{others}. " + " ".join(failed.values()))
     print_summary(job, cfg)
     return job
+
+
+def _scored(result: DatasetResult, metric: str) -> str:
+    """`spatial_reasoning: acc 0.0600 ± 0.0339 (n=50) · 250 requests, 12 from the cache · 21.4 s`."""
+    values = result.metrics.get(result.name) or next((v for v in result.metrics.values() if metric in v), {})
+    stderr = values.get(f"{metric}_stderr")
+    score = "no score" if result.score is None else f"{metric} {result.score:.4f}"
+    if result.score is not None and stderr is not None and stderr == stderr:
+        score += f" ± {stderr:.4f}"
+    n = next((c[metric] for c in result.metric_samples.values() if metric in c), None)
+    cached = result.requests - result.served
+    return (
+        f"{result.name}: {score}"
+        + (f" (n={n})" if n is not None else "")
+        + f" · {result.requests} requests"
+        + (f", {cached} from the cache" if cached else "")
+        + f" · {result.wall_seconds:.1f} s"
+    )
 
 
 def dataset_metrics(result: DatasetResult) -> dict[str, float]:

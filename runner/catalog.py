@@ -220,17 +220,72 @@ def check_category_models(category: Any, models: dict[str, Any] | None = None) -
         )
 
 
-def render_list(statuses: list[CategoryStatus]) -> str:
+# What a not-ready item lacks, in a few words, from the details written above (first match wins).
+_MODEL_TAGS = (("is not installed", "package missing"), ("load_format=dummy", "no config"), ("", "no weights"))
+_DATASET_TAGS = (
+    ("from the web", "needs network"),
+    ("not available offline", "not cached"),
+    ("code_eval", "unsandboxed code"),
+    ("missing", "files missing"),
+    ("", "no task"),
+)
+
+
+def _not_ready(kind: str, items: dict[str, Status], tags: tuple[tuple[str, str], ...], shown: int = 3) -> list[str]:
+    """`no weights: all 5 models` / `not cached: gsm8k, mbpp +2 more`: one part per reason."""
+    groups: dict[str, list[str]] = {}
+    for name, item in items.items():
+        if not item.ok:
+            tag = next(tag for needle, tag in tags if needle in item.detail)
+            groups.setdefault(tag, []).append(name)
+    parts = []
+    for tag, names in groups.items():
+        if len(names) == len(items) and len(names) > 1:
+            parts.append(f"{tag}: all {len(names)} {kind}")
+        else:
+            more = f" +{len(names) - shown} more" if len(names) > shown else ""
+            parts.append(f"{tag}: {', '.join(names[:shown])}{more}")
+    return parts
+
+
+def render_overview(statuses: list[CategoryStatus]) -> str:
+    """One line per category: state, ready models and datasets, what is missing in a few words."""
+    from runner.summary import format_table
+
+    rows = []
+    for status in statuses:
+        ready_m = sum(s.ok for s in status.models.values())
+        ready_d = sum(s.ok for s in status.datasets.values())
+        missing = _not_ready("models", status.models, _MODEL_TAGS) + _not_ready(
+            "datasets", status.datasets, _DATASET_TAGS
+        )
+        rows.append(
+            [
+                status.name,
+                status.state,
+                f"{ready_m}/{len(status.models)}",
+                f"{ready_d}/{len(status.datasets)}",
+                "; ".join(missing),
+            ]
+        )
+    table = format_table(["category", "status", "models", "datasets", "missing"], rows)
+    return table + "\nwhy and how to fix: python -m runner mode=list category=<category> (or verbose=true for all)"
+
+
+def render_details(statuses: list[CategoryStatus]) -> str:
+    """Each category's line, then every model and dataset: ready (where from) or not (why, and the fix)."""
     lines = []
     for status in statuses:
-        lines.append(status.line())
-        if status.state == "READY":
-            continue
+        lines.append(f"{status.line()}  [category={status.name}]")
         for kind, items in (("model", status.models), ("dataset", status.datasets)):
             for name, item in items.items():
-                if not item.ok:
-                    lines.append(f"    {kind} {name}: {item.detail}")
+                lines.append(f"    {'ready' if item.ok else 'NOT READY':9} {kind} {name}: {item.detail}")
     return "\n".join(lines)
+
+
+def render_list(statuses: list[CategoryStatus], detailed: bool = False) -> str:
+    """`mode=list`: one line per category, or (detailed) the reasons of every model and dataset."""
+    return render_details(statuses) if detailed else render_overview(statuses)
 
 
 # --- loading the whole catalog ---

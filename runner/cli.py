@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from runner.catalog import check_category_models
+from runner.console import FILE_ONLY
 from runner.schema import ConfigError, validate
 
 log = logging.getLogger("runner")
@@ -44,7 +45,7 @@ def dispatch(cfg: Any, out_dir: Path, overridden: set[str] = frozenset(), in_swe
         message = str(exc) if isinstance(exc, known) else _disk_problem(exc, cfg)
         if message is None or (full_error and not in_sweep):
             raise
-        log.error("%s", message)
+        log.error("%s", message, extra=FILE_ONLY)  # the console gets the paragraph below, once
         print(f"error: {message}", file=sys.stderr)
         if not in_sweep:
             sys.exit(2)
@@ -94,7 +95,7 @@ def _disk_problem(exc: Exception, cfg: Any) -> str | None:
 def _act(cfg: Any, out_dir: Path, overridden: set[str]) -> Any:
     validate(cfg)
     if cfg.mode == "list":
-        return list_catalog(cfg)
+        return list_catalog(cfg, category_given="category" in overridden)
     if cfg.mode == "sync":
         return sync(cfg, "tracking.uri" in overridden)
     if cfg.mode == "report":
@@ -181,7 +182,9 @@ def report(cfg: Any, out_dir: Path) -> tuple[Path, Path] | None:
     return files
 
 
-def list_catalog(cfg: Any) -> list[dict]:
+def list_catalog(cfg: Any, category_given: bool = False) -> list[dict]:
+    """One line per category; with category=X on the command line that category's reasons, with
+    verbose=true every category's. output=json always gives every category in full."""
     from runner.catalog import category_status, load_catalog, project_tasks, render_list
 
     categories, models = load_catalog()
@@ -192,8 +195,10 @@ def list_catalog(cfg: Any) -> list[dict]:
         statuses.append(category_status(category, models, cfg.paths.cache_dir, cfg.paths.tasks_dir, own))
     if cfg.output == "json":
         print(json.dumps([s.as_dict() for s in statuses], indent=2))
+    elif category_given:
+        print(render_list([s for s in statuses if s.name == cfg.category.name], detailed=True))
     else:
-        print(render_list(statuses))
+        print(render_list(statuses, detailed=bool(cfg.get("verbose", False))))
     return [s.as_dict() for s in statuses]
 
 

@@ -157,6 +157,8 @@ class RunnerConfig:
     engine: EngineConfig = MISSING
     mode: str = "run"  # run | list | plan | doctor | sync (upload offline runs) | report
     output: str = "text"  # text | json (list, plan, doctor)
+    verbose: bool = False  # library logs and warnings on the console too (they always go to the run's log)
+    summary: str = "short"  # short: headline score per dataset; full: every metric (always in summary.md)
     limit: int | None = None
     # lm-eval's --seed: one integer for all four seeds, or [random, numpy, torch, fewshot] (null leaves one
     # unset). The default is lm-eval's own, so few-shot examples are drawn as `lm_eval` draws them.
@@ -196,6 +198,7 @@ def seeds(value: Any) -> tuple[int | None, int | None, int | None, int | None]:
 
 
 OUTPUTS = ("text", "json")
+SUMMARIES = ("short", "full")
 
 
 class ConfigError(ValueError):
@@ -214,6 +217,7 @@ def validate(cfg: Any) -> None:
     seeds(cfg.seed)  # raises ConfigError for a seed lm-eval's CLI would refuse
     need(cfg.mode in MODES, f"mode={cfg.mode!r} is not one of {', '.join(MODES)}.")
     need(cfg.output in OUTPUTS, f"output={cfg.output!r} is not one of {', '.join(OUTPUTS)}.")
+    need(cfg.summary in SUMMARIES, f"summary={cfg.summary!r} is not one of {', '.join(SUMMARIES)}.")
     need(cfg.limit is None or cfg.limit > 0, f"limit={cfg.limit} must be a positive number of samples (or null).")
     need(cfg.model.params_b > 0, f"model.params_b={cfg.model.params_b} must be positive (billions of parameters).")
     need(cfg.model.max_model_len > 0, f"model.max_model_len={cfg.model.max_model_len} must be positive.")

@@ -154,6 +154,7 @@ class Tracker:
         self.live = False  # the store answered so far; once it fails we stop waiting on it
         self.warned = False
         self._prior_uri_env: str | None = None
+        self._progress_step = 0
 
     # -- the live mirror ---------------------------------------------------------------------------
     def _mirror(self, what: str, call) -> None:
@@ -237,6 +238,24 @@ class Tracker:
         values = {k: float(v) for k, v in metrics.items()}
         self.record.metrics.update(values)
         self._mirror("logging metrics", lambda: mlflow.log_metrics(values))
+
+    def log_progress(self, done: int, output_tokens_per_s: float) -> None:
+        """Step metrics while a dataset runs (`progress/requests_done`, `progress/output_tokens_per_s`), so
+        the MLflow UI shows a long job move. Called from the progress thread: through the client and the
+        run id, never the fluent API, whose active run belongs to the main thread."""
+        import mlflow
+        from mlflow.entities import Metric
+
+        if not self.live or not self.run_id:
+            return
+        self._progress_step += 1
+        now = _now_ms()
+        metrics = [
+            Metric("progress/requests_done", float(done), now, self._progress_step),
+            Metric("progress/output_tokens_per_s", float(output_tokens_per_s), now, self._progress_step),
+        ]
+        client = mlflow.MlflowClient(self.record.tracking_uri)
+        self._mirror("logging progress", lambda: client.log_batch(self.run_id, metrics=metrics))
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         """A file or folder inside the job folder (it stays there: the record points to it)."""

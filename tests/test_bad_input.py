@@ -337,7 +337,8 @@ def test_a_disk_filling_up_mid_job_ends_the_run_failed_with_one_message(small_di
     [("during model load", "with vLLM ("), ("during generation", "vllm engine: generating")],
 )
 def test_ctrl_c_stops_the_job_with_exit_130_and_ends_its_run_killed(tmp_path, default_model_dir, stage, marker):
-    job = LiveCli("limit=2", "tracking.system_metrics=false", f"paths.output_dir={tmp_path}")
+    # verbose=true: the moments to press Ctrl-C are the engine's own log lines.
+    job = LiveCli("limit=2", "tracking.system_metrics=false", "verbose=true", f"paths.output_dir={tmp_path}")
     try:
         job.wait_until(lambda: marker in job.output)
         job.process.send_signal(signal.SIGINT)  # what Ctrl-C in the terminal sends

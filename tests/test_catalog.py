@@ -99,14 +99,73 @@ def test_project_tasks_are_ready_and_builtin_code_tasks_are_not(compose_cfg):
 # --- mode=list ---
 
 
-def test_list_shows_all_nine_categories_with_state_and_counts(empty_hf_cache):
+CATEGORIES = [
+    "coding",
+    "efficiency",
+    "general",
+    "long_context",
+    "math",
+    "multilingual",
+    "safety",
+    "science",
+    "text_geospatial",
+]
+
+
+def test_list_is_one_line_per_category(empty_hf_cache):
     result = run_cli("mode=list", env={"HF_HUB_CACHE": str(empty_hf_cache)})
+    assert result.returncode == 0, result.stdout
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) <= len(CATEGORIES) + 3, result.stdout  # header, its rule, one per category, the hint
+    rows = {line.split()[0]: line for line in lines if line.split()[0] in CATEGORIES}
+    assert sorted(rows) == CATEGORIES
+    # status, models ready x/y, datasets ready x/y, what is missing in a few words
+    assert rows["text_geospatial"].split()[1:4] == ["PARTIAL", "1/4", "5/5"]
+    assert "no weights: qwen25_7b, llama31_8b, mistral_7b_v03" in rows["text_geospatial"]
+    assert rows["coding"].split()[1:5] == ["NOT", "READY", "0/5", "1/3"]
+    assert "no weights: all 5 models; unsandboxed code: mbpp, humaneval_plus" in rows["coding"]
+    assert "needs network: ruler_niah" in rows["long_context"]
+    assert "not cached: gsm8k" in rows["efficiency"]
+    assert "weights for" not in result.stdout  # the reasons are one command away
+    assert "mode=list category=<category>" in lines[-1]
+
+
+def test_list_of_one_category_gives_each_reason(empty_hf_cache):
+    result = run_cli("mode=list", "category=coding", env={"HF_HUB_CACHE": str(empty_hf_cache)})
+    assert result.returncode == 0, result.stdout
+    lines = result.stdout.strip().splitlines()
+    assert lines[0].startswith("CODING_SPECIALISTS: NOT READY (5 models, 3 datasets; ready: 0 models, 1 datasets)")
+    assert len(lines) == 1 + 5 + 3  # the category, then each of its models and datasets
+    assert "NOT READY model qwen25_coder_7b: weights for Qwen/Qwen2.5-Coder-7B-Instruct are not present" in lines[1]
+    assert any(line.split()[:3] == ["ready", "dataset", "humaneval_offline:"] for line in lines)
+    assert any("dataset mbpp: lm-eval's builtin code tasks" in line for line in lines)
+    assert "TEXT_GEOSPATIAL" not in result.stdout
+
+
+def test_list_verbose_gives_every_categorys_reasons(empty_hf_cache):
+    result = run_cli("mode=list", "verbose=true", env={"HF_HUB_CACHE": str(empty_hf_cache)})
     assert result.returncode == 0, result.stdout
     heads = [line for line in result.stdout.splitlines() if line and not line.startswith(" ")]
     assert sorted(h.split(":")[0] for h in heads) == LABELS
-    assert "TEXT_GEOSPATIAL: PARTIAL (4 models, 5 datasets; ready: 1 models" in result.stdout
-    assert "CODING_SPECIALISTS: NOT READY (5 models, 3 datasets" in result.stdout
-    assert "model qwen25_coder_7b: weights for Qwen/Qwen2.5-Coder-7B-Instruct are not present" in result.stdout
+    assert "TEXT_GEOSPATIAL: PARTIAL (4 models, 5 datasets; ready: 1 models, 5 datasets)" in result.stdout
+    assert "model mistral_7b_v03: weights for mistralai/Mistral-7B-Instruct-v0.3 are not present" in result.stdout
+
+
+def test_overview_names_what_is_missing_from_any_reason():
+    from runner.catalog import CategoryStatus, Status, render_list
+
+    status = CategoryStatus("demo", "DEMO", "")
+    status.models = {"a": Status(True, "in the HF cache"), "b": Status(False, "package x is not installed")}
+    status.datasets = {f"d{i}": Status(False, "data file of d is missing under /x") for i in range(5)}
+    status.datasets["ok"] = Status(True, "ships with the project")
+    text = render_list([status])
+    (row,) = [line for line in text.splitlines() if line.startswith("demo")]
+    assert row.split()[1:4] == ["PARTIAL", "1/2", "1/6"]
+    assert row.endswith("package missing: b; files missing: d0, d1, d2 +2 more")
+    assert render_list([status], detailed=True).splitlines()[1:3] == [
+        "    ready     model a: in the HF cache",
+        "    NOT READY model b: package x is not installed",
+    ]
 
 
 def test_list_as_json_follows_the_filesystem(empty_hf_cache):

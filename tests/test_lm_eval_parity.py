@@ -159,7 +159,7 @@ def test_own_task_with_subgroup_metrics_equals_lm_eval(tmp_path, default_model_d
     runner_out = tmp_path / "runner"
     job = run_cli(
         "category=text_geospatial", "engine=hf", "engine.hf.batch_size=1", f"limit={limit}",
-        f"paths.output_dir={runner_out}", "tracking.system_metrics=false",
+        f"paths.output_dir={runner_out}", "tracking.system_metrics=false", "summary=full",
         "~category.datasets.coordinate_processing", "~category.datasets.address_parsing",
         "~category.datasets.location_ner", "~category.datasets.ner_locations",
     )  # fmt: skip

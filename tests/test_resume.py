@@ -25,6 +25,7 @@ COMMAND = (
     # One sequence at a time, so requests finish one by one and "mid-generation" is a real state.
     "+engine.args.max_num_seqs=1",
     "tracking.system_metrics=false",
+    "verbose=true",  # the kill points below are the engine's and lm-eval's own log lines
 )
 SCORES = ("coordinate_processing/", "humaneval_offline/")
 
@@ -87,7 +88,7 @@ def test_killed_at_every_stage_the_rerun_computes_only_the_rest_and_matches_an_u
     # 2. As generation ends and lm-eval scores the first dataset.
     _run_and_kill(out, lambda text, _: f"Answered {LIMIT} generate_until requests" in text)
     # 3. While the first dataset's results go to MLflow.
-    _run_and_kill(out, lambda text, _: "Dataset coordinate_processing scored" in text)
+    _run_and_kill(out, lambda text, _: "coordinate_processing: acc " in text)
     assert _cached(out) == LIMIT
     # 4. In the middle of the second dataset's generation: some of its answers are saved, some are not.
     _run_and_kill(out, lambda _, where: _cached(where) > LIMIT)

@@ -16,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from runner.console import FILE_ONLY
+
 log = logging.getLogger(__name__)
 
 # on_result(index, result): called as each request of a call is answered, so a caller can save it at once
@@ -122,7 +124,11 @@ class Engine(ABC):
         if not prompts:
             return []
         log.info(
-            "%s engine: generating %d requests, up to %d new tokens each", self.name, len(prompts), settings.max_tokens
+            "%s engine: generating %d requests, up to %d new tokens each",
+            self.name,
+            len(prompts),
+            settings.max_tokens,
+            extra=FILE_ONLY,
         )
         start = time.perf_counter()
         completions = _reporting(lambda report: self._generate(prompts, settings, report), on_result)
@@ -141,7 +147,7 @@ class Engine(ABC):
         """Score each (context tokens, continuation tokens) pair, in order, in as few engine calls as possible."""
         if not requests:
             return []
-        log.info("%s engine: scoring %d log-likelihood requests", self.name, len(requests))
+        log.info("%s engine: scoring %d log-likelihood requests", self.name, len(requests), extra=FILE_ONLY)
         start = time.perf_counter()
         scores = _reporting(lambda report: self._loglikelihood(requests, report), on_result)
         self.stats.loglikelihood_seconds += time.perf_counter() - start

@@ -11,6 +11,7 @@ import logging
 import time
 from typing import Any
 
+from runner.console import FILE_ONLY
 from runner.engines.base import Completion, Engine, LogLikelihood, OnResult, SamplingSettings, release_memory
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,9 @@ class HFEngine(Engine):
         if self._tokenizer.pad_token_id is None:
             self._tokenizer.pad_token = self._tokenizer.eos_token
         self.stats.load_seconds = time.perf_counter() - start
-        log.info("Loaded %s with transformers on %s in %.1f s", model, self.device, self.stats.load_seconds)
+        log.info(
+            "Loaded %s with transformers on %s in %.1f s", model, self.device, self.stats.load_seconds, extra=FILE_ONLY
+        )
 
     @property
     def tokenizer(self):

@@ -6,6 +6,7 @@ import logging
 import time
 from typing import Any
 
+from runner.console import FILE_ONLY
 from runner.engines.base import Completion, Engine, LogLikelihood, OnResult, SamplingSettings, release_memory
 
 log = logging.getLogger(__name__)
@@ -18,7 +19,7 @@ class VLLMEngine(Engine):
         super().__init__()
         from vllm import LLM  # heavy: imported only when an engine is really built
 
-        log.info("Loading %s with vLLM (%s)", model, engine_args)
+        log.info("Loading %s with vLLM (%s)", model, engine_args, extra=FILE_ONLY)
         start = time.perf_counter()
         self.llm = LLM(model=model, **engine_args)
         self.stats.load_seconds = time.perf_counter() - start

@@ -1,0 +1,118 @@
+"""What a person sees: a real job in a pseudo-terminal shows a live bar that advances, no library log line,
+and the summary; in a pipe, plain lines without control characters; a 40-column terminal still gets a
+readable line. Plus the progress arithmetic itself, without an engine."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import pty
+import re
+import struct
+import subprocess
+import sys
+import termios
+import time
+
+import pytest
+from conftest import PROJECT_ROOT, cli_env, run_cli
+
+from runner.progress import JobProgress
+
+# Lines libraries print when they are let through: none of them may reach the console by default.
+LIBRARY_NOISE = (
+    "[vllm", "INFO", "FutureWarning", "Triton not available", "NUMA binding", "Loading safetensors",
+    "Checking cached requests", "Custom kwargs", "[mlflow", "[lm_eval", "Running generate_until",
+)  # fmt: skip
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+ONLY_TWO = ["~category.datasets.address_parsing", "~category.datasets.location_ner", "~category.datasets.ner_locations"]
+
+
+def run_in_terminal(args: list[str], columns: int, rows: int = 40, timeout: float = 600) -> str:
+    """`python -m runner ARGS` with a pseudo-terminal as stdin, stdout and stderr; everything it wrote."""
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
+    env = cli_env({"TERM": "xterm-256color"})
+    env.pop("COLUMNS", None)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "runner", *args], cwd=PROJECT_ROOT, env=env,
+        stdin=follower, stdout=follower, stderr=follower, close_fds=True,
+    )  # fmt: skip
+    os.close(follower)
+    chunks, deadline = [], time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            data = os.read(leader, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(leader)
+    assert process.wait(timeout=60) == 0, b"".join(chunks).decode(errors="replace")[-3000:]
+    return b"".join(chunks).decode(errors="replace")
+
+
+@pytest.mark.slow
+def test_a_job_in_a_terminal_shows_a_live_bar_and_no_library_noise(tmp_path):
+    out = run_in_terminal(["limit=4", "cache=false", f"paths.output_dir={tmp_path}", *ONLY_TWO], columns=120)
+    screen = ANSI.sub("", out)
+    assert "━" in out  # rich's bar
+    done = {int(m[1]) for m in re.finditer(r"coordinate_processing ━*[╺╸━ ]*(\d)/4", screen)}
+    assert len(done) >= 2, screen[-3000:]  # the bar moved while the dataset was generating
+    for noise in LIBRARY_NOISE:
+        assert noise not in screen, noise
+    assert "loaded smollm2_135m on cpu in" in screen
+    assert "spatial_reasoning: acc " in screen and "coordinate_processing: acc " in screen
+    assert "MLflow run:" in screen and "output dir:" in screen  # the summary
+
+
+def test_a_forty_column_terminal_still_gets_a_readable_line(tmp_path):
+    out = run_in_terminal(
+        ["model=tiny_llama", "engine=hf", "limit=16", "cache=false", f"paths.output_dir={tmp_path}", *ONLY_TWO],
+        columns=40,
+    )
+    lines = [line for line in ANSI.sub("", out).replace("\r", "\n").splitlines() if re.search(r"\d+/16 · ", line)]
+    assert lines, out[-2000:]
+    assert all(len(line.rstrip()) <= 40 for line in lines)
+    assert any(re.search(r"\d+/16 · \d+ tok/s", line) for line in lines)  # count and rate fit, no bar
+
+
+def test_in_a_pipe_plain_lines_and_verbose_lets_the_library_logs_through(tmp_path):
+    job = ["model=tiny_llama", "engine=hf", "limit=2", f"paths.output_dir={tmp_path}", *ONLY_TWO]
+    quiet, loud = run_cli(*job), run_cli(*job, "cache=false", "verbose=true")
+    assert quiet.returncode == loud.returncode == 0, quiet.stdout[-3000:] + loud.stdout[-3000:]
+    assert "\x1b" not in quiet.stdout and "\r" not in quiet.stdout  # no cursor movement, no colours
+    assert re.search(r"^\d\d:\d\d:\d\d spatial_reasoning: acc ", quiet.stdout, re.M)
+    for noise in LIBRARY_NOISE:
+        assert noise not in quiet.stdout, noise
+    assert "[lm_eval" in loud.stdout  # verbose=true: library records on the console too
+    logs = sorted((tmp_path / "runs").rglob("runner.log"))
+    assert len(logs) == 2 and all("[lm_eval" in log.read_text() for log in logs)  # both runs logged them
+
+
+# --- the progress arithmetic, with a clock of its own ---
+
+
+def test_plain_lines_come_at_most_every_interval_with_count_rate_and_eta(capsys):
+    ticks: list[tuple[int, float]] = []
+    progress = JobProgress(tty=False, interval_s=1.0, on_tick=lambda done, rate: ticks.append((done, rate)))
+    with progress.dataset("ds"):
+        progress.cached(10)  # answered from the response cache: done at once
+        progress.expect(30)
+        for _ in range(10):
+            progress.advance(1, output_tokens=20)
+            time.sleep(0.25)
+    lines = [line for line in capsys.readouterr().out.splitlines() if " ds " in f" {line} "]
+    assert 1 <= len(lines) <= 3  # 2.5 s of work, one line per second at most
+    assert all(re.fullmatch(r"\d\d:\d\d:\d\d ds \d+/40 · \d+ tok/s · ETA \d+s", line) for line in lines), lines
+    assert ticks and ticks[-1][0] >= 12 and ticks[-1][1] > 0  # MLflow's progress metrics got numbers
+
+
+def test_rate_is_over_recent_requests_and_eta_over_what_is_left():
+    progress = JobProgress(tty=False, enabled=True)
+    progress._name, progress._started = "ds", time.monotonic() - 5
+    progress.expect(10)
+    progress.advance(5, output_tokens=500)
+    assert progress.rate() == pytest.approx(100, rel=0.05)  # 500 tokens over 5 s
+    assert progress.eta() == pytest.approx(5, rel=0.05)  # 5 done in 5 s, 5 to go
