@@ -232,6 +232,7 @@ def run_job(cfg: Any, out_dir: Path) -> JobResult:
         progress = JobProgress(on_tick=tracker.log_progress)
         model_args = weights.model_args()  # names the weights in lm-eval's results
         engine, reused = _engine(cfg, selection, model_source, progress)
+        progress.kv_cache_usage = engine.kv_cache_usage
         cache = str(Path(cfg.paths.response_cache) / response_cache_key(cfg, selection)) if cfg.cache else None
         try:
             lm = EngineLM(

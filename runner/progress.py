@@ -2,7 +2,8 @@
 
 On a terminal it is a rich `Progress` display; log lines and prints appear above it. Elsewhere (CI,
 pipes, Hydra launchers' job logs, SLURM) there is no cursor movement: a plain line at most every
-`interval_s`, e.g. `spatial_reasoning 120/500 · 212 tok/s · ETA 1m50s`. Requests answered from the
+`interval_s`, e.g. `spatial_reasoning 120/500 · 212 tok/s · KV 37% · ETA 1m50s` (KV-cache use where the
+engine reports it: vLLM). Requests answered from the
 response cache count at once. The bridge (adapters/lm_eval_model.py) reports each finished request, so
 one bar follows every engine and every replica. `on_tick` (the job's MLflow progress metrics) is called
 with (requests done, output tok/s) every `interval_s` while a dataset runs.
@@ -37,11 +38,14 @@ class JobProgress:
         tty: bool | None = None,
         interval_s: float = 10.0,
         on_tick: Callable[[int, float], None] | None = None,
+        kv_cache_usage: Callable[[], float | None] | None = None,
         enabled: bool = True,
     ) -> None:
         self.tty = sys.stdout.isatty() if tty is None else tty
         self.interval_s = interval_s
         self.on_tick = on_tick
+        self.kv_cache_usage = kv_cache_usage  # the engine's KV-cache use, where it reports one
+        self._kv: float | None = None
         self.enabled = enabled
         self._lock = threading.RLock()
         self._name: str | None = None
@@ -177,6 +181,8 @@ class JobProgress:
             if self._narrow and eta is not None:
                 when = _duration(eta)  # "1/3 · 12 tok/s · 1m10s": a 40-column terminal keeps every number
             parts = [f"{self._done}/{self._total or '?'}", f"{self.rate():.0f} tok/s"]
+            if self._kv is not None and not self._narrow:
+                parts.append(f"KV {self._kv:.0%}")
             return " · ".join(parts + ([when] if eta is not None or elapsed else []))
 
     def line(self) -> str:
@@ -190,6 +196,8 @@ class JobProgress:
             now = time.monotonic()
             if self._loading:
                 continue  # the load has its own line; the dataset's numbers start with its first request
+            if self.kv_cache_usage is not None:
+                self._kv = self.kv_cache_usage()
             with self._lock:
                 self._refresh()
             if self._rich is None and now - self._last_line >= self.interval_s:

@@ -116,3 +116,12 @@ def test_rate_is_over_recent_requests_and_eta_over_what_is_left():
     progress.advance(5, output_tokens=500)
     assert progress.rate() == pytest.approx(100, rel=0.05)  # 500 tokens over 5 s
     assert progress.eta() == pytest.approx(5, rel=0.05)  # 5 done in 5 s, 5 to go
+
+
+def test_the_engines_kv_cache_use_is_shown_where_it_reports_one(capsys):
+    progress = JobProgress(tty=False, interval_s=0.5, kv_cache_usage=lambda: 0.37)
+    with progress.dataset("ds"):
+        progress.expect(4)
+        progress.advance(1, output_tokens=10)
+        time.sleep(1.6)
+    assert re.search(r"ds 1/4 · \d+ tok/s · KV 37% · ETA", capsys.readouterr().out)

@@ -163,6 +163,10 @@ class Engine(ABC):
     def _loglikelihood(self, requests: list[tuple[list[int], list[int]]], on_result: OnResult) -> list[LogLikelihood]:
         raise NotImplementedError(f"The {self.name} engine does not score log-likelihoods.")
 
+    def kv_cache_usage(self) -> float | None:
+        """The share of the KV cache in use right now (0..1), for the live display; None where not reported."""
+        return None
+
     def shutdown(self) -> None:  # noqa: B027 - engines without processes need no teardown
         """Release the model and any worker processes. Safe to call twice."""
 

@@ -78,6 +78,9 @@ class LazyEngine(Engine):
     def _generate(self, prompts, settings, on_result):  # pragma: no cover - generate() forwards before this is reached
         raise AssertionError("LazyEngine forwards generate()")
 
+    def kv_cache_usage(self) -> float | None:
+        return self._engine.kv_cache_usage() if self._engine is not None else None
+
     def shutdown(self) -> None:
         if self._engine is not None:
             self._engine.shutdown()

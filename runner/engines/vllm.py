@@ -103,6 +103,16 @@ class VLLMEngine(Engine):
         outputs = self._run(prompts, params, finished)
         return [s or _score(r, o) for s, r, o in zip(scores, requests, outputs, strict=True)]
 
+    def kv_cache_usage(self) -> float | None:
+        """vLLM's own gauge (`vllm:kv_cache_usage_perc`, a 0..1 fraction despite its name), read from its
+        metrics snapshot; the progress thread calls this while the main thread steps the engine."""
+        llm = getattr(self, "llm", None)
+        try:
+            gauges = [m for m in llm.get_metrics() if m.name == "vllm:kv_cache_usage_perc"] if llm else []
+        except Exception:  # noqa: BLE001 - no stat loggers (disable_log_stats) or an engine shutting down
+            return None
+        return float(gauges[0].value) if gauges else None
+
     def shutdown(self) -> None:
         llm = getattr(self, "llm", None)
         if llm is None:
