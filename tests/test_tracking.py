@@ -189,3 +189,20 @@ def test_sync_refuses_the_record_of_a_job_that_is_still_running(cfg, tmp_path):
             tracking.sync_record(tmp_path / "job" / tracking.RECORD, f"sqlite:///{tmp_path}/other.db")
     finally:
         tracker.__exit__(None, None, None)
+
+
+def test_progress_is_logged_as_step_metrics_from_another_thread(cfg, tmp_path):
+    """What the live display reports every ~10 s (runner/progress.py calls it from its own thread)."""
+    import threading
+
+    with tracking.Tracker(cfg, tmp_path / "job", {"engine": "cpu"}) as tracker:
+        for done, rate in ((3, 50.0), (9, 75.5)):
+            worker = threading.Thread(target=tracker.log_progress, args=(done, rate))
+            worker.start()
+            worker.join()
+    (run,) = _runs(cfg.tracking.uri)  # one run: the thread did not start a run of its own
+    client = MlflowClient(cfg.tracking.uri)
+    done = client.get_metric_history(run.info.run_id, "progress/requests_done")
+    rate = client.get_metric_history(run.info.run_id, "progress/output_tokens_per_s")
+    assert [(m.step, m.value) for m in done] == [(1, 3.0), (2, 9.0)]
+    assert [m.value for m in rate] == [50.0, 75.5]
