@@ -32,7 +32,7 @@ from runner.plan import build_plan, write_plan
 from runner.progress import JobProgress
 from runner.schema import seeds
 from runner.selection import Selection, select_engine
-from runner.summary import print_summary, write_summary_file
+from runner.summary import dataset_line, print_summary, write_summary_file
 from runner.telemetry import PeakGPUMemory, PeakRSS
 
 log = logging.getLogger(__name__)
@@ -261,7 +261,7 @@ def run_job(cfg: Any, out_dir: Path) -> JobResult:
                     failed[dataset.name] = str(exc)
                     continue
                 results.append(result)
-                log.info("%s", _scored(result, cfg.category.datasets[dataset.name].metric))
+                log.info("%s", dataset_line(result, cfg))
                 # Logged as each dataset finishes, so a later failure keeps the earlier scores in the run.
                 tracker.log_metrics(dataset_metrics(result))
                 # Which version of each task scored it: runs of different data versions are not compared.
@@ -314,24 +314,6 @@ def run_job(cfg: Any, out_dir: Path) -> JobResult:
             raise DataError(f"{len(failed)} of {len(datasets)} datasets failed{others}. " + " ".join(failed.values()))
     print_summary(job, cfg)
     return job
-
-
-def _scored(result: DatasetResult, metric: str) -> str:
-    """`spatial_reasoning: acc 0.0600 ± 0.0339 (n=50) · 250 requests, 12 from the cache · 21.4 s`."""
-    values = result.metrics.get(result.name) or next((v for v in result.metrics.values() if metric in v), {})
-    stderr = values.get(f"{metric}_stderr")
-    score = "no score" if result.score is None else f"{metric} {result.score:.4f}"
-    if result.score is not None and stderr is not None and stderr == stderr:
-        score += f" ± {stderr:.4f}"
-    n = next((c[metric] for c in result.metric_samples.values() if metric in c), None)
-    cached = result.requests - result.served
-    return (
-        f"{result.name}: {score}"
-        + (f" (n={n})" if n is not None else "")
-        + f" · {result.requests} requests"
-        + (f", {cached} from the cache" if cached else "")
-        + f" · {result.wall_seconds:.1f} s"
-    )
 
 
 def dataset_metrics(result: DatasetResult) -> dict[str, float]:

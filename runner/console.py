@@ -28,10 +28,6 @@ def set_verbose(verbose: bool) -> None:
         os.environ.setdefault("TQDM_DISABLE", "1")
 
 
-def is_verbose() -> bool:
-    return _verbose
-
-
 class ConsoleFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if _verbose:

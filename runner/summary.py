@@ -78,6 +78,19 @@ def _headline_metric(result: DatasetResult, cfg: Any) -> tuple[str | None, str |
     return metric, None
 
 
+def dataset_line(result: DatasetResult, cfg: Any) -> str:
+    """The line a finished dataset leaves on the console, from the same pieces as its summary row:
+    `spatial_reasoning: acc 0.0600 ± 0.0339 (n=50) · 50 requests, 12 from the cache · 21.4 s`."""
+    metric, task = _headline_metric(result, cfg)
+    if task is not None:
+        score = f"{metric} {_value(result.metrics[task], metric)} (n={_n(result, task, metric)})"
+    else:
+        score = "no score" if result.score is None else f"{metric or 'score'} {result.score:.4f}"
+    cached = result.requests - result.served
+    requests = f"{result.requests} requests" + (f", {cached} from the cache" if cached else "")
+    return f"{result.name}: {score} · {requests} · {result.wall_seconds:.1f} s"
+
+
 def headline_rows(job: JobResult, cfg: Any) -> list[list[str]]:
     """One row per dataset: dataset, headline metric, value ± stderr, n."""
     rows = []
