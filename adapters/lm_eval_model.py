@@ -1,9 +1,10 @@
 """The lm-eval bridge: an `lm_eval.api.model.TemplateLM` over any runner engine.
 
 lm-eval hands each request type over as one list; this class keeps it that way and gives the engine
-every request of a generation-settings group (and every log-likelihood request) in a single call, so
-vLLM's continuous batching sees the whole task at once (a fixed batch size makes every batch wait for
-its longest sequence). Tokenisation of context/continuation pairs is lm-eval's own (`TemplateLM`).
+every request of a type in a single call, each with its own generation settings, so vLLM's continuous
+batching sees the whole task at once (a fixed batch size makes every batch wait for its longest
+sequence). In a job the engine is runner/engines/gather.py's, which joins these calls across the job's
+datasets. Tokenisation of context/continuation pairs is lm-eval's own (`TemplateLM`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
 
     from runner.cached_telemetry import CachedTelemetry
     from runner.engines.base import Engine
-    from runner.progress import JobProgress
+    from runner.progress import DatasetProgress
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ class EngineLM(TemplateLM):
         default_max_gen_toks: int = 256,
         seed: int | None = 0,
         telemetry: CachedTelemetry | None = None,
-        progress: JobProgress | None = None,
+        progress: DatasetProgress | None = None,
     ) -> None:
         super().__init__()
         self.engine = engine
@@ -46,8 +47,10 @@ class EngineLM(TemplateLM):
         self.chat = chat
         self.default_max_gen_toks = default_max_gen_toks
         self.seed = seed
-        self.telemetry = telemetry  # each answer's engine pass, tokens and latency, beside the response cache
-        self.progress = progress  # the job's live display: each finished request moves its bar
+        # Each answer's engine pass, tokens and latency, beside the response cache (the pass itself is
+        # bracketed by whoever makes the engine call: runner/engines/gather.py in a job).
+        self.telemetry = telemetry
+        self.progress = progress  # this dataset's row of the job's live display: each finished request moves it
         self.served = 0  # requests that reached the engine (the rest came from lm-eval's response cache)
         self.truncated = 0  # of those, prompts cut from the left to fit max_length (lm-eval's convention)
 
@@ -88,43 +91,42 @@ class EngineLM(TemplateLM):
         self.served += len(requests)
         self._expect(len(requests))
         eos = self.engine.tokenizer.eos_token
-        groups: dict[SamplingSettings, list[tuple[int, list[int]]]] = {}
-        for index, request in enumerate(requests):
+        prompts: list[list[int]] = []
+        settings: list[SamplingSettings] = []
+        for request in requests:
             context, gen_kwargs = request.args
             kwargs = normalize_gen_kwargs(gen_kwargs, default_max_gen_toks=self.default_max_gen_toks)
             full = self.tok_encode(context)
             tokens, max_tokens = maybe_truncate(full, kwargs["max_gen_toks"], self.max_length, shrink_gen_toks=True)
             self.truncated += len(tokens) < len(full)
-            settings = SamplingSettings(
-                max_tokens=max_tokens,
-                temperature=float(kwargs.get("temperature", 0.0)),
-                top_p=float(kwargs.get("top_p", 1.0)),
-                stop=tuple(handle_stop_sequences(kwargs["until"], eos=eos)),
-                seed=self.seed,
+            prompts.append(tokens)
+            settings.append(
+                SamplingSettings(
+                    max_tokens=max_tokens,
+                    temperature=float(kwargs.get("temperature", 0.0)),
+                    top_p=float(kwargs.get("top_p", 1.0)),
+                    stop=tuple(handle_stop_sequences(kwargs["until"], eos=eos)),
+                    seed=self.seed,
+                )
             )
-            groups.setdefault(settings, []).append((index, tokens))
-
+        # Longest prompts first, as lm-eval's own models order them: the engine starts the slowest requests
+        # first, and memory trouble shows at once. (In a job, runner/engines/gather.py orders the requests of
+        # every dataset together.) Results go back in request order.
+        order = sorted(range(len(requests)), key=lambda i: -len(prompts[i]))
         results: list[str | None] = [None] * len(requests)
-        for settings, items in groups.items():
-            # Longest prompts first, as lm-eval's own models order them: the engine starts the slowest
-            # requests first, and memory trouble shows at once. Results go back in request order.
-            items.sort(key=lambda item: -len(item[1]))
 
-            def answered(position: int, completion, items=items) -> None:
-                # Into lm-eval's response cache as each request finishes: a crash loses only those in flight.
-                index = items[position][0]
-                results[index] = completion.text
-                self.cache_hook.add_partial("generate_until", requests[index].args, completion.text)
-                if self.telemetry is not None:
-                    self.telemetry.answer(hash_args("generate_until", requests[index].args), completion)
-                if self.progress is not None:
-                    self.progress.advance(1, completion.output_tokens)
+        def answered(position: int, completion) -> None:
+            # Into lm-eval's response cache as each request finishes: a crash loses only those in flight.
+            index = order[position]
+            results[index] = completion.text
+            self.cache_hook.add_partial("generate_until", requests[index].args, completion.text)
+            if self.telemetry is not None:
+                self.telemetry.answer(hash_args("generate_until", requests[index].args), completion)
+            if self.progress is not None:
+                self.progress.advance(1, completion.output_tokens)
 
-            if self.telemetry is not None:
-                self.telemetry.start_pass(self.engine.stats)
-            self.engine.generate([tokens for _, tokens in items], settings, on_result=answered)
-            if self.telemetry is not None:
-                self.telemetry.end_pass(self.engine.name, self.engine.stats)
+        # Each request with its own settings, all in one call: the engine batches them together.
+        self.engine.generate([prompts[i] for i in order], [settings[i] for i in order], on_result=answered)
         log.info("Answered %d generate_until requests; lm-eval scores them next", len(requests), extra=FILE_ONLY)
         return results  # type: ignore[return-value]
 

@@ -20,7 +20,7 @@ class RecordingEngine(Engine):
     def __init__(self, tokenizer) -> None:
         super().__init__()
         self._tokenizer = tokenizer
-        self.calls: list[tuple[list[list[int]], SamplingSettings]] = []
+        self.calls: list[tuple[list[list[int]], list[SamplingSettings]]] = []
         self.scored: list[list[tuple[list[int], list[int]]]] = []
 
     @property
@@ -59,20 +59,21 @@ def test_all_requests_with_the_same_settings_go_to_the_engine_in_one_call(tokeni
     assert out == [f"len={len(tokenizer(c, add_special_tokens=False).input_ids)}" for c in contexts]
 
 
-def test_requests_are_grouped_by_generation_settings(tokenizer):
+def test_requests_with_different_settings_go_in_one_call_each_with_its_own(tokenizer):
     engine = RecordingEngine(tokenizer)
     lm = EngineLM(engine, max_length=4096)
-    reqs = [request("a", max_gen_toks=16), request("b", max_gen_toks=64), request("c", max_gen_toks=16)]
+    reqs = [request("a", max_gen_toks=16), request("b b b", max_gen_toks=64), request("c c", max_gen_toks=16)]
     out = lm.generate_until(reqs)
-    assert sorted(s.max_tokens for _, s in engine.calls) == [16, 64]
-    assert [len(p) for p, _ in engine.calls] in ([2, 1], [1, 2])
-    assert len(out) == 3 and all(o.startswith("len=") for o in out)
+    ((prompts, settings),) = engine.calls
+    assert [s.max_tokens for s in settings] == [64, 16, 16]  # longest prompt first, its settings beside it
+    assert [len(p) for p in prompts] == sorted((len(p) for p in prompts), reverse=True)
+    assert out == [f"len={len(tokenizer(c, add_special_tokens=False).input_ids)}" for c in ("a", "b b b", "c c")]
 
 
 def test_stop_sequences_include_the_models_end_of_turn_and_greedy_by_default(tokenizer):
     engine = RecordingEngine(tokenizer)
     EngineLM(engine, max_length=4096, seed=7).generate_until([request("x", until=["</answer>"])])
-    settings = engine.calls[0][1]
+    settings = engine.calls[0][1][0]
     assert settings.stop == ("</answer>", tokenizer.eos_token)
     assert settings.temperature == 0.0
     assert settings.seed == 7
@@ -81,7 +82,7 @@ def test_stop_sequences_include_the_models_end_of_turn_and_greedy_by_default(tok
 def test_sampling_settings_pass_through(tokenizer):
     engine = RecordingEngine(tokenizer)
     EngineLM(engine, max_length=4096).generate_until([request("x", do_sample=True, temperature=0.7, top_p=0.9)])
-    settings = engine.calls[0][1]
+    settings = engine.calls[0][1][0]
     assert (settings.temperature, settings.top_p) == (0.7, 0.9)
 
 
@@ -90,7 +91,7 @@ def test_long_prompts_are_truncated_to_fit_the_context_and_counted(tokenizer):
     lm = EngineLM(engine, max_length=64)
     lm.generate_until([request("word " * 500, max_gen_toks=16), request("short", max_gen_toks=16)])
     prompts, settings = engine.calls[0]
-    assert len(prompts[0]) + settings.max_tokens <= 64
+    assert len(prompts[0]) + settings[0].max_tokens <= 64
     assert lm.truncated == 1  # reported as the run's requests_truncated, and warned about in the summary
     lm.loglikelihood([Instance("loglikelihood", {}, ("word " * 500, " end"), 0)])
     assert lm.truncated == 2 and len(engine.scored[0][0][0]) + len(engine.scored[0][0][1]) <= 64

@@ -12,7 +12,7 @@ import logging
 import sys
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +34,16 @@ class SamplingSettings:
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
     seed: int | None = None
+
+
+def per_prompt(settings: SamplingSettings | Sequence[SamplingSettings], n: int) -> list[SamplingSettings]:
+    """One SamplingSettings per prompt, whichever form a caller gave."""
+    if isinstance(settings, SamplingSettings):
+        return [settings] * n
+    settings = list(settings)
+    if len(settings) != n:
+        raise ValueError(f"{len(settings)} sampling settings for {n} prompts")
+    return settings
 
 
 @dataclass(frozen=True)
@@ -75,6 +85,7 @@ class EngineStats:
             "model_load_s": self.load_seconds,
             "generate_s": self.generate_seconds,
             "requests": float(self.requests),
+            "generate_calls": float(self.generate_calls),  # engine passes: one per job with every dataset's requests
             "input_tokens": float(self.prompt_tokens),
             "output_tokens": float(self.output_tokens),
             "input_tokens_per_s": self.prompt_tokens / busy,
@@ -116,22 +127,26 @@ class Engine(ABC):
         """A Hugging Face tokenizer for this model (chat template, encode/decode)."""
 
     def generate(
-        self, prompts: list[list[int]], settings: SamplingSettings, on_result: OnResult | None = None
+        self,
+        prompts: list[list[int]],
+        settings: SamplingSettings | Sequence[SamplingSettings],
+        on_result: OnResult | None = None,
     ) -> list[Completion]:
-        """Generate one completion per prompt, in order. Hands the whole list to the engine at once;
-        `on_result(i, completion)` is called for each as it is answered (engines that cannot stream
-        call it for all of them at the end)."""
+        """Generate one completion per prompt, in order. `settings` is one SamplingSettings for all, or one
+        per prompt. Hands the whole list to the engine at once; `on_result(i, completion)` is called for
+        each as it is answered (engines that cannot stream call it for all of them at the end)."""
         if not prompts:
             return []
+        each = per_prompt(settings, len(prompts))
         log.info(
             "%s engine: generating %d requests, up to %d new tokens each",
             self.name,
             len(prompts),
-            settings.max_tokens,
+            max(s.max_tokens for s in each),
             extra=FILE_ONLY,
         )
         start = time.perf_counter()
-        completions = _reporting(lambda report: self._generate(prompts, settings, report), on_result)
+        completions = _reporting(lambda report: self._generate(prompts, each, report), on_result)
         self.stats.generate_seconds += time.perf_counter() - start
         self.stats.generate_calls += 1
         self.stats.requests += len(prompts)
@@ -155,9 +170,10 @@ class Engine(ABC):
         return scores
 
     # Subclasses implement these; `on_result` may be called as requests finish (see `generate`).
+    # `_generate` gets one SamplingSettings per prompt.
     @abstractmethod
     def _generate(
-        self, prompts: list[list[int]], settings: SamplingSettings, on_result: OnResult
+        self, prompts: list[list[int]], settings: list[SamplingSettings], on_result: OnResult
     ) -> list[Completion]: ...
 
     def _loglikelihood(self, requests: list[tuple[list[int], list[int]]], on_result: OnResult) -> list[LogLikelihood]:

@@ -66,36 +66,45 @@ class HFEngine(Engine):
     def tokenizer(self):
         return self._tokenizer
 
-    def _batches(self, items: list[Any], key) -> list[list[int]]:
-        """Index batches, longest first, so each batch pads little and the first one shows any OOM early."""
+    def _batches(self, items: list[Any], key, groups: list[Any] | None = None) -> list[list[int]]:
+        """Index batches, longest first, so each batch pads little and the first one shows any OOM early.
+        With `groups` (one label per item), a batch holds items of one group only (one generation setting)."""
         order = sorted(range(len(items)), key=lambda i: -key(items[i]))
-        return [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        labels = groups or [None] * len(items)
+        batches = []
+        for label in dict.fromkeys(labels[i] for i in order):
+            mine = [i for i in order if labels[i] == label]
+            batches += [mine[i : i + self.batch_size] for i in range(0, len(mine), self.batch_size)]
+        return batches
 
-    def _generate(self, prompts: list[list[int]], settings: SamplingSettings, on_result: OnResult) -> list[Completion]:
+    def _generate(
+        self, prompts: list[list[int]], settings: list[SamplingSettings], on_result: OnResult
+    ) -> list[Completion]:
         import torch
 
         pad = self._tokenizer.pad_token_id
         eos = self._tokenizer.eos_token_id
         results: list[Completion | None] = [None] * len(prompts)
-        for batch in self._batches(prompts, len):
+        for batch in self._batches(prompts, len, groups=settings):
+            setting = settings[batch[0]]
             width = max(len(prompts[i]) for i in batch)
             # Left padding: every row's next token sits at the same position.
             ids = torch.tensor([[pad] * (width - len(prompts[i])) + prompts[i] for i in batch], device=self.device)
             mask = torch.tensor(
                 [[0] * (width - len(prompts[i])) + [1] * len(prompts[i]) for i in batch], device=self.device
             )
-            sample = settings.temperature > 0
-            if settings.seed is not None:
-                torch.manual_seed(settings.seed)
+            sample = setting.temperature > 0
+            if setting.seed is not None:
+                torch.manual_seed(setting.seed)
             start = time.perf_counter()
             with torch.inference_mode():
                 out = self.model.generate(
                     input_ids=ids,
                     attention_mask=mask,
-                    max_new_tokens=settings.max_tokens,
+                    max_new_tokens=setting.max_tokens,
                     do_sample=sample,
-                    temperature=settings.temperature if sample else None,
-                    top_p=settings.top_p if sample else None,
+                    temperature=setting.temperature if sample else None,
+                    top_p=setting.top_p if sample else None,
                     top_k=None,
                     pad_token_id=pad,
                     eos_token_id=eos,
@@ -109,7 +118,7 @@ class HFEngine(Engine):
                 else:
                     reason = "length"
                 text = self._tokenizer.decode(new, skip_special_tokens=True)
-                text, stopped = _cut_at_stop(text, settings.stop)
+                text, stopped = _cut_at_stop(text, setting.stop)
                 if stopped:
                     reason = "stop"
                     new = self._tokenizer(text, add_special_tokens=False).input_ids

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from runner.engines.base import Completion, Engine, EngineStats, LogLikelihood, OnResult, SamplingSettings
@@ -66,7 +66,10 @@ class LazyEngine(Engine):
 
     # The real engine measures its own calls; these only forward.
     def generate(
-        self, prompts: list[list[int]], settings: SamplingSettings, on_result: OnResult | None = None
+        self,
+        prompts: list[list[int]],
+        settings: SamplingSettings | Sequence[SamplingSettings],
+        on_result: OnResult | None = None,
     ) -> list[Completion]:
         return self._real().generate(prompts, settings, on_result) if prompts else []
 

@@ -68,16 +68,22 @@ class VLLMEngine(Engine):
             raise RuntimeError(f"vLLM stopped with {outputs.count(None)} of {len(prompts)} requests unanswered.")
         return outputs
 
-    def _generate(self, prompts: list[list[int]], settings: SamplingSettings, on_result: OnResult) -> list[Completion]:
+    def _generate(
+        self, prompts: list[list[int]], settings: list[SamplingSettings], on_result: OnResult
+    ) -> list[Completion]:
         from vllm import SamplingParams
 
-        params = SamplingParams(
-            max_tokens=settings.max_tokens,
-            temperature=settings.temperature,
-            top_p=settings.top_p,
-            stop=list(settings.stop) or None,
-            seed=settings.seed,
-        )
+        made: dict[SamplingSettings, Any] = {}  # one SamplingParams per distinct settings, shared by its prompts
+        for each in settings:
+            if each not in made:
+                made[each] = SamplingParams(
+                    max_tokens=each.max_tokens,
+                    temperature=each.temperature,
+                    top_p=each.top_p,
+                    stop=list(each.stop) or None,
+                    seed=each.seed,
+                )
+        params = [made[each] for each in settings]
         completions: list = [None] * len(prompts)
 
         def finished(index: int, out) -> None:
