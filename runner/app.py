@@ -24,9 +24,17 @@ from runner.cluster import job_hardware
 from runner.console import route_engine_logs
 from runner.driver import require_compatible
 from runner.engines import build_engine, max_length, pool
+from runner.engines.gather import Cancelled, JobEngine
 from runner.engines.lazy import LazyEngine
 from runner.env import prepare_environment
-from runner.evaluate import DataError, DatasetResult, check_local_files, evaluate_dataset, task_manager
+from runner.evaluate import (
+    DataError,
+    DatasetResult,
+    check_local_files,
+    evaluate_dataset,
+    run_datasets,
+    task_manager,
+)
 from runner.models import ModelNotFoundError, resolve_model
 from runner.plan import build_plan, write_plan
 from runner.progress import JobProgress
@@ -234,54 +242,66 @@ def run_job(cfg: Any, out_dir: Path) -> JobResult:
         engine, reused = _engine(cfg, selection, model_source, progress)
         progress.kv_cache_usage = engine.kv_cache_usage
         cache = str(Path(cfg.paths.response_cache) / response_cache_key(cfg, selection)) if cfg.cache else None
+        cache_telemetry = CachedTelemetry(cache) if cache else None
+        # Every dataset's requests go to the engine together, one call per request type (runner/engines/gather.py).
+        shared = JobEngine(engine, on_pass=_telemetry_pass(cache_telemetry, engine))
+        bridges: list[EngineLM] = []
+        results, failed, crashed = [], {}, []
+
+        def evaluate(dataset) -> DatasetResult:  # in the dataset's own thread
+            with progress.dataset(dataset.name) as row:
+                lm = EngineLM(
+                    shared,
+                    max_length=max_length(selection, cfg.model, cfg.engine),
+                    chat=bool(cfg.model.chat_template),
+                    seed=seeds(cfg.seed)[2],  # the torch seed of lm-eval's four, as the engines get it
+                    telemetry=cache_telemetry,
+                    progress=row,
+                )
+                bridges.append(lm)
+                result = evaluate_dataset(
+                    lm, dataset, cfg=cfg, tasks=tasks, out_dir=out_dir, cache=cache, model_args=model_args
+                )
+            log.info("%s", dataset_line(result, cfg))
+            return result
+
+        def finished(result: DatasetResult) -> None:  # in the main thread, as each dataset finishes
+            results.append(result)
+            # Logged as each dataset finishes, so a later failure keeps the earlier scores in the run.
+            tracker.log_metrics(dataset_metrics(result))
+            # Which version of each task scored it: runs of different data versions are not compared.
+            tracker.set_tags({f"task_version.{task}": v for task, v in result.versions.items()})
+            for task, table in result.tables.items():
+                tracker.log_table(table, f"samples/{result.name}/{task}.json")
+
+        def broke(dataset, exc: BaseException) -> None:
+            # A DataError is this dataset's data or task: the others still run, and the job fails at the end.
+            if isinstance(exc, DataError):
+                log.error("%s", exc)
+                failed[dataset.name] = str(exc)
+            elif not isinstance(exc, Cancelled):  # Cancelled: the engine pass stopped, and says why itself
+                crashed.append(exc)
+
         try:
-            lm = EngineLM(
-                engine,
-                max_length=max_length(selection, cfg.model, cfg.engine),
-                chat=bool(cfg.model.chat_template),
-                seed=seeds(cfg.seed)[2],  # the torch seed of lm-eval's four, as the engines get it
-                telemetry=CachedTelemetry(cache) if cache else None,
-                progress=progress,
-            )
-            results, failed = [], {}
-            for dataset in datasets:
-                try:
-                    with progress.dataset(dataset.name):
-                        result = evaluate_dataset(
-                            lm,
-                            dataset,
-                            cfg=cfg,
-                            tasks=tasks,
-                            out_dir=out_dir,
-                            cache=cache,
-                            model_args=model_args,
-                        )
-                except DataError as exc:  # this dataset's data or task; the others still run, the job fails at the end
-                    log.error("%s", exc)
-                    failed[dataset.name] = str(exc)
-                    continue
-                results.append(result)
-                log.info("%s", dataset_line(result, cfg))
-                # Logged as each dataset finishes, so a later failure keeps the earlier scores in the run.
-                tracker.log_metrics(dataset_metrics(result))
-                # Which version of each task scored it: runs of different data versions are not compared.
-                tracker.set_tags({f"task_version.{task}": v for task, v in result.versions.items()})
-                for task, table in result.tables.items():
-                    tracker.log_table(table, f"samples/{result.name}/{task}.json")
+            run_datasets(datasets, shared, evaluate, on_result=finished, on_error=broke)
         finally:
             progress.close()
             if not _in_sweep():  # a sweep's next job may reuse it (runner/engines/pool.py)
                 engine.shutdown()
+        if crashed:
+            raise crashed[0]
+        order = [d.name for d in datasets]
+        results.sort(key=lambda r: order.index(r.name))  # the category's order, whichever finished first
 
         requests = sum(r.requests for r in results)
         served = sum(r.served for r in results)
         measured, source = engine.stats.as_metrics(), "engine" if served == requests else "mixed"
-        if requests and not engine.stats.requests and lm.telemetry is not None:
+        if requests and not engine.stats.requests and cache_telemetry is not None:
             # Every generation answer came from the cache: report the passes that generated them, marked so.
-            stored = lm.telemetry.metrics(key for r in results for key in r.generate_keys)
+            stored = cache_telemetry.metrics(key for r in results for key in r.generate_keys)
             measured, source = measured | stored, "response_cache" if stored else "none"
-        if lm.telemetry is not None:
-            lm.telemetry.close()
+        if cache_telemetry is not None:
+            cache_telemetry.close()
         tracker.set_tags({"throughput_source": source})
         telemetry = measured | {
             "wall_s": time.perf_counter() - started,
@@ -291,7 +311,8 @@ def run_job(cfg: Any, out_dir: Path) -> JobResult:
             "engine_reused": float(reused),
             "requests_total": float(requests),
             "requests_from_cache": float(requests - served),
-            "requests_truncated": float(lm.truncated),  # prompts cut from the left to fit the context window
+            # prompts cut from the left to fit the context window
+            "requests_truncated": float(sum(lm.truncated for lm in bridges)),
         }
         tracker.log_metrics({k: v for k, v in telemetry.items() if v == v})  # NaN: not measured (all cached)
 
@@ -314,6 +335,22 @@ def run_job(cfg: Any, out_dir: Path) -> JobResult:
             raise DataError(f"{len(failed)} of {len(datasets)} datasets failed{others}. " + " ".join(failed.values()))
     print_summary(job, cfg)
     return job
+
+
+def _telemetry_pass(telemetry: CachedTelemetry | None, engine: LazyEngine):
+    """Bracket each generation call of the job's engine pass for the response cache's telemetry."""
+    if telemetry is None:
+        return None
+
+    def on_pass(kind: str, started: bool) -> None:
+        if kind != "generate":
+            return
+        if started:
+            telemetry.start_pass(engine.stats)
+        else:
+            telemetry.end_pass(engine.name, engine.stats)
+
+    return on_pass
 
 
 def dataset_metrics(result: DatasetResult) -> dict[str, float]:

@@ -6,11 +6,14 @@ holds exactly what `lm_eval --output_path ... --log_samples` would write and lm-
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
+import queue
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -244,6 +247,8 @@ def evaluate_dataset(
     random_seed, numpy_seed, _, fewshot_seed = seeds(cfg.seed)
     served_before = lm.served
     start = time.perf_counter()
+    # A copy of its own: the job's datasets run side by side and each wraps the TaskManager's `load`.
+    tasks = copy.copy(tasks)
     with task_load_errors(dataset, tasks, cfg.paths.tasks_dir):
         results = simple_evaluate(
             model=lm,
@@ -295,6 +300,65 @@ def evaluate_dataset(
         versions={task: str(version) for task, version in results.get("versions", {}).items()},
         generate_keys=keys,
     )
+
+
+def run_datasets(
+    datasets: list[Any],
+    shared: Any,
+    evaluate: Callable[[Any], DatasetResult],
+    *,
+    on_result: Callable[[DatasetResult], None],
+    on_error: Callable[[Any, BaseException], None],
+) -> None:
+    """Evaluate every dataset in a thread of its own, their requests answered together by the job's one
+    engine pass (`shared`, a runner/engines/gather.py JobEngine served by this, the main, thread).
+
+    `on_result(result)` and `on_error(dataset, exc)` run in the main thread as datasets finish (between
+    engine calls: MLflow's fluent API belongs to the main thread), and once more for whatever finished
+    when the pass stops early (Ctrl-C, an engine failure), so computed scores are kept.
+    """
+    finished: queue.Queue = queue.Queue()
+
+    def work(dataset: Any) -> None:
+        try:
+            with shared.dataset():
+                result = evaluate(dataset)
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread, which decides
+            finished.put((dataset, None, exc))
+            return
+        finished.put((dataset, result, None))
+
+    def drain() -> None:
+        while True:
+            try:
+                dataset, result, exc = finished.get_nowait()
+            except queue.Empty:
+                return
+            if exc is None:
+                on_result(result)
+            else:
+                on_error(dataset, exc)
+
+    shared.expect(len(datasets))
+    threads = [
+        threading.Thread(target=work, args=(dataset,), name=f"dataset-{dataset.name}", daemon=True)
+        for dataset in datasets
+    ]
+    for thread in threads:
+        thread.start()
+    try:
+        shared.run(idle=drain)
+        for thread in threads:
+            thread.join()
+    except BaseException:
+        # The pass stopped (Ctrl-C, the engine failed): waiting datasets end at once with Cancelled; give
+        # those already scoring a moment, so what they computed is logged rather than lost.
+        deadline = time.monotonic() + 2.0
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        raise
+    finally:
+        drain()
 
 
 def count_requests(samples: dict[str, list[dict[str, Any]]]) -> int:

@@ -1,12 +1,13 @@
-"""One live view of a job: the model loading, then a bar per dataset with requests, tok/s, elapsed and ETA.
+"""One live view of a job: the model loading, then a bar per running dataset with requests, tok/s, elapsed
+and ETA (a job's datasets share the engine, so their bars move together).
 
 On a terminal it is a rich `Progress` display; log lines and prints appear above it. Elsewhere (CI,
 pipes, Hydra launchers' job logs, SLURM) there is no cursor movement: a plain line at most every
 `interval_s`, e.g. `spatial_reasoning 120/500 · 212 tok/s · KV 37% · ETA 1m50s` (KV-cache use where the
-engine reports it: vLLM). Requests answered from the
+engine reports it: vLLM), one line per dataset still waiting for answers. Requests answered from the
 response cache count at once. The bridge (adapters/lm_eval_model.py) reports each finished request, so
-one bar follows every engine and every replica. `on_tick` (the job's MLflow progress metrics) is called
-with (requests done, output tok/s) every `interval_s` while a dataset runs.
+the bars follow every engine and every replica. `on_tick` (the job's MLflow progress metrics) is called
+with (the job's requests done, its output tok/s) every `interval_s` while datasets run.
 """
 
 from __future__ import annotations
@@ -31,7 +32,86 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
+class DatasetProgress:
+    """One dataset's row: requests expected and answered, its output tokens, its rate and ETA. The bridge
+    reports to it from whichever thread the engine answers in; the numbers are guarded by the job's lock."""
+
+    def __init__(self, job: JobProgress, name: str) -> None:
+        self.job = job
+        self.name = name
+        self.done = self.total = self.tokens = 0
+        self.started = time.monotonic()
+        self.recent: deque[tuple[float, int]] = deque()
+        self.task = None  # its rich row, on a terminal
+
+    def expect(self, requests: int) -> None:
+        """Requests about to be sent to the engine (the bridge calls this per request-type call)."""
+        with self.job._lock:
+            self.total += requests
+            self.job._refresh(self)
+
+    def cached(self, requests: int) -> None:
+        """Requests lm-eval answered from the response cache: done at once."""
+        with self.job._lock:
+            self.total += requests
+            self.done += requests
+            self.job._done += requests
+            self.job._refresh(self)
+
+    def advance(self, requests: int = 1, output_tokens: int = 0) -> None:
+        now = time.monotonic()
+        with self.job._lock:
+            self.done += requests
+            self.tokens += output_tokens
+            self.recent.append((now, output_tokens))
+            self.job._done += requests
+            self.job._recent.append((now, output_tokens))
+            self.job._refresh(self)
+
+    def rate(self) -> float:
+        """Output tokens per second of this dataset's requests finished in the last RATE_WINDOW_S seconds;
+        while none finished, its average so far (answers count their tokens when they finish)."""
+        with self.job._lock:
+            return _rate(self.recent, self.tokens, self.started)
+
+    def eta(self) -> float | None:
+        with self.job._lock:
+            elapsed = time.monotonic() - self.started
+            if not self.done or self.total <= self.done:
+                return None
+            return elapsed / self.done * (self.total - self.done)
+
+    def info(self, elapsed: bool = True) -> str:
+        """`120/500 · 212 tok/s · ETA 1m50s` (elapsed instead of ETA until the first request is back; the
+        live display has an elapsed column of its own)."""
+        with self.job._lock:
+            eta = self.eta()
+            when = f"ETA {_duration(eta)}" if eta is not None else _duration(time.monotonic() - self.started)
+            if self.job._narrow and eta is not None:
+                when = _duration(eta)  # "1/3 · 12 tok/s · 1m10s": a 40-column terminal keeps every number
+            parts = [f"{self.done}/{self.total or '?'}", f"{self.rate():.0f} tok/s"]
+            if self.job._kv is not None and not self.job._narrow:
+                parts.append(f"KV {self.job._kv:.0%}")
+            return " · ".join(parts + ([when] if eta is not None or elapsed else []))
+
+    def line(self) -> str:
+        return f"{self.name} {self.info()}"
+
+
+def _rate(recent: deque[tuple[float, int]], tokens: int, started: float) -> float:
+    now = time.monotonic()
+    while recent and recent[0][0] < now - RATE_WINDOW_S:
+        recent.popleft()
+    elapsed = max(now - started, 1e-6)
+    if not recent:  # nothing finished lately (long answers): the average so far
+        return tokens / elapsed
+    return sum(t for _, t in recent) / min(RATE_WINDOW_S, elapsed)
+
+
 class JobProgress:
+    """The job's live display: the model load, then one row per running dataset. A job's datasets run side
+    by side (runner/engines/gather.py), so several rows move at once."""
+
     def __init__(
         self,
         *,
@@ -48,15 +128,17 @@ class JobProgress:
         self._kv: float | None = None
         self.enabled = enabled
         self._lock = threading.RLock()
-        self._name: str | None = None
-        self._done = self._total = self._tokens = 0
-        self._started = 0.0
+        self._rows: list[DatasetProgress] = []  # the datasets running now, in the order they started
+        self._threads: dict[int, DatasetProgress] = {}  # dataset thread -> its row (lm-eval's cache log lines)
+        self._done = self._tokens = 0  # the whole job's answered requests
+        self._started = time.monotonic()
         self._recent: deque[tuple[float, int]] = deque()
         self._rich = None  # rich.progress.Progress on a terminal, else None
-        self._task = None  # the running dataset's row
         self._load_task = None
         self._loading: str | None = None
         self._stop = threading.Event()
+        self._ticker: threading.Thread | None = None
+        self._cache_watch = _CacheCounts(self)
         self._last_line = 0.0
         self._narrow = False  # a terminal under 60 columns: no bar, shorter numbers
 
@@ -95,54 +177,39 @@ class JobProgress:
     # --- datasets ---
 
     @contextmanager
-    def dataset(self, name: str) -> Iterator[None]:
+    def dataset(self, name: str) -> Iterator[DatasetProgress]:
+        """A dataset's row while it runs (in the dataset's own thread: lm-eval's cache counts are matched
+        to the row by the thread that logs them)."""
+        row = DatasetProgress(self, name)
         if not self.enabled:
-            yield
+            yield row
             return
         with self._lock:
-            self._name, self._done, self._total, self._tokens = name, 0, 0, 0
-            self._started = time.monotonic()
-            self._recent.clear()
+            self._rows.append(row)
+            self._threads[threading.get_ident()] = row
             if self.tty:
-                self._task = self._bar().add_task(name, total=None, info="")
-        cache_watch = _CacheCounts(self)
-        lm_eval_log = logging.getLogger("lm_eval.api.model")
-        lm_eval_log.addHandler(cache_watch)
-        self._stop.clear()
-        self._last_line = time.monotonic()
-        ticker = threading.Thread(target=self._tick_loop, name="progress", daemon=True)
-        ticker.start()
+                row.task = self._bar().add_task(name, total=None, info="")
+            if len(self._rows) == 1:  # the first dataset running: the ticker and the cache watch start
+                logging.getLogger("lm_eval.api.model").addHandler(self._cache_watch)
+                self._stop.clear()
+                self._last_line = time.monotonic()
+                self._ticker = threading.Thread(target=self._tick_loop, name="progress", daemon=True)
+                self._ticker.start()
         try:
-            yield
+            yield row
         finally:
-            lm_eval_log.removeHandler(cache_watch)
-            self._stop.set()
-            ticker.join()
+            ticker = None
             with self._lock:
-                if self._rich is not None and self._task is not None:
-                    self._rich.remove_task(self._task)
-                self._task = self._name = None
-
-    def expect(self, requests: int) -> None:
-        """Requests about to be sent to the engine (the bridge calls this per request-type call)."""
-        with self._lock:
-            self._total += requests
-            self._refresh()
-
-    def cached(self, requests: int) -> None:
-        """Requests lm-eval answered from the response cache: done at once."""
-        with self._lock:
-            self._total += requests
-            self._done += requests
-            self._refresh()
-
-    def advance(self, requests: int = 1, output_tokens: int = 0) -> None:
-        now = time.monotonic()
-        with self._lock:
-            self._done += requests
-            self._tokens += output_tokens
-            self._recent.append((now, output_tokens))
-            self._refresh()
+                self._rows.remove(row)
+                self._threads.pop(threading.get_ident(), None)
+                if self._rich is not None and row.task is not None:
+                    self._rich.remove_task(row.task)
+                if not self._rows:
+                    logging.getLogger("lm_eval.api.model").removeHandler(self._cache_watch)
+                    self._stop.set()
+                    ticker, self._ticker = self._ticker, None
+            if ticker is not None and ticker is not threading.current_thread():
+                ticker.join()
 
     def close(self) -> None:
         """The job is over: the live display goes (its finished lines stay above the summary)."""
@@ -154,39 +221,9 @@ class JobProgress:
     # --- numbers ---
 
     def rate(self) -> float:
-        """Output tokens per second of the requests finished in the last RATE_WINDOW_S seconds; while none
-        finished, the dataset's average so far (answers count their tokens when they finish)."""
-        now = time.monotonic()
+        """The job's output tokens per second over the last RATE_WINDOW_S seconds (every dataset's answers)."""
         with self._lock:
-            while self._recent and self._recent[0][0] < now - RATE_WINDOW_S:
-                self._recent.popleft()
-            elapsed = max(now - self._started, 1e-6)
-            if not self._recent:  # nothing finished lately (long answers): the dataset's average so far
-                return self._tokens / elapsed
-            return sum(tokens for _, tokens in self._recent) / min(RATE_WINDOW_S, elapsed)
-
-    def eta(self) -> float | None:
-        with self._lock:
-            elapsed = time.monotonic() - self._started
-            if not self._done or self._total <= self._done:
-                return None
-            return elapsed / self._done * (self._total - self._done)
-
-    def info(self, elapsed: bool = True) -> str:
-        """`120/500 · 212 tok/s · ETA 1m50s` (elapsed instead of ETA until the first request is back; the
-        live display has an elapsed column of its own)."""
-        with self._lock:
-            eta = self.eta()
-            when = f"ETA {_duration(eta)}" if eta is not None else _duration(time.monotonic() - self._started)
-            if self._narrow and eta is not None:
-                when = _duration(eta)  # "1/3 · 12 tok/s · 1m10s": a 40-column terminal keeps every number
-            parts = [f"{self._done}/{self._total or '?'}", f"{self.rate():.0f} tok/s"]
-            if self._kv is not None and not self._narrow:
-                parts.append(f"KV {self._kv:.0%}")
-            return " · ".join(parts + ([when] if eta is not None or elapsed else []))
-
-    def line(self) -> str:
-        return f"{self._name} {self.info()}"
+            return _rate(self._recent, sum(t for _, t in self._recent), self._started)
 
     # --- drawing ---
 
@@ -195,21 +232,27 @@ class JobProgress:
         while not self._stop.wait(1.0):
             now = time.monotonic()
             if self._loading:
-                continue  # the load has its own line; the dataset's numbers start with its first request
+                continue  # the load has its own line; the datasets' numbers start with their first request
             if self.kv_cache_usage is not None:
                 self._kv = self.kv_cache_usage()
             with self._lock:
-                self._refresh()
+                rows = list(self._rows)
+                for row in rows:
+                    self._refresh(row)
             if self._rich is None and now - self._last_line >= self.interval_s:
-                self._print(self.line())
+                # One line per dataset still waiting for answers (a finished one has its score line).
+                for row in rows:
+                    if row.total == 0 or row.done < row.total:
+                        self._print(row.line())
+                self._last_line = now
             if now - last_tick >= self.interval_s:
                 last_tick = now
                 if self.on_tick is not None:
                     self.on_tick(self._done, self.rate())
 
-    def _refresh(self) -> None:
-        if self._rich is not None and self._task is not None:
-            self._rich.update(self._task, completed=self._done, total=self._total or None, info=self.info(False))
+    def _refresh(self, row: DatasetProgress) -> None:
+        if self._rich is not None and row.task is not None:
+            self._rich.update(row.task, completed=row.done, total=row.total or None, info=row.info(False))
 
     def _bar(self):
         """The job's one rich display, started on first use; narrow terminals get no bar, only the numbers."""
@@ -248,12 +291,14 @@ class _LastMessage(logging.Handler):
 
 
 class _CacheCounts(logging.Handler):
-    """lm-eval's cache says how many requests it answered ("Cached requests: N, Requests remaining: M")."""
+    """lm-eval's cache says how many requests it answered ("Cached requests: N, Requests remaining: M"), in
+    the thread of the dataset it answered for."""
 
     def emit(self, record: logging.LogRecord) -> None:
         match = _CACHED.search(record.getMessage())
-        if match:
-            self.progress.cached(int(match[1]))
+        row = self.progress._threads.get(record.thread) if match else None
+        if row is not None:
+            row.cached(int(match[1]))
 
     def __init__(self, progress: JobProgress) -> None:
         super().__init__(logging.INFO)

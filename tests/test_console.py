@@ -98,11 +98,11 @@ def test_in_a_pipe_plain_lines_and_verbose_lets_the_library_logs_through(tmp_pat
 def test_plain_lines_come_at_most_every_interval_with_count_rate_and_eta(capsys):
     ticks: list[tuple[int, float]] = []
     progress = JobProgress(tty=False, interval_s=1.0, on_tick=lambda done, rate: ticks.append((done, rate)))
-    with progress.dataset("ds"):
-        progress.cached(10)  # answered from the response cache: done at once
-        progress.expect(30)
+    with progress.dataset("ds") as row:
+        row.cached(10)  # answered from the response cache: done at once
+        row.expect(30)
         for _ in range(10):
-            progress.advance(1, output_tokens=20)
+            row.advance(1, output_tokens=20)
             time.sleep(0.25)
     lines = [line for line in capsys.readouterr().out.splitlines() if " ds " in f" {line} "]
     assert 1 <= len(lines) <= 3  # 2.5 s of work, one line per second at most
@@ -110,19 +110,37 @@ def test_plain_lines_come_at_most_every_interval_with_count_rate_and_eta(capsys)
     assert ticks and ticks[-1][0] >= 12 and ticks[-1][1] > 0  # MLflow's progress metrics got numbers
 
 
+def test_datasets_running_side_by_side_each_get_a_line_and_the_job_totals_reach_mlflow(capsys):
+    """A job's datasets share the engine pass: each one still waiting prints its own line; a finished one
+    (its score line says the rest) does not; MLflow's progress counts the whole job."""
+    ticks: list[tuple[int, float]] = []
+    progress = JobProgress(tty=False, interval_s=1.0, on_tick=lambda done, rate: ticks.append((done, rate)))
+    with progress.dataset("first") as first, progress.dataset("second") as second:
+        first.expect(2)
+        second.expect(4)
+        first.advance(2, output_tokens=10)  # first is done
+        second.advance(1, output_tokens=10)
+        time.sleep(2.3)
+    out = capsys.readouterr().out
+    assert re.search(r"second 1/4 · \d+ tok/s · ETA", out), out
+    assert "first 2/2" not in out
+    assert ticks and ticks[-1][0] == 3  # the job's requests done, both datasets together
+
+
 def test_rate_is_over_recent_requests_and_eta_over_what_is_left():
     progress = JobProgress(tty=False, enabled=True)
-    progress._name, progress._started = "ds", time.monotonic() - 5
-    progress.expect(10)
-    progress.advance(5, output_tokens=500)
-    assert progress.rate() == pytest.approx(100, rel=0.05)  # 500 tokens over 5 s
-    assert progress.eta() == pytest.approx(5, rel=0.05)  # 5 done in 5 s, 5 to go
+    with progress.dataset("ds") as row:
+        row.started = time.monotonic() - 5
+        row.expect(10)
+        row.advance(5, output_tokens=500)
+        assert row.rate() == pytest.approx(100, rel=0.05)  # 500 tokens over 5 s
+        assert row.eta() == pytest.approx(5, rel=0.05)  # 5 done in 5 s, 5 to go
 
 
 def test_the_engines_kv_cache_use_is_shown_where_it_reports_one(capsys):
     progress = JobProgress(tty=False, interval_s=0.5, kv_cache_usage=lambda: 0.37)
-    with progress.dataset("ds"):
-        progress.expect(4)
-        progress.advance(1, output_tokens=10)
+    with progress.dataset("ds") as row:
+        row.expect(4)
+        row.advance(1, output_tokens=10)
         time.sleep(1.6)
     assert re.search(r"ds 1/4 · \d+ tok/s · KV 37% · ETA", capsys.readouterr().out)

@@ -48,6 +48,8 @@ def test_one_finished_mlflow_run_with_accuracy_and_engine_telemetry(job):
     assert 0.0 <= metrics["coordinate_processing/acc"] <= 1.0
     assert metrics["output_tokens_per_s"] > 0 and metrics["input_tokens_per_s"] > 0
     assert metrics["requests"] == 6 * len([k for k in metrics if k.endswith("/wall_s")])
+    # Every dataset's requests went to the engine together: one generation call for the whole job.
+    assert metrics["generate_calls"] == 1
     assert 0 < metrics["model_load_s"] < metrics["wall_s"]
     assert 0 < metrics["latency_p50_s"] <= metrics["latency_p95_s"]
     assert metrics["peak_rss_gib"] > 0.5  # the fp32 model alone is ~0.5 GiB
