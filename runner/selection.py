@@ -219,8 +219,42 @@ def _select(
     return _with_replicas(selection, dp)
 
 
+# `python bench/data_parallel.py` on this project's 2-core machine, 2026-11-29, undisturbed: the default job's
+# 250 requests through one vLLM CPU engine vs 2 replicas pinned to a core each (one OpenMP thread each;
+# busy max/mean 1.02, identical texts). The second core adds no throughput here (one engine with two threads
+# was no faster either: 190-198 vs 196 tok/s), while two replicas each batch half the sequences. So the CPU
+# paths below default to one engine, and an explicit engine.data_parallel_size > 1 there runs, with this warning.
+CPU_REPLICAS_MEASURED = "measured on 2 cores: 2 replicas 148.5 output tok/s vs one engine 182.9 output tok/s (0.81x)"
+_cpu_warned: dict[int, Any] = {}  # id(engine config) -> a weak reference to it: warned already
+
+
+def _warn_cpu_replicas(engine: Any, dp: int) -> None:
+    """Warn once per job config (a job selects again for its plan) that CPU replicas measured slower."""
+    import logging
+    import weakref
+
+    seen = _cpu_warned.get(id(engine))
+    if seen is not None and seen() is engine:
+        return
+    try:
+        _cpu_warned[id(engine)] = weakref.ref(engine)
+    except TypeError:  # a config object without weak references: warned each time
+        pass
+    logging.getLogger(__name__).warning(
+        "engine.data_parallel_size=%d on the CPU: engine replicas on vLLM's CPU build were slower than one engine "
+        "(%s); running %d replicas as asked.",
+        dp,
+        CPU_REPLICAS_MEASURED,
+        dp,
+    )
+
+
 def _data_parallel(engine: Any, hardware: Hardware, *, per_replica: int, default: int) -> int:
-    """Replicas: engine.data_parallel_size if set, else `default`; each needs its own GPUs (or CPU core)."""
+    """Replicas: engine.data_parallel_size if set, else `default`; each needs its own GPUs (or CPU core).
+
+    On the CPU (`per_replica == 0`) the callers' default is 1: replicas there were measured slower than one
+    engine (CPU_REPLICAS_MEASURED), so they run only when asked for, with a warning.
+    """
     asked = engine.get("data_parallel_size")
     dp = int(asked) if asked is not None else max(1, default)
     if dp < 1:
@@ -231,6 +265,8 @@ def _data_parallel(engine: Any, hardware: Hardware, *, per_replica: int, default
                 f"engine.data_parallel_size={dp} asks for one CPU core per replica, "
                 f"but {hardware.cpu_count} were found."
             )
+        if dp > 1:
+            _warn_cpu_replicas(engine, dp)
     elif hardware.nodes > 1 and dp > 1:
         raise SelectionError(
             "engine.data_parallel_size > 1 runs replicas on this node only; with a Ray cluster use tensor or "

@@ -1,4 +1,5 @@
-"""Tensor, pipeline and data parallelism on vLLM's CPU build give the single-worker engine's answers.
+"""Tensor and pipeline parallelism on vLLM's CPU build give the single-worker engine's answers (data-parallel
+replicas: tests/test_replicas.py).
 
 A tiny Llama (runner/architectures/tiny_llama: 4 heads, 2 KV heads) with seeded random weights is saved
 once as a real checkpoint, so every layout loads the same numbers. Each layout runs in a child
@@ -109,32 +110,3 @@ def test_pipeline_parallel_two_gives_the_single_workers_answers(tiny_checkpoint,
     layout = {"kind": "distributed", "pipeline_parallel_size": 2, "gpus": 2, "backend": "mp", "enforce_eager": False}
     got = _run(tiny_checkpoint, layout, tmp_path, VLLM_CPU_OMP_THREADS_BIND="0|1")
     _same_answers(got, single, 1e-4)
-
-
-def test_data_parallel_replicas_merge_to_the_single_engines_answers(tiny_checkpoint, single, tmp_path):
-    got = _run(tiny_checkpoint, {"data_parallel_size": 2}, tmp_path)
-    _same_answers(got, single, 1e-6)  # the same computation, only split by request
-    assert got["extra"]["data_parallel_replicas"] == 2.0
-    assert got["extra"]["kv_cache_tokens"] == 2 * single["extra"]["kv_cache_tokens"]
-
-
-def test_a_replica_that_cannot_load_fails_the_job_and_leaves_no_process(tmp_path):
-    import multiprocessing
-
-    from runner.engines.replicas import ReplicatedEngine
-    from runner.selection import Selection
-
-    missing = str(tmp_path / "no_such_model")
-    engine = {"cpu": {"enforce_eager": True}, "gpu": {}, "args": {}, "cpu_env": {}, "hf": {}}
-    model = {
-        "dtype": "float32",
-        "max_model_len": 512,
-        "trust_remote_code": False,
-        "load_format": "auto",
-        "quantization": None,
-        "revision": None,
-    }
-    build = {"selection": Selection("cpu", "test"), "source": missing, "model": model, "engine": engine}
-    with pytest.raises(RuntimeError, match="engine replica 0 failed to load"):
-        ReplicatedEngine(build, 2, tokenizer_source=missing)
-    assert multiprocessing.active_children() == []  # the other replica was stopped too, nothing hangs

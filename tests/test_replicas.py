@@ -1,0 +1,415 @@
+"""Data-parallel engine replicas (runner/engines/replicas.py): the single engine's answers, in request order,
+streamed to the caller as they finish, with work pulled by whichever replica is free; a replica that
+fails or dies fails the call and leaves no process; a job killed with kill -9 resumes from the cache.
+
+Most tests run replicas of `FakeEngine` (this module, named in the build dict: each replica imports it),
+where the scheduling is what is tested; one runs real vLLM replicas of a tiny random checkpoint, and one
+a real job through the CLI.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import SHORT_ANSWERS, LiveCli, run_cli
+from test_parallel import tiny_checkpoint  # noqa: F401 - the fixture: a tiny random Llama checkpoint
+
+from runner.config import PROJECT_ROOT
+from runner.engines.base import Completion, Engine, LogLikelihood, SamplingSettings
+from runner.engines.replicas import MIN_CHUNK, ReplicaError, ReplicatedEngine, chunk_size, device_env, replica_cpus
+from runner.selection import Selection
+
+# --- a fake engine, built inside each replica process ----------------------------------------------------
+
+WAIT = -1  # a prompt [WAIT] is answered only once the gate file exists (or after GATE_TIMEOUT_S)
+DIE = -9  # a prompt [DIE] kills its replica with SIGKILL, as the OOM killer would
+FAIL = -7  # a prompt [FAIL] raises in the engine
+GATE_TIMEOUT_S = 30
+
+
+class FakeEngine(Engine):
+    """Answers prompt p with settings s as text "p|s.max_tokens|<replica>" after build["delays"][replica]
+    seconds per request, one request at a time, calling on_result as each is done."""
+
+    name = "fake"
+
+    def __init__(self, build: dict, replica: int) -> None:
+        super().__init__()
+        self.replica = replica
+        self.delay = build.get("delays", [0.0] * 8)[replica]
+        self.gate = build.get("gate")
+        self.stats.extra["kv_cache_tokens"] = 100.0
+        # What the replica's process was given: its core and the engine's CPU environment.
+        self.cpus = sorted(os.sched_getaffinity(0))
+        self.env = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")
+        self.threads = os.environ.get("OMP_NUM_THREADS")
+
+    @property
+    def tokenizer(self):
+        return None
+
+    def _answer(self, prompt: list[int]) -> None:
+        if prompt == [DIE]:
+            os.kill(os.getpid(), signal.SIGKILL)
+        if prompt == [FAIL]:
+            raise ValueError("the fake engine refuses this request")
+        if prompt == [WAIT]:
+            deadline = time.monotonic() + GATE_TIMEOUT_S
+            while not Path(self.gate).exists() and time.monotonic() < deadline:
+                time.sleep(0.01)
+        time.sleep(self.delay)
+
+    def _generate(self, prompts, settings, on_result):
+        out = []
+        for index, (prompt, each) in enumerate(zip(prompts, settings, strict=True)):
+            self._answer(prompt)
+            gated = "open" if prompt != [WAIT] or Path(self.gate).exists() else "timed out"
+            text = f"{prompt[0]}|{each.max_tokens}|{self.replica}|{self.cpus}|{self.env}|{self.threads}|{gated}"
+            out.append(Completion(text, len(prompt), 1, "stop"))
+            on_result(index, out[-1])
+        return out
+
+    def _loglikelihood(self, requests, on_result):
+        out = []
+        for index, (context, continuation) in enumerate(requests):
+            self._answer(context)
+            out.append(LogLikelihood(float(sum(context) + sum(continuation)), True))
+            on_result(index, out[-1])
+        return out
+
+
+def fake_replicas(n: int = 2, **build) -> ReplicatedEngine:
+    engine_cfg = {"cpu_env": {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}}
+    spec = {"selection": Selection("cpu", "test"), "engine": engine_cfg, "factory": f"{__name__}:FakeEngine", **build}
+    return ReplicatedEngine(spec, n, tokenizer_source="unused", shutdown_timeout_s=10)
+
+
+@pytest.fixture
+def no_process_left():
+    yield
+    assert multiprocessing.active_children() == []  # every replica was joined: nothing keeps running
+
+
+# --- scheduling -----------------------------------------------------------------------------------------
+
+
+def test_chunks_cover_the_call_large_first_small_last():
+    for n, replicas in ((250, 2), (2500, 2), (37, 4), (5, 2), (1, 3)):
+        sizes, left = [], n
+        while left:
+            sizes.append(chunk_size(left, replicas))
+            left -= sizes[-1]
+        assert sum(sizes) == n and all(s > 0 for s in sizes)
+        assert sizes == sorted(sizes, reverse=True)  # the tail of the call is cut finest
+        # No chunk is more than half a replica's share of what was left, nor too small to batch,
+        # unless fewer than MIN_CHUNK per replica remained.
+        left = n
+        for size in sizes:
+            assert size <= max(MIN_CHUNK, -(-left // replicas) // 2 + 1)
+            assert size >= min(MIN_CHUNK, -(-left // replicas))
+            left -= size
+    assert chunk_size(250, 2) == 63  # the first chunk of the default job: a quarter of it
+
+
+def test_each_replica_gets_its_own_share_of_the_allowed_cores():
+    assert [replica_cpus(r, 2, [0, 1]) for r in range(2)] == [[0], [1]]
+    assert [replica_cpus(r, 2, [4, 5, 6, 7, 8]) for r in range(2)] == [[4, 5], [6, 7]]
+    assert [replica_cpus(r, 3, [2, 3]) for r in range(3)] == [[2], [3], [2]]  # more replicas than cores
+    assert device_env("cpu", 1, 0, (), 2)["VLLM_CPU_OMP_THREADS_BIND"] == str(replica_cpus(1, 2)[0])
+
+
+def test_replicas_answer_in_request_order_with_each_requests_settings(no_process_left):
+    threads_before = os.environ.get("OMP_NUM_THREADS")
+    engine = fake_replicas(2)
+    try:
+        prompts = [[i] for i in range(100)]
+        settings = [SamplingSettings(max_tokens=8 + i % 3) for i in range(100)]
+        seen: dict[int, str] = {}
+        got = engine.generate(prompts, settings, on_result=lambda i, c: seen.setdefault(i, c.text))
+        texts = [c.text.split("|") for c in got]
+        assert [(int(t[0]), int(t[1])) for t in texts] == [(i, 8 + i % 3) for i in range(100)]
+        assert {t[2] for t in texts} == {"0", "1"}  # both replicas worked
+        assert seen == {i: c.text for i, c in enumerate(got)}  # every answer reported exactly once
+        # Each replica runs on its own cores (half of this process's) with one OpenMP thread per core, and
+        # with the engine's CPU environment (an in-process engine core: VLLM_ENABLE_V1_MULTIPROCESSING=0).
+        allowed = sorted(os.sched_getaffinity(0))
+        mine = {r: replica_cpus(r, 2, allowed) for r in (0, 1)}
+        assert {t[2]: t[3] for t in texts} == {str(r): str(cores) for r, cores in mine.items()}
+        assert {t[2]: t[5] for t in texts} == {str(r): str(len(cores)) for r, cores in mine.items()}
+        assert {t[4] for t in texts} == {"0"}
+        assert os.environ.get("OMP_NUM_THREADS") == threads_before  # set for the replicas only
+        # Log-likelihoods go the same way.
+        scores = engine.loglikelihood([([i], [1, 2]) for i in range(30)])
+        assert [s.logprob for s in scores] == [float(i + 3) for i in range(30)]
+        extra = engine.stats.extra
+        assert extra["data_parallel_replicas"] == 2.0 and extra["kv_cache_tokens"] == 200.0
+        assert extra["replica_0_requests"] + extra["replica_1_requests"] == 130
+    finally:
+        engine.shutdown()
+
+
+def test_answers_reach_on_result_while_the_call_still_runs(tmp_path, no_process_left):
+    """The last request waits until the caller has seen every other answer: it completes only if the
+    answers are streamed to on_result as they finish, not handed over when the call returns."""
+    gate = tmp_path / "gate"
+    engine = fake_replicas(2, gate=str(gate))
+    try:
+        prompts = [[i] for i in range(40)] + [[WAIT]]
+        seen: list[int] = []
+
+        def on_result(index: int, completion) -> None:
+            seen.append(index)
+            if len(seen) == len(prompts) - 1:
+                gate.touch()  # the caller saw 40 answers while the 41st was still being computed
+
+        got = engine.generate(prompts, SamplingSettings(), on_result=on_result)
+        assert got[-1].text.endswith("|open"), "the call waited for the gate: answers were not streamed"
+        assert sorted(seen) == list(range(len(prompts))) and seen[-1] == len(prompts) - 1
+    finally:
+        engine.shutdown()
+
+
+def test_the_faster_replica_pulls_more_of_the_work(no_process_left):
+    # Replica 1 is 15x slower per request: with the work pulled it takes far fewer requests; contiguous
+    # halves would give both 100 and make the call last as long as the slow replica's 100.
+    engine = fake_replicas(2, delays=[0.002, 0.03])
+    try:
+        start = time.perf_counter()
+        got = engine.generate([[i] for i in range(200)], SamplingSettings())
+        elapsed = time.perf_counter() - start
+        assert [int(c.text.split("|")[0]) for c in got] == list(range(200))
+        extra = engine.stats.extra
+        fast, slow = extra["replica_0_requests"], extra["replica_1_requests"]
+        assert fast + slow == 200 and fast > 2 * slow, extra
+        assert elapsed < 100 * 0.03  # shorter than the slow replica doing half the work
+        assert extra["replica_1_busy_s"] > 0 and extra["replica_busy_max_over_mean"] >= 1.0
+    finally:
+        engine.shutdown()
+
+
+def test_busy_time_and_requests_are_counted_per_job():
+    """A sweep's next job starts new stats (LazyEngine.reset_stats keeps `extra`): the per-replica counts
+    start over instead of adding up over the jobs."""
+    from runner.engines.base import EngineStats
+
+    engine = fake_replicas(2)
+    try:
+        engine.generate([[i] for i in range(40)], SamplingSettings())
+        assert engine.stats.extra["replica_0_requests"] + engine.stats.extra["replica_1_requests"] == 40
+        engine.stats = EngineStats(extra=dict(engine.stats.extra))
+        engine.generate([[i] for i in range(10)], SamplingSettings())
+        assert engine.stats.extra["replica_0_requests"] + engine.stats.extra["replica_1_requests"] == 10
+    finally:
+        engine.shutdown()
+
+
+# --- failures -------------------------------------------------------------------------------------------
+
+
+def test_a_replica_killed_mid_call_fails_the_call_naming_it_and_leaves_no_process(no_process_left):
+    engine = fake_replicas(2, delays=[0.01, 0.01])
+    seen: list[int] = []
+    prompts = [[i] for i in range(60)]
+    prompts[5] = [DIE]  # in replica 0's first chunk (requests 0-15), after it answered 0-4
+    with pytest.raises(ReplicaError, match=r"engine replica 0 exited unexpectedly \(killed by signal 9\)"):
+        engine.generate(prompts, SamplingSettings(), on_result=lambda i, c: seen.append(i))
+    assert set(range(5)) <= set(seen)  # what replica 0 sent before it died still reached the caller
+    assert len(seen) < len(prompts)
+    # The other replica was stopped with it; the engine says why instead of hanging on a later call.
+    assert multiprocessing.active_children() == []
+    with pytest.raises(ReplicaError, match="stopped after an earlier failure"):
+        engine.generate([[1]], SamplingSettings())
+    engine.shutdown()
+
+
+def test_a_replica_killed_between_calls_fails_the_next_call_naming_it(no_process_left):
+    engine = fake_replicas(2)
+    engine.generate([[i] for i in range(4)], SamplingSettings())
+    process = engine._workers[1][0]
+    process.kill()
+    process.join()
+    with pytest.raises(ReplicaError, match=r"engine replica 1 exited unexpectedly \(killed by signal 9\)"):
+        engine.generate([[i] for i in range(40)], SamplingSettings())
+    engine.shutdown()
+
+
+def test_a_replica_whose_engine_raises_fails_the_call_with_its_traceback(no_process_left):
+    engine = fake_replicas(2)
+    prompts = [[i] for i in range(40)]
+    prompts[-1] = [FAIL]
+    with pytest.raises(ReplicaError, match=r"(?s)engine replica \d failed:.*ValueError: the fake engine refuses"):
+        engine.generate(prompts, SamplingSettings())
+    engine.shutdown()
+
+
+# --- engine selection on the CPU ------------------------------------------------------------------------
+
+
+def test_cpu_selection_never_chooses_replicas_and_warns_when_asked_for_them(compose_cfg, caplog):
+    from runner.hardware import Hardware
+    from runner.selection import CPU_REPLICAS_MEASURED, select_engine
+
+    cpu_box = Hardware(gpus=(), host_memory_bytes=24 * 1024**3, cpu_count=64)
+    for kind in ("auto", "cpu", "hf"):  # even with 64 cores, one engine unless asked
+        cfg = compose_cfg(f"engine.kind={kind}")
+        assert select_engine(cfg.engine, cfg.model, cpu_box).data_parallel_size == 1
+    assert "replicas" not in caplog.text
+
+    cfg = compose_cfg("engine.data_parallel_size=2")
+    with caplog.at_level("WARNING", logger="runner.selection"):
+        selection = select_engine(cfg.engine, cfg.model, cpu_box)
+        select_engine(cfg.engine, cfg.model, cpu_box)  # the job's plan selects again: one warning per job
+    assert (selection.kind, selection.data_parallel_size) == ("cpu", 2)  # runs as asked
+    (record,) = [r for r in caplog.records if r.name == "runner.selection"]
+    assert record.levelname == "WARNING"
+    message = record.getMessage()
+    assert message.startswith("engine.data_parallel_size=2 on the CPU")
+    assert CPU_REPLICAS_MEASURED in message and "tok/s" in CPU_REPLICAS_MEASURED  # the measured numbers
+    assert "running 2 replicas as asked" in message
+
+
+# --- real vLLM replicas ----------------------------------------------------------------------------------
+
+PROBE = r"""
+import json, sys
+from omegaconf import OmegaConf
+from runner.engines import build_engine
+from runner.engines.base import SamplingSettings
+from runner.selection import Selection
+
+folder = sys.argv[1]
+args = {"dtype": "float32", "enforce_eager": True, "kv_cache_memory_bytes": 1 << 28, "max_model_len": 512, "seed": 0,
+        "distributed_executor_backend": "uni"}
+engine_cfg = OmegaConf.create({"cpu": args, "gpu": args, "args": {}, "hf": {},
+                               "cpu_env": {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}})
+model = OmegaConf.create({"dtype": "float32", "max_model_len": 512, "trust_remote_code": False,
+                          "load_format": "auto", "quantization": None, "revision": None})
+prompts = [[1, 300 + 7 * i, 42, 9000 + i, 17] + [5] * (i % 4) for i in range(40)]
+settings = [SamplingSettings(max_tokens=3 + 5 * (i % 3)) for i in range(40)]  # three settings, interleaved
+out = {}
+for dp in (1, 2):
+    engine = build_engine(Selection("cpu", "test", data_parallel_size=dp), folder, model, engine_cfg)
+    try:
+        done = engine.generate(prompts, settings)
+        scores = engine.loglikelihood([(p, [5, 6, 7]) for p in prompts])
+        out[dp] = {"texts": [c.text for c in done], "tokens": [c.output_tokens for c in done],
+                   "scores": [s.logprob for s in scores], "extra": engine.stats.extra}
+    finally:
+        engine.shutdown()
+print("RESULT" + json.dumps(out), flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_vllm_replicas_give_the_single_engines_answers_with_per_request_settings(tiny_checkpoint, tmp_path):  # noqa: F811
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE, str(tiny_checkpoint)],
+        cwd=PROJECT_ROOT,
+        env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "VLLM_CACHE_ROOT": str(tmp_path / "vllm")},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT")]
+    assert lines, f"rc={done.returncode}\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}"
+    one, two = json.loads(lines[0].removeprefix("RESULT")).values()
+    assert two["texts"] == one["texts"]  # the same computation, only split by request, back in order
+    assert two["tokens"] == one["tokens"]
+    assert sorted(set(one["tokens"])) == [3, 8, 13]  # each request got its own max_tokens
+    assert two["scores"] == pytest.approx(one["scores"], abs=1e-6)
+    extra = two["extra"]
+    assert extra["data_parallel_replicas"] == 2.0
+    assert extra["kv_cache_tokens"] == 2 * one["extra"]["kv_cache_tokens"]
+    assert extra["replica_0_requests"] > 0 and extra["replica_1_requests"] > 0
+    assert extra["replica_0_requests"] + extra["replica_1_requests"] == 2 * 40  # generate + loglikelihood
+    assert extra["replica_busy_max_over_mean"] >= 1.0
+
+
+@pytest.mark.slow
+def test_a_replica_that_cannot_load_fails_the_job_and_leaves_no_process(tmp_path):
+    missing = str(tmp_path / "no_such_model")
+    engine = {"cpu": {"enforce_eager": True}, "gpu": {}, "args": {}, "cpu_env": {}, "hf": {}}
+    model = {
+        "dtype": "float32",
+        "max_model_len": 512,
+        "trust_remote_code": False,
+        "load_format": "auto",
+        "quantization": None,
+        "revision": None,
+    }
+    build = {"selection": Selection("cpu", "test"), "source": missing, "model": model, "engine": engine}
+    with pytest.raises(RuntimeError, match="engine replica 0 failed to load"):
+        ReplicatedEngine(build, 2, tokenizer_source=missing)
+    assert multiprocessing.active_children() == []  # the other replica was stopped too, nothing hangs
+
+
+# --- kill -9 during a data-parallel job -----------------------------------------------------------------
+
+PER_DATASET = 3
+DP_JOB = (
+    f"limit={PER_DATASET}",
+    "model=smollm2_135m",
+    "engine.data_parallel_size=2",
+    *SHORT_ANSWERS,
+    # One sequence at a time per replica, so answers reach the cache one by one and "mid-job" is a real state.
+    "+engine.args.max_num_seqs=1",
+    "cache=true",
+    "tracking.system_metrics=false",
+)
+
+
+def _cached(cache: Path) -> int:
+    """Answers in the job's response cache (lm-eval's SQLite cache), read as another process would."""
+    total = 0
+    for db in cache.glob("*.db"):
+        try:
+            with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as connection:
+                total += connection.execute("SELECT COUNT(*) FROM unnamed").fetchone()[0]
+        except sqlite3.Error:  # not created yet
+            pass
+    return total
+
+
+@pytest.mark.slow
+def test_a_data_parallel_job_killed_with_kill_9_resumes_without_recomputing_answers(tmp_path, default_model_dir):
+    import psutil
+
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    where = (f"paths.output_dir={out}", f"paths.response_cache={cache}")
+    total = 5 * PER_DATASET
+
+    job = LiveCli(*DP_JOB, *where)
+    try:
+        job.wait_until(lambda: _cached(cache) > 0, timeout=400)
+        replicas = psutil.Process(job.process.pid).children(recursive=True)
+        assert len(replicas) >= 2, job.output[-3000:]
+        os.kill(job.process.pid, signal.SIGKILL)  # `kill -9 <pid>`: no handler, no cleanup, no "stop" to send
+        job.process.wait(30)
+        # The replicas notice their runner is gone and exit by themselves: none keeps computing.
+        _, alive = psutil.wait_procs(replicas, timeout=30)
+        assert alive == [], [p.cmdline() for p in alive]
+    finally:
+        job.stop()
+    answered = _cached(cache)
+    assert 0 < answered < total
+    assert "engine.data_parallel_size=2 on the CPU" in job.output  # the measured-slower warning
+
+    rerun = run_cli(*DP_JOB, *where, timeout=900)
+    assert rerun.returncode == 0, rerun.stdout[-5000:]
+    (telemetry,) = [json.loads(p.read_text()) for p in out.glob("runs/*/*/telemetry.json")]  # the killed job wrote none
+    # Every answer cached before the kill came from the cache; only the rest reached the replicas.
+    assert telemetry["requests_total"] == total
+    assert telemetry["requests_from_cache"] == answered
+    assert telemetry["requests"] == total - answered
+    assert telemetry["data_parallel_replicas"] == 2.0
+    assert telemetry["replica_0_requests"] + telemetry["replica_1_requests"] == total - answered
+    assert _cached(cache) == total
