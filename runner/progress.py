@@ -1,13 +1,18 @@
-"""One live view of a job: the model loading, then a bar per running dataset with requests, tok/s, elapsed
-and ETA (a job's datasets share the engine, so their bars move together).
+"""One live view of a job: the model loading, then the job's requests (done/total, output tok/s, KV-cache
+use, ETA) and a bar per running dataset.
 
-On a terminal it is a rich `Progress` display; log lines and prints appear above it. Elsewhere (CI,
-pipes, Hydra launchers' job logs, SLURM) there is no cursor movement: a plain line at most every
-`interval_s`, e.g. `spatial_reasoning 120/500 · 212 tok/s · KV 37% · ETA 1m50s` (KV-cache use where the
-engine reports it: vLLM), one line per dataset still waiting for answers. Requests answered from the
-response cache count at once. The bridge (adapters/lm_eval_model.py) reports each finished request, so
-the bars follow every engine and every replica. `on_tick` (the job's MLflow progress metrics) is called
-with (the job's requests done, its output tok/s) every `interval_s` while datasets run.
+A job's datasets share one engine pass (runner/engines/gather.py), so speed and time left are the job's,
+not a dataset's: a dataset's own rate would only say how the engine's batch happened to be split, and its
+ETA would be wrong by however much of the pass the other datasets take. The job's ETA counts only
+requests the engine answered (those from the response cache take no time).
+
+On a terminal it is a rich `Progress` display, a `job` row over one row per dataset; log lines and
+prints appear above it. Elsewhere (CI, pipes, Hydra launchers' job logs, SLURM) there is no cursor
+movement: one plain line at most every `interval_s`, e.g.
+`job 120/250 · 212 tok/s · KV 37% · ETA 1m50s · 3/5 datasets waiting` (KV-cache use where the engine
+reports it: vLLM). The bridge (adapters/lm_eval_model.py) reports each finished request, so the numbers
+follow every engine and every replica. `on_tick` (the job's MLflow progress metrics) is called with (the
+job's requests done, its output tok/s) every `interval_s` while datasets run.
 """
 
 from __future__ import annotations
@@ -33,21 +38,20 @@ def _duration(seconds: float) -> str:
 
 
 class DatasetProgress:
-    """One dataset's row: requests expected and answered, its output tokens, its rate and ETA. The bridge
-    reports to it from whichever thread the engine answers in; the numbers are guarded by the job's lock."""
+    """One dataset's row: requests expected and answered. The bridge reports to it from whichever thread
+    the engine answers in; the numbers are guarded by the job's lock and added to the job's."""
 
     def __init__(self, job: JobProgress, name: str) -> None:
         self.job = job
         self.name = name
-        self.done = self.total = self.tokens = 0
-        self.started = time.monotonic()
-        self.recent: deque[tuple[float, int]] = deque()
+        self.done = self.total = 0
         self.task = None  # its rich row, on a terminal
 
     def expect(self, requests: int) -> None:
         """Requests about to be sent to the engine (the bridge calls this per request-type call)."""
         with self.job._lock:
             self.total += requests
+            self.job._expect(requests)
             self.job._refresh(self)
 
     def cached(self, requests: int) -> None:
@@ -55,47 +59,19 @@ class DatasetProgress:
         with self.job._lock:
             self.total += requests
             self.done += requests
+            self.job._total += requests
             self.job._done += requests
             self.job._refresh(self)
 
     def advance(self, requests: int = 1, output_tokens: int = 0) -> None:
-        now = time.monotonic()
         with self.job._lock:
             self.done += requests
-            self.tokens += output_tokens
-            self.recent.append((now, output_tokens))
-            self.job._done += requests
-            self.job._recent.append((now, output_tokens))
+            self.job._answer(requests, output_tokens)
             self.job._refresh(self)
 
-    def rate(self) -> float:
-        """Output tokens per second of this dataset's requests finished in the last RATE_WINDOW_S seconds;
-        while none finished, its average so far (answers count their tokens when they finish)."""
-        with self.job._lock:
-            return _rate(self.recent, self.tokens, self.started)
-
-    def eta(self) -> float | None:
-        with self.job._lock:
-            elapsed = time.monotonic() - self.started
-            if not self.done or self.total <= self.done:
-                return None
-            return elapsed / self.done * (self.total - self.done)
-
-    def info(self, elapsed: bool = True) -> str:
-        """`120/500 · 212 tok/s · ETA 1m50s` (elapsed instead of ETA until the first request is back; the
-        live display has an elapsed column of its own)."""
-        with self.job._lock:
-            eta = self.eta()
-            when = f"ETA {_duration(eta)}" if eta is not None else _duration(time.monotonic() - self.started)
-            if self.job._narrow and eta is not None:
-                when = _duration(eta)  # "1/3 · 12 tok/s · 1m10s": a 40-column terminal keeps every number
-            parts = [f"{self.done}/{self.total or '?'}", f"{self.rate():.0f} tok/s"]
-            if self.job._kv is not None and not self.job._narrow:
-                parts.append(f"KV {self.job._kv:.0%}")
-            return " · ".join(parts + ([when] if eta is not None or elapsed else []))
-
-    def line(self) -> str:
-        return f"{self.name} {self.info()}"
+    @property
+    def waiting(self) -> bool:
+        return self.total == 0 or self.done < self.total
 
 
 def _rate(recent: deque[tuple[float, int]], tokens: int, started: float) -> float:
@@ -130,9 +106,14 @@ class JobProgress:
         self._lock = threading.RLock()
         self._rows: list[DatasetProgress] = []  # the datasets running now, in the order they started
         self._threads: dict[int, DatasetProgress] = {}  # dataset thread -> its row (lm-eval's cache log lines)
-        self._done = self._tokens = 0  # the whole job's answered requests
+        self._done = self._total = 0  # the whole job's requests: done (engine or cache) and expected
+        self._answered = self._tokens = 0  # those the engine answered, and their output tokens
         self._started = time.monotonic()
+        self._sent: float | None = None  # when the first request went to the engine
         self._recent: deque[tuple[float, int]] = deque()
+        self._datasets = 0  # datasets started in this job
+        self._job_task = None  # the job's rich row, on a terminal
+        self._pace_text: list[str] = []  # its rate and ETA, redrawn once a second (its counts, on every answer)
         self._rich = None  # rich.progress.Progress on a terminal, else None
         self._load_task = None
         self._loading: str | None = None
@@ -186,8 +167,11 @@ class JobProgress:
             return
         with self._lock:
             self._rows.append(row)
+            self._datasets += 1
             self._threads[threading.get_ident()] = row
             if self.tty:
+                if self._job_task is None:
+                    self._job_task = self._bar().add_task("job", total=None, info="")
                 row.task = self._bar().add_task(name, total=None, info="")
             if len(self._rows) == 1:  # the first dataset running: the ticker and the cache watch start
                 logging.getLogger("lm_eval.api.model").addHandler(self._cache_watch)
@@ -205,6 +189,9 @@ class JobProgress:
                 if self._rich is not None and row.task is not None:
                     self._rich.remove_task(row.task)
                 if not self._rows:
+                    if self._rich is not None and self._job_task is not None:
+                        self._rich.remove_task(self._job_task)
+                    self._job_task = None
                     logging.getLogger("lm_eval.api.model").removeHandler(self._cache_watch)
                     self._stop.set()
                     ticker, self._ticker = self._ticker, None
@@ -218,12 +205,55 @@ class JobProgress:
                 self._rich.stop()
             self._rich = None
 
-    # --- numbers ---
+    # --- numbers (callers hold the lock) ---
+
+    def _expect(self, requests: int) -> None:
+        self._total += requests
+        if self._sent is None:
+            self._sent = time.monotonic()
+
+    def _answer(self, requests: int, output_tokens: int) -> None:
+        self._done += requests
+        self._answered += requests
+        self._tokens += output_tokens
+        self._recent.append((time.monotonic(), output_tokens))
 
     def rate(self) -> float:
-        """The job's output tokens per second over the last RATE_WINDOW_S seconds (every dataset's answers)."""
+        """The job's output tokens per second over the last RATE_WINDOW_S seconds (every dataset's answers);
+        while none finished lately, its average since the first request was sent."""
         with self._lock:
-            return _rate(self._recent, sum(t for _, t in self._recent), self._started)
+            return _rate(self._recent, self._tokens, self._sent or time.monotonic())
+
+    def eta(self) -> float | None:
+        """Seconds left at the pace the engine has answered so far (cache hits are not pace)."""
+        with self._lock:
+            if not self._answered or self._total <= self._done or self._sent is None:
+                return None
+            return (time.monotonic() - self._sent) / self._answered * (self._total - self._done)
+
+    def info(self, elapsed: bool = True) -> str:
+        """`120/250 · 212 tok/s · KV 37% · ETA 1m50s` (elapsed instead of ETA until the first answer is
+        back; the live display has an elapsed column of its own)."""
+        with self._lock:
+            return " · ".join([f"{self._done}/{self._total or '?'}", *self._pace(elapsed)])
+
+    def _pace(self, elapsed: bool) -> list[str]:
+        """The job's rate, KV-cache use and ETA (or time so far)."""
+        eta = self.eta()
+        since = self._sent or self._started
+        when = f"ETA {_duration(eta)}" if eta is not None else _duration(time.monotonic() - since)
+        if self._narrow and eta is not None:
+            when = _duration(eta)  # "1/3 · 12 tok/s · 1m10s": a 40-column terminal keeps every number
+        parts = [f"{self.rate():.0f} tok/s"]
+        if self._kv is not None and not self._narrow:
+            parts.append(f"KV {self._kv:.0%}")
+        return parts + ([when] if eta is not None or elapsed else [])
+
+    def line(self) -> str:
+        """The plain line: the job's numbers and how many of its datasets still wait for answers."""
+        with self._lock:
+            waiting = sum(row.waiting for row in self._rows)
+            return f"job {self.info()} · {waiting}/{self._datasets} datasets waiting"
 
     # --- drawing ---
 
@@ -236,23 +266,27 @@ class JobProgress:
             if self.kv_cache_usage is not None:
                 self._kv = self.kv_cache_usage()
             with self._lock:
-                rows = list(self._rows)
-                for row in rows:
-                    self._refresh(row)
-            if self._rich is None and now - self._last_line >= self.interval_s:
-                # One line per dataset still waiting for answers (a finished one has its score line).
-                for row in rows:
-                    if row.total == 0 or row.done < row.total:
-                        self._print(row.line())
-                self._last_line = now
+                self._pace_text = self._pace(False)
+                if self._rich is not None and self._job_task is not None:
+                    self._rich.update(self._job_task, info=self.info(False))
+                waiting = any(row.waiting for row in self._rows)
+            if self._rich is None and waiting and now - self._last_line >= self.interval_s:
+                self._print(self.line())  # one line for the job (a finished dataset has its score line)
             if now - last_tick >= self.interval_s:
                 last_tick = now
                 if self.on_tick is not None:
                     self.on_tick(self._done, self.rate())
 
     def _refresh(self, row: DatasetProgress) -> None:
+        """Counts only, on every answer; the rate and ETA text is redrawn by the ticker once a second."""
         if self._rich is not None and row.task is not None:
-            self._rich.update(row.task, completed=row.done, total=row.total or None, info=row.info(False))
+            self._rich.update(
+                row.task, completed=row.done, total=row.total or None, info=f"{row.done}/{row.total or '?'}"
+            )
+        if self._rich is not None and self._job_task is not None:
+            counts = f"{self._done}/{self._total or '?'}"
+            info = " · ".join([counts, *self._pace_text])
+            self._rich.update(self._job_task, completed=self._done, total=self._total or None, info=info)
 
     def _bar(self):
         """The job's one rich display, started on first use; narrow terminals get no bar, only the numbers."""

@@ -73,10 +73,11 @@ def test_a_forty_column_terminal_still_gets_a_readable_line(tmp_path):
         ["model=tiny_llama", "engine=hf", "limit=8", "cache=false", f"paths.output_dir={tmp_path}", *ONLY_TWO],
         columns=40,
     )
-    lines = [line for line in ANSI.sub("", out).replace("\r", "\n").splitlines() if re.search(r"\d+/8 · ", line)]
+    lines = [line for line in ANSI.sub("", out).replace("\r", "\n").splitlines() if re.search(r"\d+/(8|16)\b", line)]
     assert lines, out[-2000:]
     assert all(len(line.rstrip()) <= 40 for line in lines)
-    assert any(re.search(r"\d+/8 · \d+ tok/s", line) for line in lines)  # count and rate fit, no bar
+    assert any(re.search(r"job +\d+/16 · \d+ tok/s", line) for line in lines)  # the job's count and rate fit
+    assert any(re.search(r"spatial_reasoning +\d/8", line) for line in lines)  # and each dataset's count
 
 
 def test_in_a_pipe_plain_lines_and_verbose_lets_the_library_logs_through(tmp_path):
@@ -95,7 +96,7 @@ def test_in_a_pipe_plain_lines_and_verbose_lets_the_library_logs_through(tmp_pat
 # --- the progress arithmetic, with a clock of its own ---
 
 
-def test_plain_lines_come_at_most_every_interval_with_count_rate_and_eta(capsys):
+def test_plain_lines_come_at_most_every_interval_with_the_jobs_count_rate_and_eta(capsys):
     ticks: list[tuple[int, float]] = []
     progress = JobProgress(tty=False, interval_s=1.0, on_tick=lambda done, rate: ticks.append((done, rate)))
     with progress.dataset("ds") as row:
@@ -104,15 +105,16 @@ def test_plain_lines_come_at_most_every_interval_with_count_rate_and_eta(capsys)
         for _ in range(10):
             row.advance(1, output_tokens=20)
             time.sleep(0.25)
-    lines = [line for line in capsys.readouterr().out.splitlines() if " ds " in f" {line} "]
+    lines = [line for line in capsys.readouterr().out.splitlines() if " job " in line]
     assert 1 <= len(lines) <= 3  # 2.5 s of work, one line per second at most
-    assert all(re.fullmatch(r"\d\d:\d\d:\d\d ds \d+/40 · \d+ tok/s · ETA \d+s", line) for line in lines), lines
+    pattern = r"\d\d:\d\d:\d\d job \d+/40 · \d+ tok/s · ETA \d+s · 1/1 datasets waiting"
+    assert all(re.fullmatch(pattern, line) for line in lines), lines
     assert ticks and ticks[-1][0] >= 12 and ticks[-1][1] > 0  # MLflow's progress metrics got numbers
 
 
-def test_datasets_running_side_by_side_each_get_a_line_and_the_job_totals_reach_mlflow(capsys):
-    """A job's datasets share the engine pass: each one still waiting prints its own line; a finished one
-    (its score line says the rest) does not; MLflow's progress counts the whole job."""
+def test_datasets_sharing_the_pass_get_one_line_for_the_job_and_its_totals_reach_mlflow(capsys):
+    """A job's datasets share the engine pass: one line counts the whole job and how many datasets still
+    wait (a finished one has its score line); MLflow's progress counts the whole job."""
     ticks: list[tuple[int, float]] = []
     progress = JobProgress(tty=False, interval_s=1.0, on_tick=lambda done, rate: ticks.append((done, rate)))
     with progress.dataset("first") as first, progress.dataset("second") as second:
@@ -121,20 +123,20 @@ def test_datasets_running_side_by_side_each_get_a_line_and_the_job_totals_reach_
         first.advance(2, output_tokens=10)  # first is done
         second.advance(1, output_tokens=10)
         time.sleep(2.3)
-    out = capsys.readouterr().out
-    assert re.search(r"second 1/4 · \d+ tok/s · ETA", out), out
-    assert "first 2/2" not in out
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
+    assert lines and all(re.search(r" job 3/6 · \d+ tok/s · ETA \d+s · 1/2 datasets waiting$", line) for line in lines)
     assert ticks and ticks[-1][0] == 3  # the job's requests done, both datasets together
 
 
-def test_rate_is_over_recent_requests_and_eta_over_what_is_left():
+def test_rate_is_over_recent_answers_and_eta_counts_only_the_engines_pace():
     progress = JobProgress(tty=False, enabled=True)
     with progress.dataset("ds") as row:
-        row.started = time.monotonic() - 5
+        row.cached(90)  # from the cache, instantly: not the engine's pace
         row.expect(10)
+        progress._sent = time.monotonic() - 5
         row.advance(5, output_tokens=500)
-        assert row.rate() == pytest.approx(100, rel=0.05)  # 500 tokens over 5 s
-        assert row.eta() == pytest.approx(5, rel=0.05)  # 5 done in 5 s, 5 to go
+        assert progress.rate() == pytest.approx(100, rel=0.05)  # 500 tokens over 5 s
+        assert progress.eta() == pytest.approx(5, rel=0.05)  # the engine answered 5 in 5 s, 5 to go
 
 
 def test_the_engines_kv_cache_use_is_shown_where_it_reports_one(capsys):
@@ -143,4 +145,4 @@ def test_the_engines_kv_cache_use_is_shown_where_it_reports_one(capsys):
         row.expect(4)
         row.advance(1, output_tokens=10)
         time.sleep(1.6)
-    assert re.search(r"ds 1/4 · \d+ tok/s · KV 37% · ETA", capsys.readouterr().out)
+    assert re.search(r"job 1/4 · \d+ tok/s · KV 37% · ETA", capsys.readouterr().out)
