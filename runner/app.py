@@ -199,6 +199,8 @@ def run_job(cfg: Any, out_dir: Path) -> JobResult:
         log.info("Hardware: %s. Engine: %s (%s)", hardware.summary(), selection.kind, selection.reason)
         for line in selection.busy:
             log.warning("Not using %s (other processes hold its memory)", line)
+        for line in selection.warnings:
+            log.warning("%s", line)
         tracker.set_tags(
             {
                 "engine": selection.kind,

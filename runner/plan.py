@@ -91,6 +91,7 @@ def render_plan(plan: dict[str, Any]) -> str:
     busy: list[str] = []
     for m in plan["models"]:
         lines.append(f"  {m['name']}: {m['engine'].get('reason') or m['engine'].get('error')}")
+        lines += [f"    warning: {line}" for line in m["engine"].get("warnings", ())]
         if m["engine"].get("devices"):
             lines.append(f"    on GPUs: {','.join(m['engine']['devices'])}")
         busy += [line for line in m["engine"].get("busy", ()) if line not in busy]

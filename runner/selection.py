@@ -59,6 +59,7 @@ class Selection:
     data_parallel_size: int = 1  # independent engine replicas sharing the requests (runner/engines/replicas.py)
     devices: tuple[str, ...] = ()  # CUDA_VISIBLE_DEVICES entries of the GPUs it runs on, in order (one node)
     busy: tuple[str, ...] = ()  # GPUs left out because other processes hold their memory, and by whom
+    warnings: tuple[str, ...] = ()  # what runs as asked but against a measurement (the job and the plan show them)
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -168,7 +169,9 @@ def _select(
         _check_host_memory(memory, hardware, need)
         why = "no GPU found" if kind == "auto" else "engine=cpu"
         dp = _data_parallel(engine, hardware, per_replica=0, default=1)
-        return _with_replicas(Selection("cpu", f"{why}: vLLM's CPU build; {need}", memory=memory), dp)
+        warnings = (cpu_replicas_warning(dp),) if dp > 1 else ()
+        selection = Selection("cpu", f"{why}: vLLM's CPU build; {need}", memory=memory, warnings=warnings)
+        return _with_replicas(selection, dp)
 
     if hardware.gpu_count == 0:
         asked = "".join(f", engine.{k}={v}" for k, v in sizes.items())
@@ -225,27 +228,12 @@ def _select(
 # was no faster either: 190-198 vs 196 tok/s), while two replicas each batch half the sequences. So the CPU
 # paths below default to one engine, and an explicit engine.data_parallel_size > 1 there runs, with this warning.
 CPU_REPLICAS_MEASURED = "measured on 2 cores: 2 replicas 148.5 output tok/s vs one engine 182.9 output tok/s (0.81x)"
-_cpu_warned: dict[int, Any] = {}  # id(engine config) -> a weak reference to it: warned already
 
 
-def _warn_cpu_replicas(engine: Any, dp: int) -> None:
-    """Warn once per job config (a job selects again for its plan) that CPU replicas measured slower."""
-    import logging
-    import weakref
-
-    seen = _cpu_warned.get(id(engine))
-    if seen is not None and seen() is engine:
-        return
-    try:
-        _cpu_warned[id(engine)] = weakref.ref(engine)
-    except TypeError:  # a config object without weak references: warned each time
-        pass
-    logging.getLogger(__name__).warning(
-        "engine.data_parallel_size=%d on the CPU: engine replicas on vLLM's CPU build were slower than one engine "
-        "(%s); running %d replicas as asked.",
-        dp,
-        CPU_REPLICAS_MEASURED,
-        dp,
+def cpu_replicas_warning(dp: int) -> str:
+    return (
+        f"engine.data_parallel_size={dp} on the CPU: engine replicas on vLLM's CPU build were slower than one "
+        f"engine ({CPU_REPLICAS_MEASURED}); running {dp} replicas as asked."
     )
 
 
@@ -253,7 +241,7 @@ def _data_parallel(engine: Any, hardware: Hardware, *, per_replica: int, default
     """Replicas: engine.data_parallel_size if set, else `default`; each needs its own GPUs (or CPU core).
 
     On the CPU (`per_replica == 0`) the callers' default is 1: replicas there were measured slower than one
-    engine (CPU_REPLICAS_MEASURED), so they run only when asked for, with a warning.
+    engine (CPU_REPLICAS_MEASURED), so they run only when asked for (vLLM's CPU build: with a warning).
     """
     asked = engine.get("data_parallel_size")
     dp = int(asked) if asked is not None else max(1, default)
@@ -265,8 +253,6 @@ def _data_parallel(engine: Any, hardware: Hardware, *, per_replica: int, default
                 f"engine.data_parallel_size={dp} asks for one CPU core per replica, "
                 f"but {hardware.cpu_count} were found."
             )
-        if dp > 1:
-            _warn_cpu_replicas(engine, dp)
     elif hardware.nodes > 1 and dp > 1:
         raise SelectionError(
             "engine.data_parallel_size > 1 runs replicas on this node only; with a Ray cluster use tensor or "

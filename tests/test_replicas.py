@@ -13,14 +13,13 @@ import json
 import multiprocessing
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-from conftest import SHORT_ANSWERS, LiveCli, run_cli
+from conftest import SHORT_ANSWERS, LiveCli, cached_answers, run_cli
 from test_parallel import tiny_checkpoint  # noqa: F401 - the fixture: a tiny random Llama checkpoint
 
 from runner.config import PROJECT_ROOT
@@ -254,27 +253,26 @@ def test_a_replica_whose_engine_raises_fails_the_call_with_its_traceback(no_proc
 # --- engine selection on the CPU ------------------------------------------------------------------------
 
 
-def test_cpu_selection_never_chooses_replicas_and_warns_when_asked_for_them(compose_cfg, caplog):
+def test_cpu_selection_never_chooses_replicas_and_warns_when_asked_for_them(compose_cfg):
     from runner.hardware import Hardware
+    from runner.plan import build_plan, render_plan
     from runner.selection import CPU_REPLICAS_MEASURED, select_engine
 
     cpu_box = Hardware(gpus=(), host_memory_bytes=24 * 1024**3, cpu_count=64)
     for kind in ("auto", "cpu", "hf"):  # even with 64 cores, one engine unless asked
         cfg = compose_cfg(f"engine.kind={kind}")
-        assert select_engine(cfg.engine, cfg.model, cpu_box).data_parallel_size == 1
-    assert "replicas" not in caplog.text
+        selection = select_engine(cfg.engine, cfg.model, cpu_box)
+        assert (selection.data_parallel_size, selection.warnings) == (1, ())
 
     cfg = compose_cfg("engine.data_parallel_size=2")
-    with caplog.at_level("WARNING", logger="runner.selection"):
-        selection = select_engine(cfg.engine, cfg.model, cpu_box)
-        select_engine(cfg.engine, cfg.model, cpu_box)  # the job's plan selects again: one warning per job
+    selection = select_engine(cfg.engine, cfg.model, cpu_box)
     assert (selection.kind, selection.data_parallel_size) == ("cpu", 2)  # runs as asked
-    (record,) = [r for r in caplog.records if r.name == "runner.selection"]
-    assert record.levelname == "WARNING"
-    message = record.getMessage()
-    assert message.startswith("engine.data_parallel_size=2 on the CPU")
-    assert CPU_REPLICAS_MEASURED in message and "tok/s" in CPU_REPLICAS_MEASURED  # the measured numbers
-    assert "running 2 replicas as asked" in message
+    (warning,) = selection.warnings  # logged by the job, shown by the plan
+    assert warning.startswith("engine.data_parallel_size=2 on the CPU")
+    assert CPU_REPLICAS_MEASURED in warning and "tok/s" in CPU_REPLICAS_MEASURED  # the measured numbers
+    assert "running 2 replicas as asked" in warning
+    plan = build_plan(cfg, [cfg.model], cpu_box)
+    assert f"    warning: {warning}" in render_plan(plan).splitlines()
 
 
 # --- real vLLM replicas ----------------------------------------------------------------------------------
@@ -367,18 +365,6 @@ DP_JOB = (
 )
 
 
-def _cached(cache: Path) -> int:
-    """Answers in the job's response cache (lm-eval's SQLite cache), read as another process would."""
-    total = 0
-    for db in cache.glob("*.db"):
-        try:
-            with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as connection:
-                total += connection.execute("SELECT COUNT(*) FROM unnamed").fetchone()[0]
-        except sqlite3.Error:  # not created yet
-            pass
-    return total
-
-
 @pytest.mark.slow
 def test_a_data_parallel_job_killed_with_kill_9_resumes_without_recomputing_answers(tmp_path, default_model_dir):
     import psutil
@@ -389,7 +375,7 @@ def test_a_data_parallel_job_killed_with_kill_9_resumes_without_recomputing_answ
 
     job = LiveCli(*DP_JOB, *where)
     try:
-        job.wait_until(lambda: _cached(cache) > 0, timeout=400)
+        job.wait_until(lambda: cached_answers(cache) > 0, timeout=400)
         replicas = psutil.Process(job.process.pid).children(recursive=True)
         assert len(replicas) >= 2, job.output[-3000:]
         os.kill(job.process.pid, signal.SIGKILL)  # `kill -9 <pid>`: no handler, no cleanup, no "stop" to send
@@ -399,7 +385,7 @@ def test_a_data_parallel_job_killed_with_kill_9_resumes_without_recomputing_answ
         assert alive == [], [p.cmdline() for p in alive]
     finally:
         job.stop()
-    answered = _cached(cache)
+    answered = cached_answers(cache)
     assert 0 < answered < total
     assert "engine.data_parallel_size=2 on the CPU" in job.output  # the measured-slower warning
 
@@ -412,4 +398,4 @@ def test_a_data_parallel_job_killed_with_kill_9_resumes_without_recomputing_answ
     assert telemetry["requests"] == total - answered
     assert telemetry["data_parallel_replicas"] == 2.0
     assert telemetry["replica_0_requests"] + telemetry["replica_1_requests"] == total - answered
-    assert _cached(cache) == total
+    assert cached_answers(cache) == total
