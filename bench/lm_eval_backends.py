@@ -28,7 +28,6 @@ import argparse
 import hashlib
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -36,6 +35,8 @@ import tempfile
 import time
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+
+from common import machine  # bench/common.py (a script's folder is on sys.path)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -153,7 +154,7 @@ def main() -> None:
         results[BATCH_ONE] = [measure(BATCH_ONE, args)]
 
     print()
-    print(f"machine: {platform.machine()}, {len(os.sched_getaffinity(0))} CPUs, Python {platform.python_version()}")
+    print(machine())
     print(f"{provide_vllm_metadata()}, lm_eval {version('lm_eval')}, transformers {version('transformers')}")
     print(f"task {TASK}, {args.limit} samples, chat template, greedy, max_gen_toks {args.max_tokens}, no cache")
     reference = results["runner"][0]["responses"]

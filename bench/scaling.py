@@ -15,12 +15,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
 from importlib.metadata import version
 from pathlib import Path
+
+from common import machine  # bench/common.py (a script's folder is on sys.path)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -73,7 +74,7 @@ def main() -> None:
         results[n] = (median, statistics.median(t / s for t, s in zip(tokens, times, strict=True)))
     engine.shutdown()
 
-    print(f"machine: {platform.machine()}, {len(os.sched_getaffinity(0))} CPUs, Python {platform.python_version()}")
+    print(machine())
     print(f"{vllm_version()}, lm_eval {version('lm_eval')}, model smollm2_135m fp32, {'GPU' if on_gpu else 'CPU'}")
     print(f"max new tokens: {args.max_tokens}, greedy, repeats: {args.repeat} (median), distinct prompts per batch")
     for n, (median, throughput) in results.items():

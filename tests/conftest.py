@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -121,6 +122,19 @@ class LiveCli:
             pass
         self.process.wait(30)
         self._reader.join(10)  # the rest of the output
+
+
+def cached_answers(cache: Path) -> int:
+    """Answers in a job's response cache folder (lm-eval's SQLite cache), read as another process would:
+    read-only, and 0 for a database not created yet."""
+    total = 0
+    for db in cache.glob("*.db"):
+        try:
+            with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as connection:
+                total += connection.execute("SELECT COUNT(*) FROM unnamed").fetchone()[0]
+        except sqlite3.Error:  # not created yet
+            pass
+    return total
 
 
 def load_by_path(name: str, path: Path) -> ModuleType:

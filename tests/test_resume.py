@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import LiveCli
+from conftest import LiveCli, cached_answers
 from mlflow import MlflowClient
 
 LIMIT = 2
@@ -32,18 +31,6 @@ SCORES = ("coordinate_processing/", "humaneval_offline/")
 
 def _start(out: Path) -> LiveCli:
     return LiveCli(*COMMAND, f"paths.output_dir={out}")
-
-
-def _cached(out: Path) -> int:
-    """Answers in the job's response cache (lm-eval's SQLite cache), read as another process would."""
-    total = 0
-    for db in (out / "cache").glob("*.db"):
-        try:
-            with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as connection:
-                total += connection.execute("SELECT COUNT(*) FROM unnamed").fetchone()[0]
-        except sqlite3.Error:  # not created yet
-            pass
-    return total
 
 
 def _run_and_kill(out: Path, when: Callable[[str, Path], bool]) -> str:
@@ -84,14 +71,14 @@ def test_killed_at_every_stage_the_rerun_computes_only_the_rest_and_matches_an_u
 
     # 1. During model load.
     _run_and_kill(out, lambda text, _: "with vLLM (" in text)
-    assert _cached(out) == 0
+    assert cached_answers(out / "cache") == 0
     # 2. In the middle of the job's one generation pass (both datasets' requests together): some answers
     # are saved, some are not.
-    _run_and_kill(out, lambda _, where: _cached(where) > 0)
-    assert 0 < _cached(out) < total
+    _run_and_kill(out, lambda _, where: cached_answers(where / "cache") > 0)
+    assert 0 < cached_answers(out / "cache") < total
     # 3. While the first dataset to finish is scored and its results go to MLflow.
     _run_and_kill(out, lambda text, _: "coordinate_processing: acc " in text)
-    answered = _cached(out)
+    answered = cached_answers(out / "cache")
     assert LIMIT <= answered <= total
 
     stdout = _finish(out)
