@@ -352,21 +352,24 @@ def test_a_replica_that_cannot_load_fails_the_job_and_leaves_no_process(tmp_path
 
 # --- kill -9 during a data-parallel job -----------------------------------------------------------------
 
-PER_DATASET = 3
+PER_DATASET = 4
 DP_JOB = (
     f"limit={PER_DATASET}",
-    "model=smollm2_135m",
+    # The replica machinery is the same for every engine; the transformers engine on the 14M random-weight
+    # model loads in a second where vLLM takes fifteen, and one request per batch makes answers reach the
+    # cache one by one, so "mid-job" is a real state.
+    "model=tiny_llama",
+    "engine=hf",
+    "engine.hf.batch_size=1",
     "engine.data_parallel_size=2",
     *SHORT_ANSWERS,
-    # One sequence at a time per replica, so answers reach the cache one by one and "mid-job" is a real state.
-    "+engine.args.max_num_seqs=1",
     "cache=true",
     "tracking.system_metrics=false",
 )
 
 
 @pytest.mark.slow
-def test_a_data_parallel_job_killed_with_kill_9_resumes_without_recomputing_answers(tmp_path, default_model_dir):
+def test_a_data_parallel_job_killed_with_kill_9_resumes_without_recomputing_answers(tmp_path):
     import psutil
 
     out, cache = tmp_path / "out", tmp_path / "cache"
@@ -387,7 +390,6 @@ def test_a_data_parallel_job_killed_with_kill_9_resumes_without_recomputing_answ
         job.stop()
     answered = cached_answers(cache)
     assert 0 < answered < total
-    assert "engine.data_parallel_size=2 on the CPU" in job.output  # the measured-slower warning
 
     rerun = run_cli(*DP_JOB, *where, timeout=900)
     assert rerun.returncode == 0, rerun.stdout[-5000:]
