@@ -13,9 +13,9 @@ Rounds interleave the two, each round starting with the other. Prints the machin
 side's times, whether the two sides' responses are identical (the same work), and the ratio last:
 lm-eval's median time / the runner's (goal: >= 1.0).
 
-lm-eval sends all tasks' requests of one type in one `generate_until` call, but its vLLM class splits
-them by generation settings (these five tasks have four different `max_gen_toks`) and calls vLLM once
-per group; the runner sends one call with per-request settings (runner/engines/gather.py).
+lm-eval (0.4.13) sends all tasks' generation requests in one `generate_until` call, and its vLLM class at
+`batch_size=auto` gives them to vLLM as one call, longest prompt first, each with its own settings: the
+same work, in nearly the same order, as the runner's one pass (runner/engines/gather.py).
 """
 
 from __future__ import annotations
@@ -66,7 +66,20 @@ def lm_eval_worker(limit: int, out: str) -> None:
         "max_num_seqs": 64,
         "enable_prefix_caching": True,
     }
+    phases = {"generate_s": 0.0}
+    generate = VLLM._model_generate
+
+    def timed(self, *args, **kwargs):  # the engine's time, to set beside the runner's `generate_s`
+        start = time.perf_counter()
+        try:
+            return generate(self, *args, **kwargs)
+        finally:
+            phases["generate_s"] += time.perf_counter() - start
+
+    VLLM._model_generate = timed
+    start = time.perf_counter()
     lm = VLLM(pretrained=model, batch_size="auto", **engine_args)
+    phases["model_load_s"] = time.perf_counter() - start
     tracker = EvaluationTracker(output_path=out)
     results = simple_evaluate(
         model=lm,
@@ -81,6 +94,7 @@ def lm_eval_worker(limit: int, out: str) -> None:
     tracker.save_results_aggregated(results=results, samples=samples)
     for task in results["configs"]:
         tracker.save_results_samples(task_name=task, samples=samples[task])
+    Path(out, "phases.json").write_text(json.dumps(phases))
     os._exit(0)  # skip engine teardown, as the runner's process exit does not wait on it either
 
 
@@ -96,6 +110,18 @@ def responses(folder: Path) -> str:
     return f"{len(ordered)} samples, " + hashlib.sha256(json.dumps(ordered).encode()).hexdigest()[:12]
 
 
+def phases(name: str, folder: Path, seconds: float) -> str:
+    """Where a side's time went: model load, the engine's generation, and the rest (start-up, tasks,
+    scoring, logging, exit)."""
+    if name == "runner":
+        (path,) = folder.glob("runs/*/*/telemetry.json")
+    else:
+        path = folder / "phases.json"
+    found = json.loads(path.read_text())
+    load, generate = found["model_load_s"], found["generate_s"]
+    return f"load {load:.1f} s, generate {generate:.1f} s, rest {seconds - load - generate:.1f} s"
+
+
 def measure(name: str, limit: int) -> tuple[float, str]:
     out = Path(tempfile.mkdtemp(prefix="bench-job-"))
     if name == "runner":
@@ -108,7 +134,7 @@ def measure(name: str, limit: int) -> tuple[float, str]:
     if done.returncode != 0:
         raise SystemExit(f"{name} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
     digest = responses(out)
-    print(f"{name}: {seconds:.1f} s ({digest})", flush=True)
+    print(f"{name}: {seconds:.1f} s: {phases(name, out, seconds)} ({digest})", flush=True)
     return seconds, digest
 
 
