@@ -148,6 +148,8 @@ class JobProgress:
                 if self._rich is not None and self._load_task is not None:
                     self._rich.remove_task(self._load_task)
                 self._load_task = self._loading = None
+                if self._sent is not None:  # requests sent before the model was loaded: the pace starts now
+                    self._sent = time.monotonic()
             self._print(f"loaded {what} in {time.monotonic() - start:.1f} s")
 
     def phase(self, text: str) -> None:

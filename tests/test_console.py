@@ -146,3 +146,15 @@ def test_the_engines_kv_cache_use_is_shown_where_it_reports_one(capsys):
         row.advance(1, output_tokens=10)
         time.sleep(1.6)
     assert re.search(r"job 1/4 · \d+ tok/s · KV 37% · ETA", capsys.readouterr().out)
+
+
+def test_the_eta_counts_from_the_end_of_the_model_load_not_from_the_first_request():
+    progress = JobProgress(tty=False, enabled=True)
+    with progress.dataset("ds") as row:
+        row.expect(10)  # the first request reaches the lazy engine, which loads the model first
+        progress._sent -= 30  # a 30-second load
+        with progress.loading("model"):
+            pass
+        progress._sent -= 5
+        row.advance(5, output_tokens=50)
+        assert progress.eta() == pytest.approx(5, rel=0.05)  # 5 answered in the 5 s since the load, 5 to go
