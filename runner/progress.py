@@ -227,9 +227,12 @@ class JobProgress:
             return _rate(self._recent, self._tokens, self._sent or time.monotonic())
 
     def eta(self) -> float | None:
-        """Seconds left at the pace the engine has answered so far (cache hits are not pace)."""
+        """Seconds left at the pace the engine has answered so far (cache hits are not pace). None until a
+        tenth of the engine's requests are back: continuous batching starts them all at once, so the first
+        answers (the shortest) would promise a pace the batch does not keep."""
         with self._lock:
-            if not self._answered or self._total <= self._done or self._sent is None:
+            engine_total = self._total - (self._done - self._answered)
+            if self._answered < max(1, engine_total / 10) or self._total <= self._done or self._sent is None:
                 return None
             return (time.monotonic() - self._sent) / self._answered * (self._total - self._done)
 

@@ -158,3 +158,14 @@ def test_the_eta_counts_from_the_end_of_the_model_load_not_from_the_first_reques
         progress._sent -= 5
         row.advance(5, output_tokens=50)
         assert progress.eta() == pytest.approx(5, rel=0.05)  # 5 answered in the 5 s since the load, 5 to go
+
+
+def test_no_eta_until_a_tenth_of_the_engines_requests_are_back():
+    progress = JobProgress(tty=False, enabled=True)
+    with progress.dataset("ds") as row:
+        row.cached(500)  # answered from the cache: not the engine's
+        row.expect(100)
+        row.advance(9)
+        assert progress.eta() is None and "ETA" not in progress.line()
+        row.advance(1)
+        assert progress.eta() is not None and "ETA" in progress.line()
