@@ -59,8 +59,7 @@ class DatasetProgress:
         with self.job._lock:
             self.total += requests
             self.done += requests
-            self.job._total += requests
-            self.job._done += requests
+            self.job._cached(requests)
             self.job._refresh(self)
 
     def advance(self, requests: int = 1, output_tokens: int = 0) -> None:
@@ -72,6 +71,10 @@ class DatasetProgress:
     @property
     def waiting(self) -> bool:
         return self.total == 0 or self.done < self.total
+
+
+def _counts(done: int, total: int) -> str:
+    return f"{done}/{total or '?'}"
 
 
 def _rate(recent: deque[tuple[float, int]], tokens: int, started: float) -> float:
@@ -214,6 +217,10 @@ class JobProgress:
         if self._sent is None:
             self._sent = time.monotonic()
 
+    def _cached(self, requests: int) -> None:
+        self._total += requests
+        self._done += requests
+
     def _answer(self, requests: int, output_tokens: int) -> None:
         self._done += requests
         self._answered += requests
@@ -240,7 +247,7 @@ class JobProgress:
         """`120/250 · 212 tok/s · KV 37% · ETA 1m50s` (elapsed instead of ETA until the first answer is
         back; the live display has an elapsed column of its own)."""
         with self._lock:
-            return " · ".join([f"{self._done}/{self._total or '?'}", *self._pace(elapsed)])
+            return " · ".join([_counts(self._done, self._total), *self._pace(elapsed)])
 
     def _pace(self, elapsed: bool) -> list[str]:
         """The job's rate, KV-cache use and ETA (or time so far)."""
@@ -272,8 +279,7 @@ class JobProgress:
                 self._kv = self.kv_cache_usage()
             with self._lock:
                 self._pace_text = self._pace(False)
-                if self._rich is not None and self._job_task is not None:
-                    self._rich.update(self._job_task, info=self.info(False))
+                self._show_job()
                 waiting = any(row.waiting for row in self._rows)
             if self._rich is None and waiting and now - self._last_line >= self.interval_s:
                 self._print(self.line())  # one line for the job (a finished dataset has its score line)
@@ -285,12 +291,13 @@ class JobProgress:
     def _refresh(self, row: DatasetProgress) -> None:
         """Counts only, on every answer; the rate and ETA text is redrawn by the ticker once a second."""
         if self._rich is not None and row.task is not None:
-            self._rich.update(
-                row.task, completed=row.done, total=row.total or None, info=f"{row.done}/{row.total or '?'}"
-            )
+            self._rich.update(row.task, completed=row.done, total=row.total or None, info=_counts(row.done, row.total))
+        self._show_job()
+
+    def _show_job(self) -> None:
+        """The job's row: its counts (fresh) and the ticker's last rate and ETA."""
         if self._rich is not None and self._job_task is not None:
-            counts = f"{self._done}/{self._total or '?'}"
-            info = " · ".join([counts, *self._pace_text])
+            info = " · ".join([_counts(self._done, self._total), *self._pace_text])
             self._rich.update(self._job_task, completed=self._done, total=self._total or None, info=info)
 
     def _bar(self):
