@@ -17,7 +17,6 @@ from runner.config import CONFIG_DIR  # registers the schema and ${project_root:
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
 def main(cfg: DictConfig) -> object:
-    from runner import heap
     from runner.cli import dispatch
     from runner.console import route_library_logs, set_verbose
 
@@ -25,13 +24,12 @@ def main(cfg: DictConfig) -> object:
     set_verbose(bool(cfg.verbose or hydra_cfg.verbose))
     route_library_logs()
     overridden = {o.split("=", 1)[0].lstrip("+~") for o in hydra_cfg.overrides.task}
-    with heap.settling():
-        return dispatch(
-            cfg,
-            Path(hydra_cfg.runtime.output_dir),
-            overridden=overridden,
-            in_sweep=hydra_cfg.mode == RunMode.MULTIRUN,
-        )
+    return dispatch(
+        cfg,
+        Path(hydra_cfg.runtime.output_dir),
+        overridden=overridden,
+        in_sweep=hydra_cfg.mode == RunMode.MULTIRUN,
+    )
 
 
 if __name__ == "__main__":  # vLLM spawns workers that re-import this module

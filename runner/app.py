@@ -17,7 +17,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from runner import provenance, tracking
+from runner import heap, provenance, tracking
 from runner.cached_telemetry import CachedTelemetry
 from runner.catalog import dataset_status, model_status, project_tasks
 from runner.cluster import job_hardware
@@ -143,7 +143,8 @@ def _engine(cfg: Any, selection: Selection, model_source: str, progress: JobProg
 
     def load():
         with progress.loading(f"{cfg.model.name} on {selection.kind}"):
-            route_engine_logs()  # the engine imports torch and transformers now: their warnings go to runner.log
+            with heap.paused():
+                route_engine_logs()  # the engine imports torch and transformers now: their warnings go to runner.log
             return build_engine(selection, model_source, cfg.model, cfg.engine)
 
     def make() -> LazyEngine:
@@ -182,6 +183,7 @@ def _sweep_tags() -> dict[str, str]:
 def run_job(cfg: Any, out_dir: Path) -> JobResult:
     started = time.perf_counter()
     prepare_environment(cfg.paths.cache_dir)
+    heap.import_job_libraries()
     tags = {
         "model": cfg.model.name,
         "category": cfg.category.name,

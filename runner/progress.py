@@ -197,11 +197,14 @@ class JobProgress:
                     if self._rich is not None and self._job_task is not None:
                         self._rich.remove_task(self._job_task)
                     self._job_task = None
-                    logging.getLogger("lm_eval.api.model").removeHandler(self._cache_watch)
                     self._stop.set()
                     ticker, self._ticker = self._ticker, None
-            if ticker is not None and ticker is not threading.current_thread():
-                ticker.join()
+            if ticker is not None:
+                # Outside our lock: a Ctrl-C that interrupted logging's own lock in the main thread leaves it
+                # held, and this thread must not then hold ours while it waits (close() takes ours).
+                logging.getLogger("lm_eval.api.model").removeHandler(self._cache_watch)
+                if ticker is not threading.current_thread():
+                    ticker.join()
 
     def close(self) -> None:
         """The job is over: the live display goes (its finished lines stay above the summary)."""

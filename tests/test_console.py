@@ -169,3 +169,35 @@ def test_no_eta_until_a_tenth_of_the_engines_requests_are_back():
         assert progress.eta() is None and "ETA" not in progress.line()
         row.advance(1)
         assert progress.eta() is not None and "ETA" in progress.line()
+
+
+def test_a_ctrl_c_inside_loggings_lock_does_not_deadlock_the_job_closing_its_display():
+    # Ctrl-C can interrupt the main thread between logging's lock acquire and its `try`: the lock stays held
+    # by the main thread. A dataset thread ending then must not hold the display's lock while it waits on
+    # logging's, or close() (main thread) waits on it forever: the job hung instead of exiting 130.
+    import logging
+    import threading
+
+    progress = JobProgress(tty=False, enabled=True)
+    entered, go, ended = threading.Event(), threading.Event(), threading.Event()
+
+    def dataset() -> None:
+        with progress.dataset("ds"):
+            entered.set()
+            go.wait(5)
+        ended.set()
+
+    worker = threading.Thread(target=dataset, daemon=True)
+    worker.start()
+    assert entered.wait(5)
+    logging._lock.acquire()  # what the interrupted main thread leaves behind
+    try:
+        go.set()
+        time.sleep(0.2)  # the dataset ends and now waits on logging's lock
+        closer = threading.Thread(target=progress.close, daemon=True)  # the main thread's next step
+        closer.start()
+        closer.join(5)
+        assert not closer.is_alive(), "close() deadlocked on the display's lock"
+    finally:
+        logging._lock.release()
+    assert ended.wait(5)

@@ -1,9 +1,11 @@
-"""runner/heap.py: full collections skip what a job keeps for good, and nothing the job drops is leaked."""
+"""runner/heap.py: what start-up builds is frozen, garbage made later is still collected, Ctrl-C is kept."""
 
 from __future__ import annotations
 
 import gc
 import weakref
+
+import pytest
 
 from runner import heap
 
@@ -15,36 +17,45 @@ class Node:
         self.me = self
 
 
-def test_settling_freezes_survivors_and_unfreezes_on_the_way_out():
-    with heap.settling():
-        node = Node()
-        ref = weakref.ref(node)
-        gc.collect()  # a full collection: `node` survives it, so it is frozen
-        assert gc.get_freeze_count() > 0
-        del node
-        gc.collect()
-        assert ref() is not None  # frozen: full collections no longer walk it
-    assert gc.get_freeze_count() == 0
+@pytest.fixture(autouse=True)
+def _unfrozen():
+    yield
+    gc.unfreeze()  # leave this test process's collector as it was
+
+
+def test_a_paused_stretch_is_frozen_and_the_collector_runs_again_after_it():
+    assert gc.isenabled()
+    with heap.paused():
+        assert not gc.isenabled()
+        built = Node()
+        ref = weakref.ref(built)
+    assert gc.isenabled() and gc.get_freeze_count() > 0
+    del built
     gc.collect()
-    assert ref() is None  # what the job dropped is collected once it ends (a sweep's next job runs here)
+    assert ref() is not None  # frozen: full collections no longer walk what start-up built
+    later = Node()  # made after the stretch: collected as usual
+    later_ref = weakref.ref(later)
+    del later
+    gc.collect()
+    assert later_ref() is None
 
 
-def test_garbage_made_between_full_collections_is_still_collected():
-    with heap.settling():
-        gc.collect()
-        node = Node()  # made after the last full collection: young, not frozen
-        ref = weakref.ref(node)
-        del node
-        gc.collect()
-        assert ref() is None
-
-
-def test_settling_unfreezes_even_when_the_job_fails():
+def test_a_paused_stretch_keeps_a_disabled_collector_disabled_and_survives_errors():
+    gc.disable()
     try:
-        with heap.settling():
-            gc.collect()
-            raise RuntimeError("job failed")
-    except RuntimeError:
-        pass
-    assert gc.get_freeze_count() == 0
-    assert heap._freeze_survivors not in gc.callbacks
+        with pytest.raises(KeyboardInterrupt), heap.paused():
+            raise KeyboardInterrupt  # Ctrl-C during the model load reaches the job (no gc callback eats it)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+
+def test_releasing_an_engine_collects_what_its_load_froze():
+    from runner.engines.base import release_memory
+
+    with heap.paused():  # as app.py loads an engine
+        model = Node()
+        ref = weakref.ref(model)
+    del model  # the engine is dropped
+    release_memory()
+    assert ref() is None  # a sweep's next model does not load beside this one's leftovers

@@ -6,6 +6,7 @@ import os
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+from runner import heap
 from runner.engines.base import Completion, Engine, EngineStats, LogLikelihood, SamplingSettings
 
 if TYPE_CHECKING:
@@ -164,6 +165,9 @@ def _load(selection: Selection, model_source: str, model: Any, engine: Any) -> E
         if selection.kind == "cpu":
             for key, value in (engine.get("cpu_env") or {}).items():
                 os.environ.setdefault(str(key), str(value))
+        with heap.paused():  # vLLM's modules live until exit: frozen, the load's own collections skip them
+            import vllm.engine.arg_utils  # noqa: F401
+            from vllm import LLM  # noqa: F401
         args = vllm_engine_args(selection, model, engine)
         check_engine_args(args)
         return VLLMEngine(model_source, args)
