@@ -59,3 +59,13 @@ def test_releasing_an_engine_collects_what_its_load_froze():
     del model  # the engine is dropped
     release_memory()
     assert ref() is None  # a sweep's next model does not load beside this one's leftovers
+
+
+def test_importing_freezes_only_when_something_new_is_imported():
+    import sys
+
+    heap.import_frozen("json", "gc")  # imported already, as in a sweep's later jobs
+    assert gc.get_freeze_count() == 0  # the previous job's garbage stays collectable
+    assert "colorsys" not in sys.modules
+    heap.import_frozen("colorsys", "a_module_that_is_not_installed")
+    assert "colorsys" in sys.modules and gc.get_freeze_count() > 0 and gc.isenabled()

@@ -165,9 +165,8 @@ def _load(selection: Selection, model_source: str, model: Any, engine: Any) -> E
         if selection.kind == "cpu":
             for key, value in (engine.get("cpu_env") or {}).items():
                 os.environ.setdefault(str(key), str(value))
-        with heap.paused():  # vLLM's modules live until exit: frozen, the load's own collections skip them
-            import vllm.engine.arg_utils  # noqa: F401
-            from vllm import LLM  # noqa: F401
+        # vLLM's modules live until exit: frozen, so the load's own collections skip them (~9 s to import here)
+        heap.import_frozen("vllm.engine.arg_utils", "vllm.entrypoints.llm")
         args = vllm_engine_args(selection, model, engine)
         check_engine_args(args)
         return VLLMEngine(model_source, args)
