@@ -61,11 +61,14 @@ def test_releasing_an_engine_collects_what_its_load_froze():
     assert ref() is None  # a sweep's next model does not load beside this one's leftovers
 
 
-def test_importing_freezes_only_when_something_new_is_imported():
+def test_importing_freezes_only_when_something_new_is_imported(tmp_path, monkeypatch):
     import sys
 
+    (tmp_path / "module_made_by_this_test.py").write_text("VALUE = [1]\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "module_made_by_this_test", raising=False)
+    gc.unfreeze()
     heap.import_frozen("json", "gc")  # imported already, as in a sweep's later jobs
     assert gc.get_freeze_count() == 0  # the previous job's garbage stays collectable
-    assert "colorsys" not in sys.modules
-    heap.import_frozen("colorsys", "a_module_that_is_not_installed")
-    assert "colorsys" in sys.modules and gc.get_freeze_count() > 0 and gc.isenabled()
+    heap.import_frozen("module_made_by_this_test", "a_module_that_is_not_installed")
+    assert "module_made_by_this_test" in sys.modules and gc.get_freeze_count() > 0 and gc.isenabled()
