@@ -5,9 +5,9 @@ live as long as the process, and almost no garbage. CPython walks every tracked 
 collection, and starts one each time the heap has grown by a quarter. Measured on the default job
 (`bench/job_vs_lm_eval.py`'s machine): 15 full collections took 4.3 s of a ~20 s start-up, and the final
 collection at exit ~3 s. So the big imports run with the collector paused, and what they built is frozen
-(never walked again): start-up's collections now take ~0.3 s, exit's none. vLLM
-freezes its engine's heap after start-up for the same reason (`vllm.utils.gc_utils.freeze_gc_heap`) and
-unfreezes it at shutdown, so a torn-down engine is still collected.
+(never walked again): start-up's collections now take ~0.3 s, exit's none. vLLM freezes its engine's
+heap after start-up for the same reason (`vllm.utils.gc_utils.freeze_gc_heap`) and unfreezes it at
+shutdown, so a torn-down engine is still collected.
 
 No `gc.callbacks` here: Python runs a pending Ctrl-C wherever bytecode runs next, a callback included,
 and the collector drops exceptions raised in callbacks, so a callback can swallow a Ctrl-C.

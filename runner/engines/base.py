@@ -208,8 +208,8 @@ def release_memory() -> None:
 
     Dropping the last reference frees the weights and KV cache inside the process, but glibc keeps
     freed heap pages mapped; `malloc_trim` returns them to the OS (~0.3 GiB more here for a 135M
-    model). CUDA's caching allocator likewise keeps freed blocks until `empty_cache`. The load ran with
-    its objects frozen (runner/heap.py): unfrozen first, or the collector would skip the model's garbage.
+    model). CUDA's caching allocator likewise keeps freed blocks until `empty_cache`. The engine's imports
+    were frozen (runner/heap.py): unfrozen first, or the collector would skip garbage frozen with them.
     """
     gc.unfreeze()
     gc.collect()
