@@ -142,6 +142,7 @@ class Tracker:
         self.out_dir = out_dir
         self.system_metrics = bool(cfg.tracking.system_metrics)
         self.system_metrics_interval = float(cfg.tracking.system_metrics_interval_s)
+        self.store_templates = Path(cfg.paths.cache_dir) / "mlflow"
         bound_http_waits(cfg.tracking.http_timeout_s, cfg.tracking.http_retries)
         self.record = RunRecord(
             tracking_uri=str(cfg.tracking.uri),
@@ -187,7 +188,7 @@ class Tracker:
         mlflow.set_tracking_uri(self.record.tracking_uri)  # also exports MLFLOW_TRACKING_URI: undone in finish()
         if self.system_metrics:
             mlflow.set_system_metrics_sampling_interval(self.system_metrics_interval)
-        with store_lock(self.record.tracking_uri):
+        with store_lock(self.record.tracking_uri, templates=self.store_templates):
             experiment_id = experiment_id_for(mlflow.MlflowClient(), self.record)
         try:
             close_dead_runs(mlflow.MlflowClient(), experiment_id)
@@ -318,9 +319,12 @@ class Tracker:
 
 
 @contextmanager
-def store_lock(uri: str) -> Iterator[None]:
+def store_lock(uri: str, templates: Path | None = None) -> Iterator[None]:
     """Parallel jobs (joblib, submitit) sharing one sqlite store: the first to touch it creates its tables
-    and the experiment, and two processes doing that at once fail ('table experiments already exists')."""
+    and the experiment, and two processes doing that at once fail ('table experiments already exists').
+
+    With `templates` (a folder), a store that does not exist yet starts as a copy of an empty one there
+    (see seed_sqlite_store)."""
     if not uri.startswith("sqlite:///"):
         yield
         return
@@ -329,7 +333,58 @@ def store_lock(uri: str) -> Iterator[None]:
     database = Path(uri.removeprefix("sqlite:///"))
     database.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(database) + ".lock", timeout=120):
+        if templates is not None:
+            seed_sqlite_store(database, templates)
         yield
+
+
+def seed_sqlite_store(database: Path, templates: Path) -> None:
+    """Start a new sqlite store as a copy of an empty, fully migrated one, made once per MLflow version.
+
+    MLflow builds a new store by replaying every schema migration it ships (about 70: 1.5-2.5 s on a
+    small machine), and every new output folder pays that. The template is what MLflow itself builds,
+    less its Default experiment: MLflow creates that on first open, with this store's artifact root. It
+    checks the copy's schema version as it would a store of its own. Any failure here leaves no file
+    behind, and MLflow then builds the store itself, as it would without a template.
+    """
+    if database.exists() and database.stat().st_size > 0:
+        return
+    partial = database.with_name(f".{database.name}.{os.getpid()}.seed")
+    try:
+        import shutil
+
+        template = _store_template(templates)
+        shutil.copyfile(template, partial)
+        partial.replace(database)  # atomic: a reader never sees half a database
+    except Exception as exc:  # noqa: BLE001 - the template only saves time
+        partial.unlink(missing_ok=True)
+        log.debug("No MLflow store template (%s); MLflow builds %s itself", exc, database)
+
+
+def _store_template(templates: Path) -> Path:
+    import sqlite3
+
+    import mlflow
+    import sqlalchemy
+
+    template = templates / f"empty-mlflow-{mlflow.__version__}-sqlalchemy-{sqlalchemy.__version__}.db"
+    if template.is_file():
+        return template
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    templates.mkdir(parents=True, exist_ok=True)
+    building = templates / f".{template.name}.{os.getpid()}.tmp"
+    building.unlink(missing_ok=True)
+    try:
+        store = SqlAlchemyStore(f"sqlite:///{building}", str(templates / "unused-artifacts"))
+        store.engine.dispose()
+        with sqlite3.connect(building) as db:
+            db.execute("DELETE FROM experiments WHERE experiment_id = ?", (int(SqlAlchemyStore.DEFAULT_EXPERIMENT_ID),))
+        db.close()
+        building.replace(template)  # atomic: two jobs building it at once both end with a whole file
+    finally:
+        building.unlink(missing_ok=True)
+    return template
 
 
 def experiment_id_for(client: Any, record: RunRecord) -> str:

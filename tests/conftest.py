@@ -162,7 +162,11 @@ class MlflowServer:
         import time
         import urllib.request
 
+        from runner.tracking import seed_sqlite_store
+
         log_path.parent.mkdir(parents=True, exist_ok=True)
+        if backend_uri.startswith("sqlite:///"):  # as the runner starts its own stores: no migrations to replay
+            seed_sqlite_store(Path(backend_uri.removeprefix("sqlite:///")), PROJECT_ROOT / ".cache" / "mlflow")
         self.url = f"http://127.0.0.1:{port}"
         self.log_path = log_path
         self.log = log_path.open("ab")

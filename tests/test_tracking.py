@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 
 import pytest
@@ -68,6 +69,41 @@ def test_a_finished_job_is_one_finished_run_with_config_provenance_and_samples(c
     assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["samples", "telemetry.json"]
     record = json.loads((tmp_path / "job" / tracking.RECORD).read_text())
     assert record["synced"] and record["status"] == "FINISHED" and record["run_id"] == run.info.run_id
+
+
+def _schema(database) -> list:
+    with sqlite3.connect(database) as db:
+        tables = db.execute("SELECT type, name, sql FROM sqlite_master ORDER BY type, name").fetchall()
+        version = db.execute("SELECT version_num FROM alembic_version").fetchall()
+        experiments = db.execute("SELECT experiment_id, name, artifact_location FROM experiments").fetchall()
+    return [tables, version, experiments]
+
+
+def test_a_new_store_is_a_copy_of_mlflows_own_empty_store_and_an_existing_one_is_never_replaced(compose_cfg, tmp_path):
+    cfg = compose_cfg(
+        f"paths.output_dir={tmp_path}/out", f"paths.cache_dir={tmp_path}/cache", "tracking.system_metrics=false"
+    )
+    _job(cfg, tmp_path / "job")  # the job's store is seeded from a template made in its cache folder
+    (template,) = (tmp_path / "cache" / "mlflow").glob("empty-mlflow-*.db")
+    assert [r.info.status for r in _runs(cfg.tracking.uri)] == ["FINISHED"]
+
+    seeded, built = tmp_path / "seeded.db", tmp_path / "built.db"
+    tracking.seed_sqlite_store(seeded, template.parent)
+    for database in (seeded, built):  # MLflow opens the copy, and builds the other one itself
+        MlflowClient(f"sqlite:///{database}").search_experiments()
+    assert _schema(seeded) == _schema(built)  # same tables, same migration, the same Default experiment
+
+    MlflowClient(f"sqlite:///{seeded}").create_experiment("kept")
+    tracking.seed_sqlite_store(seeded, template.parent)
+    assert MlflowClient(f"sqlite:///{seeded}").get_experiment_by_name("kept") is not None
+
+
+def test_without_a_usable_template_folder_mlflow_builds_the_store_and_nothing_half_made_is_left(tmp_path):
+    blocker = tmp_path / "templates"
+    blocker.write_text("a file where the template folder should be")
+    tracking.seed_sqlite_store(tmp_path / "store.db", blocker)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["templates"]
+    MlflowClient(f"sqlite:///{tmp_path}/store.db").create_experiment("works")
 
 
 def test_an_exception_ends_the_run_failed_with_the_error_attached(cfg, tmp_path):
