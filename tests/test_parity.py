@@ -47,6 +47,7 @@ def engines(default_model_dir):
             "seed": 0,
             # As the runner runs it: multiple-choice requests share their context through the prefix cache.
             "enable_prefix_caching": True,
+            "disable_log_stats": False,  # as the runner runs it: latencies and the KV-cache gauge
         },
     )
     hf = HFEngine(str(default_model_dir), dtype="float32", batch_size=8)
@@ -70,6 +71,17 @@ def test_greedy_generations_are_identical(engines):
     hf_out = engines["hf"].generate(prompts, settings)
     assert [c.text for c in vllm_out] == [c.text for c in hf_out]
     assert all(c.text for c in vllm_out)
+
+
+def test_vllms_kv_cache_gauge_reads_while_requests_run_and_empties_after(engines):
+    tokenizer = engines["hf"].tokenizer
+    prompts = [chat_prompt(tokenizer, p) for p in PROMPTS * 4]
+    seen: list[float | None] = []
+    engine = engines["vllm"]
+    engine.generate(prompts, SamplingSettings(max_tokens=16), lambda *_: seen.append(engine.kv_cache_usage()))
+    assert len(seen) == len(prompts) and all(0.0 <= used <= 1.0 for used in seen)
+    assert seen[0] > 0.0  # the first answer comes back while the others still hold cache blocks
+    assert engine.kv_cache_usage() == 0.0
 
 
 def test_log_likelihoods_agree_to_a_thousandth(engines):

@@ -11,6 +11,8 @@ from runner.engines.base import Completion, Engine, LogLikelihood, OnResult, Sam
 
 log = logging.getLogger(__name__)
 
+KV_GAUGE = "vllm:kv_cache_usage_perc"  # one sample per engine, labelled with its index
+
 
 class VLLMEngine(Engine):
     name = "vllm"
@@ -110,14 +112,22 @@ class VLLMEngine(Engine):
         return [s or _score(r, o) for s, r, o in zip(scores, requests, outputs, strict=True)]
 
     def kv_cache_usage(self) -> float | None:
-        """vLLM's own gauge (`vllm:kv_cache_usage_perc`, a 0..1 fraction despite its name), read from its
-        metrics snapshot; the progress thread calls this while the main thread steps the engine."""
-        llm = getattr(self, "llm", None)
-        try:
-            gauges = [m for m in llm.get_metrics() if m.name == "vllm:kv_cache_usage_perc"] if llm else []
-        except Exception:  # noqa: BLE001 - no stat loggers (disable_log_stats) or an engine shutting down
+        """vLLM's own gauge (`vllm:kv_cache_usage_perc`, a 0..1 fraction despite its name); the progress
+        thread reads it once a second while the main thread steps the engine.
+
+        Read from Prometheus' registry restricted to that one gauge: `LLM.get_metrics()` converts every
+        vLLM histogram bucket on each call (~4 ms holding the GIL here, against ~0.01 ms), time the
+        in-process engine's own loop then waits for.
+        """
+        if getattr(self, "llm", None) is None:
             return None
-        return float(gauges[0].value) if gauges else None
+        from prometheus_client import REGISTRY
+
+        try:
+            values = [s.value for m in REGISTRY.restricted_registry([KV_GAUGE]).collect() for s in m.samples]
+        except Exception:  # noqa: BLE001 - an engine shutting down
+            return None
+        return float(values[0]) if values else None  # none: stat logging is off (disable_log_stats)
 
     def shutdown(self) -> None:
         llm = getattr(self, "llm", None)
