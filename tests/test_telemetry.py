@@ -7,6 +7,8 @@ import subprocess
 import sys
 import time
 
+from conftest import PROJECT_ROOT
+
 from runner.telemetry import PeakGPUMemory, PeakRSS
 
 
@@ -22,6 +24,20 @@ def test_peak_rss_counts_child_processes():
         child.kill()
         child.wait()
     assert with_child.peak_bytes - alone.peak_bytes > 250 * 2**20
+
+
+def test_a_spike_of_this_process_between_two_samples_is_in_the_peak():
+    # A fresh process: the kernel's own peak counts only when it rose inside the window.
+    script = (
+        "from runner.telemetry import PeakRSS\n"
+        "with PeakRSS(interval_s=3600) as rss:\n"
+        "    before = rss.peak_bytes\n"
+        "    spike = bytearray(400 * 2**20)  # touched: zero-filled\n"
+        "    del spike\n"
+        "print(rss.peak_bytes - before)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True)
+    assert int(out.stdout) > 350 * 2**20
 
 
 def test_gpu_peak_sums_this_process_tree_and_ignores_other_processes():
