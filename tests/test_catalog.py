@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import run_cli
 
-from runner.catalog import dataset_status, model_status, project_tasks
+from runner.catalog import dataset_status, load_catalog, model_status, option_names, project_tasks
 from runner.config import PROJECT_ROOT
 
 LABELS = [
@@ -110,6 +110,18 @@ CATEGORIES = [
     "science",
     "text_geospatial",
 ]
+
+
+def test_the_catalog_has_each_category_exactly_as_a_run_composes_it(compose_cfg):
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    GlobalHydra.instance().clear()
+    categories, _ = load_catalog()
+    assert sorted(categories) == option_names("category") and len(categories) == len(LABELS)
+    for name, category in categories.items():
+        composed = compose_cfg(f"category={name}").category
+        assert OmegaConf.to_container(category) == OmegaConf.to_container(composed), name
 
 
 def test_list_is_one_line_per_category(empty_hf_cache):
