@@ -28,7 +28,7 @@ for category in json.load(sys.stdin):
 status=0
 case "$preset" in
   ready)
-    # Hydra sweeps a category's models once per command, so each category is a sweep of its own.
+    # Each category with only the models whose weights are here: a model list per category, one sweep each.
     while read -r category models; do
       [ "$models" = "-" ] && { echo "skipping $category: none of its models' weights are here"; continue; }
       "$PY" -m runner -m "category=$category" "model=$models" "$@" || status=1

@@ -22,9 +22,6 @@ if not OmegaConf.has_resolver("project_root"):
 _START_ENV = dict(os.environ)
 if not OmegaConf.has_resolver("start_env"):
     OmegaConf.register_new_resolver("start_env", lambda name, default=None: _START_ENV.get(name, default))
-# ${csv:${category.models}} turns a list into Hydra's sweep syntax (a,b,c) for hydra.sweeper.params.
-if not OmegaConf.has_resolver("csv"):
-    OmegaConf.register_new_resolver("csv", lambda items: ",".join(str(i) for i in items))
 
 # ${torch_seed:${seed}}: the torch seed of lm-eval's four (runner/schema.py `seeds`), which the engines use.
 if not OmegaConf.has_resolver("torch_seed"):

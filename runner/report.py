@@ -77,6 +77,8 @@ def collect_runs(
 
     `sweep_dir` keeps only the runs whose `sweep_dir` tag names that folder. Report runs are skipped.
     """
+    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri.removeprefix("sqlite:///")).is_file():
+        return []  # no store yet (a sweep of plans): opening one would create it
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri)  # explicit URI: the caller's global tracking URI stays untouched

@@ -257,6 +257,32 @@ def test_an_explicit_model_in_a_sweep_wins_over_the_categorys_list(tmp_path):
     assert plans[0]["models"][0]["in_category"] is False
 
 
+def _planned(out: Path) -> list[tuple[str, str]]:
+    """(category, model) of each job of the sweep, in job order."""
+    jobs = sorted(out.glob("multirun/*/*/*/plan.json"), key=lambda p: int(p.parent.name.split("_")[0]))
+    return [(plan["category"], plan["models"][0]["name"]) for plan in map(json.loads, map(Path.read_text, jobs))]
+
+
+def test_a_sweep_over_categories_runs_each_category_with_its_own_models(tmp_path):
+    from runner.catalog import load_catalog
+
+    categories, _ = load_catalog()
+    result = run_cli("-m", "category=text_geospatial,efficiency", "mode=plan", f"paths.output_dir={tmp_path}")
+    assert result.returncode == 0, result.stdout[-3000:]
+    expected = [(c, m) for c in ("text_geospatial", "efficiency") for m in categories[c].models]
+    assert _planned(tmp_path) == expected
+    assert "efficiency" in {c for c, _ in expected} and len(set(expected)) == len(expected) > 4
+
+
+def test_a_model_given_to_a_multi_category_sweep_runs_in_each_category(tmp_path):
+    args = ("category=text_geospatial,efficiency", "model=smollm2_135m,tiny_llama", "mode=plan")
+    result = run_cli("-m", *args, f"paths.output_dir={tmp_path}")
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert _planned(tmp_path) == [
+        (c, m) for c in ("text_geospatial", "efficiency") for m in ("smollm2_135m", "tiny_llama")
+    ]
+
+
 def test_doctor_reports_this_machine(tmp_path):
     result = run_cli("mode=doctor", "output=json", f"paths.output_dir={tmp_path}")
     checks = {c["name"]: c for c in json.loads(result.stdout)}

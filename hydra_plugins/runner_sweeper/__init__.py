@@ -1,0 +1,87 @@
+"""Hydra's basic sweeper, plus: a job that does not name a model runs once per model its category lists.
+
+`python -m runner -m category=coding,math` is then one job per (category, model), each category with
+its own `models`; `model=a,b` on the command line wins, as any override does. Hydra's own
+`hydra.sweeper.params` cannot do this: it is composed once, for the default category (hydra#3047).
+
+It lives in `hydra_plugins` because Hydra only instantiates sweepers found there; conf/config.yaml
+selects it (`override hydra/sweeper: runner`), and everything else is BasicSweeper's.
+"""
+
+# No `from __future__ import annotations`: Hydra loads plugin modules without registering them in
+# sys.modules, and dataclasses then cannot resolve string annotations.
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.config_store import ConfigStore
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
+from hydra.types import RunMode
+from omegaconf import OmegaConf
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunnerSweeperConf:
+    _target_: str = "hydra_plugins.runner_sweeper.RunnerSweeper"
+    max_batch_size: int | None = None
+    params: dict[str, str] | None = None
+    # override key -> where each job's own config lists its values, used when the key is not swept or set
+    per_job: dict[str, str] = field(default_factory=lambda: {"model": "category.models"})
+
+
+ConfigStore.instance().store(group="hydra/sweeper", name="runner", node=RunnerSweeperConf, provider="runner")
+
+
+class RunnerSweeper(BasicSweeper):
+    def __init__(
+        self, max_batch_size: int | None, params: dict[str, str] | None = None, per_job: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(max_batch_size=max_batch_size, params=params)
+        self.per_job = dict(per_job or {})
+
+    def _jobs(self, arguments: list[str]) -> list[list[str]]:
+        """Every job's overrides: the cartesian product of the command line, then each `per_job` key not
+        given there expanded from the job's own composed config."""
+        parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
+        overrides = parser.parse_overrides([*self._parse_config(), *arguments])
+        given = {o.key_or_group for o in overrides}
+        (jobs,) = self.split_arguments(overrides, None)
+        for key, path in self.per_job.items():
+            if key in given:
+                continue
+            expanded = []
+            for job in jobs:
+                composed = self.hydra_context.config_loader.load_configuration(
+                    config_name=self.config.hydra.job.config_name, overrides=list(job), run_mode=RunMode.MULTIRUN
+                )
+                values = OmegaConf.select(composed, path, default=None)
+                if not values:
+                    log.warning("No job for %s: its %s is empty", " ".join(job) or "the defaults", path)
+                expanded += [[*job, f"{key}={value}"] for value in values or ()]
+            jobs = expanded
+        if not jobs:
+            raise HydraException(f"Nothing to sweep: {', '.join(self.per_job.values())} empty for every job.")
+        return jobs
+
+    def sweep(self, arguments: list[str]) -> Any:
+        jobs = self._jobs(arguments)
+        size = self.max_batch_size or len(jobs)
+        self.overrides = [jobs[i : i + size] for i in range(0, len(jobs), size)]
+        sweep_dir = Path(self.config.hydra.sweep.dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        returns, first = [], 0
+        while not self.is_done():
+            batch = self.get_job_batch()
+            self.validate_batch_is_legal(batch)
+            results = self.launcher.launch(batch, initial_job_idx=first)
+            for result in results:
+                _ = result.return_value  # re-raises a job's exception, as BasicSweeper does
+            first += len(batch)
+            returns.append(results)
+        return returns
