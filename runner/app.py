@@ -23,7 +23,7 @@ from runner.catalog import dataset_status, model_status, project_tasks
 from runner.cluster import job_hardware
 from runner.console import route_engine_logs
 from runner.driver import require_compatible
-from runner.engines import build_engine, max_length, pool
+from runner.engines import build_engine, engine_class, max_length, pool
 from runner.engines.gather import Cancelled, JobEngine
 from runner.engines.lazy import LazyEngine
 from runner.env import prepare_environment
@@ -125,10 +125,16 @@ def response_cache_key(cfg: Any, selection: Selection) -> str:
         "quantization": model.quantization,
         "load_format": model.load_format,
         "chat_template": bool(model.chat_template),
-        "engine": "hf" if selection.kind == "hf" else "vllm",
+        # An engine of the user's own is its own identity; the two built-in families keep theirs.
+        "engine": cfg.engine.get("_target_") if _custom_engine(cfg) else "hf" if selection.kind == "hf" else "vllm",
     }
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
     return f"{model.name}-{digest}"
+
+
+def _custom_engine(cfg: Any) -> bool:
+    target = cfg.engine.get("_target_")
+    return bool(target) and target not in (cfg.engine.get("registry") or {}).values()
 
 
 def _in_sweep() -> bool:
@@ -203,10 +209,12 @@ def run_job(cfg: Any, out_dir: Path) -> JobResult:
             log.warning("Not using %s (other processes hold its memory)", line)
         for line in selection.warnings:
             log.warning("%s", line)
+        runs = engine_class(selection, cfg.engine)  # a class that imports, and is an Engine, or one paragraph
         tracker.set_tags(
             {
                 "engine": selection.kind,
                 "engine_reason": selection.reason,
+                "engine_class": f"{runs.__module__}.{runs.__qualname__}",
                 "hardware": hardware.summary(),
                 **({"placement": "; ".join(hardware.notes)} if hardware.source == "ray" else {}),
             }

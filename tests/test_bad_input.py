@@ -142,6 +142,16 @@ def test_an_empty_category_fails_naming_it(tmp_path):
             id="more-replicas-than-devices",
         ),
         pytest.param(["model.dtype=float13"], "model.dtype='float13' is not one of", id="unknown-dtype"),
+        pytest.param(
+            ["engine._target_=no_such_package.MyEngine"],
+            "engine._target_=no_such_package.MyEngine cannot be loaded",
+            id="engine-class-not-importable",
+        ),
+        pytest.param(
+            ["engine._target_=collections.OrderedDict"],
+            "engine._target_=collections.OrderedDict is a class, but not an Engine",
+            id="engine-class-not-an-engine",
+        ),
     ],
 )
 def test_a_job_that_cannot_run_here_fails_before_loading_and_its_run_says_why(tmp_path, overrides, message):

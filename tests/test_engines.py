@@ -1,8 +1,14 @@
-"""Engine plumbing without loading a model: lazy loading, reuse across sweep jobs, cache identity."""
+"""Engine plumbing without loading a model: lazy loading, reuse across sweep jobs, cache identity, and an
+engine of the user's own (docs/engines.md) running the default job."""
 
 from __future__ import annotations
 
+import json
+import re
+
 import pytest
+from conftest import PROJECT_ROOT, run_cli
+from mlflow import MlflowClient
 
 from runner.app import response_cache_key
 from runner.engines import pool
@@ -116,3 +122,27 @@ def test_the_light_tokenizer_path_gives_what_autotokenizer_gives(default_model_d
     rendered = light.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
     assert rendered == auto.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
     assert (light.eos_token, light.bos_token_id) == (auto.eos_token, auto.bos_token_id)
+
+
+def test_an_engine_of_your_own_from_the_docs_runs_the_default_job(tmp_path, default_model_dir):
+    docs = (PROJECT_ROOT / "docs" / "engines.md").read_text()
+    (example,) = re.findall(r"```python\n(.*?)```", docs, re.S)
+    (tmp_path / "my_engines.py").write_text(example)
+    out = tmp_path / "out"
+    job = ["engine._target_=my_engines.CannedEngine", "+engine.answer=Paris", "limit=2", f"paths.output_dir={out}"]
+    result = run_cli(*job, env={"PYTHONPATH": str(tmp_path)})
+    assert result.returncode == 0, result.stdout[-4000:]
+
+    samples = [json.loads(line) for path in out.glob("runs/*/*/lm_eval/**/samples_*.jsonl") for line in path.open()]
+    assert len(samples) == 10 and all(s["resps"] == [["Paris"]] for s in samples)  # 5 datasets x 2: its answers
+    client = MlflowClient(f"sqlite:///{out}/mlflow.db")
+    (run,) = client.search_runs([client.get_experiment_by_name("text_geospatial").experiment_id])
+    assert run.info.status == "FINISHED" and run.data.tags["engine_class"] == "my_engines.CannedEngine"
+    assert run.data.metrics["requests"] == 10 and run.data.metrics["engine_loaded"] == 1
+
+
+def test_an_engine_of_your_own_has_its_own_response_cache(compose_cfg):
+    selection = select_engine(compose_cfg().engine, compose_cfg().model, Hardware(host_memory_bytes=64 * GiB))
+    builtin = response_cache_key(compose_cfg(), selection)
+    assert response_cache_key(compose_cfg("engine._target_=runner.engines.vllm.VLLMEngine"), selection) == builtin
+    assert response_cache_key(compose_cfg("engine._target_=my_engines.CannedEngine"), selection) != builtin

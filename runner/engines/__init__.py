@@ -6,7 +6,6 @@ import os
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from runner import heap
 from runner.engines.base import Completion, Engine, EngineStats, LogLikelihood, SamplingSettings
 
 if TYPE_CHECKING:
@@ -23,6 +22,7 @@ __all__ = [
     "SamplingSettings",
     "EngineLoadError",
     "build_engine",
+    "engine_class",
     "max_length",
     "vllm_engine_args",
 ]
@@ -32,7 +32,7 @@ class EngineLoadError(RuntimeError):
     """The engine refused the model or its settings while loading; no request was sent."""
 
 
-def _from_hub(model: Any) -> bool:
+def from_hub(model: Any) -> bool:
     """A hub revision applies only to weights loaded by repo id (not a local, converted or dummy folder)."""
     return bool(model.get("revision")) and not (model.get("path") or model.get("gguf") or model.load_format == "dummy")
 
@@ -52,7 +52,7 @@ def vllm_engine_args(selection: Selection, model: Any, engine: Any) -> dict[str,
     )
     if model.get("quantization"):
         args["quantization"] = model.quantization
-    if _from_hub(model):
+    if from_hub(model):
         args["revision"] = model.revision
     if selection.kind == "distributed":
         args.update(
@@ -144,30 +144,41 @@ def check_engine_args(args: dict[str, Any]) -> None:
             )
 
 
+def engine_class(selection: Selection, engine: Any) -> type[Engine]:
+    """The Engine subclass that runs the job: `engine._target_` when set (a user's own engine), else the
+    one `engine.registry` names for the kind selection picked. Checked before anything loads."""
+    from hydra.utils import get_class
+
+    from runner.schema import ConfigError
+
+    target = engine.get("_target_")
+    if not target:
+        target = (engine.get("registry") or {}).get(selection.kind)
+        if not target:
+            raise ConfigError(
+                f"No engine is registered for kind {selection.kind!r} (engine.registry). Add one "
+                f"(+engine.registry.{selection.kind}=package.module.EngineClass) or name the class to use "
+                "with engine._target_."
+            )
+    fix = (
+        "Name an importable subclass of runner.engines.Engine (docs/engines.md has a minimal one), or leave "
+        "engine._target_ unset to let the engine selection choose."
+    )
+    try:
+        found = get_class(str(target))
+    except Exception as exc:  # noqa: BLE001 - missing module, missing attribute, not a class: one message
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"engine._target_={target} cannot be loaded ({reason}). {fix}") from None
+    if not issubclass(found, Engine):
+        raise ConfigError(f"engine._target_={target} is a class, but not an Engine. {fix}")
+    return found
+
+
 def _load(selection: Selection, model_source: str, model: Any, engine: Any) -> Engine:
-    from omegaconf import OmegaConf
+    cls = engine_class(selection, engine)
+    built = cls.from_config(source=model_source, model=model, engine=engine, selection=selection)
+    if not isinstance(built, Engine):
+        from runner.schema import ConfigError
 
-    if selection.kind == "hf":
-        from runner.engines.hf import HFEngine
-
-        options = {k: v for k, v in OmegaConf.to_container(engine.hf, resolve=True).items() if k != "max_length"}
-        return HFEngine(
-            model_source,
-            dtype=model.dtype,
-            revision=model.revision if _from_hub(model) else None,
-            trust_remote_code=bool(model.trust_remote_code),
-            load_format=model.load_format,
-            **options,
-        )
-    if selection.kind in ("vllm", "distributed", "cpu"):
-        from runner.engines.vllm import VLLMEngine
-
-        if selection.kind == "cpu":
-            for key, value in (engine.get("cpu_env") or {}).items():
-                os.environ.setdefault(str(key), str(value))
-        # vLLM's modules live until exit: frozen, so the load's own collections skip them (~9 s to import here)
-        heap.import_frozen("vllm.engine.arg_utils", "vllm.entrypoints.llm")
-        args = vllm_engine_args(selection, model, engine)
-        check_engine_args(args)
-        return VLLMEngine(model_source, args)
-    raise ValueError(f"No engine implementation for kind {selection.kind!r}")
+        raise ConfigError(f"{cls.__qualname__}.from_config returned {type(built).__name__}, not an Engine.")
+    return built

@@ -121,6 +121,18 @@ class Engine(ABC):
     def __init__(self) -> None:
         self.stats = EngineStats()
 
+    @classmethod
+    def from_config(cls, *, source: str, model: Any, engine: Any, selection: Any) -> Engine:
+        """How the runner builds this engine for a job (the class `engine._target_` names).
+
+        `source` is the model's local folder or hub id, `model` and `engine` are the job's config nodes
+        (`+engine.<anything>=...` reaches an engine of your own here), `selection` is what
+        runner/selection.py chose (kind, GPUs, parallel sizes). The default passes `source` alone, so a
+        subclass whose constructor takes the model's folder needs nothing more. The runner calls this,
+        not the constructor, so an engine keeps a plain constructor for use outside the runner.
+        """
+        return cls(source)
+
     @property
     @abstractmethod
     def tokenizer(self):

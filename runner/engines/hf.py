@@ -62,6 +62,23 @@ class HFEngine(Engine):
             "Loaded %s with transformers on %s in %.1f s", model, self.device, self.stats.load_seconds, extra=FILE_ONLY
         )
 
+    @classmethod
+    def from_config(cls, *, source: str, model: Any, engine: Any, selection: Any) -> HFEngine:
+        """The model's dtype, revision and load format, plus `engine.hf` (batch size, device...)."""
+        from omegaconf import OmegaConf
+
+        from runner.engines import from_hub
+
+        options = {k: v for k, v in OmegaConf.to_container(engine.hf, resolve=True).items() if k != "max_length"}
+        return cls(
+            source,
+            dtype=model.dtype,
+            revision=model.revision if from_hub(model) else None,
+            trust_remote_code=bool(model.trust_remote_code),
+            load_format=model.load_format,
+            **options,
+        )
+
     @property
     def tokenizer(self):
         return self._tokenizer

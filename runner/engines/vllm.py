@@ -28,6 +28,23 @@ class VLLMEngine(Engine):
         self._tokenizer = self.llm.get_tokenizer()
         self._record_cache_capacity()
 
+    @classmethod
+    def from_config(cls, *, source: str, model: Any, engine: Any, selection: Any) -> VLLMEngine:
+        """EngineArgs from the platform defaults, the model and `engine.args` (runner.engines.vllm_engine_args)."""
+        import os
+
+        from runner import heap
+        from runner.engines import check_engine_args, vllm_engine_args
+
+        if selection.kind == "cpu":
+            for key, value in (engine.get("cpu_env") or {}).items():
+                os.environ.setdefault(str(key), str(value))
+        # vLLM's modules live until exit: frozen, so the load's own collections skip them (~9 s to import here)
+        heap.import_frozen("vllm.engine.arg_utils", "vllm.entrypoints.llm")
+        args = vllm_engine_args(selection, model, engine)
+        check_engine_args(args)
+        return cls(source, args)
+
     @property
     def tokenizer(self):
         return self._tokenizer
