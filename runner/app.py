@@ -126,15 +126,18 @@ def response_cache_key(cfg: Any, selection: Selection) -> str:
         "load_format": model.load_format,
         "chat_template": bool(model.chat_template),
         # An engine of the user's own is its own identity; the two built-in families keep theirs.
-        "engine": cfg.engine.get("_target_") if _custom_engine(cfg) else "hf" if selection.kind == "hf" else "vllm",
+        "engine": _custom_engine(cfg) or ("hf" if selection.kind == "hf" else "vllm"),
     }
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
     return f"{model.name}-{digest}"
 
 
-def _custom_engine(cfg: Any) -> bool:
+def _custom_engine(cfg: Any) -> str | None:
+    """The identity of an engine outside the registry (a server is known by its address too), else None."""
     target = cfg.engine.get("_target_")
-    return bool(target) and target not in (cfg.engine.get("registry") or {}).values()
+    if not target or target in (cfg.engine.get("registry") or {}).values():
+        return None
+    return f"{target} {cfg.engine.url}" if cfg.engine.get("url") else str(target)
 
 
 def _in_sweep() -> bool:

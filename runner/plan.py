@@ -75,6 +75,8 @@ def _engine_cell(engine: dict[str, Any]) -> tuple[str, str]:
     if engine["kind"] == "distributed":
         parallel = f" tp={engine['tensor_parallel_size']} pp={engine['pipeline_parallel_size']}"
     mem = engine["memory"]
+    if mem is None:  # a running server (engine.url): its memory is not this machine's
+        return engine["kind"], "-"
     memory = f"{mem['weights_gib']} + {mem['kv_reserve_gib']} KV = {mem['total_gib']} GiB"
     return f"{engine['kind']}{parallel} ({engine['gpus']} GPU)", memory
 

@@ -143,8 +143,10 @@ class JobProgress:
                 self._load_task = self._bar().add_task(self._loading, total=None, info="")
             else:
                 self._print(f"{self._loading} ...")
+        loaded = False
         try:
             yield
+            loaded = True
         finally:
             logging.getLogger("vllm").removeHandler(watcher)
             with self._lock:
@@ -153,7 +155,8 @@ class JobProgress:
                 self._load_task = self._loading = None
                 if self._sent is not None:  # requests sent before the model was loaded: the pace starts now
                     self._sent = time.monotonic()
-            self._print(f"loaded {what} in {time.monotonic() - start:.1f} s")
+            if loaded:  # a failed load says nothing here: its error follows
+                self._print(f"loaded {what} in {time.monotonic() - start:.1f} s")
 
     def phase(self, text: str) -> None:
         with self._lock:

@@ -109,6 +109,13 @@ class EngineConfig:
     # Engine replicas sharing the requests; None: one per GPU of this node when the model fits one GPU.
     data_parallel_size: int | None = None
     selection: SelectionConfig = field(default_factory=SelectionConfig)
+    # engine=vllm_server (runner/engines/server.py): attach to url, or start `vllm serve` when it is None.
+    url: str | None = None  # the OpenAI base URL, http://host:8000/v1
+    served_model: str | None = None  # the server's name for the model, when it is not one the job knows
+    max_concurrency: int = 32  # requests in flight at once
+    request_timeout_s: float = 600.0
+    retries: int = 2  # on connection errors, timeouts, 429 and 5xx
+    start_timeout_s: float = 600.0  # a self-started server must be healthy within this
 
 
 @dataclass

@@ -49,7 +49,7 @@ class MemoryEstimate:
 
 @dataclass(frozen=True)
 class Selection:
-    kind: str  # vllm | distributed | cpu
+    kind: str  # vllm | distributed | cpu | hf | server (a running server, engine.url)
     reason: str
     gpus: int = 0
     tensor_parallel_size: int = 1
@@ -89,6 +89,8 @@ def estimate_memory(model: Any, selection_cfg: Any) -> MemoryEstimate:
 
 
 def select_engine(engine: Any, model: Any, hardware: Hardware) -> Selection:
+    if engine.get("url"):  # engine=vllm_server attached to a running server: nothing loads here
+        return Selection("server", f"engine.url={engine.url}: the model is served there")
     kind = engine.kind
     if kind not in KINDS:
         raise SelectionError(f"engine.kind={kind!r} is not one of {', '.join(KINDS)}.")

@@ -227,6 +227,40 @@ def mlflow_server(folder: Path, port: int) -> MlflowServer:
     return MlflowServer(f"sqlite:///{folder}/mlflow.db", folder / "artifacts", port, folder / "server.log")
 
 
+@pytest.fixture(scope="session")
+def vllm_server(default_model_dir):
+    """`vllm serve` of the default model, started by the server engine as `engine=vllm_server` without a URL
+    starts it; stopped at the end, and checked gone with everything it started."""
+    from runner.engines.server import VLLMServerEngine
+    from runner.hardware import detect
+    from runner.selection import select_engine
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=["engine=vllm_server"])
+    GlobalHydra.instance().clear()
+    selection = select_engine(cfg.engine, cfg.model, detect())
+    engine = VLLMServerEngine.from_config(
+        source=str(default_model_dir), model=cfg.model, engine=cfg.engine, selection=selection
+    )
+    process = engine._server.process
+    yield engine
+    engine.shutdown()
+    assert process.poll() is not None
+    import psutil
+
+    # Its process group, the engine core it started included, is gone (zombies wait for their reaper).
+    live = [p for p in psutil.process_iter(["status"]) if _pgid(p.pid) == process.pid and p.info["status"] != "zombie"]
+    assert not live, live
+
+
+def _pgid(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return None
+
+
 # The default category's datasets answer in at most 16 tokens: the tests look at mechanics, not scores,
 # and the tiny models would otherwise fill every answer up to the task's limit (64-192 tokens).
 GEO_DATASETS = ("spatial_reasoning", "coordinate_processing", "address_parsing", "location_ner", "ner_locations")

