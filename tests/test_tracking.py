@@ -72,8 +72,14 @@ def test_a_finished_job_is_one_finished_run_with_config_provenance_and_samples(c
 
 
 def _schema(database) -> list:
+    """Tables, indexes and triggers with their columns and constraints (as sets: alembic's table rebuilds
+    write a table's constraints in an order that varies from run to run), the migration, the experiments."""
     with sqlite3.connect(database) as db:
-        tables = db.execute("SELECT type, name, sql FROM sqlite_master ORDER BY type, name").fetchall()
+        rows = db.execute("SELECT type, name, sql FROM sqlite_master ORDER BY type, name").fetchall()
+        tables = [
+            (kind, name, sorted(line.strip().rstrip(",") for line in (sql or "").split("\n")))
+            for kind, name, sql in rows
+        ]
         version = db.execute("SELECT version_num FROM alembic_version").fetchall()
         experiments = db.execute("SELECT experiment_id, name, artifact_location FROM experiments").fetchall()
     return [tables, version, experiments]
