@@ -399,19 +399,16 @@ def experiment_id_for(client: Any, record: RunRecord) -> str:
 
 
 def _log_batch(client: Any, run_id: str, *, params=None, metrics=None, tags=None, timestamp: int | None = None) -> None:
-    """MLflow's batch limits: 100 params, 1000 metrics per call."""
+    """Dicts to MLflow entities; MlflowClient.log_batch splits them into requests within MLflow's limits."""
     from mlflow.entities import Metric, Param, RunTag
 
     stamp = timestamp or _now_ms()
-    params = [Param(k, v) for k, v in (params or {}).items()]
-    metrics = [Metric(k, float(v), stamp, 0) for k, v in (metrics or {}).items()]
-    tags = [RunTag(k, str(v)) for k, v in (tags or {}).items()]
-    for i in range(0, len(params), 100):
-        client.log_batch(run_id, params=params[i : i + 100])
-    for i in range(0, len(metrics), 1000):
-        client.log_batch(run_id, metrics=metrics[i : i + 1000])
-    if tags:
-        client.log_batch(run_id, tags=tags)
+    client.log_batch(
+        run_id,
+        params=[Param(k, v) for k, v in (params or {}).items()],
+        metrics=[Metric(k, float(v), stamp, 0) for k, v in (metrics or {}).items()],
+        tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()],
+    )
 
 
 def pending_records(output_dir: Path) -> list[Path]:
