@@ -6,7 +6,6 @@ Read this file top to bottom to follow a run; each step lives in a module named 
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import logging
 import os
@@ -25,6 +24,7 @@ from runner.console import route_engine_logs
 from runner.driver import require_compatible
 from runner.engines import build_engine, engine_class, max_length, pool
 from runner.engines.gather import Cancelled, JobEngine
+from runner.engines.keys import pool_key, response_cache_key
 from runner.engines.lazy import LazyEngine
 from runner.env import prepare_environment
 from runner.evaluate import (
@@ -110,36 +110,6 @@ def runnable_datasets(cfg: Any) -> tuple[list[Any], dict[str, str]]:
     return runnable, skipped
 
 
-def response_cache_key(cfg: Any, selection: Selection) -> str:
-    """Model identity for the response cache: what changes answers, not how they were computed.
-
-    Batch size, GPU count and parallelism are left out on purpose; vLLM and transformers are kept
-    apart because their numerics differ outside fp32.
-    """
-    model = cfg.model
-    identity = {
-        "model": model.path or model.repo_id,
-        "gguf": OmegaConf.to_container(model.gguf) if model.get("gguf") else None,
-        "revision": model.revision,
-        "dtype": model.dtype,
-        "quantization": model.quantization,
-        "load_format": model.load_format,
-        "chat_template": bool(model.chat_template),
-        # An engine of the user's own is its own identity; the two built-in families keep theirs.
-        "engine": _custom_engine(cfg) or ("hf" if selection.kind == "hf" else "vllm"),
-    }
-    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
-    return f"{model.name}-{digest}"
-
-
-def _custom_engine(cfg: Any) -> str | None:
-    """The identity of an engine outside the registry (a server is known by its address too), else None."""
-    target = cfg.engine.get("_target_")
-    if not target or target in (cfg.engine.get("registry") or {}).values():
-        return None
-    return f"{target} {cfg.engine.url}" if cfg.engine.get("url") else str(target)
-
-
 def _in_sweep() -> bool:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
@@ -161,15 +131,7 @@ def _engine(cfg: Any, selection: Selection, model_source: str, progress: JobProg
 
     if not _in_sweep():
         return make(), False
-    settings = {
-        "source": model_source,
-        "selection": selection.kind,
-        "tp": selection.tensor_parallel_size,
-        "pp": selection.pipeline_parallel_size,
-        "model": OmegaConf.to_container(cfg.model, resolve=True),
-        "engine": OmegaConf.to_container(cfg.engine, resolve=True),
-    }
-    return pool.acquire(json.dumps(settings, sort_keys=True, default=str), make)
+    return pool.acquire(pool_key(cfg, selection, model_source), make)
 
 
 def _sweep_tags() -> dict[str, str]:

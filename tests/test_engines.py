@@ -10,9 +10,9 @@ import pytest
 from conftest import PROJECT_ROOT, run_cli
 from mlflow import MlflowClient
 
-from runner.app import response_cache_key
 from runner.engines import pool
 from runner.engines.base import Completion, Engine, LogLikelihood, SamplingSettings
+from runner.engines.keys import response_cache_key
 from runner.engines.lazy import LazyEngine
 from runner.hardware import Hardware
 from runner.selection import select_engine
