@@ -131,3 +131,12 @@ def test_a_seed_lm_eval_would_refuse_is_one_clear_error(value, compose_cfg):
 
     with pytest.raises(ConfigError, match=r"^seed="):
         validate(compose_cfg(f"seed={value}"))
+
+
+def test_debug_fast_is_a_tiny_uncached_job_and_the_command_line_still_wins(compose_cfg):
+    cfg = compose_cfg("debug=fast")
+    assert (cfg.model.name, cfg.engine.kind, cfg.limit, cfg.cache) == ("tiny_llama", "hf", 2, False)
+    assert cfg.tracking.system_metrics is False
+    assert compose_cfg("debug=fast", "limit=5", "model=smollm2_135m").limit == 5
+    assert compose_cfg("debug=fast", "model=smollm2_135m").model.name == "smollm2_135m"
+    assert compose_cfg().limit is None and compose_cfg().cache is True  # without it, nothing changes

@@ -70,7 +70,7 @@ def test_a_job_in_a_terminal_shows_a_live_bar_and_no_library_noise(tmp_path):
 
 def test_a_forty_column_terminal_still_gets_a_readable_line(tmp_path):
     out = run_in_terminal(
-        ["model=tiny_llama", "engine=hf", "limit=8", "cache=false", f"paths.output_dir={tmp_path}", *ONLY_TWO],
+        ["debug=fast", "limit=8", f"paths.output_dir={tmp_path}", *ONLY_TWO],
         columns=40,
     )
     # A count stands alone ("3/8"), so the summary's run directory (".../2026-11-29/16-30-37_...") is not one.

@@ -19,14 +19,12 @@ pytestmark = pytest.mark.slow
 
 @pytest.mark.parametrize("launcher", ["joblib", "submitit_local", "ray"])
 def test_a_two_job_sweep_through_a_launcher_plugin_lands_in_mlflow(launcher, tmp_path, default_model_dir):
-    # The cheapest real jobs: a 14M random-weight model on the transformers engine, one ready dataset.
+    # The cheapest real jobs (debug=fast: a 14M random-weight model on transformers), one ready dataset.
     result = run_cli(
         "-m",
         "category=efficiency",
-        "model=tiny_llama",
-        "engine=hf",
+        "debug=fast",
         "limit=1,2",
-        "cache=false",
         f"hydra/launcher={launcher}",
         f"paths.output_dir={tmp_path}",
         timeout=600,
