@@ -98,7 +98,7 @@ class EngineConfig:
     kind: str = "auto"  # auto | vllm | distributed | cpu | hf
     # The Engine subclass that runs the job; None: the one `registry` names for the kind selection picks.
     _target_: str | None = None
-    registry: dict[str, str] = field(default_factory=dict)  # kind -> Engine subclass
+    registry: dict[str, str] = field(default_factory=dict)  # kind -> Engine class, over BUILTIN_ENGINES
     args: dict[str, Any] = field(default_factory=dict)  # vLLM EngineArgs; win over everything
     gpu: dict[str, Any] = field(default_factory=dict)
     cpu: dict[str, Any] = field(default_factory=dict)

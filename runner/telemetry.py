@@ -47,11 +47,22 @@ class _Sampler:
 
 
 def own_peak_rss() -> int:
-    """This process's peak resident memory so far, in bytes, as the kernel keeps it (ru_maxrss)."""
+    """This process's peak resident memory so far, in bytes, as the kernel keeps it.
+
+    Linux: VmHWM of /proc/self/status. Not ru_maxrss, which also keeps the peak of the image `exec`
+    replaced: a runner started by a large process (a test session, a launcher) would report its parent's.
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024  # kB
+    except OSError:
+        pass
     import resource
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB on Linux
+    return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB elsewhere
 
 
 class PeakRSS(_Sampler):

@@ -146,3 +146,19 @@ def test_an_engine_of_your_own_has_its_own_response_cache(compose_cfg):
     builtin = response_cache_key(compose_cfg(), selection)
     assert response_cache_key(compose_cfg("engine._target_=runner.engines.vllm.VLLMEngine"), selection) == builtin
     assert response_cache_key(compose_cfg("engine._target_=my_engines.CannedEngine"), selection) != builtin
+
+
+def test_the_registry_picks_the_class_for_the_selected_kind_and_can_be_extended(compose_cfg):
+    from omegaconf import OmegaConf
+
+    from runner.engines import engine_class
+    from runner.engines.hf import HFEngine
+    from runner.engines.vllm import VLLMEngine
+    from runner.schema import ConfigError
+
+    cpu = select_engine(compose_cfg().engine, compose_cfg().model, Hardware(host_memory_bytes=64 * GiB))
+    assert engine_class(cpu, compose_cfg().engine) is VLLMEngine
+    assert engine_class(cpu, OmegaConf.create({"cpu": {}})) is VLLMEngine  # a config built by hand: the built-ins
+    assert engine_class(cpu, compose_cfg("+engine.registry.cpu=runner.engines.hf.HFEngine").engine) is HFEngine
+    with pytest.raises(ConfigError, match="is a class, but not an Engine"):
+        engine_class(cpu, compose_cfg("+engine.registry.cpu=collections.OrderedDict").engine)

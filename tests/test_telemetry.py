@@ -27,12 +27,13 @@ def test_peak_rss_counts_child_processes():
 
 
 def test_a_spike_of_this_process_between_two_samples_is_in_the_peak():
-    # A fresh process: the kernel's own peak counts only when it rose inside the window.
+    # A fresh process started by this (large) test process: its peak must be its own, not the parent's,
+    # and the kernel's peak counts only when it rose inside the window.
     script = (
         "from runner.telemetry import PeakRSS\n"
         "with PeakRSS(interval_s=3600) as rss:\n"
         "    before = rss.peak_bytes\n"
-        "    spike = bytearray(400 * 2**20)  # touched: zero-filled\n"
+        "    spike = b'x' * (400 * 2**20)  # every page written\n"
         "    del spike\n"
         "print(rss.peak_bytes - before)\n"
     )

@@ -28,6 +28,20 @@ __all__ = [
 ]
 
 
+# The Engine class for each kind selection can pick; `engine.registry` adds kinds or replaces these.
+BUILTIN_ENGINES = {
+    "vllm": "runner.engines.vllm.VLLMEngine",
+    "distributed": "runner.engines.vllm.VLLMEngine",
+    "cpu": "runner.engines.vllm.VLLMEngine",
+    "hf": "runner.engines.hf.HFEngine",
+}
+
+
+def registry(engine: Any) -> dict[str, str]:
+    """kind -> Engine class: the built-in ones, then `engine.registry` (a config built by hand may lack it)."""
+    return {**BUILTIN_ENGINES, **{str(k): str(v) for k, v in (engine.get("registry") or {}).items()}}
+
+
 class EngineLoadError(RuntimeError):
     """The engine refused the model or its settings while loading; no request was sent."""
 
@@ -153,7 +167,7 @@ def engine_class(selection: Selection, engine: Any) -> type[Engine]:
 
     target = engine.get("_target_")
     if not target:
-        target = (engine.get("registry") or {}).get(selection.kind)
+        target = registry(engine).get(selection.kind)
         if not target:
             raise ConfigError(
                 f"No engine is registered for kind {selection.kind!r} (engine.registry). Add one "

@@ -52,7 +52,9 @@ def pool_key(cfg: Any, selection: Selection, source: str) -> str:
 
 def _custom_engine(cfg: Any) -> str | None:
     """The identity of an engine outside the registry (a server is known by its address too), else None."""
+    from runner.engines import registry
+
     target = cfg.engine.get("_target_")
-    if not target or target in (cfg.engine.get("registry") or {}).values():
+    if not target or target in registry(cfg.engine).values():
         return None
     return f"{target} {cfg.engine.url}" if cfg.engine.get("url") else str(target)
