@@ -277,9 +277,11 @@ def test_an_explicit_model_in_a_sweep_wins_over_the_categorys_list(tmp_path):
 
 
 def _planned(out: Path) -> list[tuple[str, str]]:
-    """(category, model) of each job of the sweep, in job order."""
-    jobs = sorted(out.glob("multirun/*/*/*/plan.json"), key=lambda p: int(p.parent.name.split("_")[0]))
-    return [(plan["category"], plan["models"][0]["name"]) for plan in map(json.loads, map(Path.read_text, jobs))]
+    """(category, model) of each job of the sweep, in job order, from the config each job ran with."""
+    from omegaconf import OmegaConf
+
+    jobs = sorted(out.glob("multirun/*/*/*/.hydra/config.yaml"), key=lambda p: int(p.parent.parent.name.split("_")[0]))
+    return [(cfg.category.name, cfg.model.name) for cfg in map(OmegaConf.load, jobs)]
 
 
 def test_a_sweep_over_categories_runs_each_category_with_its_own_models(tmp_path):
@@ -291,6 +293,14 @@ def test_a_sweep_over_categories_runs_each_category_with_its_own_models(tmp_path
     expected = [(c, m) for c in ("text_geospatial", "efficiency") for m in categories[c].models]
     assert _planned(tmp_path) == expected
     assert "efficiency" in {c for c, _ in expected} and len(set(expected)) == len(expected) > 4
+
+
+def test_a_model_chosen_by_a_config_group_is_not_replaced_by_the_categorys_list(tmp_path):
+    result = run_cli(
+        "-m", "category=text_geospatial,efficiency", "debug=fast", "mode=plan", f"paths.output_dir={tmp_path}"
+    )
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert _planned(tmp_path) == [("text_geospatial", "tiny_llama"), ("efficiency", "tiny_llama")]
 
 
 def test_a_model_given_to_a_multi_category_sweep_runs_in_each_category(tmp_path):

@@ -51,14 +51,22 @@ class RunnerSweeper(BasicSweeper):
         overrides = parser.parse_overrides([*self._parse_config(), *arguments])
         given = {o.key_or_group for o in overrides}
         (jobs,) = self.split_arguments(overrides, None)
+
+        def compose(job: list[str]) -> Any:
+            return self.hydra_context.config_loader.load_configuration(
+                config_name=self.config.hydra.job.config_name, overrides=list(job), run_mode=RunMode.MULTIRUN
+            )
+
+        default_choices = compose([]).hydra.runtime.choices
         for key, path in self.per_job.items():
             if key in given:
                 continue
             expanded = []
             for job in jobs:
-                composed = self.hydra_context.config_loader.load_configuration(
-                    config_name=self.config.hydra.job.config_name, overrides=list(job), run_mode=RunMode.MULTIRUN
-                )
+                composed = compose(job)
+                if composed.hydra.runtime.choices.get(key) != default_choices.get(key):
+                    expanded.append(job)  # a config of the job chose it (debug=fast picks its model): kept
+                    continue
                 values = OmegaConf.select(composed, path, default=None)
                 if not values:
                     log.warning("No job for %s: its %s is empty", " ".join(job) or "the defaults", path)
