@@ -1,0 +1,211 @@
+"""Running programs in the sandbox from the caller's side: limits, spawning, output, deadline, kill.
+
+One run: write the program with its success marker, lease a uid, ask the fork server for a
+supervised run, read stdout/stderr up to the cap until it ends or the hard deadline passes, kill
+whatever is left, and turn what was reported into a SandboxResult.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import secrets
+import selectors
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from adapters.sandbox._client import _SERVER
+from adapters.sandbox._results import SandboxError, SandboxResult, _classify, _isolation, _parse_report, _tail
+from adapters.sandbox._uids import _UIDS, _no_lease, _processes_of_uid
+
+# Dirs any uid may write to: each gets a fresh private tmpfs inside the sandbox.
+PRIVATE_DIRS = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")
+_KILL_GRACE_S = 5.0  # past the supervisor's own timeout, the caller kills the whole group itself
+
+
+def _mask_dirs() -> list[str]:
+    homes = {"/root", "/home", os.path.expanduser("~")}
+    return sorted(h for h in homes if h not in ("/", "") and os.path.isdir(h))
+
+
+def _keep_dirs(python: str) -> list[str]:
+    """What the program's interpreter needs to stay reachable when homes are hidden."""
+    bins = {os.path.dirname(python), os.path.dirname(os.path.realpath(python))}
+    paths = {sys.prefix, sys.base_prefix, sys.base_exec_prefix, *bins}
+    ordered = sorted({os.path.realpath(p) for p in paths} | {os.path.abspath(p) for p in paths})
+    # Outermost only: a bind of the prefix already brings its bin/ and lib/.
+    return [p for p in ordered if not any(p != q and p.startswith(q.rstrip("/") + "/") for q in ordered)]
+
+
+def run_program(
+    code: str,
+    *,
+    timeout_s: float = 10.0,
+    memory_mb: int = 1024,
+    cpu_s: float | None = None,
+    file_size_mb: int = 16,
+    max_processes: int = 32,
+    max_open_files: int = 256,
+    tmp_mb: int = 64,
+    max_output_bytes: int = 1 << 20,
+    tail_chars: int = 4000,
+    python: str | None = None,
+    site_packages: bool = False,
+) -> SandboxResult:
+    """Run ``code`` as a Python program in the sandbox; passed only if it ran to its very end.
+
+    A success marker (a fresh random token) is printed by a line appended after ``code``: exit code 0
+    alone does not pass, so ``os._exit(0)``/``sys.exit(0)`` before the checks count as failures.
+    ``python`` defaults to this interpreter, run isolated (``-I``) and, unless ``site_packages``,
+    without site-packages (``-S``). Raises SandboxError only when no run could be attempted.
+    """
+    python = python or sys.executable
+    marker = f"SANDBOX-OK-{secrets.token_hex(16)}"
+    # Flushed first so the marker comes last; os.write so a replaced sys.stdout cannot swallow it.
+    program = (
+        f"{code}\n\nimport os as _sandbox_os, sys as _sandbox_sys\n"
+        f"_sandbox_sys.stdout.flush()\n_sandbox_os.write(1, b'\\n{marker}\\n')\n"
+    )
+    limits = {
+        "timeout": timeout_s,
+        "cpu": max(1, math.ceil(cpu_s if cpu_s is not None else timeout_s)),
+        "as": memory_mb << 20,
+        "fsize": file_size_mb << 20,
+        "nproc": max_processes,
+        "nofile": max_open_files,
+        "tmp_bytes": tmp_mb << 20,
+    }
+    with _UIDS.lease() if os.geteuid() == 0 else _no_lease() as uid:
+        # Always under /tmp, which becomes the sandbox's private tmpfs: the program's only writable place.
+        work = tempfile.mkdtemp(prefix="sbx-", dir="/tmp")
+        try:
+            Path(work, "prog.py").write_text(program, encoding="utf-8")
+            if uid >= 0:
+                os.chown(work, uid, uid)
+            return _run(work, uid, marker, python, site_packages, limits, max_output_bytes, tail_chars)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _run(work, uid, marker, python, site_packages, limits, max_output_bytes, tail_chars) -> SandboxResult:
+    args = [f"{k}={v}" for k, v in limits.items() if k != "nproc" or uid >= 0]
+    args += [f"uid={uid}", f"gid={uid}", f"work={work}"]
+    args += [f"private={d}" for d in PRIVATE_DIRS] + [f"mask={d}" for d in _mask_dirs()]
+    target = python if site_packages else os.path.realpath(python)
+    args += [f"keep={d}" for d in _keep_dirs(target)]
+    flags = ["-I"] if site_packages else ["-I", "-S"]
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    rep_r, rep_w = os.pipe()
+    start = time.monotonic()
+    try:
+        pid, pidfd = _SERVER.spawn([*args, "--", target, *flags, "prog.py"], [out_w, err_w, rep_w])
+    except BaseException:
+        for fd in (out_r, err_r, rep_r):
+            os.close(fd)
+        raise
+    finally:
+        for fd in (out_w, err_w, rep_w):
+            os.close(fd)
+    exited = False
+    try:
+        out, err, over, exited = _collect(pidfd, out_r, err_r, start + limits["timeout"] + _KILL_GRACE_S,
+                                          max_output_bytes)  # fmt: skip
+    finally:
+        if not exited:  # our deadline or an exception: the supervisor did not finish by itself
+            _kill_run(pid, pidfd, uid)
+        os.close(pidfd)
+        # Every writer has exited or exec'd (the fd is close-on-exec there): read what is buffered, never block.
+        os.set_blocking(rep_r, False)
+        with os.fdopen(rep_r, "rb") as fh:
+            raw = fh.read() or b""
+    duration = time.monotonic() - start
+    rep = _parse_report(raw)
+    iso = _isolation(rep, uid)
+    status, returncode, reason = _classify(rep, out, err, over, marker, limits["timeout"])
+    return SandboxResult(status, returncode, _tail(out, tail_chars), _tail(err, tail_chars), duration, reason, iso)
+
+
+def _collect(pidfd: int, out_fd: int, err_fd: int, deadline: float, cap: int):
+    """Read stdout/stderr until the supervisor exits (its pidfd turns readable) or the hard deadline.
+
+    A stream past ``cap`` is cut off by closing our end: the writer gets EPIPE instead of filling
+    memory here. Returns (stdout, stderr, what went over, whether the supervisor exited).
+    """
+    bufs = {out_fd: bytearray(), err_fd: bytearray()}
+    names = {out_fd: "stdout", err_fd: "stderr"}
+    over: list[str] = []
+    exited_at: float | None = None
+    with selectors.DefaultSelector() as sel:
+        for fd in (out_fd, err_fd, pidfd):
+            sel.register(fd, selectors.EVENT_READ)
+        while True:
+            now = time.monotonic()
+            streams_open = any(fd in bufs for fd in sel.get_map())
+            if exited_at is not None and (not streams_open or now - exited_at > 1.0):
+                break  # done; or a straggler outside the PID namespace still holds a pipe
+            if now >= deadline:
+                over.append("deadline")
+                break
+            for key, _ in sel.select(timeout=min(0.5, deadline - now)):
+                if key.fd == pidfd:
+                    exited_at = time.monotonic()
+                    sel.unregister(pidfd)
+                    continue
+                chunk = os.read(key.fd, 1 << 16)
+                buf = bufs[key.fd]
+                if chunk:
+                    buf += chunk[: cap + 1 - len(buf)]
+                if not chunk or len(buf) > cap:
+                    if len(buf) > cap:
+                        over.append(names[key.fd])
+                    sel.unregister(key.fd)
+                    os.close(key.fd)
+        for fd in (out_fd, err_fd):
+            if fd in sel.get_map():
+                os.close(fd)
+    return bufs[out_fd], bufs[err_fd], over, exited_at is not None
+
+
+def _kill_run(pid: int, pidfd: int, uid: int) -> None:
+    """Last resort when the supervisor overran its own timeout: kill it and everything of the run."""
+    try:
+        signal.pidfd_send_signal(pidfd, signal.SIGKILL)  # race-free, unlike a bare pid
+        os.killpg(pid, signal.SIGKILL)  # pgid == pid (setsid); still ours while the leader is unreaped
+    except (ProcessLookupError, PermissionError):
+        pass
+    if uid >= 0:  # PDEATHSIG ends init and program; this catches anything that escaped both
+        for victim in _processes_of_uid(uid):
+            try:
+                os.kill(victim, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def check_completions(programs: Sequence[str], *, max_workers: int | None = None, **limits: Any) -> list[SandboxResult]:
+    """run_program() over many programs in parallel, results in input order.
+
+    Threads only wait on subprocesses, so the pool size is the number of sandboxes at once.
+    """
+    if not programs:
+        return []
+    workers = max_workers or len(os.sched_getaffinity(0))
+    if workers <= 1 or len(programs) == 1:
+        return [run_program(p, **limits) for p in programs]
+    with ThreadPoolExecutor(max_workers=min(workers, len(programs)), thread_name_prefix="sandbox") as pool:
+        return list(pool.map(lambda p: run_program(p, **limits), programs))
+
+
+def probe() -> dict[str, Any]:
+    """The isolation a run gets on this machine (runs a trivial program)."""
+    result = run_program("pass", timeout_s=10)
+    if result.status != "passed":
+        raise SandboxError(f"sandbox probe failed: {result.status}: {result.reason} {result.stderr_tail}")
+    return result.isolation
