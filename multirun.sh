@@ -14,31 +14,11 @@ PY=${PY:-.venv/bin/python}
 preset=${1:-help}
 shift || true
 
-# Categories (and their ready models) as `mode=list output=json` reports them: "category model,model" lines.
-ready_categories() {
-  "$PY" -m runner mode=list output=json 2>/dev/null | "$PY" -c '
-import json, sys
-for category in json.load(sys.stdin):
-    models = [m for m, s in category["models"].items() if s["ok"]]
-    if any(s["ok"] for s in category["datasets"].values()):
-        print(category["name"], ",".join(models) or "-")
-'
-}
-
-status=0
+# Each preset is a Hydra sweep; the fixed ones are experiment configs (conf/experiment/).
 case "$preset" in
-  ready)
-    # Each category with only the models whose weights are here: a model list per category, one sweep each.
-    while read -r category models; do
-      [ "$models" = "-" ] && { echo "skipping $category: none of its models' weights are here"; continue; }
-      "$PY" -m runner -m "category=$category" "model=$models" "$@" || status=1
-    done < <(ready_categories)
-    exit $status ;;
-  model)
-    name=${1:?model name}; shift
-    categories=$(ready_categories | cut -d' ' -f1 | paste -sd, -)
-    exec "$PY" -m runner -m "model=$name" "category=$categories" "$@" ;;
-  engines) exec "$PY" -m runner -m model=smollm2_135m engine=auto,hf "$@" ;;
+  ready) exec "$PY" -m runner -m experiment=ready "$@" ;;
+  model) name=${1:?model name}; shift; exec "$PY" -m runner -m experiment=ready "model=$name" "$@" ;;
+  engines) exec "$PY" -m runner -m experiment=engines "$@" ;;
   category) name=${1:?category name}; shift; exec "$PY" -m runner -m "category=$name" "$@" ;;
   custom) exec "$PY" -m runner -m "$@" ;;
   *)

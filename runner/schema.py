@@ -85,31 +85,37 @@ class CategoryConfig:
     datasets: dict[str, DatasetConfig] = field(default_factory=dict)
 
 
+# Below, MISSING marks a value conf/ states (its YAML files are the one place a default is written, with
+# what it means); the dataclasses give types. tests/test_config.py checks no default is stated twice.
+
+
 @dataclass
 class SelectionConfig:
     # A model fits one GPU when weights + KV reserve <= usable_gpu_fraction of that GPU's memory.
-    usable_gpu_fraction: float = 0.6
-    kv_cache_reserve_fraction: float = 0.25  # of the weights' size
-    min_kv_cache_gib: float = 2.0
+    usable_gpu_fraction: float = MISSING
+    kv_cache_reserve_fraction: float = MISSING  # of the weights' size
+    min_kv_cache_gib: float = MISSING
 
 
 @dataclass
 class EngineConfig:
-    kind: str = "auto"  # auto | vllm | distributed | cpu | hf
+    # Stated in conf/engine/auto.yaml, which every engine config extends.
+    kind: str = MISSING  # auto | vllm | distributed | cpu | hf | server
     # The Engine subclass that runs the job; None: the one `registry` names for the kind selection picks.
-    _target_: str | None = None
-    registry: dict[str, str] = field(default_factory=dict)  # kind -> Engine class, over BUILTIN_ENGINES
-    args: dict[str, Any] = field(default_factory=dict)  # vLLM EngineArgs; win over everything
-    gpu: dict[str, Any] = field(default_factory=dict)
-    cpu: dict[str, Any] = field(default_factory=dict)
-    cpu_env: dict[str, str] = field(default_factory=dict)
-    hf: dict[str, Any] = field(default_factory=dict)  # HFEngine keyword arguments (engine=hf)
-    tensor_parallel_size: int | None = None  # distributed: None = chosen from memory
-    pipeline_parallel_size: int | None = None
+    _target_: str | None = MISSING
+    registry: dict[str, str] = MISSING  # kind -> Engine class, over BUILTIN_ENGINES
+    args: dict[str, Any] = MISSING  # vLLM EngineArgs; win over everything
+    gpu: dict[str, Any] = MISSING
+    cpu: dict[str, Any] = MISSING
+    cpu_env: dict[str, str] = MISSING
+    hf: dict[str, Any] = MISSING  # HFEngine keyword arguments (engine=hf)
+    tensor_parallel_size: int | None = MISSING  # distributed: None = chosen from memory
+    pipeline_parallel_size: int | None = MISSING
     # Engine replicas sharing the requests; None: one per GPU of this node when the model fits one GPU.
-    data_parallel_size: int | None = None
+    data_parallel_size: int | None = MISSING
     selection: SelectionConfig = field(default_factory=SelectionConfig)
     # engine=vllm_server (runner/engines/server.py): attach to url, or start `vllm serve` when it is None.
+    # Stated here only: every engine config has them, and only the server engine reads them.
     url: str | None = None  # the OpenAI base URL, http://host:8000/v1
     served_model: str | None = None  # the server's name for the model, when it is not one the job knows
     max_concurrency: int = 32  # requests in flight at once
@@ -125,7 +131,7 @@ class PathsConfig:
     cache_dir: str = MISSING
     tasks_dir: str = MISSING
     response_cache: str = MISSING
-    min_free_mb: int = 200  # a job refuses to start with less free space than this under output_dir
+    min_free_mb: int = MISSING  # a job refuses to start with less free space than this under output_dir
 
 
 @dataclass
@@ -134,30 +140,30 @@ class TrackingConfig:
     artifact_root: str = MISSING
     experiment: str = MISSING
     run_name: str = MISSING
-    system_metrics: bool = True  # MLflow's own CPU/memory/disk/network (and GPU with nvidia-ml-py) sampling
-    system_metrics_interval_s: float = 5.0
+    system_metrics: bool = MISSING  # MLflow's own CPU/memory/disk/network (and GPU with nvidia-ml-py) sampling
+    system_metrics_interval_s: float = MISSING
     # A tracking server that is down or slow must not stall the job: bounded waits, then offline.
-    http_timeout_s: float = 10.0
-    http_retries: int = 2
+    http_timeout_s: float = MISSING
+    http_retries: int = MISSING
 
 
 @dataclass
 class RayConfig:
     """An existing Ray cluster to run on (multi-node); see runner/cluster.py."""
 
-    address: str | None = None  # e.g. 10.0.0.1:6379; RAY_ADDRESS works too; None: this machine alone
-    gpu_memory_gib: float | None = None  # per GPU, for accelerator types runner/cluster.py does not know
-    connect_timeout_s: float = 20.0
+    address: str | None = MISSING  # e.g. 10.0.0.1:6379; RAY_ADDRESS works too; None: this machine alone
+    gpu_memory_gib: float | None = MISSING  # per GPU, for accelerator types runner/cluster.py does not know
+    connect_timeout_s: float = MISSING
 
 
 @dataclass
 class ReportConfig:
     """`mode=report`: rebuild the comparison report from MLflow (also written after every sweep)."""
 
-    experiments: list[str] = field(default_factory=list)  # empty: every experiment with runs
-    sweep_dir: str | None = None  # only the runs of this sweep
-    out_dir: str | None = None  # default: <paths.output_dir>/reports/<time>
-    after_sweep: bool = True  # the sweep callback writes one at the end of every multirun
+    experiments: list[str] = MISSING  # empty: every experiment with runs
+    sweep_dir: str | None = MISSING  # only the runs of this sweep
+    out_dir: str | None = MISSING  # default: this command's own folder under outputs/runs
+    after_sweep: bool = MISSING  # the sweep callback writes one at the end of every multirun
 
 
 @dataclass
@@ -165,16 +171,17 @@ class RunnerConfig:
     category: CategoryConfig = MISSING
     model: ModelConfig = MISSING
     engine: EngineConfig = MISSING
-    mode: str = "run"  # run | list | plan | doctor | sync (upload offline runs) | report
-    output: str = "text"  # text | json (list, plan, doctor)
-    verbose: bool = False  # library logs and warnings on the console too (they always go to the run's log)
-    summary: str = "short"  # short: headline score per dataset; full: every metric (always in summary.md)
-    limit: int | None = None
+    # Stated, with what each means, in conf/config.yaml.
+    mode: str = MISSING  # one of MODES
+    output: str = MISSING  # one of OUTPUTS
+    verbose: bool = MISSING
+    summary: str = MISSING  # one of SUMMARIES
+    limit: int | None = MISSING
     # lm-eval's --seed: one integer for all four seeds, or [random, numpy, torch, fewshot] (null leaves one
-    # unset). The default is lm-eval's own, so few-shot examples are drawn as `lm_eval` draws them.
-    seed: Any = field(default_factory=lambda: list(LM_EVAL_SEEDS))
-    cache: bool = True  # lm-eval's response cache: reruns only compute what is missing
-    allow_code_execution: bool | None = None  # None: datasets marked unsafe_code may run code (sandboxed)
+    # unset); conf/config.yaml states lm-eval's own default (LM_EVAL_SEEDS), which a test checks.
+    seed: Any = MISSING
+    cache: bool = MISSING
+    allow_code_execution: bool | None = MISSING
     paths: PathsConfig = field(default_factory=PathsConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     report: ReportConfig = field(default_factory=ReportConfig)

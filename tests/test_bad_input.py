@@ -17,8 +17,9 @@ GEO_ONLY_SPATIAL = [f"~category.datasets.{n}" for n in ("coordinate_processing",
 ]
 
 
-# Where a case needs a job that really evaluates something: a 14M random-weight model on transformers.
-CHEAPEST_ENGINE = ("model=tiny_llama", "engine=hf")
+# Where a case needs a job that really evaluates something: debug=fast (conf/debug/fast.yaml), a 14M
+# random-weight model on transformers, nothing cached, no system metrics.
+CHEAPEST_JOB = "debug=fast"
 
 
 def _statuses(out: Path, experiment: str) -> list[tuple[str, str]]:
@@ -276,7 +277,7 @@ def test_a_task_yaml_error_names_the_file_and_line_and_the_other_datasets_still_
     result = run_cli(
         f"paths.tasks_dir={tasks}",
         "limit=1",
-        *CHEAPEST_ENGINE,
+        CHEAPEST_JOB,
         *GEO_ONLY_SPATIAL[:-1],  # spatial_reasoning (broken) and ner_locations (fine) stay
         "+category.datasets.ner_locations.gen_kwargs.max_gen_toks=8",
         f"paths.output_dir={tmp_path}",
@@ -353,12 +354,12 @@ def test_a_disk_filling_up_mid_job_ends_the_run_failed_with_one_message(small_di
     store = tmp_path / "store"
     result = run_cli(
         "limit=1",
-        *CHEAPEST_ENGINE,
+        CHEAPEST_JOB,
+        "cache=true",  # the response cache is one of the writes that fill the disk
         *SHORT_ANSWERS,
         f"paths.output_dir={disk}/outputs",
         "paths.min_free_mb=0",
         f"tracking.uri=sqlite:///{store}/mlflow.db",
-        "tracking.system_metrics=false",
     )
     error = _assert_one_clear_error(result, "rerun the same command to compute only the rest")
     assert "No space left on device" in error or "database or disk is full" in error  # whichever write hit it

@@ -55,7 +55,9 @@ def test_the_catalog_has_exactly_the_nine_categories():
     assert options("category") == sorted(CATEGORIES)
 
 
-@pytest.mark.parametrize("group", ["model", "engine", "category", "dataset"])
+@pytest.mark.parametrize(
+    "group", ["model", "engine", "category", "dataset", "paths", "tracking", "debug", "experiment"]
+)
 def test_every_option_of_every_group_composes(compose_cfg, group):
     assert options(group), f"conf/{group} is empty"
     for option in options(group):
@@ -115,10 +117,10 @@ def test_seed_maps_onto_lm_evals_four_as_its_cli_does(value):
 
 
 def test_the_default_seeds_are_lm_evals_and_the_engines_get_the_torch_seed(compose_cfg):
-    from runner.schema import seeds
+    from runner.schema import LM_EVAL_SEEDS, seeds
 
     cfg = compose_cfg()
-    assert seeds(cfg.seed) == (0, 1234, 1234, 1234)
+    assert seeds(cfg.seed) == (0, 1234, 1234, 1234) == LM_EVAL_SEEDS
     assert cfg.engine.cpu.seed == cfg.engine.gpu.seed == cfg.engine.hf.seed == 1234
     cfg = compose_cfg("seed=[1,2,3,4]")
     assert seeds(cfg.seed) == (1, 2, 3, 4) and cfg.engine.cpu.seed == 3
@@ -140,3 +142,45 @@ def test_debug_fast_is_a_tiny_uncached_job_and_the_command_line_still_wins(compo
     assert compose_cfg("debug=fast", "limit=5", "model=smollm2_135m").limit == 5
     assert compose_cfg("debug=fast", "model=smollm2_135m").model.name == "smollm2_135m"
     assert compose_cfg().limit is None and compose_cfg().cache is True  # without it, nothing changes
+
+
+def _stated_in_the_schema_too(node: dict, cls: type, where: str) -> list[str]:
+    """Keys a YAML file sets whose schema field also has a default (a value written in two places)."""
+    import dataclasses
+    import typing
+
+    from omegaconf import MISSING
+
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    twice = []
+    for key, value in node.items():
+        if key in ("defaults", "hydra") or key not in fields:
+            continue  # the defaults list, Hydra's own settings, and groups (category, model...) composed in
+        field = fields[key]
+        if dataclasses.is_dataclass(hints[key]) and isinstance(value, dict):
+            twice += _stated_in_the_schema_too(value, hints[key], f"{where}{key}.")
+        elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
+            continue
+        elif field.default is dataclasses.MISSING or field.default != MISSING:
+            twice.append(f"{where}{key}")
+    return twice
+
+
+def test_each_default_is_stated_once_in_conf_not_again_in_the_schema():
+    from omegaconf import OmegaConf
+
+    from runner import schema
+
+    files = {
+        CONFIG_DIR / "config.yaml": (schema.RunnerConfig, ""),
+        **{p: (schema.PathsConfig, "paths.") for p in (CONFIG_DIR / "paths").glob("*.yaml")},
+        **{p: (schema.TrackingConfig, "tracking.") for p in (CONFIG_DIR / "tracking").glob("*.yaml")},
+        **{p: (schema.EngineConfig, "engine.") for p in (CONFIG_DIR / "engine").glob("*.yaml")},
+    }
+    assert len(files) >= 9
+    twice = []
+    for path, (cls, where) in files.items():
+        node = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+        twice += [f"{path.relative_to(CONFIG_DIR)}: {key}" for key in _stated_in_the_schema_too(node, cls, where)]
+    assert twice == [], "set in conf/ and defaulted in runner/schema.py; keep one (the YAML, schema MISSING)"

@@ -55,7 +55,7 @@ def run_in_terminal(args: list[str], columns: int, rows: int = 40, timeout: floa
 
 def test_a_job_in_a_terminal_shows_a_live_bar_and_no_library_noise(tmp_path):
     # The transformers engine one request at a time: answers arrive one by one, like vLLM's, at a tenth of the cost.
-    job = ["model=tiny_llama", "engine=hf", "engine.hf.batch_size=1", "limit=4", "cache=false"]
+    job = ["debug=fast", "engine.hf.batch_size=1", "limit=4"]
     out = run_in_terminal([*job, f"paths.output_dir={tmp_path}", *ONLY_TWO], columns=120)
     screen = ANSI.sub("", out)
     assert "━" in out  # rich's bar
@@ -83,8 +83,8 @@ def test_a_forty_column_terminal_still_gets_a_readable_line(tmp_path):
 
 
 def test_in_a_pipe_plain_lines_and_verbose_lets_the_library_logs_through(tmp_path):
-    job = ["model=tiny_llama", "engine=hf", "limit=2", f"paths.output_dir={tmp_path}", *ONLY_TWO]
-    quiet, loud = run_cli(*job), run_cli(*job, "cache=false", "verbose=true")
+    job = ["debug=fast", f"paths.output_dir={tmp_path}", *ONLY_TWO]
+    quiet, loud = run_cli(*job), run_cli(*job, "verbose=true")
     assert quiet.returncode == loud.returncode == 0, quiet.stdout[-3000:] + loud.stdout[-3000:]
     assert "\x1b" not in quiet.stdout and "\r" not in quiet.stdout  # no cursor movement, no colours
     assert re.search(r"^\d\d:\d\d:\d\d spatial_reasoning: acc ", quiet.stdout, re.M)

@@ -358,13 +358,11 @@ DP_JOB = (
     # The replica machinery is the same for every engine; the transformers engine on the 14M random-weight
     # model loads in a second where vLLM takes fifteen, and one request per batch makes answers reach the
     # cache one by one, so "mid-job" is a real state.
-    "model=tiny_llama",
-    "engine=hf",
+    "debug=fast",
     "engine.hf.batch_size=1",
     "engine.data_parallel_size=2",
     *SHORT_ANSWERS,
     "cache=true",
-    "tracking.system_metrics=false",
 )
 
 

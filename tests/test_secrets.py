@@ -19,8 +19,7 @@ SECRETS = {
 def test_planted_tokens_appear_in_no_output(tmp_path, default_model_dir):
     result = run_cli(
         "category=efficiency",
-        "model=tiny_llama",
-        "engine=hf",
+        "debug=fast",
         "limit=1",
         f"paths.output_dir={tmp_path}",
         env=SECRETS,

@@ -1,4 +1,5 @@
-"""Hydra's basic sweeper, plus: a job that does not name a model runs once per model its category lists.
+"""Hydra's basic sweeper, plus: a job that does not name a model runs once per model its category lists,
+and (`only_ready`, conf/experiment/ready.yaml) jobs this machine cannot run are left out, saying why.
 
 `python -m runner -m category=coding,math` is then one job per (category, model), each category with
 its own `models`; `model=a,b` on the command line wins, as any override does. Hydra's own
@@ -32,6 +33,8 @@ class RunnerSweeperConf:
     params: dict[str, str] | None = None
     # override key -> where each job's own config lists its values, used when the key is not swept or set
     per_job: dict[str, str] = field(default_factory=lambda: {"model": "category.models"})
+    # Leave out jobs that cannot run here (no dataset of the category ready, or the model's weights absent).
+    only_ready: bool = False
 
 
 ConfigStore.instance().store(group="hydra/sweeper", name="runner", node=RunnerSweeperConf, provider="runner")
@@ -39,10 +42,15 @@ ConfigStore.instance().store(group="hydra/sweeper", name="runner", node=RunnerSw
 
 class RunnerSweeper(BasicSweeper):
     def __init__(
-        self, max_batch_size: int | None, params: dict[str, str] | None = None, per_job: dict[str, str] | None = None
+        self,
+        max_batch_size: int | None,
+        params: dict[str, str] | None = None,
+        per_job: dict[str, str] | None = None,
+        only_ready: bool = False,
     ) -> None:
         super().__init__(max_batch_size=max_batch_size, params=params)
         self.per_job = dict(per_job or {})
+        self.only_ready = only_ready
 
     def _jobs(self, arguments: list[str]) -> list[list[str]]:
         """Every job's overrides: the cartesian product of the command line, then each `per_job` key not
@@ -74,7 +82,43 @@ class RunnerSweeper(BasicSweeper):
             jobs = expanded
         if not jobs:
             raise HydraException(f"Nothing to sweep: {', '.join(self.per_job.values())} empty for every job.")
+        if self.only_ready:
+            jobs = self._ready(jobs, compose)
         return jobs
+
+    @staticmethod
+    def _ready(jobs: list[list[str]], compose: Any) -> list[list[str]]:
+        """The jobs whose category has a dataset ready here and whose model's weights are here, as
+        `mode=list` judges them; what is left out is logged, grouped by reason."""
+        from runner.catalog import dataset_status, load_model, model_status, project_tasks
+
+        # One composition per job without its model (a category's jobs share it): composing each job
+        # whole would cost half a second per (category, model).
+        bases: dict[tuple[str, ...], Any] = {}
+        kept, no_dataset, no_weights = [], {}, []
+        for job in jobs:
+            base = tuple(o for o in job if not o.startswith("model="))
+            if base not in bases:
+                bases[base] = compose(list(base))
+            cfg = bases[base]
+            tasks = project_tasks(cfg.paths.tasks_dir)
+            if not any(dataset_status(d, tasks).ok for d in cfg.category.datasets.values()):
+                no_dataset[cfg.category.name] = True
+                continue
+            name = next((o.split("=", 1)[1] for o in job if o.startswith("model=")), cfg.model.name)
+            model = compose(job).model if any(o.startswith("model.") for o in job) else load_model(name)
+            if model_status(model, cfg.paths.cache_dir).ok:
+                kept.append(job)
+            else:
+                no_weights.append(f"{cfg.category.name}/{name}")
+        why = "`python -m runner mode=list category=<name>` says what is missing and how to get it"
+        if no_dataset:
+            log.warning("Left out, no dataset ready here: %s (%s)", ", ".join(no_dataset), why)
+        if no_weights:
+            log.warning("Left out, model weights not here: %s", ", ".join(no_weights))
+        if not kept:
+            raise HydraException(f"Nothing this machine can run: every job was left out; {why}.")
+        return kept
 
     def sweep(self, arguments: list[str]) -> Any:
         jobs = self._jobs(arguments)
