@@ -10,6 +10,8 @@ from types import ModuleType
 import pytest
 from conftest import load_by_path
 
+from adapters.tasks.text_geospatial import parsing, scoring
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TASKS_DIR = REPO_ROOT / "adapters" / "tasks"
 TASK_DIR = TASKS_DIR / "text_geospatial"
@@ -129,8 +131,8 @@ def test_dms_to_decimal_truth_is_exact_conversion_of_prompt(records):
     for r in (r for r in records if r["subtype"] == "dms_to_decimal"):
         shown = r["prompt"].split("Coordinates: ", 1)[1].split("\n", 1)[0]
         lat_text, lon_text = shown.split(" ")
-        assert utils.parse_dms(lat_text, "lat") == pytest.approx(r["lat"], abs=1e-6)
-        assert utils.parse_dms(lon_text, "lon") == pytest.approx(r["lon"], abs=1e-6)
+        assert parsing.parse_dms(lat_text, "lat") == pytest.approx(r["lat"], abs=1e-6)
+        assert parsing.parse_dms(lon_text, "lon") == pytest.approx(r["lon"], abs=1e-6)
 
 
 def test_decimal_to_dms_prompt_shows_truth(records):
@@ -216,8 +218,8 @@ def test_southern_western_dms(lat_text, lon_text):
 
 
 def test_missing_seconds_means_zero_seconds():
-    assert utils.parse_dms("48°51'N", "lat") == pytest.approx(48.85)
-    assert utils.parse_dms("48°51N", "lat") == pytest.approx(48.85)
+    assert parsing.parse_dms("48°51'N", "lat") == pytest.approx(48.85)
+    assert parsing.parse_dms("48°51N", "lat") == pytest.approx(48.85)
 
 
 @pytest.mark.parametrize(
@@ -272,15 +274,15 @@ def test_unparseable_dms_answers(lat_text, lon_text):
 
 
 def test_extract_json_returns_none_for_garbage():
-    assert utils.extract_json(None) is None
-    assert utils.extract_json("no braces here") is None
-    assert utils.extract_json("{not: [valid json at all") is None
-    assert utils.extract_json("{}") is None
+    assert parsing.extract_json(None) is None
+    assert parsing.extract_json("no braces here") is None
+    assert parsing.extract_json("{not: [valid json at all") is None
+    assert parsing.extract_json("{}") is None
 
 
 def test_extract_json_prefers_fence_and_last_object():
-    assert utils.extract_json('{"a": 1} then ```json\n{"a": 2}\n```') == {"a": 2}
-    assert utils.extract_json('{"a": 1} and later {"a": 3}') == {"a": 3}
+    assert parsing.extract_json('{"a": 1} then ```json\n{"a": 2}\n```') == {"a": 2}
+    assert parsing.extract_json('{"a": 1} and later {"a": 3}') == {"a": 3}
 
 
 def test_nested_answer_object():
@@ -327,12 +329,12 @@ def test_dms_tolerance_edges(lat_text, expected):
 
 
 def test_tolerance_constants_match_readme():
-    assert utils.DECIMAL_TOLERANCE_DEG == 0.001
-    assert utils.DMS_TOLERANCE_DEG == pytest.approx(1.5 / 3600)
-    assert utils.UTM_TOLERANCE_M == 5.0
-    assert utils.UTM_INVERSE_TOLERANCE_DEG == 0.001
-    assert utils.DISTANCE_REL_TOLERANCE == 0.01
-    assert utils.BEARING_TOLERANCE_DEG == 2.0
+    assert scoring.DECIMAL_TOLERANCE_DEG == 0.001
+    assert scoring.DMS_TOLERANCE_DEG == pytest.approx(1.5 / 3600)
+    assert scoring.UTM_TOLERANCE_M == 5.0
+    assert scoring.UTM_INVERSE_TOLERANCE_DEG == 0.001
+    assert scoring.DISTANCE_REL_TOLERANCE == 0.01
+    assert scoring.BEARING_TOLERANCE_DEG == 2.0
     readme = (TASK_DIR / "README.md").read_text(encoding="utf-8")
     for stated in ("0.001°", "1.5 arc-seconds", "5 m", "1%", "2°"):
         assert stated in readme, stated
@@ -377,7 +379,7 @@ def test_distance_and_bearing_truth_match_geographiclib(records):
         if r["subtype"] == "geodesic_distance":
             assert r["distance_km"] == pytest.approx(g["s12"] / 1000, abs=0.006)
         else:
-            assert utils.angle_difference(r["bearing_deg"], g["azi1"]) < 0.006
+            assert scoring.angle_difference(r["bearing_deg"], g["azi1"]) < 0.006
             assert 0 <= r["bearing_deg"] < 360
 
 

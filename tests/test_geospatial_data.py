@@ -15,6 +15,8 @@ from types import ModuleType
 import pytest
 from conftest import load_by_path
 
+from adapters.tasks.text_geospatial import parsing
+
 ROOT = Path(__file__).resolve().parents[1]
 TASK_DIR = ROOT / "adapters" / "tasks" / "text_geospatial"
 DATA_DIR = TASK_DIR / "data"
@@ -256,7 +258,7 @@ def test_no_accepted_name_belongs_to_two_entities(gen, spatial):
     owners: dict[tuple[str, str], set[str]] = defaultdict(set)
     for r in (r for r in spatial if r["subtype"].startswith("containment_")):
         for name in r["accepted"]:
-            owners[(r["subtype"], utils.normalise_name(name))].add(r["label"])
+            owners[(r["subtype"], parsing.normalise_name(name))].add(r["label"])
     assert {key: labels for key, labels in owners.items() if len(labels) > 1} == {}
     # Across kinds only "Georgia" is both a country and a US state; the question says which.
     by_kind: dict[str, set[str]] = defaultdict(set)
@@ -267,18 +269,18 @@ def test_no_accepted_name_belongs_to_two_entities(gen, spatial):
     universe: dict[str, set[str]] = defaultdict(set)
     for cc in gen._country_alias_table():
         for name in gen.country_answers(cc):
-            universe[utils.normalise_name(name)].add(cc)
+            universe[parsing.normalise_name(name)].add(cc)
     assert {name: ccs for name, ccs in universe.items() if len(ccs) > 1} == {}
-    ambiguous = {utils.normalise_name(n) for n in gen.AMBIGUOUS_COUNTRY_NAMES}
+    ambiguous = {parsing.normalise_name(n) for n in gen.AMBIGUOUS_COUNTRY_NAMES}
     assert not ambiguous & set(universe)
     state_names: dict[str, set[str]] = defaultdict(set)
     for code in gen._us_states():
         for name in gen.state_answers(code):
-            state_names[utils.normalise_name(name)].add(code)
+            state_names[parsing.normalise_name(name)].add(code)
     assert {name: codes for name, codes in state_names.items() if len(codes) > 1} == {}
     # The generator's key is the scorer's key.
     for name in [*(n for cc in gen._country_alias_table() for n in gen.country_answers(cc)), "the D.R. Congo"]:
-        assert gen.normalise_answer(name) == utils.normalise_name(name)
+        assert gen.normalise_answer(name) == parsing.normalise_name(name)
 
 
 _DRC_FORMS = [
@@ -296,10 +298,10 @@ _CONGO_FORMS = ["Republic of the Congo", "Republic of Congo", "Congo-Brazzaville
 
 
 def test_the_two_congos_are_told_apart(gen):
-    drc = {utils.normalise_name(n) for n in gen.country_answers("CD")}
-    congo = {utils.normalise_name(n) for n in gen.country_answers("CG")}
-    assert {utils.normalise_name(n) for n in _DRC_FORMS} <= drc
-    assert {utils.normalise_name(n) for n in _CONGO_FORMS} <= congo
+    drc = {parsing.normalise_name(n) for n in gen.country_answers("CD")}
+    congo = {parsing.normalise_name(n) for n in gen.country_answers("CG")}
+    assert {parsing.normalise_name(n) for n in _DRC_FORMS} <= drc
+    assert {parsing.normalise_name(n) for n in _CONGO_FORMS} <= congo
     assert not drc & congo
     assert "congo" not in drc | congo  # "Congo" alone: either of them
     doc = {"subtype": "containment_country", "accepted": gen.country_answers("CD")}
@@ -322,8 +324,8 @@ def test_common_country_names_are_accepted(gen):
         "AE": ["United Arab Emirates", "UAE"],
     }
     for cc, names in expected.items():
-        accepted = {utils.normalise_name(n) for n in gen.country_answers(cc)}
-        assert {utils.normalise_name(n) for n in names} <= accepted, cc
+        accepted = {parsing.normalise_name(n) for n in gen.country_answers(cc)}
+        assert {parsing.normalise_name(n) for n in names} <= accepted, cc
     # Great Britain is an island: not a name for the UK's cities in Northern Ireland.
     assert "Great Britain" not in gen.country_answers("GB", "NIR")
     assert "England" not in gen.country_answers("GB")

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 from conftest import load_by_path
 
+from adapters.tasks.text_geospatial import parsing
+
 ROOT = Path(__file__).resolve().parents[1]
 TASK_DIR = ROOT / "adapters" / "tasks" / "text_geospatial"
 
@@ -46,7 +48,7 @@ utils = load_by_path("text_geospatial_utils_parsing_test", TASK_DIR / "utils.py"
     ],
 )
 def test_parse_quantity_in_km(value, expected):
-    assert utils.parse_quantity(value, utils.KM_UNITS) == pytest.approx(expected)
+    assert parsing.parse_quantity(value, parsing.KM_UNITS) == pytest.approx(expected)
 
 
 @pytest.mark.parametrize(
@@ -54,12 +56,12 @@ def test_parse_quantity_in_km(value, expected):
     [None, True, "", "far", "1234 furlongs", "12 34 km", "1,23,4 km", "km 1234", float("nan"), "inf km", [1234]],
 )
 def test_parse_quantity_rejects(value):
-    assert utils.parse_quantity(value, utils.KM_UNITS) is None
+    assert parsing.parse_quantity(value, parsing.KM_UNITS) is None
 
 
 @pytest.mark.parametrize("value", ["45°", "45 °", "45º", "45 deg", "45 degrees", "045.0°", 45])
 def test_parse_quantity_in_degrees(value):
-    assert utils.parse_quantity(value, utils.DEGREE_UNITS) == 45.0
+    assert parsing.parse_quantity(value, parsing.DEGREE_UNITS) == 45.0
 
 
 @pytest.mark.parametrize(
@@ -76,12 +78,12 @@ def test_parse_quantity_in_degrees(value):
     ],
 )
 def test_extract_json_value(text, expected):
-    assert utils.extract_json_value(text) == expected
+    assert parsing.extract_json_value(text) == expected
 
 
 @pytest.mark.parametrize("text", [None, "", "no json", "[unclosed", "<think>[1, 2]", "[north, south]"])
 def test_extract_json_value_none(text):
-    assert utils.extract_json_value(text) is None
+    assert parsing.extract_json_value(text) is None
 
 
 def test_micro_aggregation_sums_counts_instead_of_averaging():
@@ -199,7 +201,7 @@ def test_containment_answers(doc, text, expected_acc):
     ],
 )
 def test_normalise_name(text, expected):
-    assert utils.normalise_name(text) == expected
+    assert parsing.normalise_name(text) == expected
 
 
 @pytest.mark.parametrize(
