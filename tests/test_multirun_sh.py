@@ -54,3 +54,18 @@ def test_engines_compares_vllm_with_the_reference_engine_on_the_default_model(tm
 def test_an_unknown_preset_prints_the_presets_and_fails(tmp_path):
     result = subprocess.run(["bash", str(PROJECT_ROOT / "multirun.sh"), "nope"], capture_output=True, text=True)
     assert result.returncode == 2 and "./multirun.sh ready" in result.stdout
+
+
+def test_ready_with_a_model_whose_weights_are_absent_says_nothing_can_run_and_fails(tmp_path):
+    result = subprocess.run(
+        ["bash", str(PROJECT_ROOT / "multirun.sh"), "model", "qwen25_72b", "mode=plan", f"paths.output_dir={tmp_path}"],
+        env={**os.environ, "PY": sys.executable},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode != 0
+    assert "Left out, model weights not here: coding/qwen25_72b" in result.stdout
+    assert "Nothing this machine can run" in result.stderr and "mode=list" in result.stderr
+    assert "Traceback" not in result.stderr  # one paragraph, not a stack
+    assert not list(tmp_path.glob("multirun/*/*/*/job.json"))  # no job was started

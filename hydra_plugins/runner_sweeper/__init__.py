@@ -19,7 +19,7 @@ from typing import Any
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.errors import HydraException
+from hydra.errors import CompactHydraException
 from hydra.types import RunMode
 from omegaconf import OmegaConf
 
@@ -55,15 +55,15 @@ class RunnerSweeper(BasicSweeper):
     def _jobs(self, arguments: list[str]) -> list[list[str]]:
         """Every job's overrides: the cartesian product of the command line, then each `per_job` key not
         given there expanded from the job's own composed config."""
-        parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
+        assert self.hydra_context is not None and self.config is not None  # set by Hydra's setup()
+        loader, config_name = self.hydra_context.config_loader, self.config.hydra.job.config_name
+        parser = OverridesParser.create(config_loader=loader)
         overrides = parser.parse_overrides([*self._parse_config(), *arguments])
         given = {o.key_or_group for o in overrides}
         (jobs,) = self.split_arguments(overrides, None)
 
         def compose(job: list[str]) -> Any:
-            return self.hydra_context.config_loader.load_configuration(
-                config_name=self.config.hydra.job.config_name, overrides=list(job), run_mode=RunMode.MULTIRUN
-            )
+            return loader.load_configuration(config_name=config_name, overrides=list(job), run_mode=RunMode.MULTIRUN)
 
         default_choices = compose([]).hydra.runtime.choices
         for key, path in self.per_job.items():
@@ -81,7 +81,7 @@ class RunnerSweeper(BasicSweeper):
                 expanded += [[*job, f"{key}={value}"] for value in values or ()]
             jobs = expanded
         if not jobs:
-            raise HydraException(f"Nothing to sweep: {', '.join(self.per_job.values())} empty for every job.")
+            raise CompactHydraException(f"Nothing to sweep: {', '.join(self.per_job.values())} empty for every job.")
         if self.only_ready:
             jobs = self._ready(jobs, compose)
         return jobs
@@ -117,11 +117,12 @@ class RunnerSweeper(BasicSweeper):
         if no_weights:
             log.warning("Left out, model weights not here: %s", ", ".join(no_weights))
         if not kept:
-            raise HydraException(f"Nothing this machine can run: every job was left out; {why}.")
+            raise CompactHydraException(f"Nothing this machine can run: every job was left out; {why}.")
         return kept
 
     def sweep(self, arguments: list[str]) -> Any:
         jobs = self._jobs(arguments)
+        assert self.config is not None and self.launcher is not None  # set by Hydra's setup()
         size = self.max_batch_size or len(jobs)
         self.overrides = [jobs[i : i + size] for i in range(0, len(jobs), size)]
         sweep_dir = Path(self.config.hydra.sweep.dir)
