@@ -82,11 +82,13 @@ _OUT = os.environ.get("JOB_SCALING_TIMINGS")
 _TARGETS = {
     "runner.tracking": ["Tracker.__enter__", "Tracker.set_tags", "Tracker.log_metrics", "Tracker.log_table",
                         "Tracker.log_artifact", "Tracker.finish", "Tracker.log_progress", "sync_record"],
-    "runner.evaluate": ["evaluate_dataset", "sample_table", "generate_keys", "count_requests", "metric_counts"],
+    "runner.evaluate": ["evaluate_dataset"],
+    "runner.samples": ["sample_table", "generate_keys", "count_requests", "metric_counts"],
     "runner.summary": ["print_summary", "write_summary_file"],
     "runner.engines": ["build_engine"],
     "adapters.lm_eval_model": ["EngineLM.generate_until"],
-    "runner.report": ["collect_runs", "build_report", "_plot", "_html", "log_report"],
+    "runner.report_runs": ["collect_runs"],
+    "runner.report": ["build_report", "_plot", "_html", "log_report"],
     "runner.compare": ["compare_runs"],
 }
 _IMPORTS = {"mlflow"}  # timed as "import mlflow": once per process, reported apart (docs/benchmarks.md)
@@ -399,7 +401,7 @@ def job(n: int, work: Path, conf: Path, out: Path, env: dict[str, str], max_toke
         "bridge_s": bridge - load,
         "before_generation_s": evaluate - bridge - after,
         "after_generation_s": after,
-        "tables_s": total(calls, *(f"runner.evaluate.{f}" for f in per_sample)),
+        "tables_s": total(calls, *(f"runner.samples.{f}" for f in per_sample)),
         "tracking_s": tracking,
         "import_mlflow_s": import_mlflow,
         "tracking_start_s": tracking_start,
@@ -446,7 +448,7 @@ def report(name: str, experiments: list[str], work: Path, conf: Path, out: Path,
     calls = read_timings(work / "timings", start)["calls"]
     return {
         "wall": wall,
-        "collect": total(calls, "runner.report.collect_runs"),
+        "collect": total(calls, "runner.report_runs.collect_runs"),
         "compare": total(calls, "runner.compare.compare_runs"),
         "plot": total(calls, "runner.report._plot"),
         "log": total(calls, "runner.report.log_report"),

@@ -5,12 +5,9 @@ Read this file top to bottom to follow a run; each step lives in a module named 
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
-import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +15,7 @@ from omegaconf import OmegaConf
 
 from runner import heap, provenance, tracking
 from runner.cached_telemetry import CachedTelemetry
-from runner.catalog import dataset_status, model_status, project_tasks
+from runner.catalog import check_model_present, runnable_datasets
 from runner.cluster import job_hardware
 from runner.console import route_engine_logs
 from runner.driver import require_compatible
@@ -27,87 +24,17 @@ from runner.engines.gather import Cancelled, JobEngine
 from runner.engines.keys import pool_key, response_cache_key
 from runner.engines.lazy import LazyEngine
 from runner.env import prepare_environment
-from runner.evaluate import (
-    DataError,
-    DatasetResult,
-    check_local_files,
-    evaluate_dataset,
-    run_datasets,
-    task_manager,
-)
-from runner.models import ModelNotFoundError, resolve_model
+from runner.evaluate import DataError, check_local_files, evaluate_dataset, run_datasets, task_manager
+from runner.models import resolve_model
 from runner.plan import build_plan, write_plan
 from runner.progress import JobProgress
+from runner.results import DatasetResult, JobResult
 from runner.schema import seeds
 from runner.selection import Selection, select_engine
 from runner.summary import dataset_line, print_summary, write_summary_file
 from runner.telemetry import PeakGPUMemory, PeakRSS
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class JobResult:
-    run_id: str | None  # None: the tracking store was unreachable from the start (see mode=sync)
-    synced: bool  # everything reached the tracking store
-    out_dir: Path
-    selection: Selection
-    datasets: list[DatasetResult]
-    telemetry: dict[str, float]
-    skipped: dict[str, str]  # dataset -> why it could not run here
-
-
-def hub_offline() -> bool:
-    return any(
-        os.environ.get(v, "0").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
-    )
-
-
-@functools.cache
-def hub_unreachable(timeout_s: float = 5.0) -> str | None:
-    """Why the Hugging Face Hub (HF_ENDPOINT) cannot be reached from here, or None. Checked once per process:
-    without it, each hub dataset would cost huggingface_hub's five retries (about 25 s) before failing."""
-    import socket
-    from urllib.parse import urlsplit
-
-    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
-    parts = urlsplit(endpoint)
-    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY")):
-        return None  # through a proxy a direct connection proves nothing: let huggingface_hub try
-    try:
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-        socket.create_connection((parts.hostname, port), timeout=timeout_s).close()
-    except (OSError, ValueError) as exc:
-        return f"the hub ({endpoint}) cannot be reached ({exc})"
-    return None
-
-
-def check_model_present(cfg: Any) -> None:
-    status = model_status(cfg.model, cfg.paths.cache_dir)
-    # Online, a hub model that is not cached yet is simply downloaded by the engine.
-    if not status.ok and (hub_offline() or cfg.model.get("path") or cfg.model.get("gguf")):
-        raise ModelNotFoundError(f"Model '{cfg.model.name}' cannot be loaded: {status.detail}.")
-
-
-def runnable_datasets(cfg: Any) -> tuple[list[Any], dict[str, str]]:
-    """The category's datasets that can run here, and why the others cannot (they are skipped, not fatal)."""
-    own = project_tasks(cfg.paths.tasks_dir)
-    runnable, skipped = [], {}
-    for name, dataset in cfg.category.datasets.items():
-        status = dataset_status(dataset, own)
-        downloadable = not hub_offline() and dataset.get("hf_dataset") and not dataset.unsafe_code
-        if status.ok or (downloadable and not hub_unreachable()):
-            runnable.append(dataset)
-        else:
-            skipped[name] = f"{status.detail}; {hub_unreachable()}" if downloadable else status.detail
-            log.warning("Skipping dataset %s: %s", name, skipped[name])
-    if not runnable:
-        reasons = "; ".join(f"{name}: {why}" for name, why in skipped.items())
-        raise DataError(
-            f"None of category '{cfg.category.name}''s datasets can run here ({reasons}). "
-            "`python -m runner mode=list` shows what is ready."
-        )
-    return runnable, skipped
 
 
 def _in_sweep() -> bool:
@@ -245,7 +172,7 @@ def run_job(cfg: Any, out_dir: Path) -> JobResult:
         def finished(result: DatasetResult) -> None:  # in the main thread, as each dataset finishes
             results.append(result)
             # Logged as each dataset finishes, so a later failure keeps the earlier scores in the run.
-            tracker.log_metrics(dataset_metrics(result))
+            tracker.log_metrics(tracking.dataset_metrics(result))
             # Which version of each task scored it: runs of different data versions are not compared.
             tracker.set_tags({f"task_version.{task}": v for task, v in result.versions.items()})
             for task, table in result.tables.items():
@@ -328,18 +255,3 @@ def _telemetry_pass(telemetry: CachedTelemetry | None, engine: LazyEngine):
             telemetry.end_pass(engine.name, engine.stats)
 
     return on_pass
-
-
-def dataset_metrics(result: DatasetResult) -> dict[str, float]:
-    """`<dataset>/<metric>` (and `<dataset>/<task>/<metric>` for a group's tasks), `<dataset>/score`, wall."""
-    metrics = {tracking.metric_name(result.name, "wall_s"): result.wall_seconds}
-    for task, values in result.metrics.items():
-        task_part = "" if task == result.name else task
-        counts = result.metric_samples.get(task, {})
-        for metric, value in values.items():
-            metrics[tracking.metric_name(result.name, task_part, metric)] = value
-            if metric in counts:  # the docs this metric was scored on (a subgroup's, for acc_k1)
-                metrics[tracking.metric_name(result.name, task_part, f"{metric}_n")] = float(counts[metric])
-    if result.score is not None:
-        metrics[tracking.metric_name(result.name, "score")] = result.score
-    return metrics

@@ -1,13 +1,17 @@
-"""What the catalog holds and what of it can run on this machine now.
+"""What the catalog holds and what of it can run on this machine now: for `mode=list`, and for one job.
 
 Readiness is read from the filesystem on every call (HF cache, local paths, installed packages, the
-project's task folder) and never stored. Nothing here imports torch, vLLM, lm-eval or MLflow, so
-`mode=list` and `mode=plan` answer in well under two seconds.
+project's task folder) and never stored; only whether the hub answers is checked once per process. A job
+asks here before anything loads (`check_model_present`, `runnable_datasets`): a model that cannot load
+stops it, a dataset that cannot run is skipped with the reason. Nothing here imports torch, vLLM, lm-eval
+or MLflow, so `mode=list` and `mode=plan` answer in well under two seconds.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.util
+import logging
 import os
 import re
 from dataclasses import asdict, dataclass, field
@@ -15,7 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from runner.config import CONFIG_DIR
+from runner.evaluate import DataError
+from runner.models import ModelNotFoundError
 from runner.schema import ConfigError, local_files
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -230,6 +238,65 @@ def check_category_models(category: Any, models: dict[str, Any] | None = None) -
             f"conf/category/{category.name}.yaml lists model(s) {', '.join(missing)} with no conf/model/<name>.yaml. "
             f"Add the model config or remove the entry; known models: {', '.join(sorted(known))}."
         )
+
+
+# --- one job: stop before loading anything, skip what cannot run ---
+
+
+def hub_offline() -> bool:
+    return any(
+        os.environ.get(v, "0").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+    )
+
+
+@functools.cache
+def hub_unreachable(timeout_s: float = 5.0) -> str | None:
+    """Why the Hugging Face Hub (HF_ENDPOINT) cannot be reached from here, or None. Checked once per process:
+    without it, each hub dataset would cost huggingface_hub's five retries (about 25 s) before failing."""
+    import socket
+    from urllib.parse import urlsplit
+
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    parts = urlsplit(endpoint)
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY")):
+        return None  # through a proxy a direct connection proves nothing: let huggingface_hub try
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        socket.create_connection((parts.hostname, port), timeout=timeout_s).close()
+    except (OSError, ValueError) as exc:
+        return f"the hub ({endpoint}) cannot be reached ({exc})"
+    return None
+
+
+def check_model_present(cfg: Any) -> None:
+    status = model_status(cfg.model, cfg.paths.cache_dir)
+    # Online, a hub model that is not cached yet is simply downloaded by the engine.
+    if not status.ok and (hub_offline() or cfg.model.get("path") or cfg.model.get("gguf")):
+        raise ModelNotFoundError(f"Model '{cfg.model.name}' cannot be loaded: {status.detail}.")
+
+
+def runnable_datasets(cfg: Any) -> tuple[list[Any], dict[str, str]]:
+    """The category's datasets that can run here, and why the others cannot (they are skipped, not fatal)."""
+    own = project_tasks(cfg.paths.tasks_dir)
+    runnable, skipped = [], {}
+    for name, dataset in cfg.category.datasets.items():
+        status = dataset_status(dataset, own)
+        downloadable = not hub_offline() and dataset.get("hf_dataset") and not dataset.unsafe_code
+        if status.ok or (downloadable and not hub_unreachable()):
+            runnable.append(dataset)
+        else:
+            skipped[name] = f"{status.detail}; {hub_unreachable()}" if downloadable else status.detail
+            log.warning("Skipping dataset %s: %s", name, skipped[name])
+    if not runnable:
+        reasons = "; ".join(f"{name}: {why}" for name, why in skipped.items())
+        raise DataError(
+            f"None of category '{cfg.category.name}''s datasets can run here ({reasons}). "
+            "`python -m runner mode=list` shows what is ready."
+        )
+    return runnable, skipped
+
+
+# --- mode=list's table ---
 
 
 # What a not-ready item lacks, in a few words, from the details written above (first match wins).

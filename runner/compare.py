@@ -9,6 +9,9 @@ a 95% interval, and tests every pair of runs scored on the same docs with the sa
   bootstrap of the mean difference (docs resampled, null-centred, two-sided);
 - Holm–Bonferroni across the pairs tested within a dataset; significant: Holm-adjusted p < `ALPHA`.
 
+The statistics themselves are in runner/stats.py; this module reads the per-doc scores, applies the statistics
+to runs and pairs, and writes `comparisons.json` and the report's section.
+
 What is tested is the mean of the per-doc scores (stratified by task for a group), or the unweighted mean of the
 task means where that, and not the per-doc mean, is the score the run logged. A score that is neither (a corpus-level
 metric such as micro-F1, whose docs log no numeric score of their own, or another aggregate) is said so: the run then
@@ -28,18 +31,23 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:
-    import numpy as np
+from runner.stats import (
+    CONFIDENCE,
+    RESAMPLES,
+    SEED,
+    bootstrap_interval,
+    holm,
+    mcnemar_exact,
+    paired_bootstrap_p,
+    wilson_interval,
+)
 
-    from runner.report import RunRow
+if TYPE_CHECKING:
+    from runner.report_runs import RunRow
 
 logger = logging.getLogger(__name__)
 
 ALPHA = 0.05
-CONFIDENCE = 0.95
-RESAMPLES = 2000
-SEED = 0
-_Z = 1.959963984540054  # the standard normal's 97.5% quantile
 _TOLERANCE = 1e-6  # a logged score and a recomputed one that agree this closely are the same statistic
 
 METHODS = {
@@ -54,87 +62,6 @@ STATISTICS = {
 }
 
 Key = tuple[str, Any]  # (task, doc_id)
-
-
-# --------------------------------------------------------------------------------------------------- statistics
-
-
-def wilson_interval(successes: int, n: int, z: float = _Z) -> tuple[float, float]:
-    """Wilson score interval of a binomial proportion (Wilson 1927; Newcombe 1998, method 3)."""
-    if n <= 0:
-        raise ValueError("the Wilson interval needs at least one trial")
-    p = successes / n
-    centre = p + z * z / (2 * n)
-    spread = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    denominator = 1 + z * z / n
-    return max(0.0, (centre - spread) / denominator), min(1.0, (centre + spread) / denominator)
-
-
-def mcnemar_exact(a_only: int, b_only: int) -> float:
-    """Two-sided exact McNemar p-value: the discordant docs (right in one run only) as Binomial(n, 1/2)."""
-    from scipy.stats import binom
-
-    n = a_only + b_only
-    if n == 0:
-        return 1.0
-    return min(1.0, 2.0 * float(binom.cdf(min(a_only, b_only), n, 0.5)))
-
-
-def holm(p_values: list[float]) -> list[float]:
-    """Holm–Bonferroni adjusted p-values, in the input's order (step-down, kept monotone, capped at 1)."""
-    m = len(p_values)
-    adjusted = [0.0] * m
-    running = 0.0
-    for rank, i in enumerate(sorted(range(m), key=lambda i: p_values[i])):
-        running = max(running, min(1.0, (m - rank) * p_values[i]))
-        adjusted[i] = running
-    return adjusted
-
-
-def _resampled_means(rng: np.random.Generator, values: np.ndarray, resamples: int) -> np.ndarray:
-    import numpy as np
-
-    n = len(values)
-    out = np.empty(resamples)
-    step = max(1, 4_000_000 // n)  # bounds the index matrix at ~32 MB
-    for start in range(0, resamples, step):
-        stop = min(resamples, start + step)
-        out[start:stop] = values[rng.integers(0, n, size=(stop - start, n))].mean(axis=1)
-    return out
-
-
-def bootstrap_statistic(groups: list[list[float]], weights: list[float], resamples: int, seed: int) -> np.ndarray:
-    """`sum(w_t * mean(group_t))` over `resamples` stratified resamples (docs drawn with replacement per group)."""
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    total = np.zeros(resamples)
-    for values, weight in zip(groups, weights, strict=True):
-        total += weight * _resampled_means(rng, np.asarray(values, dtype=float), resamples)
-    return total
-
-
-def bootstrap_interval(
-    groups: list[list[float]], weights: list[float], resamples: int = RESAMPLES, seed: int = SEED
-) -> tuple[float, float]:
-    """Percentile interval (`CONFIDENCE`) of the weighted mean of group means."""
-    import numpy as np
-
-    draws = bootstrap_statistic(groups, weights, resamples, seed)
-    tail = (1 - CONFIDENCE) / 2
-    low, high = np.quantile(draws, [tail, 1 - tail])
-    return float(low), float(high)
-
-
-def paired_bootstrap_p(
-    differences: list[list[float]], weights: list[float], resamples: int = RESAMPLES, seed: int = SEED
-) -> float:
-    """Two-sided p-value of `sum(w_t * mean(d_t)) = 0`: the resampled statistic, centred on the observed one, is
-    the null distribution; p = (1 + #{|T* - T| >= |T|}) / (resamples + 1), so never below 1/(resamples + 1)."""
-    observed = sum(w * math.fsum(d) / len(d) for d, w in zip(differences, weights, strict=True))
-    draws = bootstrap_statistic(differences, weights, resamples, seed)
-    extreme = int((abs(draws - observed) >= abs(observed) - 1e-9).sum())  # 1e-9: what the tables keep
-    return (1 + extreme) / (resamples + 1)
 
 
 # --------------------------------------------------------------------------------------------------- per-doc scores

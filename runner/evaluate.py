@@ -15,12 +15,13 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
 
+from runner.results import DatasetResult
+from runner.samples import count_requests, generate_keys, metric_counts, sample_table
 from runner.schema import local_files, seeds
 
 log = logging.getLogger(__name__)
@@ -28,24 +29,6 @@ log = logging.getLogger(__name__)
 
 class DataError(ValueError):
     """A dataset cannot be run as configured; the message names the dataset key and the fix."""
-
-
-@dataclass
-class DatasetResult:
-    name: str
-    # task -> {metric name (lm-eval's "acc,none" without the filter suffix when it is "none"): value}
-    metrics: dict[str, dict[str, float]]
-    samples: dict[str, int]  # task -> number of samples evaluated
-    wall_seconds: float
-    requests: int = 0  # lm-eval requests of this dataset (a multiple-choice doc makes one per choice)
-    served: int = 0  # of those, answered by the engine; the rest came from the response cache
-    score: float | None = None  # the dataset's headline metric (dataset.metric)
-    tables: dict[str, dict[str, list]] = field(default_factory=dict)  # task -> per-sample columns
-    # task -> metric (named as in `metrics`) -> the docs it was scored on: a subgroup metric (acc_k1) is
-    # scored on its group's docs only, not on every sample of the task.
-    metric_samples: dict[str, dict[str, int]] = field(default_factory=dict)
-    versions: dict[str, str] = field(default_factory=dict)  # task -> its lm-eval version (task YAML metadata)
-    generate_keys: list[str] = field(default_factory=list)  # lm-eval's cache keys of its generation requests
 
 
 def task_manager(tasks_dir: str, needed: list[str]):
@@ -361,43 +344,6 @@ def run_datasets(
         drain()
 
 
-def count_requests(samples: dict[str, list[dict[str, Any]]]) -> int:
-    """Requests sent for these samples. lm-eval logs one sample per doc *and filter* (gsm8k has two
-    filters over the same answer), so each doc's requests count once, whatever the number of filters."""
-    seen: set[tuple[str, Any]] = set()
-    total = 0
-    for task, task_samples in samples.items():
-        for sample in task_samples:
-            if (task, sample["doc_id"]) not in seen:
-                seen.add((task, sample["doc_id"]))
-                total += len(sample["arguments"])
-    return total
-
-
-def generate_keys(samples: dict[str, list[dict[str, Any]]], configs: dict[str, Any]) -> list[str]:
-    """The response-cache keys (lm-eval's `hash_args`) of the generation requests behind these samples."""
-    from lm_eval.api.model import hash_args
-
-    keys = []
-    for task, task_samples in samples.items():
-        if configs.get(task, {}).get("output_type") != "generate_until":
-            continue
-        for sample in task_samples:
-            keys += [hash_args("generate_until", args) for args in sample["arguments"]]
-    return sorted(set(keys))  # a doc logged once per filter holds the same requests
-
-
-def metric_counts(samples: list[dict[str, Any]]) -> dict[str, int]:
-    """Metric name (as `_metrics` names it) -> how many docs reported it: what lm-eval aggregated it over."""
-    counts: dict[str, int] = {}
-    for sample in samples:
-        filter_name = sample.get("filter", "none")
-        for metric in sample.get("metrics", ()):
-            name = metric if filter_name == "none" else f"{metric}_{filter_name}"
-            counts[name] = counts.get(name, 0) + 1
-    return counts
-
-
 def headline(metrics: dict[str, dict[str, float]], dataset: Any) -> float | None:
     """The dataset's `metric` from its own entry (a group's aggregate), else from its first task."""
     for task in (dataset.name, *dataset.tasks):
@@ -411,34 +357,6 @@ def headline(metrics: dict[str, dict[str, float]], dataset: Any) -> float | None
         dataset.name,
     )
     return None
-
-
-def sample_table(samples: list[dict[str, Any]], metric: str) -> dict[str, list]:
-    """lm-eval's logged samples as columns for MLflow's table view: prompt, response, target, score, parsed."""
-    columns: dict[str, list] = {"doc_id": [], "prompt": [], "response": [], "target": [], "score": [], "parsed_ok": []}
-    for sample in samples:
-        # lm-eval logs one entry per doc and filter; metric names carry the filter unless it is "none".
-        filter_name = sample.get("filter", "none")
-        key = next((k for k in sample if k == metric and filter_name == "none" or f"{k}_{filter_name}" == metric), None)
-        if key is None:
-            continue
-        arguments = sample.get("arguments") or [[""]]
-        responses = sample.get("filtered_resps") or [None]
-        if len(arguments) > 1:  # multiple choice: the choice the model scored highest
-            scores = [r[0] if isinstance(r, (list, tuple)) else r for r in responses]
-            best = max(range(len(scores)), key=lambda i: scores[i]) if scores else 0
-            response = arguments[best][1] if len(arguments[best]) > 1 else str(best)
-        else:
-            response = responses[0]
-            response = response[0] if isinstance(response, list) and len(response) == 1 else response
-        parsed = sample.get("parse_rate")  # the project's tasks score whether the answer could be parsed
-        columns["doc_id"].append(sample.get("doc_id"))
-        columns["prompt"].append(str(arguments[0][0]))
-        columns["response"].append(str(response))
-        columns["target"].append(str(sample.get("target")))
-        columns["score"].append(float(sample[key]) if isinstance(sample[key], (int, float, bool)) else None)
-        columns["parsed_ok"].append(None if parsed is None else bool(parsed))
-    return columns
 
 
 def _metrics(values: dict[str, Any]) -> dict[str, float]:

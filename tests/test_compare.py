@@ -17,7 +17,7 @@ from mlflow import MlflowClient  # noqa: E402
 from mlflow.entities import Metric  # noqa: E402
 from scipy.stats import binomtest  # noqa: E402
 
-from runner import compare, report  # noqa: E402
+from runner import report, stats  # noqa: E402
 
 # --------------------------------------------------------------------------------------------------- statistics
 
@@ -28,26 +28,26 @@ from runner import compare, report  # noqa: E402
     [(81, 263, 0.2553, 0.3662), (15, 148, 0.0624, 0.1605), (0, 20, 0.0, 0.1611), (1, 29, 0.0061, 0.1718)],
 )
 def test_wilson_interval_matches_newcombes_table(successes, n, low, high):
-    got = compare.wilson_interval(successes, n)
+    got = stats.wilson_interval(successes, n)
     assert got == pytest.approx((low, high), abs=5e-5)
 
 
 @pytest.mark.parametrize(("a_only", "b_only"), [(3, 12), (12, 3), (10, 10), (0, 7), (25, 40), (60, 0), (1, 0)])
 def test_exact_mcnemar_is_the_two_sided_binomial_test_on_the_discordant_docs(a_only, b_only):
     expected = binomtest(a_only, a_only + b_only, 0.5).pvalue
-    assert compare.mcnemar_exact(a_only, b_only) == pytest.approx(expected, rel=1e-12)
+    assert stats.mcnemar_exact(a_only, b_only) == pytest.approx(expected, rel=1e-12)
 
 
 def test_exact_mcnemar_without_discordant_docs_is_one():
-    assert compare.mcnemar_exact(0, 0) == 1.0
+    assert stats.mcnemar_exact(0, 0) == 1.0
 
 
 def test_holm_on_known_vectors():
     # sorted 0.005, 0.01, 0.03, 0.04 -> x4, x3, x2, x1 = 0.02, 0.03, 0.06, 0.04 -> monotone: 0.02, 0.03, 0.06, 0.06
-    assert compare.holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
-    assert compare.holm([0.5, 0.6]) == [1.0, 1.0]  # capped at 1
-    assert compare.holm([0.02]) == [0.02]
-    assert compare.holm([]) == []
+    assert stats.holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert stats.holm([0.5, 0.6]) == [1.0, 1.0]  # capped at 1
+    assert stats.holm([0.02]) == [0.02]
+    assert stats.holm([]) == []
 
 
 def test_bootstrap_interval_is_close_to_the_normal_one_and_reproducible():
@@ -55,20 +55,20 @@ def test_bootstrap_interval_is_close_to_the_normal_one_and_reproducible():
     values = [rng.uniform(0, 1) for _ in range(400)]
     mean = sum(values) / len(values)
     sd = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
-    low, high = compare.bootstrap_interval([values], [1.0])
+    low, high = stats.bootstrap_interval([values], [1.0])
     assert low < mean < high
     assert (high - low) == pytest.approx(2 * 1.96 * sd / len(values) ** 0.5, rel=0.1)
-    assert compare.bootstrap_interval([values], [1.0]) == (low, high)  # fixed seed
+    assert stats.bootstrap_interval([values], [1.0]) == (low, high)  # fixed seed
 
 
 def test_paired_bootstrap_p_values():
-    assert compare.paired_bootstrap_p([[0.0] * 50], [1.0]) == 1.0  # no difference at all
-    assert compare.paired_bootstrap_p([[0.1, -0.1] * 50], [1.0]) == 1.0  # mean difference exactly 0
+    assert stats.paired_bootstrap_p([[0.0] * 50], [1.0]) == 1.0  # no difference at all
+    assert stats.paired_bootstrap_p([[0.1, -0.1] * 50], [1.0]) == 1.0  # mean difference exactly 0
     shifted = [[0.2 + 0.01 * (i % 5) for i in range(100)]]
-    assert compare.paired_bootstrap_p(shifted, [1.0]) == 1 / (compare.RESAMPLES + 1)  # the smallest it can say
+    assert stats.paired_bootstrap_p(shifted, [1.0]) == 1 / (stats.RESAMPLES + 1)  # the smallest it can say
     rng = random.Random(3)
     noisy = [[rng.gauss(0.02, 0.3) for _ in range(100)]]  # t-test p ~0.5: nowhere near significant
-    assert 0.2 < compare.paired_bootstrap_p(noisy, [1.0]) < 0.9
+    assert 0.2 < stats.paired_bootstrap_p(noisy, [1.0]) < 0.9
 
 
 # --------------------------------------------------------------------------------------------------- the store
@@ -263,7 +263,7 @@ def test_each_run_gets_a_95_percent_interval_wilson_for_0_1_scores(built, store)
     _, data, _, _ = built
     a = _interval(data, QA, store.ids["a"])
     assert (a["method"], a["statistic"], a["n"], a["matches_score"]) == ("wilson", "mean", N, True)
-    assert (a["low"], a["high"]) == pytest.approx(compare.wilson_interval(150, 200))
+    assert (a["low"], a["high"]) == pytest.approx(stats.wilson_interval(150, 200))
     assert (a["low"], a["high"]) == pytest.approx((0.6857, 0.8049), abs=5e-5)
     assert data["confidence"] == 0.95 and data["correction"] == "holm"
 
@@ -319,7 +319,7 @@ def test_holm_adjusts_over_the_pairs_tested_on_the_dataset(built, store):
     expected = {frozenset(p) for p in [("a", "b"), ("a", "c"), ("a", "f"), ("b", "c"), ("b", "f"), ("c", "f")]}
     expected.add(frozenset(("e", "f")))
     assert tested == {frozenset(ids[x] for x in p) for p in expected}
-    adjusted = compare.holm([p["p_value"] for p in pairs])
+    adjusted = stats.holm([p["p_value"] for p in pairs])
     assert [p["p_holm"] for p in pairs] == pytest.approx(adjusted)
     assert all(p["significant"] == (p["p_holm"] < 0.05) for p in pairs)
     assert max(p["p_holm"] / p["p_value"] for p in pairs if p["p_value"] > 0) > 1  # the correction did something
@@ -362,7 +362,7 @@ def test_the_html_shows_intervals_tests_and_the_pairs_left_out(built, store):
     ids = store.ids
     assert "Is the difference real?" in text and "Holm" in text and "McNemar" in text
     qa = _section(text, QA)
-    low, high = compare.wilson_interval(150, 200)
+    low, high = stats.wilson_interval(150, 200)
     row = re.search(rf'<tr data-interval="{ids["a"]}">(.*?)</tr>', qa).group(1)
     assert f"[{low:.4f}, {high:.4f}]" in row and "Wilson" in row and "0.7500" in row
     ab = re.search(rf'<tr data-pair="{ids["a"]} {ids["b"]}" class="(\w[\w-]*)">(.*?)</tr>', qa)

@@ -18,7 +18,7 @@ import pytest  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
 from mlflow.entities import Metric  # noqa: E402
 
-from runner import report  # noqa: E402
+from runner import report, report_runs  # noqa: E402
 from runner.config import PROJECT_ROOT  # noqa: E402
 
 EVIL = "<script>alert('x')</script>"
@@ -153,7 +153,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Store:
 SWEEP_RUNS = {"fast", "accurate", "evil", "cached", "failed"}
 
 
-def _names(store: Store, rows: list[report.RunRow]) -> set[str]:
+def _names(store: Store, rows: list[report_runs.RunRow]) -> set[str]:
     by_id = {v: k for k, v in store.ids.items()}
     return {by_id[r.run_id] for r in rows}
 
@@ -188,28 +188,28 @@ def test_importing_the_module_loads_neither_mlflow_nor_matplotlib():
 
 
 def test_collect_reads_every_experiment_but_default_and_skips_report_runs(store):
-    rows = report.collect_runs(store.uri)
+    rows = report_runs.collect_runs(store.uri)
     assert _names(store, rows) == SWEEP_RUNS | {"other_sweep", "code"}
     assert [r.experiment for r in rows] == ["code"] + [CATEGORY] * 6  # grouped by experiment, then by start
     assert [r.run_id for r in rows[1:4]] == [store.ids[k] for k in ("fast", "accurate", "evil")]
 
 
 def test_collect_filters_by_sweep_dir(store):
-    assert _names(store, report.collect_runs(store.uri, sweep_dir=store.sweep)) == SWEEP_RUNS
-    assert _names(store, report.collect_runs(store.uri, sweep_dir=store.sweep + "/")) == SWEEP_RUNS
-    assert _names(store, report.collect_runs(store.uri, sweep_dir=Path(store.other_sweep))) == {"other_sweep"}
-    assert report.collect_runs(store.uri, sweep_dir=str(store.root / "elsewhere")) == []
+    assert _names(store, report_runs.collect_runs(store.uri, sweep_dir=store.sweep)) == SWEEP_RUNS
+    assert _names(store, report_runs.collect_runs(store.uri, sweep_dir=store.sweep + "/")) == SWEEP_RUNS
+    assert _names(store, report_runs.collect_runs(store.uri, sweep_dir=Path(store.other_sweep))) == {"other_sweep"}
+    assert report_runs.collect_runs(store.uri, sweep_dir=str(store.root / "elsewhere")) == []
 
 
 def test_collect_by_experiment_name(store, caplog):
-    assert _names(store, report.collect_runs(store.uri, experiments=["code"])) == {"code"}
-    with caplog.at_level(logging.WARNING, logger="runner.report"):
-        assert report.collect_runs(store.uri, experiments=["no_such_category"]) == []
+    assert _names(store, report_runs.collect_runs(store.uri, experiments=["code"])) == {"code"}
+    with caplog.at_level(logging.WARNING, logger="runner.report_runs"):
+        assert report_runs.collect_runs(store.uri, experiments=["no_such_category"]) == []
     assert "no_such_category" in caplog.text
 
 
 def test_collected_rows_carry_scores_and_telemetry(store):
-    rows = {r.run_id: r for r in report.collect_runs(store.uri, sweep_dir=store.sweep)}
+    rows = {r.run_id: r for r in report_runs.collect_runs(store.uri, sweep_dir=store.sweep)}
     fast = rows[store.ids["fast"]]
     assert (fast.model, fast.category, fast.engine, fast.status) == ("smollm2_135m", CATEGORY, "cpu", "FINISHED")
     assert fast.run_name == f"smollm2_135m/{CATEGORY}"
@@ -233,8 +233,8 @@ _ROW = re.compile(r'<tr( class="front")? data-run-id="([0-9a-f]+)">(.*?)</tr>', 
 
 
 @pytest.fixture(scope="module")
-def built(store, tmp_path_factory) -> tuple[Path, Path, list[report.RunRow]]:
-    rows = report.collect_runs(store.uri, sweep_dir=store.sweep)
+def built(store, tmp_path_factory) -> tuple[Path, Path, list[report_runs.RunRow]]:
+    rows = report_runs.collect_runs(store.uri, sweep_dir=store.sweep)
     png, page = report.build_report(rows, tmp_path_factory.mktemp("report"), "Sweep <12-00-00> & co")
     return png, page, rows
 
@@ -321,7 +321,7 @@ def test_write_report_builds_logs_and_is_skipped_by_later_reports(store, tmp_pat
     new = [r for r in client.search_runs(_experiment_ids(client)) if r.info.run_id not in before]
     assert len(new) == 1  # the sweep's runs all sit in one experiment
     assert new[0].data.tags["runner.report"] == "true" and new[0].info.status == "FINISHED"
-    assert _names(store, report.collect_runs(store.uri, sweep_dir=store.sweep)) == SWEEP_RUNS
+    assert _names(store, report_runs.collect_runs(store.uri, sweep_dir=store.sweep)) == SWEEP_RUNS
 
     assert report.write_report(store.uri, tmp_path / "quiet", experiments=["code"], log=False) is not None
     after = {r.info.run_id for r in client.search_runs(_experiment_ids(client))}

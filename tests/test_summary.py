@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from runner.app import JobResult
-from runner.evaluate import DatasetResult
+from runner.results import DatasetResult, JobResult
 from runner.selection import Selection
 from runner.summary import SUMMARY_FILE, print_summary
 
