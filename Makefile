@@ -39,6 +39,7 @@ test: model browser
 
 lint: venv
 	$(PY) -m ruff check runner adapters tests bench
+	$(PY) -m mypy  # runner/, adapters/, hydra_plugins/ ([tool.mypy] in pyproject.toml)
 
 ## MLflow's UI on the project's store, on loopback only (ssh -L 5000:127.0.0.1:5000 to look from elsewhere).
 MLFLOW_PORT ?= 5000

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from lm_eval.api.instance import Instance
 
     from runner.cached_telemetry import CachedTelemetry
-    from runner.engines.base import Engine
+    from runner.engines.base import SupportsRequests
     from runner.progress import DatasetProgress
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 class EngineLM(TemplateLM):
     def __init__(
         self,
-        engine: Engine,
+        engine: SupportsRequests,
         *,
         max_length: int,
         chat: bool = True,

@@ -13,6 +13,7 @@ import logging
 import os
 import sqlite3
 import sys
+from collections.abc import Set
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ class SyncError(RuntimeError):
     """Runs kept on disk could not be uploaded; they stay pending for the next `mode=sync`."""
 
 
-def dispatch(cfg: Any, out_dir: Path, overridden: set[str] = frozenset(), in_sweep: bool = False) -> Any:
+def dispatch(cfg: Any, out_dir: Path, overridden: Set[str] = frozenset(), in_sweep: bool = False) -> Any:
     from runner.engines import EngineLoadError
     from runner.evaluate import DataError
     from runner.hardware import HardwareError
@@ -92,7 +93,7 @@ def _disk_problem(exc: Exception, cfg: Any) -> str | None:
     )
 
 
-def _act(cfg: Any, out_dir: Path, overridden: set[str]) -> Any:
+def _act(cfg: Any, out_dir: Path, overridden: Set[str]) -> Any:
     validate(cfg)
     if cfg.mode == "list":
         return list_catalog(cfg, category_given="category" in overridden)

@@ -119,7 +119,7 @@ class ScoreLoader:
 
     def __init__(self, tracking_uri: str | None) -> None:
         self.tracking_uri = tracking_uri
-        self._client = None
+        self._client: Any = None  # an MlflowClient, made on first use (mlflow imports slowly)
 
     def load(self, row: RunRow, dataset: str) -> DocScores:
         relative = f"samples/{dataset}"
@@ -402,7 +402,7 @@ def html_section(comparisons: list[DatasetComparison]) -> str:
     parts = ['<h2 id="comparisons">Is the difference real?</h2>', f'<p class="legend">{e(EXPLANATION)}</p>']
     for c in comparisons:
         parts += [f'<section class="comparison" data-dataset="{e(c.dataset)}">', f"<h3>{e(c.dataset)}</h3>"]
-        heads = ("run", "score", "docs", "95% CI", "interval", "note")
+        heads: tuple[str, ...] = ("run", "score", "docs", "95% CI", "interval", "note")
         runs = [
             (f'data-interval="{e(r.run_id)}"', [r.label, _num(r.score), str(r.n or "—"), _ci(r), _method(r), r.note])
             for r in c.runs

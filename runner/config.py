@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
@@ -30,11 +30,19 @@ if not OmegaConf.has_resolver("torch_seed"):
 register_schema()
 
 
+def to_dict(node: Any) -> dict[str, Any]:
+    """A mapping config node as a plain dict, interpolations resolved (OmegaConf types the result as any
+    container); a plain dict passes through."""
+    value = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+    if not isinstance(value, dict):
+        raise TypeError(f"expected a mapping, got {type(value).__name__}: {value!r}")
+    return cast(dict[str, Any], value)
+
+
 def flatten(cfg: DictConfig | dict, prefix: str = "") -> dict[str, Any]:
     """{'a': {'b': 1}} -> {'a.b': 1}; lists are kept as one value (their string form)."""
-    container = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
     flat: dict[str, Any] = {}
-    for key, value in container.items():
+    for key, value in to_dict(cfg).items():
         name = f"{prefix}{key}"
         if isinstance(value, dict) and value:
             flat.update(flatten(value, prefix=f"{name}."))

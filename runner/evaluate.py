@@ -94,9 +94,9 @@ def check_local_files(dataset: Any) -> None:
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
-            line = raw[: exc.start].count(b"\n") + 1
+            at = raw[: exc.start].count(b"\n") + 1
             raise DataError(
-                f"{path}, line {line}: not UTF-8 (byte 0x{raw[exc.start]:02x}); lm-eval reads JSON as UTF-8. "
+                f"{path}, line {at}: not UTF-8 (byte 0x{raw[exc.start]:02x}); lm-eval reads JSON as UTF-8. "
                 "Convert the file, e.g. `iconv -f latin1 -t utf-8 in.jsonl > out.jsonl`."
             ) from exc
         array = text.lstrip().startswith("[")  # one JSON array of objects rather than JSON Lines

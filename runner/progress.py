@@ -25,6 +25,10 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, ProgressColumn, TaskID
 
 RATE_WINDOW_S = 10.0  # output tok/s over the last few seconds
 _CACHED = re.compile(r"Cached requests: (\d+), Requests remaining: (\d+)")
@@ -45,7 +49,7 @@ class DatasetProgress:
         self.job = job
         self.name = name
         self.done = self.total = 0
-        self.task = None  # its rich row, on a terminal
+        self.task: TaskID | None = None  # its rich row, on a terminal
 
     def expect(self, requests: int) -> None:
         """Requests about to be sent to the engine (the bridge calls this per request-type call)."""
@@ -115,10 +119,10 @@ class JobProgress:
         self._sent: float | None = None  # when the first request went to the engine
         self._recent: deque[tuple[float, int]] = deque()
         self._datasets = 0  # datasets started in this job
-        self._job_task = None  # the job's rich row, on a terminal
+        self._job_task: TaskID | None = None  # the job's rich row, on a terminal
         self._pace_text: list[str] = []  # its rate and ETA, redrawn once a second (its counts, on every answer)
-        self._rich = None  # rich.progress.Progress on a terminal, else None
-        self._load_task = None
+        self._rich: Progress | None = None  # on a terminal (rich is imported only there)
+        self._load_task: TaskID | None = None
         self._loading: str | None = None
         self._stop = threading.Event()
         self._ticker: threading.Thread | None = None
@@ -181,12 +185,14 @@ class JobProgress:
                 if self._job_task is None:
                     self._job_task = self._bar().add_task("job", total=None, info="")
                 row.task = self._bar().add_task(name, total=None, info="")
-            if len(self._rows) == 1:  # the first dataset running: the ticker and the cache watch start
-                logging.getLogger("lm_eval.api.model").addHandler(self._cache_watch)
+            first = len(self._rows) == 1
+            if first:  # the first dataset running: the ticker and the cache watch start
                 self._stop.clear()
                 self._last_line = time.monotonic()
                 self._ticker = threading.Thread(target=self._tick_loop, name="progress", daemon=True)
                 self._ticker.start()
+        if first:  # outside our lock, as removeHandler below: logging takes its own module lock here
+            logging.getLogger("lm_eval.api.model").addHandler(self._cache_watch)
         try:
             yield row
         finally:
@@ -306,7 +312,7 @@ class JobProgress:
             info = " · ".join([_counts(self._done, self._total), *self._pace_text])
             self._rich.update(self._job_task, completed=self._done, total=self._total or None, info=info)
 
-    def _bar(self):
+    def _bar(self) -> Progress:
         """The job's one rich display, started on first use; narrow terminals get no bar, only the numbers."""
         if self._rich is None:
             from rich.console import Console
@@ -317,7 +323,7 @@ class JobProgress:
             wide = console.width >= 60
             self._narrow = not wide
             name = None if wide else Column(width=17, no_wrap=True, overflow="ellipsis")
-            columns = [TextColumn("{task.description}", table_column=name)]
+            columns: list[ProgressColumn] = [TextColumn("{task.description}", table_column=name)]
             columns += [BarColumn(bar_width=24)] if wide else []
             columns += [TextColumn("{task.fields[info]}")]
             columns += [TimeElapsedColumn()] if wide else []
@@ -348,8 +354,8 @@ class _CacheCounts(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         match = _CACHED.search(record.getMessage())
-        row = self.progress._threads.get(record.thread) if match else None
-        if row is not None:
+        row = self.progress._threads.get(record.thread) if match and record.thread is not None else None
+        if match and row is not None:
             row.cached(int(match[1]))
 
     def __init__(self, progress: JobProgress) -> None:

@@ -55,7 +55,7 @@ def describe(model: Any, source: str, cache_dir: str | Path) -> Weights:
     load_format = str(model.get("load_format") or "auto")
     if load_format == "dummy":
         return Weights(source, "random (load_format=dummy)", load_format)
-    folder = Path(source)
+    folder: Path | None = Path(source)
     revision = None
     if model.get("path"):
         origin = "local folder"

@@ -51,6 +51,12 @@ def _plottable(row: RunRow, dataset: str) -> bool:
     return row.finished and row.output_tokens_per_s is not None and dataset in row.scores
 
 
+def _point(row: RunRow, dataset: str) -> tuple[float, float]:
+    """(output tokens/s, score) of a run `_plottable` kept."""
+    assert row.output_tokens_per_s is not None
+    return row.output_tokens_per_s, row.scores[dataset]
+
+
 def _fronts(rows: list[RunRow], datasets: list[str]) -> dict[str, set[str]]:
     """dataset -> run ids on its Pareto front, among the runs that can be plotted for it."""
     fronts = {}
@@ -178,25 +184,25 @@ def _plot(
         for r in plotted:
             if (dataset, r.run_id) in bars:
                 low, high = bars[dataset, r.run_id]
-                y = r.scores[dataset]
-                yerr = [[max(0.0, y - low)], [max(0.0, high - y)]]
-                ax.errorbar(r.output_tokens_per_s, y, yerr=yerr, fmt="none", ecolor="0.6", capsize=3, zorder=1)
-        steps = sorted(front, key=lambda r: (r.output_tokens_per_s, -r.scores[dataset]))
+                speed, score = _point(r, dataset)
+                yerr = [[max(0.0, score - low)], [max(0.0, high - score)]]
+                ax.errorbar(speed, score, yerr=yerr, fmt="none", ecolor="0.6", capsize=3, zorder=1)
+        steps = sorted((_point(r, dataset) for r in front), key=lambda p: (p[0], -p[1]))
         # where="pre": between two front points the boundary sits at the faster point's score.
-        x, y = [r.output_tokens_per_s for r in steps], [r.scores[dataset] for r in steps]
-        ax.step(x, y, where="pre", color=_FRONT_COLOR, linewidth=1.5, zorder=2)
+        ax.step([p[0] for p in steps], [p[1] for p in steps], where="pre", color=_FRONT_COLOR, linewidth=1.5, zorder=2)
         for r in plotted:
             on_front = r.run_id in fronts[dataset]
             color = _FRONT_COLOR if on_front else _OTHER_COLOR
-            style = {"s": 160, "marker": "*"} if on_front else {"s": 36, "marker": "o"}
+            style: dict[str, Any] = {"s": 160, "marker": "*"} if on_front else {"s": 36, "marker": "o"}
             if r.from_cache:  # hollow: a throughput measured earlier, by the passes that generated the answers
                 style |= {"facecolors": "none", "edgecolors": color, "linewidths": 1.5}
             else:
                 style |= {"color": color, "edgecolors": "black" if on_front else color, "linewidths": 0.5}
-            ax.scatter([r.output_tokens_per_s], [r.scores[dataset]], zorder=4 if on_front else 3, **style)
+            point = _point(r, dataset)
+            ax.scatter([point[0]], [point[1]], zorder=4 if on_front else 3, **style)
             ax.annotate(
                 labels[r.run_id],
-                (r.output_tokens_per_s, r.scores[dataset]),
+                point,
                 xytext=(6, 4),
                 textcoords="offset points",
                 fontsize=8,
@@ -215,7 +221,7 @@ def _plot(
         Line2D([], [], marker="o", linestyle="none", color=_OTHER_COLOR, label="other finished run"),
     ]
     if any(r.from_cache for d in datasets for r in rows if _plottable(r, d)):
-        hollow = {"markerfacecolor": "none", "markeredgecolor": _OTHER_COLOR, "markeredgewidth": 1.5}
+        hollow: dict[str, Any] = {"markerfacecolor": "none", "markeredgecolor": _OTHER_COLOR, "markeredgewidth": 1.5}
         handles.append(Line2D([], [], marker="o", linestyle="none", label=_CACHED, **hollow))
     footer.legend(handles=handles, loc="upper left", ncols=len(handles), frameon=False, borderaxespad=0)
     footer.text(0, 0, text, transform=footer.transAxes, ha="left", va="bottom", fontsize=8, color="0.25")

@@ -7,7 +7,7 @@ read them (runner/summary.py, runner/tracking.py's metric names, tests) need not
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -25,7 +25,7 @@ class DatasetResult:
     requests: int = 0  # lm-eval requests of this dataset (a multiple-choice doc makes one per choice)
     served: int = 0  # of those, answered by the engine; the rest came from the response cache
     score: float | None = None  # the dataset's headline metric (dataset.metric)
-    tables: dict[str, dict[str, list]] = field(default_factory=dict)  # task -> per-sample columns
+    tables: dict[str, dict[str, list[Any]]] = field(default_factory=dict)  # task -> per-sample columns
     # task -> metric (named as in `metrics`) -> the docs it was scored on: a subgroup metric (acc_k1) is
     # scored on its group's docs only, not on every sample of the task.
     metric_samples: dict[str, dict[str, int]] = field(default_factory=dict)

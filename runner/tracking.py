@@ -18,7 +18,7 @@ import subprocess
 import traceback
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from runner.config import PROJECT_ROOT, flatten
 from runner.reaper import PROCESS_TAG, close_dead_runs, process_identity
@@ -188,7 +188,7 @@ class Tracker:
         self.record.save(self.out_dir)
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> bool:
+    def __exit__(self, exc_type, exc, tb) -> Literal[False]:
         if exc_type is None:
             status = "FINISHED"
         else:

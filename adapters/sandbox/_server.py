@@ -142,8 +142,8 @@ def _private_mounts(libc, opts: dict[str, list[str]], work: str, pid_ns: bool, r
     # The work dir is under a fresh tmpfs now: recreate it there (size-bounded, gone with the namespace).
     os.makedirs(work, 0o700, exist_ok=True)
     for name, data in files.items():
-        with open(os.path.join(work, name), "wb") as fh:
-            fh.write(data)
+        with open(os.path.join(work, name), "wb") as out:
+            out.write(data)
     report("work_on_tmpfs", 1)
     return work
 

@@ -44,7 +44,7 @@ class _UidPool:
                 uid = candidate
                 self._busy.add(uid)
                 break
-        if uid < 0:
+        if uid < 0 or fd is None:
             raise SandboxError(f"all {len(UID_RANGE)} sandbox uids are in use")
         try:
             yield uid

@@ -53,10 +53,10 @@ def from_hub(model: Any) -> bool:
 
 def vllm_engine_args(selection: Selection, model: Any, engine: Any) -> dict[str, Any]:
     """vLLM EngineArgs for this job: platform defaults, then the model's facts, then `engine.args` (user wins)."""
-    from omegaconf import OmegaConf
+    from runner.config import to_dict
 
     platform = engine.gpu if selection.kind != "cpu" else engine.cpu
-    args: dict[str, Any] = dict(OmegaConf.to_container(platform, resolve=True))
+    args = to_dict(platform)
     max_len = min(int(args.pop("max_model_len", model.max_model_len)), int(model.max_model_len))
     args.update(
         dtype=model.dtype,
@@ -75,7 +75,7 @@ def vllm_engine_args(selection: Selection, model: Any, engine: Any) -> dict[str,
             # Processes within one node; Ray places workers when the job spans nodes.
             distributed_executor_backend="ray" if selection.nodes > 1 else "mp",
         )
-    args.update(OmegaConf.to_container(engine.args, resolve=True) or {})
+    args.update(to_dict(engine.args or {}))
     return args
 
 

@@ -14,7 +14,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, Self, TypeVar, cast
 
 from runner.console import FILE_ONLY
 
@@ -113,6 +113,28 @@ def _percentile(ordered: list[float], q: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
+class SupportsRequests(Protocol):
+    """What the lm-eval bridge (adapters/lm_eval_model.py) calls: an Engine, or the job's one pass over an
+    Engine that the datasets share (runner/engines/gather.py JobEngine)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def tokenizer(self) -> Any: ...
+
+    def generate(
+        self,
+        prompts: list[list[int]],
+        settings: SamplingSettings | Sequence[SamplingSettings],
+        on_result: OnResult | None = None,
+    ) -> list[Completion]: ...
+
+    def loglikelihood(
+        self, requests: list[tuple[list[int], list[int]]], on_result: OnResult | None = None
+    ) -> list[LogLikelihood]: ...
+
+
 class Engine(ABC):
     """One loaded model. Subclasses implement `_generate`; `generate` adds the measurements."""
 
@@ -122,7 +144,7 @@ class Engine(ABC):
         self.stats = EngineStats()
 
     @classmethod
-    def from_config(cls, *, source: str, model: Any, engine: Any, selection: Any) -> Engine:
+    def from_config(cls, *, source: str, model: Any, engine: Any, selection: Any) -> Self:
         """How the runner builds this engine for a job (the class `engine._target_` names).
 
         `source` is the model's local folder or hub id, `model` and `engine` are the job's config nodes
@@ -131,11 +153,12 @@ class Engine(ABC):
         subclass whose constructor takes the model's folder needs nothing more. The runner calls this,
         not the constructor, so an engine keeps a plain constructor for use outside the runner.
         """
-        return cls(source)
+        # Engine's own constructor takes nothing; the subclasses this default serves take the folder.
+        return cast(Callable[[str], Self], cls)(source)
 
     @property
     @abstractmethod
-    def tokenizer(self):
+    def tokenizer(self) -> Any:
         """A Hugging Face tokenizer for this model (chat template, encode/decode)."""
 
     def generate(
@@ -199,7 +222,10 @@ class Engine(ABC):
         """Release the model and any worker processes. Safe to call twice."""
 
 
-def _reporting(call: Callable[[OnResult], list], on_result: OnResult | None) -> list:
+Result = TypeVar("Result", Completion, LogLikelihood)
+
+
+def _reporting(call: Callable[[OnResult], list[Result]], on_result: OnResult | None) -> list[Result]:
     """Run an engine call; make sure `on_result` saw every result exactly once, streamed or not."""
     reported: set[int] = set()
 

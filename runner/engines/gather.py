@@ -98,8 +98,9 @@ class JobEngine:
         if not items:
             return []
         if not self._is_member():  # called outside `dataset()`: straight to the engine (tests, one-off use)
-            call = self.engine.generate if kind == "generate" else self.engine.loglikelihood
-            return call(items, settings, on_result) if kind == "generate" else call(items, on_result)
+            if kind == "generate":
+                return self.engine.generate(items, settings, on_result)
+            return self.engine.loglikelihood(items, on_result)
         submission = _Submission(kind, items, settings, on_result, [None] * len(items), len(items))
         with self._cond:
             if self._cancelled is not None:
@@ -221,7 +222,8 @@ class JobEngine:
         if self.on_pass is not None:
             self.on_pass(kind, True)
         if kind == "generate":
-            self.engine.generate(items, [s.settings[i] for s, i in owners], on_result=answered)
+            settings = [s.settings[i] for s, i in owners if s.settings is not None]  # always set for generate
+            self.engine.generate(items, settings, on_result=answered)
         else:
             self.engine.loglikelihood(items, on_result=answered)
         if self.on_pass is not None:

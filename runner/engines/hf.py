@@ -65,11 +65,10 @@ class HFEngine(Engine):
     @classmethod
     def from_config(cls, *, source: str, model: Any, engine: Any, selection: Any) -> HFEngine:
         """The model's dtype, revision and load format, plus `engine.hf` (batch size, device...)."""
-        from omegaconf import OmegaConf
-
+        from runner.config import to_dict
         from runner.engines import from_hub
 
-        options = {k: v for k, v in OmegaConf.to_container(engine.hf, resolve=True).items() if k != "max_length"}
+        options = {k: v for k, v in to_dict(engine.hf).items() if k != "max_length"}
         return cls(
             source,
             dtype=model.dtype,

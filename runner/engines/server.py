@@ -355,6 +355,7 @@ class ServeProcess:
         return server
 
     def _read(self) -> None:
+        assert self.process.stdout is not None  # started with stdout=PIPE
         for line in self.process.stdout:
             self.tail.append(line.rstrip())
             log.info("[vllm serve] %s", line.rstrip(), extra=FILE_ONLY)
