@@ -62,6 +62,7 @@ class VLLMServerEngine(Engine):
         server: ServeProcess | None = None,
     ) -> None:
         import requests
+        from urllib3.util.retry import Retry
 
         super().__init__()
         self.url = url.rstrip("/")
@@ -71,7 +72,17 @@ class VLLMServerEngine(Engine):
         self.retries = max(0, int(retries))
         self._server = server
         self._session = requests.Session()
-        adapter = requests.adapters.HTTPAdapter(pool_maxsize=self.max_concurrency)
+        # urllib3 retries connection errors, timeouts and RETRY_STATUS answers (POSTs too: a completion asked
+        # twice is only asked twice), backing off 0, 2, 4, 8 s and honouring a server's Retry-After.
+        retry = Retry(
+            total=self.retries,
+            status_forcelist=RETRY_STATUS,
+            allowed_methods=None,
+            backoff_factor=1,
+            backoff_max=8,
+            raise_on_status=False,
+        )
+        adapter = requests.adapters.HTTPAdapter(pool_maxsize=self.max_concurrency, max_retries=retry)
         self._session.mount("http://", adapter)
         self._session.mount("https://", adapter)
         if api_key:
@@ -122,29 +133,24 @@ class VLLMServerEngine(Engine):
     # --- requests ---------------------------------------------------------------------------------------
 
     def _post(self, path: str, payload: dict) -> dict:
-        """One request with bounded retries on connection errors, timeouts and 429/5xx; other refusals at once."""
+        """One request; the session's adapter retries connection errors, timeouts and 429/5xx (`retries`)."""
         import requests
 
-        for attempt in range(self.retries + 1):
-            try:
-                response = self._session.post(f"{self.url}{path}", json=payload, timeout=self.timeout_s)
-            except (requests.ConnectionError, requests.Timeout) as exc:
-                if attempt == self.retries:
-                    raise ServerError(
-                        f"The vLLM server at {self.url} did not answer ({type(exc).__name__}) after "
-                        f"{self.retries + 1} tries of up to {self.timeout_s:.0f} s. Check it is up "
-                        "(its /health), or raise engine.request_timeout_s / engine.retries."
-                    ) from None
-            else:
-                if response.status_code == 200:
-                    return response.json()
-                if response.status_code not in RETRY_STATUS or attempt == self.retries:
-                    raise ServerError(
-                        f"The vLLM server at {self.url} refused a request to {path} "
-                        f"(HTTP {response.status_code}: {_message(response)})."
-                    )
-            time.sleep(min(2**attempt, 8))
-        raise AssertionError("unreachable")
+        try:
+            response = self._session.post(f"{self.url}{path}", json=payload, timeout=self.timeout_s)
+        except (requests.ConnectionError, requests.Timeout) as exc:
+            raise ServerError(
+                f"The vLLM server at {self.url} did not answer ({type(exc).__name__}) after "
+                f"{self.retries + 1} tries of up to {self.timeout_s:.0f} s. Check it is up "
+                "(its /health), or raise engine.request_timeout_s / engine.retries."
+            ) from None
+        if response.status_code != 200:
+            tries = f" after {self.retries + 1} tries" if response.status_code in RETRY_STATUS else ""
+            raise ServerError(
+                f"The vLLM server at {self.url} refused a request to {path}{tries} "
+                f"(HTTP {response.status_code}: {_message(response)})."
+            )
+        return response.json()
 
     def _each(self, n: int, request: Callable[[int], Any], on_result: OnResult) -> list:
         """`request(i)` for i in range(n), up to max_concurrency at once; results in order, each reported as it

@@ -1,0 +1,98 @@
+"""The server engine's HTTP client against a scripted OpenAI-style server on loopback: what it retries (429 and
+5xx, honouring Retry-After), how often (`engine.retries`), and what it refuses at once. The real `vllm serve`
+answers are checked in tests/test_parity.py; a real server cannot be made to answer 503 on demand."""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from runner.engines.base import SamplingSettings
+from runner.engines.server import ServerError, VLLMServerEngine
+
+
+class Scripted(ThreadingHTTPServer):
+    """Answers GET /v1/models with one model, and each POST /v1/completions with the next scripted status."""
+
+    def __init__(self, statuses: list[int]) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.statuses = statuses
+        self.posts = 0
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: Scripted
+
+    def log_message(self, *args) -> None:  # quiet
+        pass
+
+    def _send(self, status: int, body: dict, headers: dict[str, str] | None = None) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        for key, value in {"Content-Type": "application/json", **(headers or {})}.items():
+            self.send_header(key, value)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        if self.path == "/v1/models":
+            self._send(200, {"data": [{"id": "scripted", "root": "scripted"}]})
+        else:
+            self._send(404, {"error": {"message": "not here"}})
+
+    def do_POST(self) -> None:  # noqa: N802
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.server.posts += 1
+        status = self.server.statuses.pop(0) if self.server.statuses else 200
+        if status == 200:
+            self._send(200, {"choices": [{"text": " answer", "token_ids": [1, 2], "finish_reason": "stop"}]})
+        else:  # Retry-After: 0, so the test does not wait out the backoff
+            self._send(status, {"error": {"message": f"scripted {status}"}}, {"Retry-After": "0"})
+
+
+@pytest.fixture
+def serve():
+    servers = []
+
+    def start(statuses: list[int]) -> Scripted:
+        server = Scripted(statuses)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+def _engine(server: Scripted, model_dir, retries: int) -> VLLMServerEngine:
+    url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+    return VLLMServerEngine(url, str(model_dir), served_model="scripted", retries=retries, request_timeout_s=10)
+
+
+def test_overloaded_answers_are_retried_and_the_request_succeeds(serve, default_model_dir):
+    server = serve([503, 429])
+    engine = _engine(server, default_model_dir, retries=2)
+    (completion,) = engine.generate([[1, 2, 3]], SamplingSettings(max_tokens=4))
+    assert (completion.text, completion.output_tokens, server.posts) == (" answer", 2, 3)
+
+
+def test_retries_are_bounded_and_the_error_says_how_many_tries_and_what_the_server_said(serve, default_model_dir):
+    server = serve([503, 503, 503])
+    engine = _engine(server, default_model_dir, retries=1)
+    with pytest.raises(ServerError, match=r"after 2 tries \(HTTP 503: scripted 503\)"):
+        engine.generate([[1, 2, 3]], SamplingSettings(max_tokens=4))
+    assert server.posts == 2
+
+
+def test_a_refused_request_is_not_retried(serve, default_model_dir):
+    server = serve([400])
+    engine = _engine(server, default_model_dir, retries=2)
+    with pytest.raises(ServerError, match=r"refused a request to /completions \(HTTP 400: scripted 400\)"):
+        engine.generate([[1, 2, 3]], SamplingSettings(max_tokens=4))
+    assert server.posts == 1
