@@ -65,11 +65,21 @@ def dispatch(cfg: Any, out_dir: Path, overridden: Set[str] = frozenset(), in_swe
         )
         sys.exit(130)  # the shell's code for a command ended by SIGINT
     except Exception as exc:
-        if not in_sweep:
+        if full_error and not in_sweep:
             raise
-        # Anything else (an engine crash, out of memory): this job is lost, the sweep's next job still runs.
-        log.exception("Job failed")
-        _job_status(out_dir, cfg, "FAILED", f"{type(exc).__name__}: {exc}")
+        # Anything else is a bug (in the runner, a library or a user's own engine), not a setting to fix: the
+        # message says so and where the traceback is. In a sweep this job is lost, the next one still runs.
+        log.exception("Job failed with an unexpected error", extra=FILE_ONLY)
+        first = (str(exc).strip().splitlines() or [""])[0][:500]
+        message = (
+            f"{type(exc).__name__}: {first}. This is not a problem with your settings but a bug in the runner or "
+            f"in a library it uses; the full traceback is in {out_dir / 'runner.log'} (HYDRA_FULL_ERROR=1 prints "
+            "it here). Results already computed are kept; please report the bug with that file."
+        )
+        if not in_sweep:
+            print(f"error: {message}", file=sys.stderr)
+            sys.exit(1)
+        _job_status(out_dir, cfg, "FAILED", message)
         return None
     if in_sweep:
         _job_status(out_dir, cfg, "FINISHED", None, getattr(result, "run_id", None))

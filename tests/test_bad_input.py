@@ -195,6 +195,56 @@ def test_settings_the_engine_refuses_fail_before_any_request(tmp_path, default_m
     _assert_failed_before_any_result(result, tmp_path, message)
 
 
+FAULTY_ENGINES = """
+from runner.engines.base import Engine
+
+
+class Refusing(Engine):  # what an engine library does with a value it will not take
+    @classmethod
+    def from_config(cls, **_):
+        raise ValueError("max_num_seqs=0 must be positive")
+
+
+class Buggy(Engine):  # a plain bug: nothing the user's settings can fix
+    @classmethod
+    def from_config(cls, **_):
+        return {}["tokenizer"]
+"""
+
+
+@pytest.mark.parametrize(
+    ("engine", "code", "message"),
+    [
+        pytest.param(
+            "Refusing",
+            2,
+            "The cpu engine could not load model tiny_llama (",
+            id="a-setting",
+        ),
+        pytest.param(
+            "Buggy",
+            1,
+            "KeyError: 'tokenizer'. This is not a problem with your settings but a bug in the runner or in a library",
+            id="a-bug",
+        ),
+    ],
+)
+def test_an_engine_error_says_whether_the_settings_or_a_bug_caused_it(tmp_path, engine, code, message):
+    (tmp_path / "faulty_engines.py").write_text(FAULTY_ENGINES)
+    out = tmp_path / "out"
+    job = [CHEAPEST_JOB, "engine=cpu", f"engine._target_=faulty_engines.{engine}", "limit=1", *GEO_ONLY_SPATIAL]
+    result = run_cli(*job, f"paths.output_dir={out}", env={"PYTHONPATH": str(tmp_path)})
+    error = _assert_one_clear_error(result, message, code=code)
+    ((status, tag),) = _statuses(out, "text_geospatial")
+    assert status == "FAILED" and ("ValueError" if engine == "Refusing" else "KeyError") in tag
+    if engine == "Refusing":
+        assert "max_num_seqs=0 must be positive. Check the model's settings" in error
+        return
+    (log,) = out.glob("runs/*/*/runner.log")
+    assert f"the full traceback is in {log}" in error
+    assert "Traceback (most recent call last)" in log.read_text() and "KeyError: 'tokenizer'" in log.read_text()
+
+
 SERVER_CASES = {  # engine=vllm_server plus: the one paragraph it ends with
     "engine.url=http://127.0.0.1:9/v1": "engine.url=http://127.0.0.1:9/v1 cannot be reached (no connection)",
     "+engine.args.max_num_seqs=-1": "`vllm serve` exited with code 1 while starting",  # its own start fails

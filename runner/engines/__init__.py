@@ -46,6 +46,17 @@ class EngineLoadError(RuntimeError):
     """The engine refused the model or its settings while loading; no request was sent."""
 
 
+def settings_problem(exc: BaseException) -> bool:
+    """Whether an engine library's exception is one the user's settings can fix: a refused value (vLLM and
+    transformers raise ValueError for those; pydantic's ValidationError is one), a missing file or package,
+    memory that does not fit, or vLLM's engine core failing to start (its root cause, nearly always memory or
+    an argument, is logged above it). Anything else is treated as a bug, not blamed on the settings."""
+    if isinstance(exc, ValueError | OSError | ImportError | MemoryError):
+        return True
+    text = str(exc).lower()
+    return type(exc).__name__ == "OutOfMemoryError" or "out of memory" in text or "engine core initialization" in text
+
+
 def from_hub(model: Any) -> bool:
     """A hub revision applies only to weights loaded by repo id (not a local, converted or dummy folder)."""
     return bool(model.get("revision")) and not (model.get("path") or model.get("gguf") or model.load_format == "dummy")
@@ -110,7 +121,9 @@ def build_engine(selection: Selection, model_source: str, model: Any, engine: An
             return _load(selection, model_source, model, engine)
     except (ConfigError, EngineLoadError):
         raise
-    except Exception as exc:  # noqa: BLE001 - any refusal by the engine library becomes one clear message
+    except Exception as exc:
+        if not settings_problem(exc):
+            raise  # a bug in the runner, the engine library or a user's engine: reported as one (runner/cli.py)
         first = (str(exc).strip().splitlines() or [""])[0][:500].rstrip(".")
         raise EngineLoadError(
             f"The {selection.kind} engine could not load model {model.name} ({model_source}): "
