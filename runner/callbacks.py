@@ -32,29 +32,33 @@ def read_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
     return sorted(jobs, key=lambda job: job.get("job_num", -1))
 
 
-def output_problem(output_dir: Path, min_free_mb: int) -> str | None:
-    """Why jobs could not write under output_dir, and the fix (None: they can)."""
+def output_problem(output_dir: Path, min_free_mb: int, key: str = "paths.output_dir") -> str | None:
+    """Why jobs could not write under output_dir (the setting named `key`), and the fix (None: they can)."""
     import errno
     import shutil
     import tempfile
 
-    where = (
-        "Runs, logs, the response cache and the local MLflow store all live there: {fix}, or point "
-        "paths.output_dir at another disk."
-    )
+    if key == "paths.output_dir":
+        where = (
+            "Runs, logs, the response cache and the local MLflow store all live there: {fix}, or point "
+            "paths.output_dir at another disk."
+        )
+    else:  # the job's or sweep's own folder, set apart from paths.output_dir
+        what = "The sweep's job folders (logs, results, run records) go" if "sweep" in key else "The job's folder goes"
+        where = f"{what} there: {{fix}}, or drop {key} to keep them under paths.output_dir."
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=output_dir, prefix=".write-check-"):
             pass
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            return f"paths.output_dir={output_dir} is full. " + where.format(fix="free some space")
+            return f"{key}={output_dir} is full. " + where.format(fix="free some space")
         problem = exc.strerror or str(exc)
-        return f"paths.output_dir={output_dir} is not writable ({problem}). " + where.format(fix="make it writable")
+        return f"{key}={output_dir} is not writable ({problem}). " + where.format(fix="make it writable")
     free_mb = shutil.disk_usage(output_dir).free / 2**20
     if free_mb < min_free_mb:
         return (
-            f"paths.output_dir={output_dir} has {free_mb:.0f} MB free, less than paths.min_free_mb={min_free_mb}. "
+            f"{key}={output_dir} has {free_mb:.0f} MB free, less than paths.min_free_mb={min_free_mb}. "
             + where.format(fix="free some space")
         )
     return None
@@ -64,18 +68,22 @@ class OutputCheck(Callback):
     """Before Hydra creates a job's folder: a read-only or full output_dir is one message, not a traceback."""
 
     def on_run_start(self, config: Any, **kwargs: Any) -> None:
-        self._check(config)
+        self._check(config, "hydra.run.dir")
 
     def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
-        self._check(config)
+        self._check(config, "hydra.sweep.dir")
 
     @staticmethod
-    def _check(config: Any) -> None:
+    def _check(config: Any, folder_key: str) -> None:
         import sys
+
+        from omegaconf import OmegaConf
 
         # Free space matters for jobs that evaluate; list, plan and the others write a few small files.
         min_free = int(config.paths.min_free_mb) if config.mode == "run" else 0
         problem = output_problem(Path(config.paths.output_dir), min_free)
+        if problem is None:  # the job's (or sweep's) own folder, which hydra.run.dir / hydra.sweep.dir can move
+            problem = output_problem(Path(str(OmegaConf.select(config, folder_key))), 0, key=folder_key)
         if problem:
             print(f"error: {problem}", file=sys.stderr)
             raise SystemExit(2)

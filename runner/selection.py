@@ -94,9 +94,10 @@ def select_engine(engine: Any, model: Any, hardware: Hardware) -> Selection:
     kind = engine.kind
     if kind not in KINDS:
         raise SelectionError(f"engine.kind={kind!r} is not one of {', '.join(KINDS)}.")
+    engine, named = _sizes_from_args(engine)
     sizes = {k: engine.get(k) for k in ("tensor_parallel_size", "pipeline_parallel_size") if (engine.get(k) or 1) > 1}
     if sizes and kind in ("hf", "cpu", "vllm"):
-        asked = " and ".join(f"engine.{k}={v}" for k, v in sizes.items())
+        asked = " and ".join(f"{named[k]}={v}" for k, v in sizes.items())
         one = {"hf": "transformers on one device", "cpu": "vLLM's CPU build in one process", "vllm": "one GPU"}[kind]
         raise SelectionError(
             f"{asked} conflicts with engine={kind}, which runs {one}. Use engine=distributed (vLLM over "
@@ -111,7 +112,7 @@ def select_engine(engine: Any, model: Any, hardware: Hardware) -> Selection:
     )
 
     hardware, busy = _free_gpus(hardware, engine, kind, memory)
-    selection = _select(engine, model, hardware, kind, sizes, memory, need)
+    selection = _select(engine, model, hardware, kind, sizes, memory, need, named)
     devices = tuple(_pin(g) for g in hardware.gpus[: selection.gpus]) if hardware.nodes == 1 else ()
     return replace(selection, devices=devices if selection.gpus else (), busy=busy)
 
@@ -152,8 +153,33 @@ def _free_gpus(hardware: Hardware, engine: Any, kind: str, memory: MemoryEstimat
     return replace(hardware, gpus=free), busy
 
 
+PARALLEL_SIZES = ("tensor_parallel_size", "pipeline_parallel_size")
+
+
+def _sizes_from_args(engine: Any) -> tuple[Any, dict[str, str]]:
+    """Parallel sizes given as vLLM EngineArgs (`+engine.args.tensor_parallel_size=2`) count as `engine.<size>`:
+    selection sizes the job (GPUs, executor, devices) by them, rather than vLLM alone meeting them at load
+    (on the CPU build's one-process executor, a world of 3 waits forever for ranks that never start).
+    Also returns the name the user wrote for each size, for messages."""
+    from omegaconf import OmegaConf
+
+    args = engine.get("args") or {}
+    moved = {k: args[k] for k in PARALLEL_SIZES if (args.get(k) or 1) > 1 and engine.get(k) is None}
+    named = {k: f"engine.args.{k}" if k in moved else f"engine.{k}" for k in PARALLEL_SIZES}
+    if moved:
+        engine = OmegaConf.merge(engine, moved)
+    return engine, named
+
+
 def _select(
-    engine: Any, model: Any, hardware: Hardware, kind: str, sizes: dict, memory: MemoryEstimate, need: str
+    engine: Any,
+    model: Any,
+    hardware: Hardware,
+    kind: str,
+    sizes: dict,
+    memory: MemoryEstimate,
+    need: str,
+    named: dict[str, str],
 ) -> Selection:
     if kind == "hf":  # the transformers reference engine: one GPU if there is one, else the CPU
         if hardware.gpu_count == 0:
@@ -176,7 +202,7 @@ def _select(
         return _with_replicas(selection, dp)
 
     if hardware.gpu_count == 0:
-        asked = "".join(f", engine.{k}={v}" for k, v in sizes.items())
+        asked = "".join(f", {named[k]}={v}" for k, v in sizes.items())
         raise SelectionError(
             f"engine={engine.kind}{asked} needs a GPU, but none was found on this machine ({hardware.summary()}). "
             + (

@@ -140,6 +140,11 @@ def test_an_empty_category_fails_naming_it(tmp_path):
             "engine=auto, engine.tensor_parallel_size=4 needs a GPU, but none was found",
             id="more-gpus-than-exist",
         ),
+        pytest.param(  # on the CPU build's one-process executor this used to wait forever for ranks 1 and 2
+            ["+engine.args.tensor_parallel_size=3"],
+            "engine=auto, engine.args.tensor_parallel_size=3 needs a GPU, but none was found",
+            id="tensor-parallel-engine-arg-on-cpu",
+        ),
         pytest.param(
             ["engine=hf", "engine.tensor_parallel_size=2"],
             "engine.tensor_parallel_size=2 conflicts with engine=hf",
@@ -383,6 +388,18 @@ def test_a_read_only_output_folder_fails_before_anything_is_written(small_disk):
     disk = small_disk("64k", read_only=True)
     result = run_cli("mode=plan", f"paths.output_dir={disk}/outputs")
     _assert_one_clear_error(result, f"paths.output_dir={disk}/outputs is not writable (Read-only file system)")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["hydra.run.dir=/proc/runner-job"], "hydra.run.dir=/proc/runner-job is not writable"),
+        (["-m", "hydra.sweep.dir=/proc/runner-sweep"], "hydra.sweep.dir=/proc/runner-sweep is not writable"),
+    ],
+)
+def test_a_job_or_sweep_folder_that_cannot_be_made_is_one_error(tmp_path, args, message):
+    result = run_cli(*args, "mode=plan", f"paths.output_dir={tmp_path}")
+    _assert_one_clear_error(result, message)
 
 
 def test_a_full_output_folder_fails_before_the_job_starts(small_disk):

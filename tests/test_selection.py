@@ -183,3 +183,15 @@ def test_a_ray_cluster_gets_no_automatic_replicas(compose_cfg):
     assert select_engine(engine, model, box(8, nodes=2)).data_parallel_size == 1
     with pytest.raises(SelectionError, match="replicas on this node only"):
         select_engine(OmegaConf.merge(engine, {"data_parallel_size": 2}), model, box(8, nodes=2))
+
+
+def test_parallel_sizes_given_as_engine_args_size_the_job_like_the_engines_own(compose_cfg):
+    cfg = compose_cfg("+engine.args.tensor_parallel_size=4")
+    selection = select_engine(cfg.engine, cfg.model, box(8))  # a 0.1B model: alone it would take one GPU
+    assert (selection.kind, selection.tensor_parallel_size, selection.gpus) == ("distributed", 4, 4)
+    assert len(selection.devices) == 4  # the GPUs vLLM's 4 workers are pinned to
+    with pytest.raises(SelectionError, match=r"tensor_parallel_size=4 x pipeline_parallel_size=1 = 4 GPUs, but only 2"):
+        select_engine(cfg.engine, cfg.model, box(2))
+    cfg = compose_cfg("engine=cpu", "+engine.args.pipeline_parallel_size=2")
+    with pytest.raises(SelectionError, match=r"^engine.args.pipeline_parallel_size=2 conflicts with engine=cpu"):
+        select_engine(cfg.engine, cfg.model, CPU_BOX)
