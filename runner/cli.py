@@ -109,6 +109,8 @@ def _act(cfg: Any, out_dir: Path, overridden: Set[str]) -> Any:
         return list_catalog(cfg, category_given="category" in overridden)
     if cfg.mode == "sync":
         return sync(cfg, "tracking.uri" in overridden)
+    if cfg.mode == "reap":
+        return reap(cfg)
     if cfg.mode == "report":
         return report(cfg, out_dir)
     check_category_models(cfg.category)
@@ -140,6 +142,28 @@ def _job_status(out_dir: Path, cfg: Any, status: str, error: str | None, run_id:
     (out_dir / JOB_STATUS).write_text(json.dumps(record, indent=2) + "\n")
 
 
+def reap(cfg: Any, quiet: bool = False) -> list[str]:
+    """End every run of the store that a dead job left RUNNING (runner/reaper.py), saying which and why."""
+    from mlflow import MlflowClient
+
+    from runner.reaper import close_dead_runs
+    from runner.run_record import store_lock
+    from runner.tracking import bound_http_waits
+
+    bound_http_waits(cfg.tracking.http_timeout_s, cfg.tracking.http_retries)
+    uri = str(cfg.tracking.uri)
+    with store_lock(uri, templates=Path(cfg.paths.cache_dir) / "mlflow"):
+        client = MlflowClient(uri)
+        client.search_experiments(max_results=1)  # creates a local store's tables on first use
+    closed = close_dead_runs(client, float(cfg.tracking.dead_after_s))
+    for run_id in closed:
+        run = client.get_run(run_id)
+        print(f"ended KILLED: run {run_id} ({run.info.run_name}): {run.data.tags.get('error', '')}")
+    if not closed and not quiet:
+        print(f"No dead runs in {uri}: every RUNNING run there has a live job.")
+    return closed
+
+
 def sync(cfg: Any, uri_given: bool) -> list[str]:
     """Upload runs that could not reach the tracking store when they ran (`tracking.json` in job folders)."""
     from runner.run_record import pending_records, sync_record
@@ -149,6 +173,7 @@ def sync(cfg: Any, uri_given: bool) -> list[str]:
     pending = pending_records(Path(cfg.paths.output_dir))
     if not pending:
         print(f"Nothing to sync: every run under {cfg.paths.output_dir} is in its tracking store.")
+        reap(cfg, quiet=True)
         return []
     synced, failed = [], []
     for position, path in enumerate(pending):
@@ -163,6 +188,8 @@ def sync(cfg: Any, uri_given: bool) -> list[str]:
             continue
         synced.append(run_id)
         print(f"synced run {run_id} <- {path.parent}")
+    if not failed:
+        reap(cfg, quiet=True)  # and what other jobs left RUNNING there
     if failed:
         raise SyncError(
             f"{len(failed)} of {len(pending)} runs could not be uploaded (above). They stay on disk; "

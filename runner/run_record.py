@@ -50,6 +50,7 @@ class RunRecord:
     artifacts: list[tuple[str, str | None]] = field(default_factory=list)
     tables: list[str] = field(default_factory=list)  # artifact files of log_table, also under tables/
     run_id: str | None = None
+    heartbeat: int | None = None  # epoch ms, refreshed while the job runs (runner/reaper.py reads the store's)
     synced: bool = False  # every item above has reached the tracking store
 
     def save(self, out_dir: Path) -> None:
@@ -177,7 +178,7 @@ def sync_record(path: Path, tracking_uri: str | None = None) -> str:
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    from runner.reaper import PROCESS_TAG, process_alive
+    from runner.reaper import HEARTBEAT_TAG, PROCESS_TAG, process_alive
 
     record = RunRecord.load(path)
     out_dir = path.parent
@@ -199,12 +200,13 @@ def sync_record(path: Path, tracking_uri: str | None = None) -> str:
         run_id = client.create_run(
             experiment_id, start_time=record.start_time, tags=record.tags, run_name=record.run_name
         ).info.run_id
+    heartbeat = {HEARTBEAT_TAG: str(record.heartbeat)} if record.heartbeat else {}
     log_batch(
         client,
         run_id,
         params=record.params,
         metrics=record.metrics,
-        tags=record.tags,
+        tags={**record.tags, **heartbeat},
         timestamp=record.end_time or record.start_time,
     )
     for relative, artifact_path in record.artifacts:

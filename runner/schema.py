@@ -145,6 +145,8 @@ class TrackingConfig:
     # A tracking server that is down or slow must not stall the job: bounded waits, then offline.
     http_timeout_s: float = MISSING
     http_retries: int = MISSING
+    heartbeat_s: float = MISSING  # a live job's heartbeat on its run
+    dead_after_s: float = MISSING  # a RUNNING run with an older heartbeat is ended KILLED (runner/reaper.py)
 
 
 @dataclass
@@ -188,7 +190,7 @@ class RunnerConfig:
     ray: RayConfig = field(default_factory=RayConfig)
 
 
-MODES = ("run", "list", "plan", "doctor", "sync", "report")
+MODES = ("run", "list", "plan", "doctor", "sync", "report", "reap")
 
 
 def seeds(value: Any) -> tuple[int | None, int | None, int | None, int | None]:
@@ -244,6 +246,13 @@ def validate(cfg: Any) -> None:
     timeout, retries = cfg.tracking.http_timeout_s, cfg.tracking.http_retries
     need(timeout > 0, f"tracking.http_timeout_s={timeout} must be positive (seconds per request to a tracking server).")
     need(retries >= 0, f"tracking.http_retries={retries} must be 0 or more.")
+    beat, dead = cfg.tracking.heartbeat_s, cfg.tracking.dead_after_s
+    need(beat > 0, f"tracking.heartbeat_s={beat} must be positive (seconds between a job's heartbeats).")
+    need(
+        dead > 2 * beat,
+        f"tracking.dead_after_s={dead} must be more than twice tracking.heartbeat_s={beat}, or live jobs "
+        "would be ended as dead between two heartbeats.",
+    )
     fraction = cfg.engine.selection.usable_gpu_fraction
     need(0 < fraction <= 1, f"engine.selection.usable_gpu_fraction={fraction} must be in (0, 1].")
     need(len(cfg.category.datasets) > 0, f"category '{cfg.category.name}' lists no datasets: add some to its defaults.")

@@ -5,7 +5,7 @@ Everything a run logs is first written to the job's folder (runner/run_record.py
 the files it names) and mirrored to the tracking store as it happens. If the store cannot be reached
 (a server that is down before or during the job, or too slow), the job still finishes with everything
 on disk, and `python -m runner mode=sync` replays the record later. Runs left RUNNING by a process that
-died are ended by runner/reaper.py when the next job starts.
+died are ended by runner/reaper.py (their heartbeat, refreshed here every tracking.heartbeat_s, goes stale).
 """
 
 from __future__ import annotations
@@ -15,13 +15,14 @@ import logging
 import os
 import re
 import subprocess
+import threading
 import traceback
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from runner.config import PROJECT_ROOT, flatten
-from runner.reaper import PROCESS_TAG, close_dead_runs, process_identity
+from runner.reaper import HEARTBEAT_TAG, PROCESS_TAG, close_dead_runs, process_identity
 from runner.run_record import RECORD, RunRecord, experiment_id_for, log_batch, now_ms, remote, store_lock
 
 if TYPE_CHECKING:
@@ -118,6 +119,11 @@ class Tracker:
         self.system_metrics = bool(cfg.tracking.system_metrics)
         self.system_metrics_interval = float(cfg.tracking.system_metrics_interval_s)
         self.store_templates = Path(cfg.paths.cache_dir) / "mlflow"
+        self.heartbeat_s = float(cfg.tracking.heartbeat_s)
+        self.dead_after_s = float(cfg.tracking.dead_after_s)
+        self._lock = threading.Lock()  # the record: the heartbeat thread saves it while the job adds to it
+        self._stop_heartbeat = threading.Event()
+        self._heartbeat: threading.Thread | None = None
         bound_http_waits(cfg.tracking.http_timeout_s, cfg.tracking.http_retries)
         self.record = RunRecord(
             tracking_uri=str(cfg.tracking.uri),
@@ -166,7 +172,7 @@ class Tracker:
         with store_lock(self.record.tracking_uri, templates=self.store_templates):
             experiment_id = experiment_id_for(mlflow.MlflowClient(), self.record)
         try:
-            close_dead_runs(mlflow.MlflowClient(), experiment_id)
+            close_dead_runs(mlflow.MlflowClient(), self.dead_after_s)
         except Exception as exc:  # noqa: BLE001 - tidying up others' runs must not cost this one its live run
             log.warning("Could not check for runs left RUNNING by dead processes: %s", exc)
         run = mlflow.start_run(
@@ -185,8 +191,30 @@ class Tracker:
         self.live = True
         self.record.synced = True
         self._mirror("starting the run", self._start_live)
-        self.record.save(self.out_dir)
+        self._beat()
+        self._heartbeat = threading.Thread(target=self._heartbeat_loop, name="mlflow-heartbeat", daemon=True)
+        self._heartbeat.start()
         return self
+
+    def _beat(self) -> None:
+        """The heartbeat: the time, on the run (HEARTBEAT_TAG) and in the job's record. Through the client and
+        the run id, never the fluent API, whose active run belongs to the main thread."""
+        import mlflow
+
+        with self._lock:
+            self.record.heartbeat = now_ms()
+            self.record.save(self.out_dir)
+        if self.live and self.run_id:
+            client = mlflow.MlflowClient(self.record.tracking_uri)
+            beat = str(self.record.heartbeat)
+            self._mirror("refreshing the heartbeat", lambda: client.set_tag(self.run_id, HEARTBEAT_TAG, beat))
+
+    def _heartbeat_loop(self) -> None:
+        while not self._stop_heartbeat.wait(self.heartbeat_s):
+            try:
+                self._beat()
+            except OSError as exc:  # a full disk: the job's own writes will say so
+                log.debug("heartbeat not written: %s", exc)
 
     def __exit__(self, exc_type, exc, tb) -> Literal[False]:
         if exc_type is None:
@@ -205,14 +233,16 @@ class Tracker:
     def set_tags(self, tags: dict[str, str]) -> None:
         import mlflow
 
-        self.record.tags.update(tags)
+        with self._lock:
+            self.record.tags.update(tags)
         self._mirror("setting tags", lambda: mlflow.set_tags(tags))
 
     def log_metrics(self, metrics: dict[str, float]) -> None:
         import mlflow
 
         values = {k: float(v) for k, v in metrics.items()}
-        self.record.metrics.update(values)
+        with self._lock:
+            self.record.metrics.update(values)
         self._mirror("logging metrics", lambda: mlflow.log_metrics(values))
 
     def log_progress(self, done: int, output_tokens_per_s: float) -> None:
@@ -239,7 +269,8 @@ class Tracker:
 
         if not path.exists():
             return
-        self.record.artifacts.append((str(path.relative_to(self.out_dir)), artifact_path))
+        with self._lock:
+            self.record.artifacts.append((str(path.relative_to(self.out_dir)), artifact_path))
         if path.is_dir():
             self._mirror(f"uploading {path.name}", lambda: mlflow.log_artifacts(str(path), artifact_path))
         else:
@@ -252,7 +283,8 @@ class Tracker:
         local = self.out_dir / "tables" / artifact_file
         local.parent.mkdir(parents=True, exist_ok=True)
         local.write_text(json.dumps(columns))
-        self.record.tables.append(artifact_file)
+        with self._lock:
+            self.record.tables.append(artifact_file)
         self._mirror(f"logging table {artifact_file}", lambda: mlflow.log_table(columns, artifact_file))
 
     def attach_error(self, exc_type, exc, tb) -> None:
@@ -269,6 +301,9 @@ class Tracker:
     def finish(self, status: str) -> None:
         import mlflow
 
+        self._stop_heartbeat.set()
+        if self._heartbeat is not None and self._heartbeat is not threading.current_thread():
+            self._heartbeat.join(timeout=30)  # at most one store call in flight, bounded by http_timeout_s
         self.record.status = status
         self.record.end_time = now_ms()
         if not self.live and self.record.run_id and not remote(self.record.tracking_uri):
@@ -288,7 +323,8 @@ class Tracker:
         else:
             os.environ["MLFLOW_TRACKING_URI"] = self._prior_uri_env
         try:
-            self.record.save(self.out_dir)
+            with self._lock:
+                self.record.save(self.out_dir)
         except OSError as exc:  # a full disk: the store has the run; say what the folder lacks
             log.warning("Could not write %s (%s); the run is in the tracking store only.", RECORD, exc)
 

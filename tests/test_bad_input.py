@@ -81,6 +81,11 @@ def test_hydra_rejects_the_override_and_lists_what_is_valid(tmp_path, override, 
         pytest.param("output=xml", "output='xml' is not one of text, json", id="unknown-output"),
         pytest.param("model.params_b=-1", "model.params_b=-1.0 must be positive", id="negative-model-size"),
         pytest.param("tracking.http_timeout_s=0", "tracking.http_timeout_s=0.0 must be positive", id="zero-timeout"),
+        pytest.param(
+            "tracking.dead_after_s=40",
+            "tracking.dead_after_s=40.0 must be more than twice tracking.heartbeat_s=30.0",
+            id="dead-before-two-heartbeats",
+        ),
         pytest.param("seed=abc", "seed='abc': 'abc' is not an integer or None", id="seed-lm-eval-would-refuse"),
         pytest.param(
             "category.models=[qwen25_7b,ghost]",

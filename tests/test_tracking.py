@@ -137,7 +137,11 @@ def _comparable(run):
         run.info.run_name,
         params,
         run.data.metrics,
-        {k: v for k, v in run.data.tags.items() if not k.startswith("mlflow.") or k == "mlflow.source.git.commit"},
+        {
+            k: v
+            for k, v in run.data.tags.items()
+            if (not k.startswith("mlflow.") or k == "mlflow.source.git.commit") and k != reaper.HEARTBEAT_TAG
+        },
     )
 
 
@@ -202,25 +206,72 @@ def test_mlflow_tracking_uri_from_the_environment_is_the_default_store(tmp_path)
     assert "uri: http://127.0.0.1:5000" in given.stdout  # the command line wins
 
 
-def test_runs_left_running_by_dead_processes_are_closed_killed_and_live_ones_are_not(cfg, tmp_path):
+def test_runs_left_running_by_dead_jobs_are_closed_killed_in_every_experiment_and_live_ones_are_not(cfg, tmp_path):
     import os
     import socket
 
     client = MlflowClient(cfg.tracking.uri)
     experiment = client.create_experiment("text_geospatial")
+    other = client.create_experiment("coding")  # another category's runs are judged too
+    old = str(run_record.now_ms() - 3_600_000)  # an hour ago
     # pid 999999999 is above the kernel's pid_max: no process has it, as after a kill -9.
-    dead = client.create_run(experiment, tags={reaper.PROCESS_TAG: f"{socket.gethostname()}:999999999:1.00"})
+    dead = client.create_run(other, tags={reaper.PROCESS_TAG: f"{socket.gethostname()}:999999999:1.00"})
     # This process's pid, but a start time that is not this process's: the pid was recycled.
     recycled = client.create_run(experiment, tags={reaper.PROCESS_TAG: f"{socket.gethostname()}:{os.getpid()}:1.00"})
-    alive = client.create_run(experiment, tags={reaper.PROCESS_TAG: reaper.process_identity()})
-    elsewhere = client.create_run(experiment, tags={reaper.PROCESS_TAG: "another-host:1:1.00"})
+    alive = client.create_run(
+        experiment, tags={reaper.PROCESS_TAG: reaper.process_identity(), reaper.HEARTBEAT_TAG: old}
+    )
+    # Another host's process cannot be checked from here: its heartbeat decides.
+    silent = client.create_run(other, tags={reaper.PROCESS_TAG: "another-host:1:1.00", reaper.HEARTBEAT_TAG: old})
+    beating = client.create_run(
+        experiment, tags={reaper.PROCESS_TAG: "another-host:2:1.00", reaper.HEARTBEAT_TAG: str(run_record.now_ms())}
+    )
+    foreign = client.create_run(other)  # a run some other tool made in this store: never the runner's to end
 
-    assert sorted(reaper.close_dead_runs(client, experiment)) == sorted([dead.info.run_id, recycled.info.run_id])
-    assert client.get_run(dead.info.run_id).info.status == "KILLED"
+    closed = reaper.close_dead_runs(client, dead_after_s=600)
+    assert sorted(closed) == sorted([dead.info.run_id, recycled.info.run_id, silent.info.run_id])
     assert "kill -9" in client.get_run(dead.info.run_id).data.tags["error"]
-    # This process is alive, and another host's process cannot be checked from here: both stay RUNNING.
-    assert client.get_run(alive.info.run_id).info.status == "RUNNING"
-    assert client.get_run(elsewhere.info.run_id).info.status == "RUNNING"
+    why = client.get_run(silent.info.run_id).data.tags["error"]
+    assert "No heartbeat from its job on another-host" in why and "for 60 min" in why
+    for run in (dead, recycled, silent):
+        assert client.get_run(run.info.run_id).info.status == "KILLED"
+    for run in (alive, beating, foreign):  # alive here (whatever its heartbeat), beating elsewhere, not ours
+        assert client.get_run(run.info.run_id).info.status == "RUNNING"
+
+
+def test_mode_reap_ends_dead_runs_of_any_experiment_and_host_saying_which_and_why(tmp_path):
+    from conftest import run_cli
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    old = str(run_record.now_ms() - 7_200_000)
+    silent = client.create_run(
+        client.create_experiment("math"),
+        tags={reaper.PROCESS_TAG: "gpu-node-7:4242:1.00", reaper.HEARTBEAT_TAG: old},
+        run_name="qwen25_7b/math",
+    )
+    result = run_cli("mode=reap", f"tracking.uri={uri}", f"paths.output_dir={tmp_path}")
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert f"ended KILLED: run {silent.info.run_id} (qwen25_7b/math): No heartbeat from its job on gpu-node-7" in (
+        result.stdout
+    )
+    assert client.get_run(silent.info.run_id).info.status == "KILLED"
+    again = run_cli("mode=reap", f"tracking.uri={uri}", f"paths.output_dir={tmp_path}")
+    assert "No dead runs in" in again.stdout
+
+
+def test_a_live_job_refreshes_its_heartbeat_on_the_run_and_in_its_record(cfg, tmp_path):
+    import time
+
+    cfg.tracking.heartbeat_s = 0.2
+    with tracking.Tracker(cfg, tmp_path / "job", {"engine": "cpu"}) as tracker:
+        client = MlflowClient(cfg.tracking.uri)
+        first = int(client.get_run(tracker.run_id).data.tags[reaper.HEARTBEAT_TAG])
+        time.sleep(1.0)
+        later = int(client.get_run(tracker.run_id).data.tags[reaper.HEARTBEAT_TAG])
+        record = run_record.RunRecord.load(tmp_path / "job" / run_record.RECORD)
+        assert later > first and record.heartbeat is not None and record.heartbeat >= later
+    assert not tracker._heartbeat.is_alive()  # stopped with the run
 
 
 def test_sync_refuses_the_record_of_a_job_that_is_still_running(cfg, tmp_path):
