@@ -243,6 +243,11 @@ def validate(cfg: Any) -> None:
     for key in ("tensor_parallel_size", "pipeline_parallel_size"):
         value = cfg.engine[key]
         need(value is None or value >= 1, f"engine.{key}={value} must be at least 1 (or null to choose).")
+    need(
+        bool(cfg.tracking.uri),
+        "tracking.uri is empty: give the tracking server's address (tracking.uri=http://host:5000, or "
+        "MLFLOW_TRACKING_URI in the environment), or drop tracking=... to use the local store.",
+    )
     timeout, retries = cfg.tracking.http_timeout_s, cfg.tracking.http_retries
     need(timeout > 0, f"tracking.http_timeout_s={timeout} must be positive (seconds per request to a tracking server).")
     need(retries >= 0, f"tracking.http_retries={retries} must be 0 or more.")

@@ -80,6 +80,19 @@ def unreachable(exc: BaseException) -> bool:
     )
 
 
+def refused_credentials(exc: BaseException) -> str | None:
+    """A server with authentication (`mlflow server --app-name basic-auth`) refusing who we are, in words."""
+    text = str(exc)
+    for code, what in (("401", "did not accept the credentials"), ("403", "does not let this user write there")):
+        if f"error code {code}" in text or f"HTTP {code}" in text:
+            return (
+                f"the server {what} (HTTP {code}). Credentials come from MLflow's own variables, "
+                "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN); set them for a user "
+                "of that server with write access to the experiment"
+            )
+    return None
+
+
 def provenance_tags() -> dict[str, str]:
     """Git commit and dirty flag of the checkout, and the versions of the packages that make the result."""
     tags: dict[str, str] = {}
@@ -148,7 +161,8 @@ class Tracker:
         except Exception as exc:  # noqa: BLE001 - any store failure: keep going, keep it on disk
             self.live = False
             self.record.synced = False
-            self._warn(f"{what} failed ({type(exc).__name__}: {str(exc)[:300]})")
+            refused = refused_credentials(exc)
+            self._warn(refused or f"{what} failed ({type(exc).__name__}: {str(exc)[:300]})")
 
     def _warn(self, why: str) -> None:
         if self.warned:

@@ -158,7 +158,16 @@ def free_port() -> int:
 class MlflowServer:
     """A real `mlflow server` on loopback; stop() ends it and every process it started."""
 
-    def __init__(self, backend_uri: str, artifacts: Path, port: int, log_path: Path, start_timeout_s: float = 90):
+    def __init__(
+        self,
+        backend_uri: str,
+        artifacts: Path,
+        port: int,
+        log_path: Path,
+        start_timeout_s: float = 90,
+        extra_args: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
+    ):
         import time
         import urllib.request
 
@@ -186,13 +195,19 @@ class MlflowServer:
                 str(port),
                 "--workers",
                 "1",
+                *extra_args,
             ],
             stdout=self.log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,  # its own process group: stop() signals the workers it starts too
             # The job runner (huey consumers) serves UI features no test uses; off, it starts and stops faster.
-            env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+            env={
+                **os.environ,
+                "MLFLOW_DISABLE_TELEMETRY": "true",
+                "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+                **(env or {}),
+            },
         )
         deadline = time.monotonic() + start_timeout_s
         while time.monotonic() < deadline and self.process.poll() is None:
