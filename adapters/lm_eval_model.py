@@ -53,6 +53,9 @@ class EngineLM(TemplateLM):
         self.progress = progress  # this dataset's row of the job's live display: each finished request moves it
         self.served = 0  # requests that reached the engine (the rest came from lm-eval's response cache)
         self.truncated = 0  # of those, prompts cut from the left to fit max_length (lm-eval's convention)
+        # Requests the engine rejected or failed (lm-eval's cache key -> the error): answered "" (generation)
+        # or -inf (log-likelihood), so scored wrong; never cached, so a rerun tries them again.
+        self.failed: dict[str, str] = {}
 
     # --- tokens and chat templating (lm-eval builds the messages, the model's own template renders them) ---
 
@@ -119,7 +122,10 @@ class EngineLM(TemplateLM):
             # Into lm-eval's response cache as each request finishes: a crash loses only those in flight.
             index = order[position]
             results[index] = completion.text
-            self.cache_hook.add_partial("generate_until", requests[index].args, completion.text)
+            if completion.error is not None:
+                self.failed[hash_args("generate_until", requests[index].args)] = completion.error
+            else:
+                self.cache_hook.add_partial("generate_until", requests[index].args, completion.text)
             if self.telemetry is not None:
                 self.telemetry.answer(hash_args("generate_until", requests[index].args), completion)
             if self.progress is not None:
@@ -141,7 +147,9 @@ class EngineLM(TemplateLM):
         def scored(index: int, score) -> None:
             out[index] = (score.logprob, score.is_greedy)
             key = requests[index][0]
-            if key is not None:
+            if score.error is not None:
+                self.failed[hash_args("loglikelihood", key) if key is not None else f"#{index}"] = score.error
+            elif key is not None:
                 self.cache_hook.add_partial("loglikelihood", key, out[index])
             if self.progress is not None:
                 self.progress.advance(1)

@@ -19,7 +19,7 @@ from runner.catalog import check_model_present, runnable_datasets
 from runner.cluster import job_hardware
 from runner.console import route_engine_logs
 from runner.driver import require_compatible
-from runner.engines import build_engine, engine_class, max_length, pool
+from runner.engines import RequestsFailedError, build_engine, engine_class, max_length, pool
 from runner.engines.gather import Cancelled, JobEngine
 from runner.engines.keys import pool_key, response_cache_key
 from runner.engines.lazy import LazyEngine
@@ -237,8 +237,26 @@ def run_job(cfg: Any, out_dir: Path) -> JobResult:
             tracker.set_tags({"failed_datasets": ", ".join(failed)})
             others = " and the others were scored and logged" if len(failed) < len(datasets) else ""
             raise DataError(f"{len(failed)} of {len(datasets)} datasets failed{others}. " + " ".join(failed.values()))
+        _check_failed_requests(results, bridges, float(cfg.engine.max_failed_fraction), job, cfg, tracker)
     print_summary(job, cfg)
     return job
+
+
+def _check_failed_requests(results, bridges, limit: float, job: JobResult, cfg: Any, tracker: Any) -> None:
+    """One request the engine rejects is one wrong answer; more than `limit` of them fails the job (its
+    scores stay logged: they are what the model did, with those requests counted wrong)."""
+    failed, served = sum(r.failed for r in results), sum(r.served for r in results)
+    if not served or failed / served <= limit:
+        return
+    print_summary(job, cfg)
+    first = next((error for lm in bridges for error in lm.failed.values()), "")
+    tracker.set_tags({"requests_failed": str(failed)})
+    raise RequestsFailedError(
+        f"{failed} of {served} requests failed in the engine ({failed / served:.1%}), more than "
+        f"engine.max_failed_fraction={limit}; the first: {first}. Each was scored as a wrong answer and the scores "
+        "are kept in the run (per-sample tables have the errors). Fix what the error names and rerun (answered "
+        "requests come from the cache), or raise engine.max_failed_fraction to accept them."
+    )
 
 
 def _telemetry_pass(telemetry: CachedTelemetry | None, engine: LazyEngine):

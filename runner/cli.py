@@ -32,14 +32,14 @@ class SyncError(RuntimeError):
 
 
 def dispatch(cfg: Any, out_dir: Path, overridden: Set[str] = frozenset(), in_sweep: bool = False) -> Any:
-    from runner.engines import EngineLoadError
+    from runner.engines import EngineLoadError, RequestsFailedError
     from runner.evaluate import DataError
     from runner.hardware import HardwareError
     from runner.models import ModelNotFoundError
 
     full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
     # HardwareError covers SelectionError: a device mask, busy GPUs, a driver, a model too big.
-    known = (ConfigError, HardwareError, ModelNotFoundError, DataError, EngineLoadError, SyncError)
+    known = (ConfigError, HardwareError, ModelNotFoundError, DataError, EngineLoadError, RequestsFailedError, SyncError)
     try:
         result = _act(cfg, out_dir, overridden)
     except (*known, OSError, sqlite3.OperationalError) as exc:

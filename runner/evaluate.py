@@ -260,7 +260,8 @@ def evaluate_dataset(
     wall = time.perf_counter() - start
     samples = results.pop("samples")
     # Before lm-eval's tracker rewrites the samples in place for its JSON files (arguments become dicts).
-    tables = {task: sample_table(task_samples, dataset.metric) for task, task_samples in samples.items()}
+    failed = dict(lm.failed)  # requests of this dataset the engine rejected or failed: scored wrong
+    tables = {task: sample_table(task_samples, dataset.metric, failed) for task, task_samples in samples.items()}
     keys = generate_keys(samples, configs=results.get("configs", {}))
     tracker.save_results_aggregated(results=results, samples=samples)
     for task_name in results["configs"]:
@@ -282,6 +283,7 @@ def evaluate_dataset(
         metric_samples={task: metric_counts(task_samples) for task, task_samples in samples.items()},
         versions={task: str(version) for task, version in results.get("versions", {}).items()},
         generate_keys=keys,
+        failed=len(failed),
     )
 
 

@@ -31,6 +31,7 @@ class DatasetResult:
     metric_samples: dict[str, dict[str, int]] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)  # task -> its lm-eval version (task YAML metadata)
     generate_keys: list[str] = field(default_factory=list)  # lm-eval's cache keys of its generation requests
+    failed: int = 0  # of `served`, requests the engine rejected or failed (answered "", scored wrong)
 
 
 @dataclass

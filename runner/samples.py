@@ -49,9 +49,24 @@ def metric_counts(samples: list[dict[str, Any]]) -> dict[str, int]:
     return counts
 
 
-def sample_table(samples: list[dict[str, Any]], metric: str) -> dict[str, list]:
-    """lm-eval's logged samples as columns for MLflow's table view: prompt, response, target, score, parsed."""
+def request_errors(sample: dict[str, Any], failed: dict[str, str]) -> str | None:
+    """The error of the first of a sample's requests the engine failed (`failed`: lm-eval cache key -> error)."""
+    from lm_eval.api.model import hash_args
+
+    for args in sample.get("arguments") or ():
+        for kind in ("generate_until", "loglikelihood"):
+            error = failed.get(hash_args(kind, args))
+            if error is not None:
+                return error
+    return None
+
+
+def sample_table(samples: list[dict[str, Any]], metric: str, failed: dict[str, str] | None = None) -> dict[str, list]:
+    """lm-eval's logged samples as columns for MLflow's table view: prompt, response, target, score, parsed,
+    and, when the engine failed some of their requests, the error of each (empty for the others)."""
     columns: dict[str, list] = {"doc_id": [], "prompt": [], "response": [], "target": [], "score": [], "parsed_ok": []}
+    if failed:
+        columns["error"] = []
     for sample in samples:
         # lm-eval logs one entry per doc and filter; metric names carry the filter unless it is "none".
         filter_name = sample.get("filter", "none")
@@ -74,4 +89,6 @@ def sample_table(samples: list[dict[str, Any]], metric: str) -> dict[str, list]:
         columns["target"].append(str(sample.get("target")))
         columns["score"].append(float(sample[key]) if isinstance(sample[key], (int, float, bool)) else None)
         columns["parsed_ok"].append(None if parsed is None else bool(parsed))
+        if failed:
+            columns["error"].append(request_errors(sample, failed) or "")
     return columns

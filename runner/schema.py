@@ -122,6 +122,7 @@ class EngineConfig:
     request_timeout_s: float = 600.0
     retries: int = 2  # on connection errors, timeouts, 429 and 5xx
     start_timeout_s: float = 600.0  # a self-started server must be healthy within this
+    max_failed_fraction: float = MISSING  # of the job's requests; more failing in the engine fails the job
 
 
 @dataclass
@@ -258,6 +259,8 @@ def validate(cfg: Any) -> None:
         f"tracking.dead_after_s={dead} must be more than twice tracking.heartbeat_s={beat}, or live jobs "
         "would be ended as dead between two heartbeats.",
     )
+    failed = cfg.engine.max_failed_fraction
+    need(0 <= failed <= 1, f"engine.max_failed_fraction={failed} must be between 0 and 1 (a share of the requests).")
     fraction = cfg.engine.selection.usable_gpu_fraction
     need(0 < fraction <= 1, f"engine.selection.usable_gpu_fraction={fraction} must be in (0, 1].")
     need(len(cfg.category.datasets) > 0, f"category '{cfg.category.name}' lists no datasets: add some to its defaults.")

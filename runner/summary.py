@@ -87,6 +87,7 @@ def dataset_line(result: DatasetResult, cfg: Any) -> str:
         score = "no score" if result.score is None else f"{metric or 'score'} {result.score:.4f}"
     cached = result.requests - result.served
     requests = f"{result.requests} requests" + (f", {cached} from the cache" if cached else "")
+    requests += f", {result.failed} failed in the engine (scored wrong)" if result.failed else ""
     return f"{result.name}: {score} · {requests} · {result.wall_seconds:.1f} s"
 
 

@@ -43,6 +43,8 @@ def metric_name(*parts: str) -> str:
 def dataset_metrics(result: DatasetResult) -> dict[str, float]:
     """`<dataset>/<metric>` (and `<dataset>/<task>/<metric>` for a group's tasks), `<dataset>/score`, wall."""
     metrics = {metric_name(result.name, "wall_s"): result.wall_seconds}
+    if result.failed:  # requests the engine rejected or failed, scored as wrong answers
+        metrics[metric_name(result.name, "requests_failed")] = float(result.failed)
     for task, values in result.metrics.items():
         task_part = "" if task == result.name else task
         counts = result.metric_samples.get(task, {})

@@ -162,3 +162,50 @@ def test_the_registry_picks_the_class_for_the_selected_kind_and_can_be_extended(
     assert engine_class(cpu, compose_cfg("+engine.registry.cpu=runner.engines.hf.HFEngine").engine) is HFEngine
     with pytest.raises(ConfigError, match="is a class, but not an Engine"):
         engine_class(cpu, compose_cfg("+engine.registry.cpu=collections.OrderedDict").engine)
+
+
+FLAKY_ENGINE = '''
+from runner.engines import Completion
+from my_engines import CannedEngine
+
+
+class FlakyEngine(CannedEngine):
+    """The docs' engine, failing every other request as an engine rejects one it cannot take."""
+
+    def _generate(self, prompts, settings, on_result):
+        answers = super()._generate(prompts, settings, on_result)
+        failed = [Completion.failed(p, "ValueError: rejected") for p in prompts]
+        return [failed[i] if i % 2 else answer for i, answer in enumerate(answers)]
+'''
+
+
+@pytest.mark.parametrize("limit", ["0.05", "1.0"])
+def test_failed_requests_are_wrong_answers_and_too_many_fail_the_job_with_its_scores_kept(tmp_path, limit):
+    docs = (PROJECT_ROOT / "docs" / "engines.md").read_text()
+    (example,) = re.findall(r"```python\n(.*?)```", docs, re.S)
+    (tmp_path / "my_engines.py").write_text(example)
+    (tmp_path / "flaky_engines.py").write_text(FLAKY_ENGINE)
+    out = tmp_path / "out"
+    only = [
+        f"~category.datasets.{n}" for n in ("coordinate_processing", "address_parsing", "location_ner", "ner_locations")
+    ]
+    job = ["engine._target_=flaky_engines.FlakyEngine", "limit=4", "cache=false", *only]
+    result = run_cli(
+        *job, f"engine.max_failed_fraction={limit}", f"paths.output_dir={out}", env={"PYTHONPATH": str(tmp_path)}
+    )
+    client = MlflowClient(f"sqlite:///{out}/mlflow.db")
+    (run,) = client.search_runs([client.get_experiment_by_name("text_geospatial").experiment_id])
+    assert run.data.metrics["requests_failed"] == 2 and run.data.metrics["success_rate"] == 0.5
+    assert run.data.metrics["spatial_reasoning/requests_failed"] == 2 and "spatial_reasoning/score" in run.data.metrics
+    assert "4 requests, 2 failed in the engine (scored wrong)" in result.stdout
+    (table,) = out.glob("runs/*/*/tables/samples/spatial_reasoning/*.json")
+    errors = json.loads(table.read_text())
+    assert sorted(errors["error"]) == ["", "", "ValueError: rejected", "ValueError: rejected"]
+    if limit == "1.0":  # accepted: the job ends as usual
+        assert result.returncode == 0 and run.info.status == "FINISHED", result.stdout[-3000:]
+        return
+    assert result.returncode == 2 and run.info.status == "FAILED", result.stdout[-3000:]
+    assert (
+        "error: 2 of 4 requests failed in the engine (50.0%), more than engine.max_failed_fraction=0.05"
+        in result.stdout
+    )

@@ -163,3 +163,23 @@ def test_a_server_that_serves_another_model_is_refused_before_any_request(vllm_s
     assert attached.model == "smollm2_135m" and attached.stats.extra["kv_cache_tokens"] > 0
     attached.shutdown()  # attached: the server it did not start keeps running
     assert vllm_server.generate([[1, 2, 3]], SamplingSettings(max_tokens=2))[0].output_tokens == 2
+
+
+@pytest.mark.parametrize("name", ["vllm", "hf"])
+def test_a_request_the_engine_cannot_take_fails_alone_and_the_others_are_answered(engines, name):
+    engine = engines[name]
+    tokenizer = engines["hf"].tokenizer
+    good = [chat_prompt(tokenizer, p) for p in PROMPTS[:2]]
+    bad = [1, 2, len(tokenizer) + 1000]  # a token id outside the vocabulary: the engine cannot embed it
+    settings = SamplingSettings(max_tokens=8, stop=(tokenizer.eos_token,))
+    alone = engine.generate(good, settings)
+    before = engine.stats.as_metrics()["requests_failed"]
+    seen: list[int] = []
+    out = engine.generate([good[0], bad, good[1]], settings, on_result=lambda i, _: seen.append(i))
+    assert [c.text for c in (out[0], out[2])] == [c.text for c in alone]  # the others: as if it were not there
+    assert (out[1].text, out[1].finish_reason, out[1].output_tokens) == ("", "error", 0) and out[1].error
+    assert sorted(seen) == [0, 1, 2]  # the failure is reported as it happens, like an answer
+    assert engine.stats.as_metrics()["requests_failed"] == before + 1
+    scores = engine.loglikelihood([(good[0], [5, 6]), (bad, [5, 6])])
+    assert scores[0].error is None and scores[0].logprob < 0
+    assert scores[1].logprob == float("-inf") and not scores[1].is_greedy and scores[1].error

@@ -72,7 +72,10 @@ def serve():
 
 def _engine(server: Scripted, model_dir, retries: int) -> VLLMServerEngine:
     url = f"http://127.0.0.1:{server.server_address[1]}/v1"
-    return VLLMServerEngine(url, str(model_dir), served_model="scripted", retries=retries, request_timeout_s=10)
+    # One request at a time: the scripted answers go to the requests in order.
+    return VLLMServerEngine(
+        url, str(model_dir), served_model="scripted", retries=retries, request_timeout_s=10, max_concurrency=1
+    )
 
 
 def test_overloaded_answers_are_retried_and_the_request_succeeds(serve, default_model_dir):
@@ -90,9 +93,11 @@ def test_retries_are_bounded_and_the_error_says_how_many_tries_and_what_the_serv
     assert server.posts == 2
 
 
-def test_a_refused_request_is_not_retried(serve, default_model_dir):
+def test_a_refused_request_is_not_retried_and_fails_alone(serve, default_model_dir):
     server = serve([400])
     engine = _engine(server, default_model_dir, retries=2)
-    with pytest.raises(ServerError, match=r"refused a request to /completions \(HTTP 400: scripted 400\)"):
-        engine.generate([[1, 2, 3]], SamplingSettings(max_tokens=4))
-    assert server.posts == 1
+    refused, answered = engine.generate([[1, 2, 3], [4, 5]], SamplingSettings(max_tokens=4))
+    assert (refused.finish_reason, answered.text) == ("error", " answer")
+    assert "refused a request to /completions (HTTP 400: scripted 400)" in refused.error
+    assert server.posts == 2  # one each: the refusal was not retried
+    assert engine.stats.as_metrics()["requests_failed"] == 1

@@ -46,6 +46,10 @@ class EngineLoadError(RuntimeError):
     """The engine refused the model or its settings while loading; no request was sent."""
 
 
+class RequestsFailedError(RuntimeError):
+    """More of the job's requests failed in the engine than engine.max_failed_fraction allows."""
+
+
 def settings_problem(exc: BaseException) -> bool:
     """Whether an engine library's exception is one the user's settings can fix: a refused value (vLLM and
     transformers raise ValueError for those; pydantic's ValidationError is one), a missing file or package,

@@ -12,7 +12,7 @@ import logging
 import sys
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, Self, TypeVar, cast
 
@@ -51,8 +51,13 @@ class Completion:
     text: str
     prompt_tokens: int
     output_tokens: int
-    finish_reason: str | None = None
+    finish_reason: str | None = None  # "error": the engine rejected or failed this one request (see `error`)
     latency_s: float | None = None  # queued -> last token, when the engine reports it
+    error: str | None = None  # why it failed; the bridge scores it as a wrong answer and never caches it
+
+    @classmethod
+    def failed(cls, prompt: list[int], error: str) -> Completion:
+        return cls("", len(prompt), 0, "error", None, error)
 
 
 @dataclass(frozen=True)
@@ -61,6 +66,11 @@ class LogLikelihood:
 
     logprob: float
     is_greedy: bool
+    error: str | None = None  # the engine failed this one request: -inf, never the greedy choice
+
+    @classmethod
+    def failed(cls, error: str) -> LogLikelihood:
+        return cls(float("-inf"), False, error)
 
 
 @dataclass
@@ -77,7 +87,13 @@ class EngineStats:
     latencies: list[float] = field(default_factory=list)
     loglikelihood_seconds: float = 0.0
     loglikelihood_requests: int = 0
+    loglikelihood_failed: int = 0
+    first_error: str | None = None  # the first failed request's error, for the job's message
     extra: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def failed(self) -> int:
+        return self.requests - self.answered + self.loglikelihood_failed
 
     def as_metrics(self) -> dict[str, float]:
         busy = self.generate_seconds or float("nan")
@@ -92,6 +108,8 @@ class EngineStats:
             "output_tokens_per_s": self.output_tokens / busy,
             "requests_per_s": self.requests / busy,
             "success_rate": self.answered / self.requests if self.requests else float("nan"),
+            # Requests the engine rejected or failed, of either kind: each scored as a wrong answer.
+            "requests_failed": float(self.failed),
             **self.extra,
         }
         if self.loglikelihood_requests:
@@ -103,6 +121,24 @@ class EngineStats:
             metrics["latency_p50_s"] = _percentile(ordered, 50)
             metrics["latency_p95_s"] = _percentile(ordered, 95)
         return metrics
+
+
+def describe(exc: BaseException) -> str:
+    """One failed request's error, as kept in its per-sample row."""
+    return f"{type(exc).__name__}: {str(exc).strip()[:500]}"
+
+
+def isolate(batch: list[int], run: Callable[[list[int]], None], fail: Callable[[int, str], None]) -> None:
+    """Run a batch of requests; if the engine raises, run them one at a time, so a request the engine
+    cannot take fails alone (`fail(index, error)`) and the others are answered."""
+    try:
+        run(batch)
+    except Exception as exc:  # noqa: BLE001 - which request caused it is found below
+        if len(batch) == 1:
+            fail(batch[0], describe(exc))
+            return
+        for index in batch:
+            isolate([index], run, fail)
 
 
 def _percentile(ordered: list[float], q: float) -> float:
@@ -188,6 +224,7 @@ class Engine(ABC):
         self.stats.prompt_tokens += sum(c.prompt_tokens for c in completions)
         self.stats.output_tokens += sum(c.output_tokens for c in completions)
         self.stats.answered += sum(c.finish_reason != "error" for c in completions)
+        self._first_error(c.error for c in completions)
         self.stats.latencies.extend(c.latency_s for c in completions if c.latency_s is not None)
         return completions
 
@@ -202,7 +239,13 @@ class Engine(ABC):
         scores = _reporting(lambda report: self._loglikelihood(requests, report), on_result)
         self.stats.loglikelihood_seconds += time.perf_counter() - start
         self.stats.loglikelihood_requests += len(requests)
+        self.stats.loglikelihood_failed += sum(s.error is not None for s in scores)
+        self._first_error(s.error for s in scores)
         return scores
+
+    def _first_error(self, errors: Iterable[str | None]) -> None:
+        if self.stats.first_error is None:
+            self.stats.first_error = next((e for e in errors if e), None)
 
     # Subclasses implement these; `on_result` may be called as requests finish (see `generate`).
     # `_generate` gets one SamplingSettings per prompt.

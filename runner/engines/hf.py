@@ -12,7 +12,15 @@ import time
 from typing import Any
 
 from runner.console import FILE_ONLY
-from runner.engines.base import Completion, Engine, LogLikelihood, OnResult, SamplingSettings, release_memory
+from runner.engines.base import (
+    Completion,
+    Engine,
+    LogLikelihood,
+    OnResult,
+    SamplingSettings,
+    isolate,
+    release_memory,
+)
 
 log = logging.getLogger(__name__)
 
@@ -96,76 +104,105 @@ class HFEngine(Engine):
     def _generate(
         self, prompts: list[list[int]], settings: list[SamplingSettings], on_result: OnResult
     ) -> list[Completion]:
+        results: list[Completion | None] = [None] * len(prompts)
+
+        def failed(index: int, error: str) -> None:
+            results[index] = Completion.failed(prompts[index], error)
+            on_result(index, results[index])
+
+        for batch in self._batches(prompts, len, groups=settings):
+            run = lambda b: self._generate_batch(b, prompts, settings[b[0]], results, on_result)  # noqa: E731
+            isolate(batch, run, failed)  # a request the model cannot take fails alone
+        return results  # type: ignore[return-value]
+
+    def _generate_batch(
+        self,
+        batch: list[int],
+        prompts: list[list[int]],
+        setting: SamplingSettings,
+        results: list[Completion | None],
+        on_result: OnResult,
+    ) -> None:
         import torch
 
         pad = self._tokenizer.pad_token_id
         eos = self._tokenizer.eos_token_id
-        results: list[Completion | None] = [None] * len(prompts)
-        for batch in self._batches(prompts, len, groups=settings):
-            setting = settings[batch[0]]
-            width = max(len(prompts[i]) for i in batch)
-            # Left padding: every row's next token sits at the same position.
-            ids = torch.tensor([[pad] * (width - len(prompts[i])) + prompts[i] for i in batch], device=self.device)
-            mask = torch.tensor(
-                [[0] * (width - len(prompts[i])) + [1] * len(prompts[i]) for i in batch], device=self.device
+        width = max(len(prompts[i]) for i in batch)
+        # Left padding: every row's next token sits at the same position.
+        ids = torch.tensor([[pad] * (width - len(prompts[i])) + prompts[i] for i in batch], device=self.device)
+        mask = torch.tensor(
+            [[0] * (width - len(prompts[i])) + [1] * len(prompts[i]) for i in batch], device=self.device
+        )
+        sample = setting.temperature > 0
+        if setting.seed is not None:
+            torch.manual_seed(setting.seed)
+        start = time.perf_counter()
+        with torch.inference_mode():
+            out = self.model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                max_new_tokens=setting.max_tokens,
+                do_sample=sample,
+                temperature=setting.temperature if sample else None,
+                top_p=setting.top_p if sample else None,
+                top_k=None,
+                pad_token_id=pad,
+                eos_token_id=eos,
             )
-            sample = setting.temperature > 0
-            if setting.seed is not None:
-                torch.manual_seed(setting.seed)
-            start = time.perf_counter()
-            with torch.inference_mode():
-                out = self.model.generate(
-                    input_ids=ids,
-                    attention_mask=mask,
-                    max_new_tokens=setting.max_tokens,
-                    do_sample=sample,
-                    temperature=setting.temperature if sample else None,
-                    top_p=setting.top_p if sample else None,
-                    top_k=None,
-                    pad_token_id=pad,
-                    eos_token_id=eos,
-                )
-            latency = time.perf_counter() - start
-            for row, index in enumerate(batch):
-                new = out[row, width:].tolist()
-                if eos in new:  # generation ended at end-of-sequence: drop it and the padding after it
-                    new = new[: new.index(eos)]
-                    reason = "stop"
-                else:
-                    reason = "length"
-                text = self._tokenizer.decode(new, skip_special_tokens=True)
-                text, stopped = _cut_at_stop(text, setting.stop)
-                if stopped:
-                    reason = "stop"
-                    new = self._tokenizer(text, add_special_tokens=False).input_ids
-                results[index] = Completion(text, len(prompts[index]), len(new), reason, latency)
-                on_result(index, results[index])
-        return results  # type: ignore[return-value]
+        latency = time.perf_counter() - start
+        for row, index in enumerate(batch):
+            new = out[row, width:].tolist()
+            if eos in new:  # generation ended at end-of-sequence: drop it and the padding after it
+                new = new[: new.index(eos)]
+                reason = "stop"
+            else:
+                reason = "length"
+            text = self._tokenizer.decode(new, skip_special_tokens=True)
+            text, stopped = _cut_at_stop(text, setting.stop)
+            if stopped:
+                reason = "stop"
+                new = self._tokenizer(text, add_special_tokens=False).input_ids
+            results[index] = Completion(text, len(prompts[index]), len(new), reason, latency)
+            on_result(index, results[index])
 
     def _loglikelihood(self, requests: list[tuple[list[int], list[int]]], on_result: OnResult) -> list[LogLikelihood]:
+        scores: list[LogLikelihood | None] = [None] * len(requests)
+
+        def failed(index: int, error: str) -> None:
+            scores[index] = LogLikelihood.failed(error)
+            on_result(index, scores[index])
+
+        for batch in self._batches(requests, lambda r: len(r[0]) + len(r[1])):
+            isolate(batch, lambda b: self._score_batch(b, requests, scores, on_result), failed)
+        return scores  # type: ignore[return-value]
+
+    def _score_batch(
+        self,
+        batch: list[int],
+        requests: list[tuple[list[int], list[int]]],
+        scores: list[LogLikelihood | None],
+        on_result: OnResult,
+    ) -> None:
         import torch
 
         pad = self._tokenizer.pad_token_id
-        scores: list[LogLikelihood | None] = [None] * len(requests)
-        for batch in self._batches(requests, lambda r: len(r[0]) + len(r[1])):
-            # The model predicts token t from tokens < t: feed context + continuation minus its last token.
-            inputs = [(requests[i][0] + requests[i][1])[:-1] for i in batch]
-            width = max(len(x) for x in inputs)
-            ids = torch.tensor([x + [pad] * (width - len(x)) for x in inputs], device=self.device)
-            mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in inputs], device=self.device)
-            with torch.inference_mode():
-                logits = self.model(input_ids=ids, attention_mask=mask).logits.float()
-            logprobs = torch.log_softmax(logits, dim=-1)
-            for row, index in enumerate(batch):
-                context, continuation = requests[index]
-                first = len(context) - 1
-                positions = logprobs[row, first : first + len(continuation)]
-                target = torch.tensor(continuation, device=self.device)
-                logprob = positions.gather(1, target[:, None]).sum().item()
-                greedy = bool((positions.argmax(dim=-1) == target).all().item())
-                scores[index] = LogLikelihood(logprob, greedy)
-                on_result(index, scores[index])
-        return scores  # type: ignore[return-value]
+        # The model predicts token t from tokens < t: feed context + continuation minus its last token.
+        inputs = [(requests[i][0] + requests[i][1])[:-1] for i in batch]
+        width = max(len(x) for x in inputs)
+        ids = torch.tensor([x + [pad] * (width - len(x)) for x in inputs], device=self.device)
+        mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in inputs], device=self.device)
+        with torch.inference_mode():
+            logits = self.model(input_ids=ids, attention_mask=mask).logits.float()
+        logprobs = torch.log_softmax(logits, dim=-1)
+        for row, index in enumerate(batch):
+            context, continuation = requests[index]
+            first = len(context) - 1
+            positions = logprobs[row, first : first + len(continuation)]
+            target = torch.tensor(continuation, device=self.device)
+            logprob = positions.gather(1, target[:, None]).sum().item()
+            greedy = bool((positions.argmax(dim=-1) == target).all().item())
+            scores[index] = LogLikelihood(logprob, greedy)
+            on_result(index, scores[index])
 
     def shutdown(self) -> None:
         if getattr(self, "model", None) is None:

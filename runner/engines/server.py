@@ -45,6 +45,10 @@ class ServerError(EngineLoadError):
     """The server cannot be used for this job (unreachable, another model, a request type it lacks)."""
 
 
+class RequestRefused(ServerError):
+    """The server refused one request (HTTP 4xx other than 429: too long, a bad token): it fails alone."""
+
+
 class VLLMServerEngine(Engine):
     name = "vllm_server"
 
@@ -145,8 +149,10 @@ class VLLMServerEngine(Engine):
                 "(its /health), or raise engine.request_timeout_s / engine.retries."
             ) from None
         if response.status_code != 200:
-            tries = f" after {self.retries + 1} tries" if response.status_code in RETRY_STATUS else ""
-            raise ServerError(
+            overloaded = response.status_code in RETRY_STATUS
+            tries = f" after {self.retries + 1} tries" if overloaded else ""
+            refused = ServerError if overloaded or response.status_code >= 500 else RequestRefused
+            raise refused(
                 f"The vLLM server at {self.url} refused a request to {path}{tries} "
                 f"(HTTP {response.status_code}: {_message(response)})."
             )
@@ -185,7 +191,10 @@ class VLLMServerEngine(Engine):
                 "return_token_ids": True,  # exact output token counts
             }
             start = time.perf_counter()
-            choice = self._post("/completions", payload)["choices"][0]
+            try:
+                choice = self._post("/completions", payload)["choices"][0]
+            except RequestRefused as exc:  # this request alone: an answer of "", scored wrong
+                return Completion.failed(prompts[i], str(exc))
             return Completion(
                 text=choice["text"],
                 prompt_tokens=len(prompts[i]),
@@ -209,7 +218,10 @@ class VLLMServerEngine(Engine):
                 "temperature": 0.0,
                 "prompt_logprobs": 1,  # each prompt token's log-probability and rank, as in-process
             }
-            positions = self._post("/completions", payload)["choices"][0].get("prompt_logprobs")
+            try:
+                positions = self._post("/completions", payload)["choices"][0].get("prompt_logprobs")
+            except RequestRefused as exc:
+                return LogLikelihood.failed(str(exc))
             if not positions:
                 raise ServerError(
                     f"The server at {self.url} returns no prompt log-probabilities (vLLM's `prompt_logprobs`), so "

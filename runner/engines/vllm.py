@@ -4,10 +4,19 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from runner.console import FILE_ONLY
-from runner.engines.base import Completion, Engine, LogLikelihood, OnResult, SamplingSettings, release_memory
+from runner.engines.base import (
+    Completion,
+    Engine,
+    LogLikelihood,
+    OnResult,
+    SamplingSettings,
+    describe,
+    release_memory,
+)
 
 log = logging.getLogger(__name__)
 
@@ -57,19 +66,30 @@ class VLLMEngine(Engine):
             if value is not None:
                 self.stats.extra[key] = float(value)
 
-    def _run(self, prompts: list[dict], params: Any, on_output) -> list:
+    def _run(self, prompts: list[dict], params: Any, on_output, on_error: Callable[[int, str], None]) -> list:
         """vLLM's own offline loop (what `LLM.generate` does), handing each request over as it finishes.
 
-        One call with every prompt: vLLM's scheduler batches continuously, which beats any fixed batch
-        size. Outputs come back in prompt order.
+        One pass with every prompt: vLLM's scheduler batches continuously, which beats any fixed batch
+        size. Outputs come back in prompt order. Requests are added one by one: vLLM refuses a whole call
+        for one prompt it will not take (too long, a token outside the vocabulary), and here that request
+        fails alone (`on_error`, its output None) while the others run.
         """
         enqueue = getattr(self.llm, "enqueue", None)
         if enqueue is None:  # a vLLM without enqueue(): the results arrive all at once
             return self.llm.generate(prompts, params, use_tqdm=False)
-        request_ids = enqueue(prompts, params, use_tqdm=False)  # internal ids: "<external id>-<random suffix>"
-        position = {request_id: index for index, request_id in enumerate(request_ids)}
+        each = params if isinstance(params, list) else [params] * len(prompts)
+        request_ids: list[str | None] = []
+        for at, (prompt, param) in enumerate(zip(prompts, each, strict=True)):
+            try:
+                (request_id,) = enqueue([prompt], [param], use_tqdm=False)  # "<external id>-<random suffix>"
+            except Exception as exc:  # noqa: BLE001 - the engine refused this request: it fails alone
+                request_ids.append(None)
+                on_error(at, describe(exc))
+                continue
+            request_ids.append(request_id)
+        added = {r: i for i, r in enumerate(request_ids) if r is not None}
         # Outputs carry the external id (what LLM.generate sorts its outputs by).
-        position |= {request_id.rsplit("-", 1)[0]: index for index, request_id in enumerate(request_ids)}
+        position = added | {r.rsplit("-", 1)[0]: i for r, i in added.items()}
         outputs: list = [None] * len(prompts)
         engine = self.llm.llm_engine
         try:
@@ -81,10 +101,11 @@ class VLLMEngine(Engine):
                         on_output(index, out)
         except BaseException:
             # Leave no request of this call queued in the engine: the next call would receive its output.
-            engine.abort_request([r for i, r in enumerate(request_ids) if outputs[i] is None], internal=True)
+            engine.abort_request([r for r, i in added.items() if outputs[i] is None], internal=True)
             raise
-        if None in outputs:
-            raise RuntimeError(f"vLLM stopped with {outputs.count(None)} of {len(prompts)} requests unanswered.")
+        missing = sum(outputs[i] is None for i in added.values())
+        if missing:
+            raise RuntimeError(f"vLLM stopped with {missing} of {len(prompts)} requests unanswered.")
         return outputs
 
     def _generate(
@@ -109,7 +130,11 @@ class VLLMEngine(Engine):
             completions[index] = _completion(out)
             on_result(index, completions[index])
 
-        outputs = self._run([{"prompt_token_ids": ids} for ids in prompts], params, finished)
+        def failed(index: int, error: str) -> None:
+            completions[index] = Completion.failed(prompts[index], error)
+            on_result(index, completions[index])
+
+        outputs = self._run([{"prompt_token_ids": ids} for ids in prompts], params, finished, failed)
         return [c or _completion(out) for c, out in zip(completions, outputs, strict=True)]
 
     def _loglikelihood(self, requests: list[tuple[list[int], list[int]]], on_result: OnResult) -> list[LogLikelihood]:
@@ -124,8 +149,12 @@ class VLLMEngine(Engine):
             scores[index] = _score(requests[index], out)
             on_result(index, scores[index])
 
+        def failed(index: int, error: str) -> None:
+            scores[index] = LogLikelihood.failed(error)
+            on_result(index, scores[index])
+
         prompts = [{"prompt_token_ids": context + continuation} for context, continuation in requests]
-        outputs = self._run(prompts, params, finished)
+        outputs = self._run(prompts, params, finished, failed)
         return [s or _score(r, o) for s, r, o in zip(scores, requests, outputs, strict=True)]
 
     def kv_cache_usage(self) -> float | None:
