@@ -19,10 +19,12 @@ pytestmark = pytest.mark.slow
 
 @pytest.mark.parametrize("launcher", ["joblib", "submitit_local", "ray"])
 def test_a_two_job_sweep_through_a_launcher_plugin_lands_in_mlflow(launcher, tmp_path, default_model_dir):
-    # The cheapest real jobs (debug=fast: a 14M random-weight model on transformers), one ready dataset.
+    # The cheapest real jobs (debug=fast: a 14M random-weight model on transformers), on one dataset.
     result = run_cli(
         "-m",
         "category=efficiency",
+        "~category.datasets.humaneval_offline",
+        "~category.datasets.gsm8k",
         "debug=fast",
         "limit=1,2",
         f"hydra/launcher={launcher}",
