@@ -33,6 +33,7 @@ from runner.schema import seeds
 from runner.selection import Selection, select_engine
 from runner.summary import dataset_line, print_summary, write_summary_file
 from runner.telemetry import PeakGPUMemory, PeakRSS
+from runner.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +45,17 @@ def _in_sweep() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
-def _engine(cfg: Any, selection: Selection, model_source: str, progress: JobProgress) -> tuple[LazyEngine, bool]:
+def _engine(
+    cfg: Any, selection: Selection, model_source: str, progress: JobProgress, watchdog: Watchdog
+) -> tuple[LazyEngine, bool]:
     """A lazily loaded engine; in a sequential sweep, the previous job's when its settings are the same."""
 
     def load():
+        timeout = float(cfg.engine.load_timeout_s)
+        with watchdog.watching("loading the engine", "engine.load_timeout_s", timeout):
+            return _load()
+
+    def _load():
         with progress.loading(f"{cfg.model.name} on {selection.kind}"):
             heap.import_frozen("torch", "transformers")
             route_engine_logs()  # the engine imports torch and transformers now: their warnings go to runner.log
@@ -142,13 +150,15 @@ def run_job(cfg: Any, out_dir: Path) -> JobResult:
 
         tasks = task_manager(cfg.paths.tasks_dir, [t for ds in datasets for t in ds.tasks])
         progress = JobProgress(on_tick=tracker.log_progress)
+        watchdog = Watchdog(lambda: progress.done, tracker.fail_now)
         model_args = weights.model_args()  # names the weights in lm-eval's results
-        engine, reused = _engine(cfg, selection, model_source, progress)
+        engine, reused = _engine(cfg, selection, model_source, progress, watchdog)
         progress.kv_cache_usage = engine.kv_cache_usage
         cache = str(Path(cfg.paths.response_cache) / response_cache_key(cfg, selection)) if cfg.cache else None
         cache_telemetry = CachedTelemetry(cache) if cache else None
         # Every dataset's requests go to the engine together, one call per request type (runner/engines/gather.py).
-        shared = JobEngine(engine, on_pass=_telemetry_pass(cache_telemetry, engine))
+        stall = float(cfg.engine.stall_timeout_s)
+        shared = JobEngine(engine, on_pass=_watched_pass(_telemetry_pass(cache_telemetry, engine), watchdog, stall))
         bridges: list[EngineLM] = []
         results, failed, crashed = [], {}, []
 
@@ -189,6 +199,7 @@ def run_job(cfg: Any, out_dir: Path) -> JobResult:
         try:
             run_datasets(datasets, shared, evaluate, on_result=finished, on_error=broke)
         finally:
+            watchdog.stop()
             progress.close()
             if not _in_sweep():  # a sweep's next job may reuse it (runner/engines/pool.py)
                 engine.shutdown()
@@ -257,6 +268,20 @@ def _check_failed_requests(results, bridges, limit: float, job: JobResult, cfg: 
         "are kept in the run (per-sample tables have the errors). Fix what the error names and rerun (answered "
         "requests come from the cache), or raise engine.max_failed_fraction to accept them."
     )
+
+
+def _watched_pass(inner: Any, watchdog: Watchdog, stall_timeout_s: float):
+    """Each engine call of the job's pass is watched: no answer for stall_timeout_s ends the job."""
+
+    def on_pass(kind: str, started: bool) -> None:
+        if inner is not None:
+            inner(kind, started)
+        if started:
+            watchdog.begin(f"in the engine's {kind} pass", "engine.stall_timeout_s", stall_timeout_s)
+        else:
+            watchdog.end()
+
+    return on_pass
 
 
 def _telemetry_pass(telemetry: CachedTelemetry | None, engine: LazyEngine):

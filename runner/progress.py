@@ -239,6 +239,11 @@ class JobProgress:
         self._tokens += output_tokens
         self._recent.append((time.monotonic(), output_tokens))
 
+    @property
+    def done(self) -> int:
+        """The job's requests done so far, by the engine or the cache (runner/watchdog.py watches it move)."""
+        return self._done
+
     def rate(self) -> float:
         """The job's output tokens per second over the last RATE_WINDOW_S seconds (every dataset's answers);
         while none finished lately, its average since the first request was sent."""

@@ -123,6 +123,8 @@ class EngineConfig:
     retries: int = 2  # on connection errors, timeouts, 429 and 5xx
     start_timeout_s: float = 600.0  # a self-started server must be healthy within this
     max_failed_fraction: float = MISSING  # of the job's requests; more failing in the engine fails the job
+    load_timeout_s: float = MISSING  # the engine load; no end by then: the job ends FAILED (runner/watchdog.py)
+    stall_timeout_s: float = MISSING  # no request answered for this long during an engine pass: the same
 
 
 @dataclass
@@ -259,6 +261,8 @@ def validate(cfg: Any) -> None:
         f"tracking.dead_after_s={dead} must be more than twice tracking.heartbeat_s={beat}, or live jobs "
         "would be ended as dead between two heartbeats.",
     )
+    for key in ("load_timeout_s", "stall_timeout_s"):
+        need(cfg.engine[key] > 0, f"engine.{key}={cfg.engine[key]} must be positive (seconds).")
     failed = cfg.engine.max_failed_fraction
     need(0 <= failed <= 1, f"engine.max_failed_fraction={failed} must be between 0 and 1 (a share of the requests).")
     fraction = cfg.engine.selection.usable_gpu_fraction

@@ -241,6 +241,21 @@ class Tracker:
         self.finish(status)
         return False  # the exception goes on to the caller
 
+    def fail_now(self, message: str) -> None:
+        """End the run FAILED from another thread (runner/watchdog.py), when the main thread is stuck in the
+        engine: through the client and the run id, and in the job's record."""
+        import mlflow
+
+        self._stop_heartbeat.set()
+        with self._lock:
+            self.record.tags["error"] = message
+            self.record.status, self.record.end_time = "FAILED", now_ms()
+            self.record.save(self.out_dir)
+        if self.live and self.run_id:
+            client = mlflow.MlflowClient(self.record.tracking_uri)
+            client.set_tag(self.run_id, "error", message)
+            client.set_terminated(self.run_id, status="FAILED", end_time=self.record.end_time)
+
     # -- what a job logs ---------------------------------------------------------------------------
     @property
     def run_id(self) -> str | None:
