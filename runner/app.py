@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -129,6 +130,8 @@ def run_job(cfg: Any, out_dir: Path) -> JobResult:
         datasets, skipped = runnable_datasets(cfg)
         for dataset in datasets:
             check_local_files(dataset)
+        refused, warnings = _sandbox_isolation(cfg, datasets, tracker)
+        datasets = [d for d in datasets if d.name not in refused]
         if skipped:
             tracker.set_tags({"skipped_datasets": "; ".join(f"{name}: {why}" for name, why in skipped.items())})
         samples = {d["name"]: d["samples"] for d in plan["datasets"]}
@@ -160,7 +163,7 @@ def run_job(cfg: Any, out_dir: Path) -> JobResult:
         stall = float(cfg.engine.stall_timeout_s)
         shared = JobEngine(engine, on_pass=_watched_pass(_telemetry_pass(cache_telemetry, engine), watchdog, stall))
         bridges: list[EngineLM] = []
-        results, failed, crashed = [], {}, []
+        results, failed, crashed = [], dict(refused), []
 
         def evaluate(dataset) -> DatasetResult:  # in the dataset's own thread
             with progress.dataset(dataset.name) as row:
@@ -241,13 +244,16 @@ def run_job(cfg: Any, out_dir: Path) -> JobResult:
         tracker.log_artifact(out_dir / ".hydra", "hydra")
         tracker.log_artifact(out_dir / "lm_eval", "lm_eval")
 
-        job = JobResult(tracker.run_id, tracker.record.synced, out_dir, selection, results, telemetry, skipped)
+        job = JobResult(
+            tracker.run_id, tracker.record.synced, out_dir, selection, results, telemetry, skipped, warnings
+        )
         tracker.log_artifact(write_summary_file(job, cfg))  # every metric with its n, beside the run's scores
         if failed:
             print_summary(job, cfg)
             tracker.set_tags({"failed_datasets": ", ".join(failed)})
-            others = " and the others were scored and logged" if len(failed) < len(datasets) else ""
-            raise DataError(f"{len(failed)} of {len(datasets)} datasets failed{others}. " + " ".join(failed.values()))
+            total = len(datasets) + len(refused)
+            others = " and the others were scored and logged" if len(failed) < total else ""
+            raise DataError(f"{len(failed)} of {total} datasets failed{others}. " + " ".join(failed.values()))
         _check_failed_requests(results, bridges, float(cfg.engine.max_failed_fraction), job, cfg, tracker)
     print_summary(job, cfg)
     return job
@@ -268,6 +274,37 @@ def _check_failed_requests(results, bridges, limit: float, job: JobResult, cfg: 
         "are kept in the run (per-sample tables have the errors). Fix what the error names and rerun (answered "
         "requests come from the cache), or raise engine.max_failed_fraction to accept them."
     )
+
+
+def _sandbox_isolation(cfg: Any, datasets: list[Any], tracker: Any) -> tuple[dict[str, str], list[str]]:
+    """Code datasets run model-written code only with the sandbox's full isolation: checked here, before
+    anything is generated. Returns the datasets refused (name -> why, one paragraph) and the warnings."""
+    from adapters.sandbox import ALLOW_WEAK_ENV, missing_isolation, probe
+
+    allow_weak = bool(cfg.sandbox.allow_weak_isolation)
+    os.environ[ALLOW_WEAK_ENV] = "1" if allow_weak else "0"  # what the code tasks' scoring reads
+    code = [d.name for d in datasets if d.unsafe_code and cfg.allow_code_execution is not False]
+    if not code:
+        return {}, []
+    missing = missing_isolation(probe())
+    tracker.set_tags({"sandbox_isolation": "weak: " + "; ".join(missing) if missing else "full"})
+    if not missing:
+        return {}, []
+    if allow_weak:
+        tracker.set_tags({"sandbox_allow_weak_isolation": "true"})
+        warning = (
+            f"model-written code ran with weak isolation (sandbox.allow_weak_isolation=true): {'; '.join(missing)}."
+        )
+        log.warning("%s", warning)
+        return {}, [warning]
+    why = (
+        f"Dataset {{name}} runs model-written code, and the sandbox cannot fully isolate it on this machine: "
+        f"{'; '.join(missing)}. Run the job as root (each program then gets its own unprivileged uid), or allow "
+        "unprivileged user namespaces (sysctl user.max_user_namespaces>0, kernel.unprivileged_userns_clone=1, "
+        "kernel.apparmor_restrict_unprivileged_userns=0); `python -m runner mode=doctor` shows what this machine "
+        "allows. Or accept the risk with sandbox.allow_weak_isolation=true."
+    )
+    return {name: why.format(name=name) for name in code}, []
 
 
 def _watched_pass(inner: Any, watchdog: Watchdog, stall_timeout_s: float):

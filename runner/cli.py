@@ -90,6 +90,12 @@ def _disk_problem(exc: Exception, cfg: Any) -> str | None:
     """A full or read-only disk in the middle of a job, as one paragraph (other errors are not known)."""
     import errno
 
+    if isinstance(exc, OSError) and exc.errno in (errno.EACCES, errno.EPERM) and exc.filename:
+        return (
+            f"{exc.filename}: {exc.strerror}. The job reads and writes under paths.output_dir "
+            f"({cfg.paths.output_dir}) and paths.cache_dir ({cfg.paths.cache_dir}): make them usable by this user "
+            "(or point them at folders that are), and rerun."
+        )
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
         what = f"Writing {exc.filename or 'a file'} failed: {exc.strerror}"
     elif isinstance(exc, sqlite3.OperationalError) and ("full" in str(exc) or "readonly" in str(exc)):

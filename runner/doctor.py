@@ -128,10 +128,31 @@ def run_checks(cfg: Any, hardware: Hardware, mask_error: HardwareError | None = 
     default = model_status(cfg.model, cfg.paths.cache_dir)
     checks.append(Check(f"model {cfg.model.name}", default.ok, default.detail, "see the detail"))
 
+    checks.append(_sandbox_check())
+
     out = Path(cfg.paths.output_dir)
     writable = os.access(out if out.exists() else out.parent, os.W_OK)
     checks.append(Check("outputs", writable, str(out), "make it writable or set paths.output_dir=/writable/folder"))
     return checks
+
+
+def _sandbox_check() -> Check:
+    """The isolation model-written code gets here (a trivial program run in the sandbox)."""
+    from adapters.sandbox import SandboxError, missing_isolation, probe
+
+    try:
+        isolation = probe()
+    except (SandboxError, OSError) as exc:
+        return Check("sandbox", False, f"cannot run: {exc}", "see docs/sandbox.md")
+    missing = missing_isolation(isolation)
+    who = "its own unprivileged uid" if isolation.get("uid_drop") else "a user namespace"
+    if not missing:
+        return Check("sandbox", True, f"full isolation: no network, own PIDs, read-only filesystem, {who}")
+    fix = (
+        "run as root, or allow unprivileged user namespaces (sysctl user.max_user_namespaces>0, "
+        "kernel.unprivileged_userns_clone=1); code datasets otherwise fail unless sandbox.allow_weak_isolation=true"
+    )
+    return Check("sandbox", False, "weak isolation: " + "; ".join(missing), fix)
 
 
 def render(checks: list[Check]) -> str:

@@ -69,11 +69,17 @@ def dummy_folder(name: str, architecture: str, cache_dir: Path) -> Path:
     tokenizer = ensure_converted(DEFAULT_GGUF[0], DEFAULT_GGUF[1], DEFAULT_GGUF[2], cache_dir)
     dest = cache_dir / "dummy" / name
     dest.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(config, dest / "config.json")
+    _copy_if_changed(config, dest / "config.json")
     for file in _TOKENIZER_FILES:
         if (tokenizer / file).is_file():
-            shutil.copyfile(tokenizer / file, dest / file)
+            _copy_if_changed(tokenizer / file, dest / file)
     return dest
+
+
+def _copy_if_changed(source: Path, dest: Path) -> None:
+    """Written only when it differs: a cache another user prepared (shared, read-only to us) still serves."""
+    if not dest.is_file() or dest.read_bytes() != source.read_bytes():
+        shutil.copyfile(source, dest)
 
 
 def _known_architectures() -> str:

@@ -43,3 +43,4 @@ class JobResult:
     datasets: list[DatasetResult]
     telemetry: dict[str, float]
     skipped: dict[str, str]  # dataset -> why it could not run here
+    warnings: list[str] = field(default_factory=list)  # what the user should know about how it ran

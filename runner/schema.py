@@ -153,6 +153,13 @@ class TrackingConfig:
 
 
 @dataclass
+class SandboxConfig:
+    """Model-written code (datasets marked unsafe_code) runs only in adapters/sandbox/, fully isolated."""
+
+    allow_weak_isolation: bool = MISSING  # true: run it with what this machine allows, tagged and warned
+
+
+@dataclass
 class RayConfig:
     """An existing Ray cluster to run on (multi-node); see runner/cluster.py."""
 
@@ -191,6 +198,7 @@ class RunnerConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+    sandbox: SandboxConfig = field(default_factory=SandboxConfig)
 
 
 MODES = ("run", "list", "plan", "doctor", "sync", "report", "reap")

@@ -192,6 +192,9 @@ def render_markdown(job: JobResult, cfg: Any) -> str:
     if job.skipped:
         out += ["", "## Skipped datasets", ""]
         out += [f"- {_md(name)}: {_md(why)}" for name, why in job.skipped.items()]
+    if job.warnings:
+        out += ["", "## Warnings", ""]
+        out += [f"- {_md(text)}" for text in job.warnings]
     out += ["", "## Run", ""]
     out += [f"- {line}" for line in telemetry_lines(job, cfg)]
     out += ["", "## Telemetry", "", "| measure | value |", "| --- | ---: |"]
@@ -225,6 +228,8 @@ def print_summary(job: JobResult, cfg: Any) -> None:
         print(format_table(["dataset", "metric", "score", "n"], headline_rows(job, cfg)))
     for name, why in job.skipped.items():
         print(f"skipped {name}: {why}")
+    for text in job.warnings:
+        print(f"warning: {text}")
     print()
     lines = telemetry_lines(job, cfg)
     lines[-1] += where

@@ -20,11 +20,19 @@ One concept per module; this package re-exports the public names:
 from adapters.sandbox._client import SANDBOX_ENV
 from adapters.sandbox._results import SandboxError, SandboxResult, Status
 from adapters.sandbox._runs import _KILL_GRACE_S as _KILL_GRACE_S  # tests bound run durations with it
-from adapters.sandbox._runs import PRIVATE_DIRS, check_completions, probe, run_program
+from adapters.sandbox._runs import (
+    ALLOW_WEAK_ENV,
+    PRIVATE_DIRS,
+    check_completions,
+    missing_isolation,
+    probe,
+    run_program,
+)
 from adapters.sandbox._uids import UID_RANGE
 from adapters.sandbox._uids import _processes_of_uid as _processes_of_uid  # tests look for leftovers with it
 
 __all__ = [
+    "ALLOW_WEAK_ENV",
     "PRIVATE_DIRS",
     "SANDBOX_ENV",
     "UID_RANGE",
@@ -32,6 +40,7 @@ __all__ = [
     "SandboxResult",
     "Status",
     "check_completions",
+    "missing_isolation",
     "probe",
     "run_program",
 ]

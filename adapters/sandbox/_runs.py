@@ -25,6 +25,9 @@ from adapters.sandbox._client import _SERVER
 from adapters.sandbox._results import SandboxError, SandboxResult, _classify, _isolation, _parse_report, _tail
 from adapters.sandbox._uids import _UIDS, _no_lease, _processes_of_uid
 
+# "1": run programs with less than the full isolation (sandbox.allow_weak_isolation=true in the runner).
+ALLOW_WEAK_ENV = "RUNNER_SANDBOX_ALLOW_WEAK_ISOLATION"
+
 # Dirs any uid may write to: each gets a fresh private tmpfs inside the sandbox.
 PRIVATE_DIRS = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")
 _KILL_GRACE_S = 5.0  # past the supervisor's own timeout, the caller kills the whole group itself
@@ -58,6 +61,7 @@ def run_program(
     tail_chars: int = 4000,
     python: str | None = None,
     site_packages: bool = False,
+    allow_weak_isolation: bool | None = None,
 ) -> SandboxResult:
     """Run ``code`` as a Python program in the sandbox; passed only if it ran to its very end.
 
@@ -67,6 +71,8 @@ def run_program(
     without site-packages (``-S``). Raises SandboxError only when no run could be attempted.
     """
     python = python or sys.executable
+    if allow_weak_isolation is None:  # the runner sets it from sandbox.allow_weak_isolation for its code tasks
+        allow_weak_isolation = os.environ.get(ALLOW_WEAK_ENV) == "1"
     marker = f"SANDBOX-OK-{secrets.token_hex(16)}"
     # Flushed first so the marker comes last; os.write so a replaced sys.stdout cannot swallow it.
     program = (
@@ -89,13 +95,15 @@ def run_program(
             Path(work, "prog.py").write_text(program, encoding="utf-8")
             if uid >= 0:
                 os.chown(work, uid, uid)
-            return _run(work, uid, marker, python, site_packages, limits, max_output_bytes, tail_chars)
+            strict = not allow_weak_isolation
+            return _run(work, uid, marker, python, site_packages, limits, max_output_bytes, tail_chars, strict)
         finally:
             shutil.rmtree(work, ignore_errors=True)
 
 
-def _run(work, uid, marker, python, site_packages, limits, max_output_bytes, tail_chars) -> SandboxResult:
+def _run(work, uid, marker, python, site_packages, limits, max_output_bytes, tail_chars, strict) -> SandboxResult:
     args = [f"{k}={v}" for k, v in limits.items() if k != "nproc" or uid >= 0]
+    args += ["strict=1"] if strict else []  # the program runs only with the full isolation (_server._REQUIRED)
     args += [f"uid={uid}", f"gid={uid}", f"work={work}"]
     args += [f"private={d}" for d in PRIVATE_DIRS] + [f"mask={d}" for d in _mask_dirs()]
     target = python if site_packages else os.path.realpath(python)
@@ -204,8 +212,18 @@ def check_completions(programs: Sequence[str], *, max_workers: int | None = None
 
 
 def probe() -> dict[str, Any]:
-    """The isolation a run gets on this machine (runs a trivial program)."""
-    result = run_program("pass", timeout_s=10)
+    """The isolation a run gets on this machine (runs a trivial program, allowed to run with less than the
+    full isolation so that it can say what is missing: `missing_isolation(probe())`)."""
+    result = run_program("pass", timeout_s=10, allow_weak_isolation=True)
     if result.status != "passed":
         raise SandboxError(f"sandbox probe failed: {result.status}: {result.reason} {result.stderr_tail}")
     return result.isolation
+
+
+def missing_isolation(isolation: dict[str, Any]) -> list[str]:
+    """What a run with this isolation (a result's `isolation`, or `probe()`) lacks of the full isolation,
+    in words; [] when it has all of it. The same rule the server enforces before it runs a program."""
+    from adapters.sandbox._server import _missing_isolation
+
+    flags = ("net_ns", "pid_ns", "readonly_root", "uid_drop", "user_ns")
+    return _missing_isolation({name: "1" if isolation.get(name) else "0" for name in flags})

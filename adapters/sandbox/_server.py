@@ -41,10 +41,29 @@ class _Report:
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
+        self.seen: dict[str, str] = {}  # what this process (and, forked, its children) reported so far
 
     def __call__(self, key: str, value: object) -> None:
         text = str(value).replace("\n", " ")
+        self.seen[key] = text
         os.write(self.fd, f"{key}={text}\n".encode())
+
+
+# The isolation model-written code needs (what the caller's `full_isolation` checks on its side too), each with
+# what it keeps out: checked in the program's own process right before exec, unless the caller allowed less.
+_REQUIRED = (
+    (lambda seen: seen.get("net_ns") == "1", "no network namespace (the code could reach the network)"),
+    (lambda seen: seen.get("pid_ns") == "1", "no PID namespace (the code could see and signal other processes)"),
+    (lambda seen: seen.get("readonly_root") == "1", "no read-only filesystem (the code could write outside its tmpfs)"),
+    (
+        lambda seen: seen.get("uid_drop") == "1" or seen.get("user_ns") == "1",
+        "no unprivileged uid or user namespace (the code would run with your own uid)",
+    ),
+)
+
+
+def _missing_isolation(seen: dict[str, str]) -> list[str]:
+    return [what for ok, what in _REQUIRED if not ok(seen)]
 
 
 def _libc_call(libc, name: str, *args) -> None:
@@ -248,6 +267,10 @@ def _exec_program(libc, opts: dict[str, list[str]], cmd: list[str], work: str, r
         report("no_new_privs", 1)
         if uid >= 0:
             _drop_privileges(uid, gid, report)
+        missing = _missing_isolation(report.seen)
+        if missing and "strict" in opts:  # fail closed: the program does not run with less
+            report("error", "isolation incomplete: " + "; ".join(missing))
+            os._exit(126)
         report("exec", 1)
         os.execv(cmd[0], cmd)
     except BaseException as exc:  # noqa: B036 - anything here is a setup failure to report, never a run
