@@ -195,3 +195,21 @@ def test_parallel_sizes_given_as_engine_args_size_the_job_like_the_engines_own(c
     cfg = compose_cfg("engine=cpu", "+engine.args.pipeline_parallel_size=2")
     with pytest.raises(SelectionError, match=r"^engine.args.pipeline_parallel_size=2 conflicts with engine=cpu"):
         select_engine(cfg.engine, cfg.model, CPU_BOX)
+
+
+def test_a_one_process_executor_asked_to_run_several_workers_is_refused_before_loading(compose_cfg):
+    from runner.engines import vllm_engine_args
+    from runner.schema import ConfigError
+
+    cfg = compose_cfg(
+        "engine=distributed", "engine.tensor_parallel_size=2", "+engine.args.distributed_executor_backend=uni"
+    )
+    selection = select_engine(cfg.engine, cfg.model, box(2))
+    with pytest.raises(ConfigError, match=r"distributed_executor_backend=uni runs one worker .* asks for 2"):
+        vllm_engine_args(selection, cfg.model, cfg.engine)
+    assert (
+        vllm_engine_args(
+            selection, cfg.model, compose_cfg("engine=distributed", "engine.tensor_parallel_size=2").engine
+        )["distributed_executor_backend"]
+        == "mp"
+    )

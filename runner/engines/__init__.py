@@ -91,6 +91,16 @@ def vllm_engine_args(selection: Selection, model: Any, engine: Any) -> dict[str,
             distributed_executor_backend="ray" if selection.nodes > 1 else "mp",
         )
     args.update(to_dict(engine.args or {}))
+    world = int(args.get("tensor_parallel_size") or 1) * int(args.get("pipeline_parallel_size") or 1)
+    if world > 1 and args.get("distributed_executor_backend") == "uni":
+        from runner.schema import ConfigError
+
+        # vLLM's one-process executor would start rank 0 and wait for the others forever.
+        raise ConfigError(
+            f"engine.args.distributed_executor_backend=uni runs one worker in this process, but the job asks for "
+            f"{world} (tensor x pipeline parallel). Drop the backend to let the runner choose (mp on one node, "
+            "ray across nodes), or drop the parallel sizes."
+        )
     return args
 
 
