@@ -10,7 +10,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import OmegaConf
 
@@ -35,6 +35,9 @@ from runner.selection import Selection, select_engine
 from runner.summary import dataset_line, print_summary, write_summary_file
 from runner.telemetry import PeakGPUMemory, PeakRSS
 from runner.watchdog import Watchdog
+
+if TYPE_CHECKING:  # lm-eval is imported only once a job runs
+    from adapters.lm_eval_model import EngineLM
 
 log = logging.getLogger(__name__)
 
@@ -259,7 +262,9 @@ def run_job(cfg: Any, out_dir: Path) -> JobResult:
     return job
 
 
-def _check_failed_requests(results, bridges, limit: float, job: JobResult, cfg: Any, tracker: Any) -> None:
+def _check_failed_requests(
+    results: list[DatasetResult], bridges: list[EngineLM], limit: float, job: JobResult, cfg: Any, tracker: Any
+) -> None:
     """One request the engine rejects is one wrong answer; more than `limit` of them fails the job (its
     scores stay logged: they are what the model did, with those requests counted wrong)."""
     failed, served = sum(r.failed for r in results), sum(r.served for r in results)

@@ -221,13 +221,15 @@ class JobEngine:
         self.calls[kind] += 1
         if self.on_pass is not None:
             self.on_pass(kind, True)
-        if kind == "generate":
-            settings = [s.settings[i] for s, i in owners if s.settings is not None]  # always set for generate
-            self.engine.generate(items, settings, on_result=answered)
-        else:
-            self.engine.loglikelihood(items, on_result=answered)
-        if self.on_pass is not None:
-            self.on_pass(kind, False)
+        try:
+            if kind == "generate":
+                settings = [s.settings[i] for s, i in owners if s.settings is not None]  # always set for generate
+                self.engine.generate(items, settings, on_result=answered)
+            else:
+                self.engine.loglikelihood(items, on_result=answered)
+        finally:  # a pass that raises is over too: its telemetry and the watchdog's watch of it end here
+            if self.on_pass is not None:
+                self.on_pass(kind, False)
 
     def _finish(self, submission: _Submission, error: BaseException | None) -> None:
         if submission.done.is_set():

@@ -110,8 +110,10 @@ class HFEngine(Engine):
             results[index] = Completion.failed(prompts[index], error)
             on_result(index, results[index])
 
+        def run(batch: list[int]) -> None:  # a batch holds one setting (see _batches)
+            self._generate_batch(batch, prompts, settings[batch[0]], results, on_result)
+
         for batch in self._batches(prompts, len, groups=settings):
-            run = lambda b: self._generate_batch(b, prompts, settings[b[0]], results, on_result)  # noqa: E731
             isolate(batch, run, failed)  # a request the model cannot take fails alone
         return results  # type: ignore[return-value]
 

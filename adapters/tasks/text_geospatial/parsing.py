@@ -349,8 +349,8 @@ def fold(text: str) -> str:
 
 def normalise_name(text: str) -> str:
     """Place names compared loosely: accents, case, punctuation and a leading "the" ignored,
-    "&" read as "and" ("the D.R. Congo" -> "dr congo"). generators.containment.normalise_answer
-    is the same rule: the accepted names baked into the data are distinct under it."""
+    "&" read as "and" ("the D.R. Congo" -> "dr congo"). The generator keys accepted names by it
+    (generators.containment.normalise_answer), so the names baked into the data are distinct under it."""
     s = fold(text).replace("&", " and ")
     s = re.sub(r"[.,;:!?'’‘`\"()]", "", s)
     s = " ".join(re.sub("[-\u2010-\u2015]", " ", s).split())  # hyphens and dashes

@@ -7,8 +7,9 @@ import re
 from collections import defaultdict
 from collections.abc import Callable
 
+from ..parsing import normalise_name
 from .cities import CityPool
-from .formatting import _fold, _json_answer
+from .formatting import _json_answer
 from .gazetteer import _NOT_STATES, City, _countries, _us_states
 from .registry import subtype
 from .vetting import DEFUNCT_COUNTRIES, NON_SOVEREIGN
@@ -122,13 +123,9 @@ def _country_candidates(country_code: str) -> list[str]:
     return [form for name in names for form in _name_variants(name)]
 
 
-def normalise_answer(text: str) -> str:
-    """The comparison key of a name: the same rule as parsing.normalise_name (accents, case,
-    punctuation and a leading "the" ignored, "&" read as "and")."""
-    s = _fold(text).replace("&", " and ")
-    s = re.sub(r"[.,;:!?'’‘`\"()]", "", s)
-    s = " ".join(re.sub("[-\u2010-\u2015]", " ", s).split())  # hyphens and dashes
-    return s[4:] if s.startswith("the ") else s
+# The comparison key of a name is the scorer's own (accents, case, punctuation and a leading "the" ignored,
+# "&" read as "and"), so the accepted names baked into the data are distinct exactly as the scorer sees them.
+normalise_answer = normalise_name
 
 
 @functools.cache

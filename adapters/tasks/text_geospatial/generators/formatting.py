@@ -2,7 +2,8 @@
 JSON answers; and the accent-free folding used to compare names."""
 
 import json
-import unicodedata
+
+from ..parsing import fold
 
 # Decimal places written for signed-decimal truth values; 6 places is ~0.1 m,
 # far below every tolerance, and keeps the file byte-stable.
@@ -40,10 +41,7 @@ def _json_answer(obj: object) -> str:
     return json.dumps(obj, ensure_ascii=False)
 
 
-def _fold(text: str) -> str:
-    """Casefolded, accent-free form for comparing names."""
-    decomposed = unicodedata.normalize("NFKD", text)
-    return "".join(ch for ch in decomposed if not unicodedata.combining(ch)).casefold()
+_fold = fold  # the scorer's casefolded, accent-free form of a name
 
 
 def _latlon_text(lat: float, lon: float, places: int = PROMPT_DECIMAL_PLACES) -> str:
