@@ -158,29 +158,31 @@ def model_status(model: Any, cache_dir: str | Path) -> Status:
 def dataset_status(dataset: Any, own_tasks: dict[str, Path]) -> Status:
     if dataset.get("needs_network"):
         return Status(False, "fetches its data from the web at load time, so it cannot run offline")
-    if all(task in own_tasks for task in dataset.tasks):
+    sandbox = ", runs code in the sandbox" if dataset.unsafe_code else ""
+    own = all(task in own_tasks for task in dataset.tasks)
+    if own and not dataset.get("hf_dataset"):  # the project's own data (data/<task>.jsonl or a package)
         missing = [t for t in dataset.tasks if not _has_data(own_tasks[t], t)]
         if missing:
             where = own_tasks[missing[0]].parent / "data"
             return Status(False, f"data file of {', '.join(missing)} is missing under {where}")
-        sandbox = ", runs code in the sandbox" if dataset.unsafe_code else ""
         return Status(True, "ships with the project (adapters/tasks)" + sandbox)
-    if dataset.unsafe_code:
+    if unsandboxed(dataset, own_tasks):
         return Status(
             False,
             "lm-eval's builtin code tasks score with evaluate's code_eval (downloaded from the hub at import, "
-            "runs code outside this project's sandbox), so the runner does not run them; use humaneval_offline",
+            "runs code outside this project's sandbox), so the runner does not run them; use the sandboxed "
+            "tasks under adapters/tasks/code (humaneval_offline, mbpp_sandbox, humaneval_plus_sandbox)",
         )
     files = local_files(dataset.local)
     if files:
         absent = [f for f in files.values() if not Path(f).expanduser().is_file()]
         if absent:
             return Status(False, f"dataset.local file(s) missing: {', '.join(absent)}")
-        return Status(True, f"local files ({', '.join(files.values())})")
+        return Status(True, f"local files ({', '.join(files.values())})" + sandbox)
     if dataset.get("hf_dataset"):
         snapshot = hub_snapshot("datasets", dataset.hf_dataset)
         if snapshot:
-            return Status(True, f"in the HF cache ({snapshot})")
+            return Status(True, f"in the HF cache ({snapshot})" + sandbox)
         return Status(
             False,
             f"not available offline: {dataset.hf_dataset} is not in the HF cache ({hf_hub_cache()}); "
@@ -188,6 +190,11 @@ def dataset_status(dataset: Any, own_tasks: dict[str, Path]) -> Status:
             "or run once with the hub reachable",
         )
     return Status(False, f"no lm-eval task named {', '.join(dataset.tasks)} under adapters/tasks and no hf_dataset set")
+
+
+def unsandboxed(dataset: Any, own_tasks: dict[str, Path]) -> bool:
+    """A code dataset on lm-eval's builtin tasks, which run model-written code in lm-eval's own process."""
+    return bool(dataset.unsafe_code) and not all(task in own_tasks for task in dataset.tasks)
 
 
 def _has_data(task_yaml: Path, task: str) -> bool:
@@ -281,7 +288,7 @@ def runnable_datasets(cfg: Any) -> tuple[list[Any], dict[str, str]]:
     runnable, skipped = [], {}
     for name, dataset in cfg.category.datasets.items():
         status = dataset_status(dataset, own)
-        downloadable = not hub_offline() and dataset.get("hf_dataset") and not dataset.unsafe_code
+        downloadable = not hub_offline() and dataset.get("hf_dataset") and not unsandboxed(dataset, own)
         if status.ok or (downloadable and not hub_unreachable()):
             runnable.append(dataset)
         else:

@@ -236,6 +236,8 @@ def list_catalog(cfg: Any, category_given: bool = False) -> list[dict]:
     own = project_tasks(cfg.paths.tasks_dir)
     statuses = []
     for category in categories.values():
+        if category_given and category.name == cfg.category.name:
+            category = cfg.category  # with the command line's overrides (local data files, say)
         check_category_models(category, models)
         statuses.append(category_status(category, models, cfg.paths.cache_dir, cfg.paths.tasks_dir, own))
     if cfg.output == "json":

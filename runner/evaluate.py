@@ -114,6 +114,20 @@ def check_local_files(dataset: Any) -> None:
             for row in rows if array and isinstance(rows, list) else [rows]:
                 if not isinstance(row, dict):
                     raise DataError(f"{path}, line {number}: a JSON {type(row).__name__} where an object belongs.")
+                _check_fields(dataset, path, number, row)
+
+
+def _check_fields(dataset: Any, path: Path, number: int, row: dict) -> None:
+    """A row without a field the task reads would fail inside lm-eval's prompt template or the scorer, far
+    from the file; `fields` in the dataset's conf names them."""
+    missing = [name for name in dataset.get("fields") or () if row.get(name) is None]
+    if missing:
+        raise DataError(
+            f"{path}, line {number}: no {', '.join(repr(m) for m in missing)} field. Dataset {dataset.name} "
+            f"({', '.join(dataset.tasks)}) reads {', '.join(dataset.fields)} from every row; this row has "
+            f"{', '.join(row) or 'no fields'}. Add the field, or point category.datasets.{dataset.name}.local "
+            "at a file in the dataset's own format."
+        )
 
 
 @contextmanager

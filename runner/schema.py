@@ -69,6 +69,8 @@ class DatasetConfig:
     )  # lm-eval generation overrides: +...gen_kwargs.max_gen_toks=64
     # Run the lm-eval task from these files instead of the hub: local.test=/path/test.jsonl
     local: LocalData = field(default_factory=LocalData)
+    # Fields every row of a local file must have (checked before loading, reported by file and line).
+    fields: list[str] = field(default_factory=list)
     unsafe_code: bool = False  # the task executes model-written code (in the sandbox)
     needs_network: bool = False  # the task fetches data from the web at load time
     # The headline metric (lm-eval's name, filter dropped), logged as `<dataset>/score` for comparisons.

