@@ -103,7 +103,7 @@ PLUS_ANSWERS = {
     "HumanEval/0": None,  # the canonical solution
     "HumanEval/2": "    return number - int(number) if number >= 0.5 else 0.5\n",  # passes HumanEval's tests only
     "HumanEval/4": "    return (\n",  # a syntax error
-    "HumanEval/7": "    return [s for s in strings if substring in s][1 / 0]\n",  # an error at run time (MBPP's has the timeout)
+    "HumanEval/7": "    return [s for s in strings if substring in s][1 / 0]\n",  # fails at run time
 }
 
 

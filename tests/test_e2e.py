@@ -115,33 +115,6 @@ def test_the_summary_names_scores_throughput_and_where_things_are(job):
     assert f"output dir:  {out}/runs/" in stdout
 
 
-def test_a_builtin_lm_eval_task_runs_offline_from_local_files(tmp_path, default_model_dir):
-    """lm-eval's own gsm8k task (prompt, filters, metric) on local files; the unready dataset is skipped."""
-    pairs = [(2, 3), (5, 7), (10, 1), (4, 4), (6, 9), (3, 8), (12, 5), (7, 7)]
-    rows = [(f"Tom has {a} apples and buys {b} more. How many apples does he have?", a + b) for a, b in pairs]
-    for split, part in (("train", rows[:5]), ("test", rows[5:])):
-        lines = [json.dumps({"question": q, "answer": f"{q.split()[2]} + more = {n}\n#### {n}"}) for q, n in part]
-        (tmp_path / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
-    result = run_cli(
-        "category=math",
-        "model=smollm2_135m",
-        f"paths.output_dir={tmp_path}",
-        f"category.datasets.gsm8k.local.test={tmp_path / 'test.jsonl'}",
-        f"category.datasets.gsm8k.local.train={tmp_path / 'train.jsonl'}",
-    )
-    assert result.returncode == 0, result.stdout[-5000:]
-    assert "skipped hendrycks_math500: not available offline" in result.stdout
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
-    (run,) = mlflow.search_runs(experiment_names=["math"], output_format="list")
-    assert "gsm8k/exact_match_strict-match" in run.data.metrics
-    assert run.data.metrics["requests"] == 3
-    assert run.data.tags["model_in_category"] == "false"
-    assert "hendrycks_math500" in run.data.tags["skipped_datasets"]
-    (samples,) = list(tmp_path.glob("runs/*/*/lm_eval/*/samples_gsm8k_*.jsonl"))
-    first = json.loads(samples.read_text().splitlines()[0])
-    assert first["doc"]["question"].startswith("Tom has 3 apples")
-
-
 # On vLLM, tiny_llama's dummy weights run in the shared sweep (tests/test_sweep.py).
 @pytest.mark.parametrize("engine", ["hf"])
 def test_dummy_weights_on_a_shipped_architecture_run_offline(tmp_path, default_model_dir, engine):

@@ -146,6 +146,19 @@ def test_requests_count_once_per_doc_under_two_filters(gsm8k):
     assert rerun.data.metrics["engine_loaded"] == 0.0  # nothing was generated again
 
 
+def test_a_builtin_task_runs_offline_from_local_files_and_the_unready_dataset_is_a_recorded_skip(gsm8k):
+    from mlflow import MlflowClient
+
+    assert "skipped hendrycks_math500: not available offline" in gsm8k["first"]
+    client = MlflowClient(f"sqlite:///{gsm8k['runner'].parents[2]}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("math").experiment_id], order_by=["start_time"])
+    run = runs[0]  # the first job (a test above reruns it from the cache)
+    assert run.info.status == "FINISHED"
+    assert "gsm8k/exact_match_strict-match" in run.data.metrics and run.data.metrics["requests"] == len(TEST)
+    assert run.data.tags["model_in_category"] == "false"
+    assert "hendrycks_math500" in run.data.tags["skipped_datasets"]
+
+
 def test_results_file_names_the_weights_loaded(gsm8k, default_model_dir):
     config = results(gsm8k["runner"])["config"]
     args = config["model_args"]
