@@ -54,8 +54,6 @@ def task_specs(dataset: Any, tasks, out_dir: Path) -> list[str]:
     if not files:
         return list(dataset.tasks)
     specs = []
-    folder = out_dir / "task_overrides"
-    folder.mkdir(parents=True, exist_ok=True)
     for task in dataset.tasks:
         entry = tasks.task_index.get(task)
         if entry is None or entry.yaml_path is None:
@@ -63,19 +61,25 @@ def task_specs(dataset: Any, tasks, out_dir: Path) -> list[str]:
                 f"category.datasets.{dataset.name}.local is set, but lm-eval has no task YAML named {task!r} "
                 "to run on those files."
             )
-        override = {
-            "include": str(entry.yaml_path),
-            "task": task,
-            "dataset_path": dataset.local.format,
-            "dataset_name": None,
-            "dataset_kwargs": {
-                "data_files": {split: str(Path(f).expanduser().resolve()) for split, f in files.items()}
-            },
-        }
-        path = folder / f"{task}.yaml"
-        path.write_text(OmegaConf.to_yaml(OmegaConf.create(override)))
+        path = local_task_yaml(task, entry.yaml_path, files, dataset.local.format, out_dir / "task_overrides")
         specs.append(str(path))
     return specs
+
+
+def local_task_yaml(task: str, yaml_path: str | Path, files: dict[str, str], data_format: str, folder: Path) -> Path:
+    """`folder/<task>.yaml`: lm-eval's task `task` (its YAML at `yaml_path`) on local files (split -> file),
+    read with the `datasets` builder `data_format` (json, csv, parquet)."""
+    override = {
+        "include": str(yaml_path),
+        "task": task,
+        "dataset_path": data_format,
+        "dataset_name": None,
+        "dataset_kwargs": {"data_files": {split: str(Path(f).expanduser().resolve()) for split, f in files.items()}},
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{task}.yaml"
+    path.write_text(OmegaConf.to_yaml(OmegaConf.create(override)))
+    return path
 
 
 def check_local_files(dataset: Any) -> None:

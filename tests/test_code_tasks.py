@@ -130,12 +130,12 @@ def _plus_answer(doc: dict) -> str:
 
 
 def test_canonical_and_wrong_programs_score_as_written():
-    outcomes = utils.score_mbpp(MBPP[0], [MBPP[0]["code"], "def add_nums(a, b):\n  return a * b\n", ""])
+    outcomes = utils.score(MBPP[0], [MBPP[0]["code"], "def add_nums(a, b):\n  return a * b\n", ""], utils.mbpp_program)
     assert [o.passed for o in outcomes] == [True, False, False]
     assert utils.process_results_mbpp(MBPP[0], [[MBPP[0]["code"]]]) == {"pass@1": 1.0}
     assert utils.process_results_mbpp(MBPP[1], [MBPP_ANSWERS[1]]) == {"pass@1": 0.0}  # take_first shape
     rows = _plus_rows()
-    plus = utils.score_plus(rows[1], [rows[1]["canonical_solution"], PLUS_ANSWERS["HumanEval/2"]])
+    plus = utils.score(rows[1], [rows[1]["canonical_solution"], PLUS_ANSWERS["HumanEval/2"]], utils.plus_program)
     assert [o.passed for o in plus] == [True, False]  # the extra test catches what HumanEval's miss
     # pass@k over repeats: 1 right of 5.
     results = utils.process_results_plus(rows[0], [[rows[0]["canonical_solution"]] + ["    return None\n"] * 4])
@@ -165,7 +165,7 @@ HOSTILE = {
 def test_hostile_answers_score_zero_and_the_harness_survives():
     names = list(HOSTILE)
     start = time.monotonic()
-    outcomes = utils.score_mbpp(MBPP[0], [HOSTILE[n] for n in names], timeout_s=3)
+    outcomes = utils.score(MBPP[0], [HOSTILE[n] for n in names], utils.mbpp_program, timeout_s=3)
     assert time.monotonic() - start < 60  # bounded: every run ends by its own timeout
     assert [o.passed for o in outcomes] == [False] * len(names)
     statuses = dict(zip(names, (o.status for o in outcomes), strict=True))
@@ -175,7 +175,7 @@ def test_hostile_answers_score_zero_and_the_harness_survives():
     # humaneval_plus's answers continue the prompt's function: the same bodies, indented, are contained too.
     row = _plus_rows()[0]
     bodies = [textwrap.indent(HOSTILE[n], "    ") for n in ("infinite_loop", "kill_parent", "write_outside")]
-    assert [o.passed for o in utils.score_plus(row, bodies, timeout_s=3)] == [False] * 3
+    assert [o.passed for o in utils.score(row, bodies, utils.plus_program, timeout_s=3)] == [False] * 3
     assert not Path("/tmp/mbpp_sandbox_escape").exists()
 
 
@@ -235,16 +235,9 @@ class _RecordingLM:
 
 def _on_local_file(folder: Path, task_yaml: Path, name: str, data: Path) -> str:
     """A task YAML that reruns `task_yaml` on a local JSON Lines file, as the runner's `local` option does."""
-    spec = {
-        "include": str(task_yaml),
-        "task": name,
-        "dataset_path": "json",
-        "dataset_name": None,
-        "dataset_kwargs": {"data_files": {"test": str(data)}},
-    }
-    path = folder / f"{name}.yaml"
-    path.write_text(OmegaConf.to_yaml(OmegaConf.create(spec)))
-    return str(path)
+    from runner.evaluate import local_task_yaml
+
+    return str(local_task_yaml(name, task_yaml, {"test": str(data)}, "json", folder))
 
 
 @pytest.fixture(scope="module")

@@ -129,7 +129,7 @@ def extraction_results(by_id) -> dict[str, SandboxResult]:
     # One parallel batch for all cases; each case is then asserted on its own.
     doc = by_id["HumanEval/0"]
     names = list(EXTRACTION_CASES)
-    outcomes = utils.score_responses(doc, [EXTRACTION_CASES[n] for n in names])
+    outcomes = utils.score(doc, [EXTRACTION_CASES[n] for n in names])
     return dict(zip(names, outcomes, strict=True))
 
 
@@ -183,7 +183,7 @@ def test_hostile_completions_score_zero_and_the_harness_survives(by_id):
     doc = by_id["HumanEval/0"]
     names = list(HOSTILE_BODIES)
     start = time.monotonic()
-    outcomes = utils.score_responses(doc, [HOSTILE_BODIES[n] for n in names], timeout_s=3)
+    outcomes = utils.score(doc, [HOSTILE_BODIES[n] for n in names], timeout_s=3)
     assert time.monotonic() - start < 60  # bounded: every run ends by its own timeout
     for name, result in zip(names, outcomes, strict=True):
         assert not result.passed, (name, result)

@@ -93,6 +93,8 @@ def gsm8k(tmp_path_factory, default_model_dir):
     """The runner's job and the lm_eval CLI on the same local gsm8k files."""
     import lm_eval
 
+    from runner.evaluate import local_task_yaml
+
     base = tmp_path_factory.mktemp("gsm8k")
     train, test = write_jsonl(base / "train.jsonl", TRAIN), write_jsonl(base / "test.jsonl", TEST)
     runner_out = base / "runner"
@@ -104,12 +106,7 @@ def gsm8k(tmp_path_factory, default_model_dir):
     first = run_cli(*job)
     assert first.returncode == 0, first.stdout[-3000:]
     builtin = Path(lm_eval.__file__).parent / "tasks" / "gsm8k" / "gsm8k.yaml"
-    task_yaml = base / "cli" / "gsm8k.yaml"
-    task_yaml.parent.mkdir()
-    task_yaml.write_text(
-        f"include: {builtin}\ntask: gsm8k\ndataset_path: json\ndataset_name: null\n"
-        f"dataset_kwargs:\n  data_files:\n    train: {train}\n    test: {test}\n"
-    )
+    task_yaml = local_task_yaml("gsm8k", builtin, {"train": str(train), "test": str(test)}, "json", base / "cli")
     cli_out = base / "cli_out"
     lm_eval_cli(default_model_dir, cli_out, str(task_yaml), "--gen_kwargs", f"max_gen_toks={MAX_GEN}")
     return {"job": job, "runner": run_folder(runner_out), "cli": cli_out, "first": first.stdout}

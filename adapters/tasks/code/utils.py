@@ -18,6 +18,7 @@ import importlib.util
 import json
 import re
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -178,18 +179,6 @@ def keep_all_samples(resps: list[list[str]], docs: list[dict]) -> list[list[str]
     return resps
 
 
-def _run(task_id: Any, programs: list[str], **limits: Any) -> list[SandboxResult]:
-    results = check_completions(programs, **{**SANDBOX_LIMITS, **limits})
-    for result in results:
-        if result.status == "error":  # a broken sandbox must stop the run, not score 0
-            raise SandboxError(f"{task_id}: {result.reason}")
-    return results
-
-
-def score_responses(doc: dict[str, Any], responses: list[str], **limits: Any) -> list[SandboxResult]:
-    return _run(doc["task_id"], [build_program(doc, r) for r in responses], **limits)
-
-
 def _responses(results: list[Any]) -> list[str]:
     # keep_all_samples gives one list per doc; lm-eval's take_first shape is a bare string.
     return [str(r) for r in (results[0] if isinstance(results[0], list) else results)]
@@ -200,11 +189,7 @@ def _pass_at_ks(outcomes: list[SandboxResult]) -> dict[str, float]:
     return {f"pass@{k}": pass_at_k(n, c, k) for k in K_VALUES if k <= n}
 
 
-def process_results(doc: dict[str, Any], results: list[Any]) -> dict[str, float]:
-    return _pass_at_ks(score_responses(doc, _responses(results)))
-
-
-# --------------------------------------------------------------------------- MBPP and HumanEval+
+# --------------------------------------------------------------------------- MBPP and HumanEval+ programs
 
 
 def mbpp_program(doc: dict[str, Any], response: str) -> str:
@@ -220,17 +205,31 @@ def plus_program(doc: dict[str, Any], response: str) -> str:
     return f"{doc['prompt']}{response}\n{doc['test']}\ncheck({doc['entry_point']})"
 
 
-def score_mbpp(doc: dict[str, Any], responses: list[str], **limits: Any) -> list[SandboxResult]:
-    return _run(doc.get("task_id"), [mbpp_program(doc, r) for r in responses], **limits)
+# --------------------------------------------------------------------------- scoring, one rule for every task
+
+Program = Callable[[dict[str, Any], str], str]
 
 
-def score_plus(doc: dict[str, Any], responses: list[str], **limits: Any) -> list[SandboxResult]:
-    return _run(doc.get("task_id"), [plus_program(doc, r) for r in responses], **limits)
+def score(
+    doc: dict[str, Any], responses: list[str], program: Program = build_program, **limits: Any
+) -> list[SandboxResult]:
+    """Each response's program (the task's `program` rule) run in the sandbox."""
+    results = check_completions([program(doc, r) for r in responses], **{**SANDBOX_LIMITS, **limits})
+    for result in results:
+        if result.status == "error":  # a broken sandbox must stop the run, not score 0
+            raise SandboxError(f"{doc.get('task_id')}: {result.reason}")
+    return results
 
 
-def process_results_mbpp(doc: dict[str, Any], results: list[Any]) -> dict[str, float]:
-    return _pass_at_ks(score_mbpp(doc, _responses(results)))
+def _process_results(program: Program) -> Callable[[dict[str, Any], list[Any]], dict[str, float]]:
+    """A task's lm-eval `process_results`: pass@k over every sample of the doc."""
+
+    def process_results(doc: dict[str, Any], results: list[Any]) -> dict[str, float]:
+        return _pass_at_ks(score(doc, _responses(results), program))
+
+    return process_results
 
 
-def process_results_plus(doc: dict[str, Any], results: list[Any]) -> dict[str, float]:
-    return _pass_at_ks(score_plus(doc, _responses(results)))
+process_results = _process_results(build_program)  # humaneval_offline
+process_results_mbpp = _process_results(mbpp_program)
+process_results_plus = _process_results(plus_program)

@@ -5,8 +5,9 @@ import random
 
 import utm
 
+from ..parsing import fold
 from .cities import CityPool
-from .formatting import PROMPT_DECIMAL_PLACES, _fold, _json_answer, _latlon_text, _round, to_dms
+from .formatting import PROMPT_DECIMAL_PLACES, _json_answer, _latlon_text, _round, to_dms
 from .gazetteer import WGS84, City
 from .registry import subtype
 
@@ -223,7 +224,7 @@ def gen_initial_bearing(rng: random.Random, pool: CityPool, n: int) -> list[dict
 
 def _names_distinct(a: City, b: City) -> bool:
     # Scoring finds which city a reply names; neither name may contain the other.
-    fa, fb = _fold(a.name), _fold(b.name)
+    fa, fb = fold(a.name), fold(b.name)
     return fa not in fb and fb not in fa
 
 

@@ -1,9 +1,7 @@
 """How values are written into the data: rounding, DMS strings, coordinates in prompts,
-JSON answers; and the accent-free folding used to compare names."""
+JSON answers (names are compared by the scorer's own parsing.fold)."""
 
 import json
-
-from ..parsing import fold
 
 # Decimal places written for signed-decimal truth values; 6 places is ~0.1 m,
 # far below every tolerance, and keeps the file byte-stable.
@@ -39,9 +37,6 @@ def to_dms(value: float, axis: str) -> tuple[str, float]:
 
 def _json_answer(obj: object) -> str:
     return json.dumps(obj, ensure_ascii=False)
-
-
-_fold = fold  # the scorer's casefolded, accent-free form of a name
 
 
 def _latlon_text(lat: float, lon: float, places: int = PROMPT_DECIMAL_PLACES) -> str:

@@ -7,8 +7,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..parsing import fold
 from .cities import load_cities
-from .formatting import _fold
 from .gazetteer import _NOT_STATES, City, _countries, _gazetteer_by_id, _gazetteer_city_names, _us_states
 from .vetting import DEFUNCT_COUNTRIES
 
@@ -98,7 +98,7 @@ def _census_names() -> tuple[frozenset[str], frozenset[str]]:
 
 
 def _company_key(name: str) -> str:
-    words = [w for w in re.split(r"[\s,]+", _fold(name)) if w and w.rstrip(".") not in _COMPANY_FORMS]
+    words = [w for w in re.split(r"[\s,]+", fold(name)) if w and w.rstrip(".") not in _COMPANY_FORMS]
     return " ".join(words)
 
 
@@ -116,9 +116,9 @@ def _company_names() -> frozenset[str]:
 def ner_name_collision(name: str) -> str | None:
     """What else a place name reads as -- a company, a person's given name or surname, a
     "Given ... Surname" full name or a titled person -- or None."""
-    words = _fold(name).split()
+    words = fold(name).split()
     given, surnames = _census_names()
-    if _fold(name) in _company_names():
+    if fold(name) in _company_names():
         return "company"
     if len(words) == 1 and words[0] in given:
         return "given name"

