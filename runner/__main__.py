@@ -33,8 +33,14 @@ def main(cfg: DictConfig) -> object:
 
 
 if __name__ == "__main__":  # vLLM spawns workers that re-import this module
+    from runner import stopping
+
+    stopping.install()  # SIGTERM and SIGHUP stop a job as Ctrl-C does
     try:
         main()
+    except KeyboardInterrupt as stop:  # a sweep stopped (its job said so), or Hydra itself was interrupted
+        stopping.stop_children()
+        raise SystemExit(stopping.exit_code(stop)) from None
     finally:
         from runner.heap import freeze_for_exit
 

@@ -15,8 +15,9 @@ import sqlite3
 import sys
 from collections.abc import Set
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
+from runner import stopping
 from runner.catalog import check_category_models
 from runner.console import FILE_ONLY
 from runner.schema import ConfigError, validate
@@ -52,19 +53,22 @@ def dispatch(cfg: Any, out_dir: Path, overridden: Set[str] = frozenset(), in_swe
             sys.exit(2)
         _job_status(out_dir, cfg, "FAILED", message)
         return None
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM / SIGHUP (runner/stopping.py)
         if in_sweep:
-            _job_status(out_dir, cfg, "KILLED", "interrupted (Ctrl-C)")
-            raise  # Ctrl-C stops the whole sweep
+            _job_status(out_dir, cfg, "KILLED", stopping.reason(exc))
+            print(
+                f"\n{stopping.reason(exc)}: the sweep stops at this job ({out_dir}), its MLflow run ended KILLED; "
+                "the jobs before it keep their runs, the ones after it did not start. Rerun the sweep to finish it "
+                "(answers already received come from the response cache).",
+                file=sys.stderr,
+            )
+            raise  # runner/__main__.py ends the process with the signal's exit code
         if full_error:
             raise
-        print(
-            f"\ninterrupted (Ctrl-C): the job stopped; a job's MLflow run is ended KILLED. Answers received so far "
-            f"are in the response cache ({cfg.paths.response_cache}): rerun the same command to compute only the rest.",
-            file=sys.stderr,
-        )
-        sys.exit(130)  # the shell's code for a command ended by SIGINT
+        _stopped(exc, cfg)
     except Exception as exc:
+        if stopping.received() is not None and not in_sweep:  # the engine died of the same signal
+            _stopped(exc, cfg)
         if full_error and not in_sweep:
             raise
         # Anything else is a bug (in the runner, a library or a user's own engine), not a setting to fix: the
@@ -84,6 +88,17 @@ def dispatch(cfg: Any, out_dir: Path, overridden: Set[str] = frozenset(), in_swe
     if in_sweep:
         _job_status(out_dir, cfg, "FINISHED", None, getattr(result, "run_id", None))
     return result
+
+
+def _stopped(exc: BaseException, cfg: Any) -> NoReturn:
+    """A job stopped by Ctrl-C or a signal: what became of it, then the shell's exit code for that signal."""
+    stopping.stop_children()
+    print(
+        f"\n{stopping.reason(exc)}: the job stopped; its MLflow run is ended KILLED. Answers received so far are "
+        f"in the response cache ({cfg.paths.response_cache}): rerun the same command to compute only the rest.",
+        file=sys.stderr,
+    )
+    sys.exit(stopping.exit_code(exc))
 
 
 def _disk_problem(exc: Exception, cfg: Any) -> str | None:

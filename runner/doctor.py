@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from runner import driver as nvidia
-from runner.catalog import hf_hub_cache, model_status
+from runner import hub
+from runner.catalog import model_status
 from runner.hardware import GiB, Hardware, HardwareError
 
 
@@ -120,10 +121,8 @@ def run_checks(cfg: Any, hardware: Hardware, mask_error: HardwareError | None = 
         version = _version(dist)
         checks.append(Check(dist, version is not None, version or "not installed", "run `make venv`"))
 
-    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
-    hub = "offline (HF_HUB_OFFLINE=1): local weights and cached datasets only" if offline else "online"
-    checks.append(Check("hub access", True, hub))
-    cache = hf_hub_cache()
+    checks.append(Check("hub access", True, hub.describe()))
+    cache = hub.cache_dir()
     checks.append(Check("hf cache", True, f"{cache} ({'exists' if cache.is_dir() else 'not created yet'})"))
     default = model_status(cfg.model, cfg.paths.cache_dir)
     checks.append(Check(f"model {cfg.model.name}", default.ok, default.detail, "see the detail"))

@@ -17,6 +17,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from runner import hub
+
 log = logging.getLogger(__name__)
 
 # Written last into a converted folder: its presence means the conversion finished.
@@ -46,6 +48,9 @@ def resolve_model(model: Any, cache_dir: str | Path) -> str:
         and not hub_config_cached(model.repo_id, model.get("revision"))
     ):
         return str(dummy_folder(model.name, model.architecture, Path(cache_dir)))
+    # Loaded by repo id, through the hub's cache: an unreachable hub turns this process offline first, so a
+    # cached model loads at once instead of each library retrying the hub (runner/hub.py).
+    hub.blocked()
     return model.repo_id
 
 
@@ -56,9 +61,7 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.ji
 
 
 def hub_config_cached(repo_id: str, revision: str | None = None) -> bool:
-    from runner.catalog import hub_model_snapshot
-
-    return hub_model_snapshot(repo_id, revision) is not None
+    return hub.model_snapshot(repo_id, revision) is not None
 
 
 def dummy_folder(name: str, architecture: str, cache_dir: Path) -> Path:

@@ -70,9 +70,9 @@ def describe(model: Any, source: str, cache_dir: str | Path) -> Weights:
 
 def _hub_snapshot(repo_id: str, revision: str | None) -> tuple[Path | None, str | None]:
     """The cached snapshot folder of `repo_id` at `revision` (a branch, tag or commit) and its commit hash."""
-    from runner.catalog import hub_model_snapshot
+    from runner.hub import model_snapshot
 
-    snapshot = hub_model_snapshot(repo_id, revision)
+    snapshot = model_snapshot(repo_id, revision)
     if snapshot is None:  # not cached (the engine will download it)
         return None, revision
     return snapshot, snapshot.name  # snapshots/<commit>

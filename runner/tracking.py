@@ -21,6 +21,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from runner import stopping
 from runner.config import PROJECT_ROOT, flatten
 from runner.reaper import HEARTBEAT_TAG, PROCESS_TAG, close_dead_runs, process_identity
 from runner.run_record import RECORD, RunRecord, experiment_id_for, log_batch, now_ms, remote, store_lock
@@ -236,7 +237,9 @@ class Tracker:
         if exc_type is None:
             status = "FINISHED"
         else:
-            status = "KILLED" if issubclass(exc_type, KeyboardInterrupt) else "FAILED"
+            # Ctrl-C, SIGTERM or SIGHUP, or the engine failing because that signal stopped its process too
+            stopped = issubclass(exc_type, KeyboardInterrupt) or stopping.received() is not None
+            status = "KILLED" if stopped else "FAILED"
             self.attach_error(exc_type, exc, tb)
         self.finish(status)
         return False  # the exception goes on to the caller
@@ -319,8 +322,8 @@ class Tracker:
         self._mirror(f"logging table {artifact_file}", lambda: mlflow.log_table(columns, artifact_file))
 
     def attach_error(self, exc_type, exc, tb) -> None:
-        if issubclass(exc_type, KeyboardInterrupt):
-            self.set_tags({"error": "interrupted (Ctrl-C or SIGINT)"})
+        if issubclass(exc_type, KeyboardInterrupt) or stopping.received() is not None:
+            self.set_tags({"error": stopping.reason(exc)})
         else:
             self.set_tags({"error": f"{exc_type.__name__}: {exc}"[:5000]})
         try:  # the error may be a full disk: the run must still end FAILED in the store

