@@ -91,9 +91,21 @@ class OutputCheck(Callback):
 
 class SweepSummary(Callback):
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir).resolve()
+        # What libraries log while the sweep ends (matplotlib, MLflow, as the report is made) goes to sweep.log;
+        # the console shows Hydra's and the runner's lines (conf/hydra/hydra_logging/runner.yaml).
+        log_file = logging.FileHandler(sweep_dir / "sweep.log", delay=True)
+        log_file.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+        logging.getLogger().addHandler(log_file)
+        try:
+            self._summarize(config, sweep_dir)
+        finally:
+            logging.getLogger().removeHandler(log_file)
+            log_file.close()
+
+    def _summarize(self, config: Any, sweep_dir: Path) -> None:
         from runner.summary import format_table
 
-        sweep_dir = Path(config.hydra.sweep.dir).resolve()
         jobs = read_jobs(sweep_dir)
         (sweep_dir / "sweep_summary.json").write_text(json.dumps(jobs, indent=2) + "\n")
         rows = [

@@ -39,6 +39,21 @@ class ConsoleFilter(logging.Filter):
         return record.levelno >= logging.ERROR
 
 
+class SweepConsoleFilter(logging.Filter):
+    """The console of a sweep's own process (`python -m runner -m ...`; conf/hydra/hydra_logging/runner.yaml):
+    Hydra's lines (`[HYDRA] Launching 6 jobs locally`), the runner's, and any library's errors. Library chatter
+    there, such as matplotlib's `generated new fontManager` as the end-of-sweep report draws its first figure,
+    goes to the sweep's `sweep.log` only (runner/callbacks.py). With `verbose=true` or `hydra.verbose=true`
+    (the root logger at DEBUG), everything."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if _verbose or logging.getLogger().isEnabledFor(logging.DEBUG):
+            return True
+        if record.name.split(".")[0] in ("hydra", "hydra_plugins", "runner", "adapters", "__main__"):
+            return True
+        return record.levelno >= logging.ERROR
+
+
 class ConsoleFormatter(logging.Formatter):
     """`12:03:04 message`, with `warning:` / `error:` before problems; library records name their logger."""
 

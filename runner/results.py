@@ -44,3 +44,6 @@ class JobResult:
     telemetry: dict[str, float]
     skipped: dict[str, str]  # dataset -> why it could not run here
     warnings: list[str] = field(default_factory=list)  # what the user should know about how it ran
+    # The engine by name where it is not one of the registry's (vllm_server, a user's own engine._target_), with
+    # what runs behind it (Engine.describe); None: a built-in engine, named by selection.kind (cpu, vllm, hf).
+    engine: str | None = None

@@ -166,7 +166,8 @@ def telemetry_lines(job: JobResult, cfg: Any) -> list[str]:
 
 
 def _title(job: JobResult, cfg: Any) -> str:
-    return f"{cfg.category.get('label', cfg.category.name)} · {cfg.model.name} · engine {job.selection.kind}"
+    engine = job.engine or job.selection.kind  # vllm_server (vLLM 0.32.0 at <url>), or cpu, vllm, hf
+    return f"{cfg.category.get('label', cfg.category.name)} · {cfg.model.name} · engine {engine}"
 
 
 def _md(cell: Any) -> str:

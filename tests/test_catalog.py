@@ -163,10 +163,11 @@ def test_list_is_one_line_per_category(empty_hf_cache):
     assert len(lines) <= len(CATEGORIES) + 3, result.stdout  # header, its rule, one per category, the hint
     rows = {line.split()[0]: line for line in lines if line.split()[0] in CATEGORIES}
     assert sorted(rows) == CATEGORIES
-    # status, models ready x/y, datasets ready x/y, what is missing in a few words
-    assert rows["text_geospatial"].split()[1:4] == ["PARTIAL", "1/4", "5/5"]
+    # label, status, models ready x/y, datasets ready x/y, what is missing in a few words
+    assert [row.split()[1] for row in rows.values()] == LABELS  # the labels, as in the summary's header
+    assert rows["text_geospatial"].split()[1:5] == ["TEXT_GEOSPATIAL", "PARTIAL", "1/4", "5/5"]
     assert "no weights: qwen25_7b, llama31_8b, mistral_7b_v03" in rows["text_geospatial"]
-    assert rows["coding"].split()[1:5] == ["NOT", "READY", "0/5", "1/3"]
+    assert rows["coding"].split()[1:6] == ["CODING_SPECIALISTS", "NOT", "READY", "0/5", "1/3"]
     assert "no weights: all 5 models; not cached: mbpp, humaneval_plus" in rows["coding"]
     assert "needs network: ruler_niah" in rows["long_context"]
     assert "not cached: gsm8k" in rows["efficiency"]
@@ -203,14 +204,33 @@ def test_overview_names_what_is_missing_from_any_reason():
     status.models = {"a": Status(True, "in the HF cache"), "b": Status(False, "package x is not installed")}
     status.datasets = {f"d{i}": Status(False, "data file of d is missing under /x") for i in range(5)}
     status.datasets["ok"] = Status(True, "ships with the project")
-    text = render_list([status])
+    text = render_list([status], width=0)
     (row,) = [line for line in text.splitlines() if line.startswith("demo")]
-    assert row.split()[1:4] == ["PARTIAL", "1/2", "1/6"]
+    assert row.split()[1:5] == ["DEMO", "PARTIAL", "1/2", "1/6"]
     assert row.endswith("package missing: b; files missing: d0, d1, d2 +2 more")
     assert render_list([status], detailed=True).splitlines()[1:3] == [
         "    ready     model a: in the HF cache",
         "    NOT READY model b: package x is not installed",
     ]
+
+
+@pytest.mark.parametrize("width", [100, 120])
+def test_the_overview_keeps_each_label_and_fits_a_terminal_wrapping_only_the_missing_column(width):
+    from runner.catalog import category_status, render_list
+
+    categories, models = load_catalog()
+    own = project_tasks(OWN_TASKS)
+    statuses = [category_status(c, models, "/nonexistent", str(OWN_TASKS), own) for c in categories.values()]
+    lines = render_list(statuses, width=width).splitlines()
+    assert all(len(line) <= width for line in lines), "\n".join(line for line in lines if len(line) > width)
+    column = lines[0].index("missing")
+    rows = [line for line in lines[2:-1] if not line.startswith(" ")]
+    assert [row.split()[:2] for row in rows] == [[s.name, s.label] for s in statuses]
+    # A continuation holds the rest of its row's reasons, under the missing column; nothing is lost.
+    assert all(line[:column].isspace() and line[column] != " " for line in lines[2:-1] if line.startswith(" "))
+    one_line_each = render_list(statuses, width=0).splitlines()
+    assert len(one_line_each) == len(statuses) + 3
+    assert " ".join(lines[2:]).split() == " ".join(one_line_each[2:]).split()
 
 
 def test_list_as_json_follows_the_filesystem(empty_hf_cache):

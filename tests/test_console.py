@@ -64,6 +64,12 @@ def test_a_job_in_a_terminal_shows_a_live_bar_and_no_library_noise(tmp_path):
     for noise in LIBRARY_NOISE:
         assert noise not in screen, noise
     assert "loaded tiny_llama on hf in" in screen
+    # One load, one number: the live line splits its wait into imports and the summary's `model load`.
+    split = r"\(imports ([\d.]+) s, model load ([\d.]+) s\)"
+    loaded = re.search(r"loaded tiny_llama on hf in ([\d.]+) s " + split, screen)
+    assert loaded, screen[-3000:]
+    assert float(loaded[1]) == pytest.approx(float(loaded[2]) + float(loaded[3]))
+    assert f"model load {loaded[3]} s · wall" in screen
     assert "spatial_reasoning: acc " in screen and "coordinate_processing: acc " in screen
     assert "MLflow run:" in screen and "output dir:" in screen  # the summary
 
@@ -95,7 +101,34 @@ def test_in_a_pipe_plain_lines_and_verbose_lets_the_library_logs_through(tmp_pat
     assert len(logs) == 2 and all("[lm_eval" in log.read_text() for log in logs)  # both runs logged them
 
 
+def test_a_finished_sweep_keeps_library_lines_in_its_log_not_on_the_console(tmp_path):
+    # Two jobs that fail at once (qwen25_7b's weights are not on this machine); the sweep still ends with its
+    # report, whose first figure makes matplotlib build its font cache (a fresh MPLCONFIGDIR) and say so.
+    fresh_font_cache = {"MPLCONFIGDIR": str(tmp_path / "mpl")}
+    result = run_cli("-m", "model=qwen25_7b", "limit=1,2", f"paths.output_dir={tmp_path}", env=fresh_font_cache)
+    assert result.returncode == 1, result.stdout[-3000:]
+    out = result.stdout
+    assert "[HYDRA] Launching 2 jobs locally" in out and "comparison report:" in out  # Hydra's and the runner's
+    assert "[HYDRA] Report logged to MLflow experiment 'text_geospatial'" in out
+    assert "fontManager" not in out and "matplotlib" not in out, out
+    (log,) = tmp_path.glob("multirun/*/*/sweep.log")
+    assert "[matplotlib.font_manager][INFO] - generated new fontManager" in log.read_text()
+
+
 # --- the progress arithmetic, with a clock of its own ---
+
+
+def test_the_loaded_line_names_the_summarys_model_load_beside_the_whole_wait(capsys):
+    progress = JobProgress(tty=False, enabled=True)
+    with progress.loading("smollm2_135m on cpu") as load:
+        time.sleep(0.3)  # importing the engine's libraries
+        load.model_s = 0.1  # the engine's own load (EngineStats.load_seconds: the summary's `model load`)
+    line = capsys.readouterr().out.splitlines()[-1]  # after `loading smollm2_135m on cpu ...`
+    split = r"\(imports 0\.[23] s, model load 0\.1 s\)"
+    assert re.fullmatch(r"\d\d:\d\d:\d\d loaded smollm2_135m on cpu in 0\.[34] s " + split, line), line
+    with progress.loading("model"):  # an engine that does not measure its load: the wait alone
+        pass
+    assert re.fullmatch(r"\d\d:\d\d:\d\d loaded model in 0\.0 s", capsys.readouterr().out.splitlines()[-1])
 
 
 def test_plain_lines_come_at_most_every_interval_with_the_jobs_count_rate_and_eta(capsys):

@@ -6,6 +6,7 @@ The model is tiny and weak, so these tests assert on mechanics (runs, metrics, f
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import mlflow
@@ -109,6 +110,9 @@ def test_the_run_folder_holds_lm_evals_own_outputs(job):
 def test_the_summary_names_scores_throughput_and_where_things_are(job):
     out, stdout, runs = job
     assert "TEXT_GEOSPATIAL · smollm2_135m · engine cpu" in stdout
+    # One load time: the live line's wait is imports plus the model load that the summary reports.
+    loaded = re.search(r"loaded smollm2_135m on cpu in [\d.]+ s \(imports [\d.]+ s, model load ([\d.]+) s\)", stdout)
+    assert loaded and f"model load {loaded[1]} s · wall" in stdout, stdout[-3000:]
     assert "coordinate_processing  acc" in stdout
     assert "output tok/s" in stdout and "latency p50" in stdout
     assert f"MLflow run:  {runs[0].info.run_id}" in stdout
@@ -149,4 +153,7 @@ def test_the_default_job_through_a_running_vllm_server_gives_the_in_process_answ
     scores = {k: v for k, v in in_process.data.metrics.items() if k.endswith(("/acc", "/f1", "/score"))}
     assert scores and all(served.data.metrics[k] == v for k, v in scores.items())
     assert served.data.tags["engine"] == "server" and served.data.tags["engine_class"].endswith("VLLMServerEngine")
+    # The summary names the server engine and the vLLM it reports, not the selection's kind (`engine server`).
+    header = rf"engine vllm_server \(vLLM \d+\.\d+\S* at {re.escape(vllm_server.url)}\)"
+    assert re.search(rf"^TEXT_GEOSPATIAL · smollm2_135m · {header}$", result.stdout, re.M), result.stdout[-3000:]
     assert served.data.metrics["server_requests"] >= 30 and served.data.metrics["output_tokens_per_s"] > 0

