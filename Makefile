@@ -13,7 +13,7 @@ REQS := requirements/$(FLAVOR).lock
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 
-.PHONY: venv model browser run test lint lock lock-gpu check-gpu-env mlflow-ui clean
+.PHONY: venv model browser run test test-quick lint lock lock-gpu check-gpu-env mlflow-ui clean
 
 venv: $(STAMP)
 
@@ -36,6 +36,10 @@ browser:
 ## The test suite. Extra pytest arguments: make test PYTEST_ARGS="-k config"
 test: model browser
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+## The edit-test loop: every test that starts no engine and runs no job through the CLI (docs/testing.md).
+test-quick: model
+	$(PY) -m pytest --quick $(PYTEST_ARGS)
 
 lint: venv
 	$(PY) -m ruff check runner adapters tests bench

@@ -23,6 +23,35 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 
+# `make test-quick` (pytest --quick): the edit-test loop. No engine process and no job through the CLI, the
+# tests that need one are skipped saying so; `make test` runs everything, as CI does.
+QUICK = False
+_QUICK_SKIP = "--quick: {what}; `make test` runs it"
+
+
+def pytest_addoption(parser):
+    parser.addoption("--quick", action="store_true", help="skip tests that start an engine or run a CLI job")
+
+
+def pytest_configure(config):
+    global QUICK
+    QUICK = bool(config.getoption("--quick"))
+
+
+def pytest_collection_modifyitems(config, items):
+    if not QUICK:
+        return
+    for item in items:
+        if item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.skip(reason=_QUICK_SKIP.format(what="loads a real engine")))
+
+
+def skip_when_quick(what: str) -> None:
+    """Called where a test would start a job or an engine process: skipped under --quick."""
+    if QUICK:
+        pytest.skip(_QUICK_SKIP.format(what=what))
+
+
 @pytest.fixture(autouse=True)
 def _no_inherited_store_or_cluster(monkeypatch):
     """Every test starts without MLFLOW_TRACKING_URI / RAY_ADDRESS: a developer's shell must not send test
@@ -74,6 +103,8 @@ def run_cli(
     *args: str, cwd: Path | None = None, timeout: float = 600, env: dict | None = None, unset: tuple[str, ...] = ()
 ):
     """Run `python -m runner ARGS` as a user would; returns the CompletedProcess (text, merged output)."""
+    if not {"mode=list", "mode=plan", "mode=doctor", "mode=report", "--help"} & set(args):
+        skip_when_quick("runs a job through the CLI")
     return subprocess.run(
         [sys.executable, "-m", "runner", *args],
         cwd=cwd or PROJECT_ROOT,
@@ -92,6 +123,8 @@ class LiveCli:
 
     def __init__(self, *args: str, env: dict | None = None, unset: tuple[str, ...] = ()) -> None:
         import threading
+
+        skip_when_quick("runs a job through the CLI")
 
         self.process = subprocess.Popen(
             [sys.executable, "-m", "runner", *args],

@@ -6,8 +6,6 @@ two worker nodes that declare 2 H100s each), which is what `ray start` on three 
 
 from __future__ import annotations
 
-import time
-
 import pytest
 from conftest import free_port, run_cli
 
@@ -69,9 +67,9 @@ def test_the_plan_reads_the_cluster_named_by_ray_address(cluster, tmp_path):
 
 def test_an_unreachable_ray_address_fails_fast_with_one_message(tmp_path):
     address = f"127.0.0.1:{free_port()}"
-    started = time.monotonic()
     result = run_cli("mode=plan", f"ray.address={address}", f"paths.output_dir={tmp_path}", "ray.connect_timeout_s=5")
-    assert time.monotonic() - started < 90
     assert result.returncode == 2, result.stdout[-3000:]
-    assert f"The Ray cluster at ray.address={address} cannot be reached" in result.stdout
+    # Fast: the runner's own look at the address refused it, before ray.init (whose core library waits ~20 s
+    # for a GCS that does not answer, then ends the whole process).
+    assert f"The Ray cluster at ray.address={address} cannot be reached (ConnectionRefusedError" in result.stdout
     assert "ray start --head" in result.stdout and "Traceback" not in result.stdout

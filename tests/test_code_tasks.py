@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import json
 import textwrap
-import time
 from pathlib import Path
 
 import lm_eval
 import pytest
 from conftest import load_by_path, run_cli
 from omegaconf import OmegaConf
+from test_sandbox import caller_kills  # noqa: F401 - the fixture: runs the caller had to kill
 
 from adapters.sandbox import SandboxError, SandboxResult
 
@@ -162,11 +162,10 @@ HOSTILE = {
 }
 
 
-def test_hostile_answers_score_zero_and_the_harness_survives():
+def test_hostile_answers_score_zero_and_the_harness_survives(caller_kills):  # noqa: F811
     names = list(HOSTILE)
-    start = time.monotonic()
     outcomes = utils.score(MBPP[0], [HOSTILE[n] for n in names], utils.mbpp_program, timeout_s=3)
-    assert time.monotonic() - start < 60  # bounded: every run ends by its own timeout
+    assert caller_kills == []  # bounded: every run ended by the sandbox's own limits, none had to be killed
     assert [o.passed for o in outcomes] == [False] * len(names)
     statuses = dict(zip(names, (o.status for o in outcomes), strict=True))
     assert statuses["infinite_loop"] == "timeout"
@@ -176,6 +175,7 @@ def test_hostile_answers_score_zero_and_the_harness_survives():
     row = _plus_rows()[0]
     bodies = [textwrap.indent(HOSTILE[n], "    ") for n in ("infinite_loop", "kill_parent", "write_outside")]
     assert [o.passed for o in utils.score(row, bodies, utils.plus_program, timeout_s=3)] == [False] * 3
+    assert caller_kills == []
     assert not Path("/tmp/mbpp_sandbox_escape").exists()
 
 

@@ -15,7 +15,7 @@ import termios
 import time
 
 import pytest
-from conftest import PROJECT_ROOT, cli_env, run_cli
+from conftest import PROJECT_ROOT, cli_env, run_cli, skip_when_quick
 
 from runner.progress import JobProgress
 
@@ -30,6 +30,7 @@ ONLY_TWO = ["~category.datasets.address_parsing", "~category.datasets.location_n
 
 def run_in_terminal(args: list[str], columns: int, rows: int = 40, timeout: float = 600) -> str:
     """`python -m runner ARGS` with a pseudo-terminal as stdin, stdout and stderr; everything it wrote."""
+    skip_when_quick("runs a job in a terminal")
     leader, follower = pty.openpty()
     fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
     env = cli_env({"TERM": "xterm-256color"})

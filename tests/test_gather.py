@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import random
 import threading
-import time
 
 import pytest
 
@@ -102,16 +101,29 @@ def test_a_dataset_is_released_to_score_while_the_engine_still_answers_the_other
     assert len(engine.calls) == 1
 
 
+def wait_for_waiting_datasets(shared: JobEngine, count: int, timeout: float = 30) -> None:
+    """Block until `count` datasets wait for the engine (the timeout only bounds a hang). Called through
+    `_pass_baton`, as a dataset waiting for answers does, so the others can run lm-eval code meanwhile."""
+    with shared._cond:
+        assert shared._cond.wait_for(lambda: shared._waiting == count, timeout), f"{count} dataset(s) never waited"
+
+
 def test_a_dataset_that_fails_before_its_requests_does_not_hold_up_the_others():
     def broken(shared):
-        time.sleep(0.3)  # the others are already waiting for the engine
+        shared._pass_baton(lambda: wait_for_waiting_datasets(shared, 1))  # "ok" already waits for the engine
         raise ValueError("no such task")
 
     engine = RecordingEngine()
     work = {"ok": lambda shared: shared.generate([[1]], SamplingSettings())[0].text, "broken": broken}
-    results, errors, _ = run(engine, work)
+    done: list[tuple] = []
+    job = threading.Thread(target=lambda: done.append(run(engine, work)), daemon=True)
+    job.start()
+    job.join(60)  # bounds a hang only: a pass still counting the failed dataset would wait for it forever
+    assert done, "the engine pass still waits for the dataset that failed"
+    results, errors, _ = done[0]
     assert results == {"ok": "text-1"}
-    assert isinstance(errors["broken"], ValueError)
+    assert isinstance(errors["broken"], ValueError), errors
+    assert len(engine.calls) == 1  # "ok" was answered by the pass it was waiting in
 
 
 def test_a_second_request_type_waits_for_the_next_round():

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 from conftest import PROJECT_ROOT, cli_env, run_cli
@@ -71,14 +72,22 @@ def test_the_hook_times_the_runners_functions_in_a_child_process(tmp_path):
         "import mlflow"
     )
     env = cli_env({"PYTHONPATH": str(hooks), "JOB_SCALING_TIMINGS": str(timings)})
+    before = time.time()
     subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, env=env, check=True, timeout=60)
+    after = time.time()
     found = job_scaling.read_timings(timings, since=0)
     calls = found["calls"]["runner.compare.compare_runs"]
     assert len(calls) == 2 and all(len(call) == 6 for call in calls)
-    start, seconds, rss, peak, cpu, blocks = calls[0]
-    assert start > 0 and 0 <= seconds < 5 and 0 < rss <= peak and 0 <= cpu and blocks > 0
+    # Each call: its start (unix time) and its seconds lie inside the child's run, the second call after the first.
+    for start, seconds, rss, peak, cpu, blocks in calls:
+        assert before <= start and seconds >= 0 and start + seconds <= after
+        assert 0 < rss <= peak and 0 <= cpu and blocks > 0
+    assert calls[0][0] <= calls[1][0]
     assert job_scaling.total(found["calls"], "runner.compare.compare_runs") == pytest.approx(calls[0][1] + calls[1][1])
     [imported] = found["calls"]["import mlflow"]  # timed once, apart from the calls around it
-    assert imported[1] > 0.1
+    start, seconds, rss, peak, cpu, blocks = imported
+    assert calls[1][0] <= start and seconds > 0 and start + seconds <= after  # after the calls, its own entry
+    # What it timed is the import itself: Python's objects and the process's memory grew by mlflow's modules.
+    assert blocks > calls[1][5] and rss > calls[1][2]
     assert found["missing"] == []
     assert not os.listdir(timings)  # read once, then removed

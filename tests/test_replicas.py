@@ -32,20 +32,22 @@ from runner.selection import Selection
 WAIT = -1  # a prompt [WAIT] is answered only once the gate file exists (or after GATE_TIMEOUT_S)
 DIE = -9  # a prompt [DIE] kills its replica with SIGKILL, as the OOM killer would
 FAIL = -7  # a prompt [FAIL] raises in the engine
-GATE_TIMEOUT_S = 30
+GATE_TIMEOUT_S = 30  # bounds a hang only: a replica waits at most this long for the gate, over all its requests
 
 
 class FakeEngine(Engine):
-    """Answers prompt p with settings s as text "p|s.max_tokens|<replica>" after build["delays"][replica]
-    seconds per request, one request at a time, calling on_result as each is done."""
+    """Answers prompt p with settings s as text "p|s.max_tokens|<replica>|...|open", one request at a time,
+    calling on_result as each is done. A replica listed in build["held"] answers each request only once the
+    gate file build["gate"] exists: a replica as slow as the test wants, stuck until the test lets it go."""
 
     name = "fake"
 
     def __init__(self, build: dict, replica: int) -> None:
         super().__init__()
         self.replica = replica
-        self.delay = build.get("delays", [0.0] * 8)[replica]
         self.gate = build.get("gate")
+        self.held = replica in build.get("held", ())
+        self._gate_deadline: float | None = None
         self.stats.extra["kv_cache_tokens"] = 100.0
         # What the replica's process was given: its core and the engine's CPU environment.
         self.cpus = sorted(os.sched_getaffinity(0))
@@ -56,22 +58,25 @@ class FakeEngine(Engine):
     def tokenizer(self):
         return None
 
+    def _gated(self, prompt: list[int]) -> bool:
+        return self.held or prompt == [WAIT]
+
     def _answer(self, prompt: list[int]) -> None:
         if prompt == [DIE]:
             os.kill(os.getpid(), signal.SIGKILL)
         if prompt == [FAIL]:
             raise ValueError("the fake engine refuses this request")
-        if prompt == [WAIT]:
-            deadline = time.monotonic() + GATE_TIMEOUT_S
-            while not Path(self.gate).exists() and time.monotonic() < deadline:
+        if self._gated(prompt):  # the gate is a file: the test, in another process, opens it
+            if self._gate_deadline is None:
+                self._gate_deadline = time.monotonic() + GATE_TIMEOUT_S
+            while not Path(self.gate).exists() and time.monotonic() < self._gate_deadline:
                 time.sleep(0.01)
-        time.sleep(self.delay)
 
     def _generate(self, prompts, settings, on_result):
         out = []
         for index, (prompt, each) in enumerate(zip(prompts, settings, strict=True)):
             self._answer(prompt)
-            gated = "open" if prompt != [WAIT] or Path(self.gate).exists() else "timed out"
+            gated = "open" if not self._gated(prompt) or Path(self.gate).exists() else "timed out"
             text = f"{prompt[0]}|{each.max_tokens}|{self.replica}|{self.cpus}|{self.env}|{self.threads}|{gated}"
             out.append(Completion(text, len(prompt), 1, "stop"))
             on_result(index, out[-1])
@@ -177,19 +182,31 @@ def test_answers_reach_on_result_while_the_call_still_runs(tmp_path, no_process_
         engine.shutdown()
 
 
-def test_the_faster_replica_pulls_more_of_the_work(no_process_left):
-    # Replica 1 is 15x slower per request: with the work pulled it takes far fewer requests; contiguous
-    # halves would give both 100 and make the call last as long as the slow replica's 100.
-    engine = fake_replicas(2, delays=[0.002, 0.03])
+def test_the_faster_replica_pulls_more_of_the_work(tmp_path, no_process_left):
+    """Work is pulled, not pre-assigned. Replica 1 is stuck on its first chunk until the caller has every other
+    answer, which replica 0 can give only by pulling chunk after chunk while replica 1 is busy. Contiguous
+    halves would leave 100 requests with the stuck replica: the gate would never open (replica 0 alone could
+    answer only its 100), the call would wait out GATE_TIMEOUT_S, and the stuck answers would say "timed out"."""
+    gate = tmp_path / "gate"
+    engine = fake_replicas(2, gate=str(gate), held=[1])
+    n = 200
+    # The first chunks go out in replica order: replica 0's, then the one replica 1 is stuck on.
+    stuck = chunk_size(n - chunk_size(n, 2), 2)
     try:
-        start = time.perf_counter()
-        got = engine.generate([[i] for i in range(200)], SamplingSettings())
-        elapsed = time.perf_counter() - start
-        assert [int(c.text.split("|")[0]) for c in got] == list(range(200))
+        seen: list[int] = []
+
+        def on_result(index: int, completion) -> None:
+            seen.append(index)
+            if len(seen) == n - stuck:
+                gate.touch()  # replica 0 answered everything but replica 1's chunk: let replica 1 go
+
+        got = engine.generate([[i] for i in range(n)], SamplingSettings(), on_result=on_result)
+        texts = [c.text.split("|") for c in got]
+        assert [int(t[0]) for t in texts] == list(range(n))
+        assert all(t[6] == "open" for t in texts), "replica 1 waited out the gate: the work was not pulled"
         extra = engine.stats.extra
-        fast, slow = extra["replica_0_requests"], extra["replica_1_requests"]
-        assert fast + slow == 200 and fast > 2 * slow, extra
-        assert elapsed < 100 * 0.03  # shorter than the slow replica doing half the work
+        assert (extra["replica_0_requests"], extra["replica_1_requests"]) == (n - stuck, stuck), extra
+        assert sum(t[2] == "1" for t in texts) == stuck and sorted(seen) == list(range(n))
         assert extra["replica_1_busy_s"] > 0 and extra["replica_busy_max_over_mean"] >= 1.0
     finally:
         engine.shutdown()
@@ -214,8 +231,9 @@ def test_busy_time_and_requests_are_counted_per_job():
 # --- failures -------------------------------------------------------------------------------------------
 
 
-def test_a_replica_killed_mid_call_fails_the_call_naming_it_and_leaves_no_process(no_process_left):
-    engine = fake_replicas(2, delays=[0.01, 0.01])
+def test_a_replica_killed_mid_call_fails_the_call_naming_it_and_leaves_no_process(tmp_path, no_process_left):
+    # Replica 1 is stuck in its chunk (its gate never opens): it is still busy when replica 0 dies.
+    engine = fake_replicas(2, gate=str(tmp_path / "never"), held=[1])
     seen: list[int] = []
     prompts = [[i] for i in range(60)]
     prompts[5] = [DIE]  # in replica 0's first chunk (requests 0-15), after it answered 0-4
@@ -223,7 +241,7 @@ def test_a_replica_killed_mid_call_fails_the_call_naming_it_and_leaves_no_proces
         engine.generate(prompts, SamplingSettings(), on_result=lambda i, c: seen.append(i))
     assert set(range(5)) <= set(seen)  # what replica 0 sent before it died still reached the caller
     assert len(seen) < len(prompts)
-    # The other replica was stopped with it; the engine says why instead of hanging on a later call.
+    # The other replica, busy, was stopped with it; the engine says why instead of hanging on a later call.
     assert multiprocessing.active_children() == []
     with pytest.raises(ReplicaError, match="stopped after an earlier failure"):
         engine.generate([[1]], SamplingSettings())

@@ -19,6 +19,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from conftest import skip_when_quick
 
 from runner.config import PROJECT_ROOT
 
@@ -111,6 +112,7 @@ def open_dir():
 def test_a_code_dataset_fails_closed_saying_what_is_missing_and_runs_when_weak_isolation_is_accepted(
     tmp_path, open_dir
 ):
+    skip_when_quick("runs a job through the CLI as another user")
     from runner.catalog import load_model
     from runner.models import resolve_model
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 
 from conftest import PROJECT_ROOT
 
@@ -13,16 +12,19 @@ from runner.telemetry import PeakGPUMemory, PeakRSS
 
 
 def test_peak_rss_counts_child_processes():
-    with PeakRSS(interval_s=0.05) as alone:
+    # The samplers read the tree on entry and on exit: those readings alone are compared (no timed sampling).
+    with PeakRSS(interval_s=3600) as alone:
         pass
-    child = subprocess.Popen([sys.executable, "-c", "b = bytearray(300 * 2**20); import time; time.sleep(3)"])
-    try:
-        time.sleep(1.5)
-        with PeakRSS(interval_s=0.05) as with_child:
-            time.sleep(0.3)
-    finally:
-        child.kill()
-        child.wait()
+    # The child says when its 300 MiB are written (bytearray zeroes every page), then holds them until killed.
+    holds = "import sys; b = bytearray(300 * 2**20); print('held', flush=True); sys.stdin.read()"
+    pipes = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "text": True}
+    with subprocess.Popen([sys.executable, "-c", holds], **pipes) as child:
+        try:
+            assert child.stdout.readline() == "held\n"  # "" if the child died first: no hang
+            with PeakRSS(interval_s=3600) as with_child:
+                pass
+        finally:
+            child.kill()
     assert with_child.peak_bytes - alone.peak_bytes > 250 * 2**20
 
 

@@ -9,6 +9,7 @@ import time
 import pytest
 from conftest import free_port, mlflow_server
 from mlflow import MlflowClient
+from test_tracking_outages import connections_to, fresh_http_env  # noqa: F401 - fresh_http_env: the fixture
 
 from runner import reaper, run_record, tracking
 
@@ -145,16 +146,20 @@ def _comparable(run):
     )
 
 
-def test_an_unreachable_server_costs_seconds_and_sync_creates_the_same_run_later(compose_cfg, tmp_path):
+@pytest.mark.usefixtures("fresh_http_env")  # the job's own bounds (tracking.http_*), not an earlier test's
+def test_an_unreachable_server_costs_seconds_and_sync_creates_the_same_run_later(compose_cfg, tmp_path, monkeypatch):
     live_uri = f"sqlite:///{tmp_path}/live.db"
     live = compose_cfg(f"paths.output_dir={tmp_path}", "tracking.system_metrics=false", f"tracking.uri={live_uri}")
     _job(live, tmp_path / "live_job")
 
-    down = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    port = free_port()
+    down = f"http://127.0.0.1:{port}"  # nothing listens there
     cfg = compose_cfg(f"paths.output_dir={tmp_path}", "tracking.system_metrics=false", f"tracking.uri={down}")
-    started = time.monotonic()
+    attempts = connections_to(monkeypatch, port)
     tracker = _job(cfg, tmp_path / "offline_job")
-    assert time.monotonic() - started < 30  # bounded: MLflow's default retries would wait minutes
+    # Bounded: one store call, refused, given up after tracking.http_retries retries, and no call after it.
+    # MLflow's default retries a dead server 7 times with exponential backoff (minutes), on every call.
+    assert attempts == [None] * (1 + cfg.tracking.http_retries), attempts
     assert tracker.run_id is None and not tracker.record.synced
     assert run_record.pending_records(tmp_path) == [tmp_path / "offline_job" / run_record.RECORD]
 
@@ -261,14 +266,18 @@ def test_mode_reap_ends_dead_runs_of_any_experiment_and_host_saying_which_and_wh
 
 
 def test_a_live_job_refreshes_its_heartbeat_on_the_run_and_in_its_record(cfg, tmp_path):
-    import time
-
     cfg.tracking.heartbeat_s = 0.2
     with tracking.Tracker(cfg, tmp_path / "job", {"engine": "cpu"}) as tracker:
         client = MlflowClient(cfg.tracking.uri)
-        first = int(client.get_run(tracker.run_id).data.tags[reaper.HEARTBEAT_TAG])
-        time.sleep(1.0)
-        later = int(client.get_run(tracker.run_id).data.tags[reaper.HEARTBEAT_TAG])
+
+        def heartbeat() -> int:
+            return int(client.get_run(tracker.run_id).data.tags[reaper.HEARTBEAT_TAG])
+
+        first = heartbeat()
+        deadline = time.monotonic() + 60  # bounds a hang only: the thread beats every 0.2 s
+        while (later := heartbeat()) == first:
+            assert time.monotonic() < deadline, "the heartbeat on the run was never refreshed"
+            time.sleep(0.05)  # polling the store for the next beat
         record = run_record.RunRecord.load(tmp_path / "job" / run_record.RECORD)
         assert later > first and record.heartbeat is not None and record.heartbeat >= later
     assert not tracker._heartbeat.is_alive()  # stopped with the run

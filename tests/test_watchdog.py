@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 
 import psutil
 import pytest
@@ -57,9 +56,9 @@ def test_a_hung_engine_ends_the_job_failed_in_bounded_time_leaving_no_process(tm
         f"~category.datasets.{n}" for n in ("coordinate_processing", "address_parsing", "location_ner", "ner_locations")
     ]
     job = [f"engine._target_=hanging_engines.{engine}", f"+engine.answer={pid_file}", setting, "limit=1", "cache=false"]
-    started = time.monotonic()
+    # The engines hang for 600 s, past this bound on the whole job (a hang of the test): the job can only have
+    # ended by the watchdog, which says so with its setting, and exit code 3.
     result = run_cli(*job, *only, f"paths.output_dir={out}", env={"PYTHONPATH": str(tmp_path)}, timeout=300)
-    assert time.monotonic() - started < 120, "the watchdog did not stop the job"
     assert result.returncode == 3, result.stdout[-3000:]
     errors = [line for line in result.stdout.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and says in errors[0] and "Traceback" not in result.stdout
