@@ -13,6 +13,9 @@ movement: one plain line at most every `interval_s`, e.g.
 reports it: vLLM). The bridge (adapters/lm_eval_model.py) reports each finished request, so the numbers
 follow every engine and every replica. `on_tick` (the job's MLflow progress metrics) is called with (the
 job's requests done, its output tok/s) every `interval_s` while datasets run.
+
+Time comes from `clock` (time.monotonic) and the ticker thread calls `tick()` every `tick_s` seconds; tests
+pass a clock of their own and `tick_s=None` (no ticker thread) and call `tick()` themselves.
 """
 
 from __future__ import annotations
@@ -101,8 +104,7 @@ def _counts(done: int, total: int) -> str:
     return f"{done}/{total or '?'}"
 
 
-def _rate(recent: deque[tuple[float, int]], tokens: int, started: float) -> float:
-    now = time.monotonic()
+def _rate(recent: deque[tuple[float, int]], tokens: int, started: float, now: float) -> float:
     while recent and recent[0][0] < now - RATE_WINDOW_S:
         recent.popleft()
     elapsed = max(now - started, 1e-6)
@@ -123,6 +125,8 @@ class JobProgress:
         on_tick: Callable[[int, float], None] | None = None,
         kv_cache_usage: Callable[[], float | None] | None = None,
         enabled: bool = True,
+        clock: Callable[[], float] = time.monotonic,
+        tick_s: float | None = 1.0,
     ) -> None:
         self.tty = sys.stdout.isatty() if tty is None else tty
         self.interval_s = interval_s
@@ -130,12 +134,14 @@ class JobProgress:
         self.kv_cache_usage = kv_cache_usage  # the engine's KV-cache use, where it reports one
         self._kv: float | None = None
         self.enabled = enabled
+        self._clock = clock
+        self.tick_s = tick_s  # the ticker thread's beat; None: no thread, the caller calls tick()
         self._lock = threading.RLock()
         self._rows: list[DatasetProgress] = []  # the datasets running now, in the order they started
         self._threads: dict[int, DatasetProgress] = {}  # dataset thread -> its row (lm-eval's cache log lines)
         self._done = self._total = 0  # the whole job's requests: done (engine or cache) and expected
         self._answered = self._tokens = 0  # those the engine answered, and their output tokens
-        self._started = time.monotonic()
+        self._started = clock()
         self._sent: float | None = None  # when the first request went to the engine
         self._recent: deque[tuple[float, int]] = deque()
         self._datasets = 0  # datasets started in this job
@@ -147,7 +153,7 @@ class JobProgress:
         self._stop = threading.Event()
         self._ticker: threading.Thread | None = None
         self._cache_watch = _CacheCounts(self)
-        self._last_line = 0.0
+        self._last_line = self._last_tick = 0.0
         self._narrow = False  # a terminal under 60 columns: no bar, shorter numbers
 
     # --- the model load ---
@@ -160,7 +166,7 @@ class JobProgress:
         if not self.enabled:
             yield load
             return
-        start = time.monotonic()
+        start = self._clock()
         watcher = _LastMessage(self)
         logging.getLogger("vllm").addHandler(watcher)
         with self._lock:
@@ -180,9 +186,9 @@ class JobProgress:
                     self._rich.remove_task(self._load_task)
                 self._load_task = self._loading = None
                 if self._sent is not None:  # requests sent before the model was loaded: the pace starts now
-                    self._sent = time.monotonic()
+                    self._sent = self._clock()
             if loaded:  # a failed load says nothing here: its error follows
-                self._print(loaded_line(what, time.monotonic() - start, load.model_s))
+                self._print(loaded_line(what, self._clock() - start, load.model_s))
 
     def phase(self, text: str) -> None:
         with self._lock:
@@ -210,9 +216,10 @@ class JobProgress:
             first = len(self._rows) == 1
             if first:  # the first dataset running: the ticker and the cache watch start
                 self._stop.clear()
-                self._last_line = time.monotonic()
-                self._ticker = threading.Thread(target=self._tick_loop, name="progress", daemon=True)
-                self._ticker.start()
+                self._last_line = self._last_tick = self._clock()
+                if self.tick_s is not None:
+                    self._ticker = threading.Thread(target=self._tick_loop, name="progress", daemon=True)
+                    self._ticker.start()
         if first:  # outside our lock, as removeHandler below: logging takes its own module lock here
             logging.getLogger("lm_eval.api.model").addHandler(self._cache_watch)
         try:
@@ -249,7 +256,7 @@ class JobProgress:
     def _expect(self, requests: int) -> None:
         self._total += requests
         if self._sent is None:
-            self._sent = time.monotonic()
+            self._sent = self._clock()
 
     def _cached(self, requests: int) -> None:
         self._total += requests
@@ -259,7 +266,7 @@ class JobProgress:
         self._done += requests
         self._answered += requests
         self._tokens += output_tokens
-        self._recent.append((time.monotonic(), output_tokens))
+        self._recent.append((self._clock(), output_tokens))
 
     @property
     def done(self) -> int:
@@ -270,7 +277,8 @@ class JobProgress:
         """The job's output tokens per second over the last RATE_WINDOW_S seconds (every dataset's answers);
         while none finished lately, its average since the first request was sent."""
         with self._lock:
-            return _rate(self._recent, self._tokens, self._sent or time.monotonic())
+            now = self._clock()
+            return _rate(self._recent, self._tokens, self._sent or now, now)
 
     def eta(self) -> float | None:
         """Seconds left at the pace the engine has answered so far (cache hits are not pace). None until a
@@ -280,7 +288,7 @@ class JobProgress:
             engine_total = self._total - (self._done - self._answered)
             if self._answered < max(1, engine_total / 10) or self._total <= self._done or self._sent is None:
                 return None
-            return (time.monotonic() - self._sent) / self._answered * (self._total - self._done)
+            return (self._clock() - self._sent) / self._answered * (self._total - self._done)
 
     def info(self, elapsed: bool = True) -> str:
         """`120/250 · 212 tok/s · KV 37% · ETA 1m50s` (elapsed instead of ETA until the first answer is
@@ -292,7 +300,7 @@ class JobProgress:
         """The job's rate, KV-cache use and ETA (or time so far)."""
         eta = self.eta()
         since = self._sent or self._started
-        when = f"ETA {_duration(eta)}" if eta is not None else _duration(time.monotonic() - since)
+        when = f"ETA {_duration(eta)}" if eta is not None else _duration(self._clock() - since)
         if self._narrow and eta is not None:
             when = _duration(eta)  # "1/3 · 12 tok/s · 1m10s": a 40-column terminal keeps every number
         parts = [f"{self.rate():.0f} tok/s"]
@@ -309,23 +317,27 @@ class JobProgress:
     # --- drawing ---
 
     def _tick_loop(self) -> None:
-        last_tick = time.monotonic()
-        while not self._stop.wait(1.0):
-            now = time.monotonic()
-            if self._loading:
-                continue  # the load has its own line; the datasets' numbers start with their first request
-            if self.kv_cache_usage is not None:
-                self._kv = self.kv_cache_usage()
-            with self._lock:
-                self._pace_text = self._pace(False)
-                self._show_job()
-                waiting = any(row.waiting for row in self._rows)
-            if self._rich is None and waiting and now - self._last_line >= self.interval_s:
-                self._print(self.line())  # one line for the job (a finished dataset has its score line)
-            if now - last_tick >= self.interval_s:
-                last_tick = now
-                if self.on_tick is not None:
-                    self.on_tick(self._done, self.rate())
+        while not self._stop.wait(self.tick_s):
+            self.tick()
+
+    def tick(self) -> None:
+        """One beat of the ticker (every `tick_s` while datasets run): the rate and ETA redrawn, and every
+        `interval_s` the plain line (off a terminal) and `on_tick`."""
+        now = self._clock()
+        if self._loading:
+            return  # the load has its own line; the datasets' numbers start with their first request
+        if self.kv_cache_usage is not None:
+            self._kv = self.kv_cache_usage()
+        with self._lock:
+            self._pace_text = self._pace(False)
+            self._show_job()
+            waiting = any(row.waiting for row in self._rows)
+        if self._rich is None and waiting and now - self._last_line >= self.interval_s:
+            self._print(self.line())  # one line for the job (a finished dataset has its score line)
+        if now - self._last_tick >= self.interval_s:
+            self._last_tick = now
+            if self.on_tick is not None:
+                self.on_tick(self._done, self.rate())
 
     def _refresh(self, row: DatasetProgress) -> None:
         """Counts only, on every answer; the rate and ETA text is redrawn by the ticker once a second."""
@@ -359,7 +371,7 @@ class JobProgress:
         return self._rich
 
     def _print(self, text: str) -> None:
-        self._last_line = time.monotonic()
+        self._last_line = self._clock()
         print(time.strftime("%H:%M:%S ") + text, flush=True)
 
 

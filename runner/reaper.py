@@ -5,42 +5,12 @@ in the store and in the job's record. Every job start, `mode=sync` and `mode=rea
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
-from runner.run_record import RECORD, RunRecord, now_ms
+from runner.run_record import HEARTBEAT_TAG, PROCESS_TAG, RECORD, RunRecord, now_ms, process_alive
 
 log = logging.getLogger(__name__)
-
-PROCESS_TAG = "process"  # host:pid:start time of the process that owns the run
-HEARTBEAT_TAG = "runner.heartbeat"  # epoch ms, refreshed by a live job (runner/tracking.py Heartbeat)
-
-
-def process_identity() -> str:
-    import socket
-
-    import psutil
-
-    return f"{socket.gethostname()}:{os.getpid()}:{psutil.Process().create_time():.2f}"
-
-
-def process_alive(identity: str) -> bool | None:
-    """Whether the process named by process_identity() still runs; None when that cannot be told here
-    (another host, or a run from before this tag existed)."""
-    import socket
-
-    import psutil
-
-    host, _, rest = identity.partition(":")
-    pid, _, started = rest.partition(":")
-    if host != socket.gethostname() or not pid.isdigit():
-        return None
-    try:
-        # A recycled pid belongs to a process started at another time.
-        return f"{psutil.Process(int(pid)).create_time():.2f}" == started
-    except psutil.Error:
-        return False
 
 
 def close_dead_runs(client: Any, dead_after_s: float, experiment_ids: list[str] | None = None) -> list[str]:

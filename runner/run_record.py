@@ -21,6 +21,36 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
+PROCESS_TAG = "process"  # host:pid:start time of the process that owns the run
+HEARTBEAT_TAG = "runner.heartbeat"  # epoch ms, refreshed by a live job (runner/tracking.py)
+
+
+def process_identity() -> str:
+    import socket
+
+    import psutil
+
+    return f"{socket.gethostname()}:{os.getpid()}:{psutil.Process().create_time():.2f}"
+
+
+def process_alive(identity: str) -> bool | None:
+    """Whether the process named by process_identity() still runs; None when that cannot be told here
+    (another host, or a run from before this tag existed)."""
+    import socket
+
+    import psutil
+
+    host, _, rest = identity.partition(":")
+    pid, _, started = rest.partition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return None
+    try:
+        # A recycled pid belongs to a process started at another time.
+        return f"{psutil.Process(int(pid)).create_time():.2f}" == started
+    except psutil.Error:
+        return False
+
+
 RECORD = "tracking.json"
 
 
@@ -177,8 +207,6 @@ def sync_record(path: Path, tracking_uri: str | None = None) -> str:
     """
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
-
-    from runner.reaper import HEARTBEAT_TAG, PROCESS_TAG, process_alive
 
     record = RunRecord.load(path)
     out_dir = path.parent

@@ -23,8 +23,19 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from runner import stopping
 from runner.config import PROJECT_ROOT, flatten
-from runner.reaper import HEARTBEAT_TAG, PROCESS_TAG, close_dead_runs, process_identity
-from runner.run_record import RECORD, RunRecord, experiment_id_for, log_batch, now_ms, remote, store_lock
+from runner.reaper import close_dead_runs
+from runner.run_record import (
+    HEARTBEAT_TAG,
+    PROCESS_TAG,
+    RECORD,
+    RunRecord,
+    experiment_id_for,
+    log_batch,
+    now_ms,
+    process_identity,
+    remote,
+    store_lock,
+)
 
 if TYPE_CHECKING:
     from runner.results import DatasetResult

@@ -12,6 +12,7 @@ import struct
 import subprocess
 import sys
 import termios
+import threading
 import time
 
 import pytest
@@ -118,82 +119,120 @@ def test_a_finished_sweep_keeps_library_lines_in_its_log_not_on_the_console(tmp_
 
 # --- the progress arithmetic, with a clock of its own ---
 
+HANG_S = 30  # bounds a hang only: the events below come at once when the code is right
+
+
+class Clock:
+    """The time JobProgress(clock=...) reads: it moves only when the test says so."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
 
 def test_the_loaded_line_names_the_summarys_model_load_beside_the_whole_wait(capsys):
-    progress = JobProgress(tty=False, enabled=True)
+    clock = Clock()
+    progress = JobProgress(tty=False, enabled=True, clock=clock)
     with progress.loading("smollm2_135m on cpu") as load:
-        time.sleep(0.3)  # importing the engine's libraries
+        clock.advance(0.3)  # importing the engine's libraries, then its own load
         load.model_s = 0.1  # the engine's own load (EngineStats.load_seconds: the summary's `model load`)
     line = capsys.readouterr().out.splitlines()[-1]  # after `loading smollm2_135m on cpu ...`
-    split = r"\(imports 0\.[23] s, model load 0\.1 s\)"
-    assert re.fullmatch(r"\d\d:\d\d:\d\d loaded smollm2_135m on cpu in 0\.[34] s " + split, line), line
+    split = r"\(imports 0\.2 s, model load 0\.1 s\)"
+    assert re.fullmatch(r"\d\d:\d\d:\d\d loaded smollm2_135m on cpu in 0\.3 s " + split, line), line
     with progress.loading("model"):  # an engine that does not measure its load: the wait alone
         pass
     assert re.fullmatch(r"\d\d:\d\d:\d\d loaded model in 0\.0 s", capsys.readouterr().out.splitlines()[-1])
 
 
 def test_plain_lines_come_at_most_every_interval_with_the_jobs_count_rate_and_eta(capsys):
-    ticks: list[tuple[int, float]] = []
-    progress = JobProgress(tty=False, interval_s=1.0, on_tick=lambda done, rate: ticks.append((done, rate)))
+    clock, ticks = Clock(), []
+    progress = JobProgress(
+        tty=False, interval_s=1.0, on_tick=lambda done, rate: ticks.append((done, rate)), clock=clock, tick_s=None
+    )
     with progress.dataset("ds") as row:
         row.cached(10)  # answered from the response cache: done at once
         row.expect(30)
-        for _ in range(10):
+        for _ in range(10):  # an answer every 0.25 s, and a tick of the display after each
             row.advance(1, output_tokens=20)
-            time.sleep(0.25)
+            clock.advance(0.25)
+            progress.tick()
     lines = [line for line in capsys.readouterr().out.splitlines() if " job " in line]
-    assert 1 <= len(lines) <= 3  # 2.5 s of work, one line per second at most
-    pattern = r"\d\d:\d\d:\d\d job \d+/40 · \d+ tok/s · ETA \d+s · 1/1 datasets waiting"
-    assert all(re.fullmatch(pattern, line) for line in lines), lines
-    assert ticks and ticks[-1][0] >= 12 and ticks[-1][1] > 0  # MLflow's progress metrics got numbers
+    # 2.5 s of work, ten ticks: a line at 1 s and at 2 s, none between. 80 tok/s (20 tokens every 0.25 s);
+    # the ETA counts the engine's 30 requests only: 4 answered in 1 s, 26 to go.
+    assert [line[9:] for line in lines] == [
+        "job 14/40 · 80 tok/s · ETA 6s · 1/1 datasets waiting",
+        "job 18/40 · 80 tok/s · ETA 5s · 1/1 datasets waiting",
+    ], lines
+    assert all(re.match(r"\d\d:\d\d:\d\d ", line) for line in lines), lines
+    assert ticks == [(14, pytest.approx(80)), (18, pytest.approx(80))]  # MLflow's progress metrics, every 1 s
 
 
 def test_datasets_sharing_the_pass_get_one_line_for_the_job_and_its_totals_reach_mlflow(capsys):
     """A job's datasets share the engine pass: one line counts the whole job and how many datasets still
     wait (a finished one has its score line); MLflow's progress counts the whole job."""
-    ticks: list[tuple[int, float]] = []
-    progress = JobProgress(tty=False, interval_s=1.0, on_tick=lambda done, rate: ticks.append((done, rate)))
+    clock, ticks = Clock(), []
+    progress = JobProgress(
+        tty=False, interval_s=1.0, on_tick=lambda done, rate: ticks.append((done, rate)), clock=clock, tick_s=None
+    )
     with progress.dataset("first") as first, progress.dataset("second") as second:
         first.expect(2)
         second.expect(4)
         first.advance(2, output_tokens=10)  # first is done
         second.advance(1, output_tokens=10)
-        time.sleep(2.3)
+        clock.advance(1.0)
+        progress.tick()
     lines = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
-    assert lines and all(re.search(r" job 3/6 · \d+ tok/s · ETA \d+s · 1/2 datasets waiting$", line) for line in lines)
-    assert ticks and ticks[-1][0] == 3  # the job's requests done, both datasets together
+    assert len(lines) == 1 and re.search(r" job 3/6 · \d+ tok/s · ETA \d+s · 1/2 datasets waiting$", lines[0]), lines
+    assert [done for done, _ in ticks] == [3]  # the job's requests done, both datasets together
+
+
+def test_the_ticker_thread_ticks_while_datasets_run_and_stops_with_the_last():
+    ticked = threading.Event()
+    progress = JobProgress(tty=False, interval_s=0.0, on_tick=lambda done, rate: ticked.set(), tick_s=0.01)
+    with progress.dataset("ds"):
+        assert ticked.wait(HANG_S), "the ticker thread never ticked"
+        ticker = progress._ticker
+    assert ticker is not None and not ticker.is_alive()  # joined when the last dataset ended
 
 
 def test_rate_is_over_recent_answers_and_eta_counts_only_the_engines_pace():
-    progress = JobProgress(tty=False, enabled=True)
+    clock = Clock()
+    progress = JobProgress(tty=False, enabled=True, clock=clock, tick_s=None)
     with progress.dataset("ds") as row:
         row.cached(90)  # from the cache, instantly: not the engine's pace
         row.expect(10)
-        progress._sent = time.monotonic() - 5
+        clock.advance(5)
         row.advance(5, output_tokens=500)
-        assert progress.rate() == pytest.approx(100, rel=0.05)  # 500 tokens over 5 s
-        assert progress.eta() == pytest.approx(5, rel=0.05)  # the engine answered 5 in 5 s, 5 to go
+        assert progress.rate() == pytest.approx(100)  # 500 tokens over 5 s
+        assert progress.eta() == pytest.approx(5)  # the engine answered 5 in 5 s, 5 to go
 
 
 def test_the_engines_kv_cache_use_is_shown_where_it_reports_one(capsys):
-    progress = JobProgress(tty=False, interval_s=0.5, kv_cache_usage=lambda: 0.37)
+    clock = Clock()
+    progress = JobProgress(tty=False, interval_s=0.5, kv_cache_usage=lambda: 0.37, clock=clock, tick_s=None)
     with progress.dataset("ds") as row:
         row.expect(4)
         row.advance(1, output_tokens=10)
-        time.sleep(1.6)
+        clock.advance(0.5)
+        progress.tick()  # the tick reads the engine's KV-cache use
     assert re.search(r"job 1/4 · \d+ tok/s · KV 37% · ETA", capsys.readouterr().out)
 
 
 def test_the_eta_counts_from_the_end_of_the_model_load_not_from_the_first_request():
-    progress = JobProgress(tty=False, enabled=True)
+    clock = Clock()
+    progress = JobProgress(tty=False, enabled=True, clock=clock, tick_s=None)
     with progress.dataset("ds") as row:
         row.expect(10)  # the first request reaches the lazy engine, which loads the model first
-        progress._sent -= 30  # a 30-second load
         with progress.loading("model"):
-            pass
-        progress._sent -= 5
+            clock.advance(30)  # a 30-second load
+        clock.advance(5)
         row.advance(5, output_tokens=50)
-        assert progress.eta() == pytest.approx(5, rel=0.05)  # 5 answered in the 5 s since the load, 5 to go
+        assert progress.eta() == pytest.approx(5)  # 5 answered in the 5 s since the load, 5 to go
 
 
 def test_no_eta_until_a_tenth_of_the_engines_requests_are_back():
@@ -207,33 +246,53 @@ def test_no_eta_until_a_tenth_of_the_engines_requests_are_back():
         assert progress.eta() is not None and "ETA" in progress.line()
 
 
-def test_a_ctrl_c_inside_loggings_lock_does_not_deadlock_the_job_closing_its_display():
+def test_a_ctrl_c_inside_loggings_lock_does_not_deadlock_the_job_closing_its_display(monkeypatch):
     # Ctrl-C can interrupt the main thread between logging's lock acquire and its `try`: the lock stays held
     # by the main thread. A dataset thread ending then must not hold the display's lock while it waits on
     # logging's, or close() (main thread) waits on it forever: the job hung instead of exiting 130.
     import logging
-    import threading
 
     progress = JobProgress(tty=False, enabled=True)
-    entered, go, ended = threading.Event(), threading.Event(), threading.Event()
+    entered, go, ended, asks = threading.Event(), threading.Event(), threading.Event(), threading.Event()
 
     def dataset() -> None:
         with progress.dataset("ds"):
             entered.set()
-            go.wait(5)
+            go.wait(HANG_S)
         ended.set()
 
     worker = threading.Thread(target=dataset, daemon=True)
     worker.start()
-    assert entered.wait(5)
-    logging._lock.acquire()  # what the interrupted main thread leaves behind
+    assert entered.wait(HANG_S)
+    real = logging._lock
+
+    class Spy:  # logging's module lock, saying when the dataset thread asks for it
+        def acquire(self, *args: object, **kwargs: object) -> bool:
+            if threading.current_thread() is worker:
+                asks.set()
+            return real.acquire(*args, **kwargs)
+
+        def release(self) -> None:
+            real.release()
+
+        def _at_fork_reinit(self) -> None:
+            real._at_fork_reinit()
+
+        def __enter__(self) -> bool:
+            return self.acquire()
+
+        def __exit__(self, *exc: object) -> None:
+            self.release()
+
+    monkeypatch.setattr(logging, "_lock", Spy())
+    real.acquire()  # what the interrupted main thread leaves behind
     try:
         go.set()
-        time.sleep(0.2)  # the dataset ends and now waits on logging's lock
+        assert asks.wait(HANG_S)  # the dataset ends and now waits on logging's lock
         closer = threading.Thread(target=progress.close, daemon=True)  # the main thread's next step
         closer.start()
-        closer.join(5)
+        closer.join(HANG_S)
         assert not closer.is_alive(), "close() deadlocked on the display's lock"
     finally:
-        logging._lock.release()
-    assert ended.wait(5)
+        real.release()
+    assert ended.wait(HANG_S)

@@ -141,7 +141,7 @@ def _comparable(run):
         {
             k: v
             for k, v in run.data.tags.items()
-            if (not k.startswith("mlflow.") or k == "mlflow.source.git.commit") and k != reaper.HEARTBEAT_TAG
+            if (not k.startswith("mlflow.") or k == "mlflow.source.git.commit") and k != run_record.HEARTBEAT_TAG
         },
     )
 
@@ -220,16 +220,21 @@ def test_runs_left_running_by_dead_jobs_are_closed_killed_in_every_experiment_an
     other = client.create_experiment("coding")  # another category's runs are judged too
     old = str(run_record.now_ms() - 3_600_000)  # an hour ago
     # pid 999999999 is above the kernel's pid_max: no process has it, as after a kill -9.
-    dead = client.create_run(other, tags={reaper.PROCESS_TAG: f"{socket.gethostname()}:999999999:1.00"})
+    dead = client.create_run(other, tags={run_record.PROCESS_TAG: f"{socket.gethostname()}:999999999:1.00"})
     # This process's pid, but a start time that is not this process's: the pid was recycled.
-    recycled = client.create_run(experiment, tags={reaper.PROCESS_TAG: f"{socket.gethostname()}:{os.getpid()}:1.00"})
+    recycled = client.create_run(
+        experiment, tags={run_record.PROCESS_TAG: f"{socket.gethostname()}:{os.getpid()}:1.00"}
+    )
     alive = client.create_run(
-        experiment, tags={reaper.PROCESS_TAG: reaper.process_identity(), reaper.HEARTBEAT_TAG: old}
+        experiment, tags={run_record.PROCESS_TAG: run_record.process_identity(), run_record.HEARTBEAT_TAG: old}
     )
     # Another host's process cannot be checked from here: its heartbeat decides.
-    silent = client.create_run(other, tags={reaper.PROCESS_TAG: "another-host:1:1.00", reaper.HEARTBEAT_TAG: old})
+    silent = client.create_run(
+        other, tags={run_record.PROCESS_TAG: "another-host:1:1.00", run_record.HEARTBEAT_TAG: old}
+    )
     beating = client.create_run(
-        experiment, tags={reaper.PROCESS_TAG: "another-host:2:1.00", reaper.HEARTBEAT_TAG: str(run_record.now_ms())}
+        experiment,
+        tags={run_record.PROCESS_TAG: "another-host:2:1.00", run_record.HEARTBEAT_TAG: str(run_record.now_ms())},
     )
     foreign = client.create_run(other)  # a run some other tool made in this store: never the runner's to end
 
@@ -252,7 +257,7 @@ def test_mode_reap_ends_dead_runs_of_any_experiment_and_host_saying_which_and_wh
     old = str(run_record.now_ms() - 7_200_000)
     silent = client.create_run(
         client.create_experiment("math"),
-        tags={reaper.PROCESS_TAG: "gpu-node-7:4242:1.00", reaper.HEARTBEAT_TAG: old},
+        tags={run_record.PROCESS_TAG: "gpu-node-7:4242:1.00", run_record.HEARTBEAT_TAG: old},
         run_name="qwen25_7b/math",
     )
     result = run_cli("mode=reap", f"tracking.uri={uri}", f"paths.output_dir={tmp_path}")
@@ -271,7 +276,7 @@ def test_a_live_job_refreshes_its_heartbeat_on_the_run_and_in_its_record(cfg, tm
         client = MlflowClient(cfg.tracking.uri)
 
         def heartbeat() -> int:
-            return int(client.get_run(tracker.run_id).data.tags[reaper.HEARTBEAT_TAG])
+            return int(client.get_run(tracker.run_id).data.tags[run_record.HEARTBEAT_TAG])
 
         first = heartbeat()
         deadline = time.monotonic() + 60  # bounds a hang only: the thread beats every 0.2 s

@@ -171,6 +171,22 @@ class SupportsRequests(Protocol):
     ) -> list[LogLikelihood]: ...
 
 
+class ProgressHook(Protocol):
+    """What the lm-eval bridge tells the job about one dataset's requests (runner/progress.py's dataset row):
+    how many it is about to send, and each one answered, as it is answered."""
+
+    def expect(self, requests: int) -> None: ...
+
+    def advance(self, requests: int = 1, output_tokens: int = 0) -> None: ...
+
+
+class AnswerRecorder(Protocol):
+    """Keeps each generated answer's tokens and latency under lm-eval's cache key for it (beside the response
+    cache: runner/cached_telemetry.py), so a job answered from the cache still reports its throughput."""
+
+    def answer(self, key: str, completion: Completion) -> None: ...
+
+
 class Engine(ABC):
     """One loaded model. Subclasses implement `_generate`; `generate` adds the measurements."""
 
