@@ -64,19 +64,20 @@ def exit_code(exc: BaseException | None = None) -> int:
 
 def stop_children(grace_s: float = 10.0) -> None:
     """End every process this one started and has not ended yet (an engine still loading, a replica, a
-    self-started server, the sandbox): SIGTERM, then SIGKILL for those still there after `grace_s`."""
+    self-started server, the sandbox): SIGTERM, then SIGKILL for those still there after `grace_s`. Also the
+    watchdog's last act before it ends a hung job (runner/watchdog.py)."""
     import psutil
 
     children = psutil.Process().children(recursive=True)
     for child in children:
         try:
             child.terminate()
-        except psutil.NoSuchProcess:
+        except psutil.Error:
             pass
     _, alive = psutil.wait_procs(children, timeout=grace_s)
     for child in alive:
         try:
             child.kill()
-        except psutil.NoSuchProcess:
+        except psutil.Error:
             pass
     psutil.wait_procs(alive, timeout=grace_s)

@@ -18,6 +18,8 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+from runner.stopping import stop_children
+
 log = logging.getLogger(__name__)
 
 EXIT_CODE = 3  # a job the watchdog ended (2: bad input; 1: a bug; 130: Ctrl-C)
@@ -80,25 +82,7 @@ class Watchdog:
             self._on_timeout(message)
         except Exception:  # noqa: BLE001 - the job must still stop
             log.exception("Could not end the run after the watchdog fired")
-        stop_children()
+        stop_children(grace_s=5.0)
         print(f"error: {message}", file=sys.stderr, flush=True)
         logging.shutdown()
         os._exit(EXIT_CODE)
-
-
-def stop_children(grace_s: float = 5.0) -> None:
-    """Every process this one started (engine workers, servers, sandboxes): terminated, then killed."""
-    import psutil
-
-    children = psutil.Process().children(recursive=True)
-    for child in children:
-        try:
-            child.terminate()
-        except psutil.Error:
-            pass
-    _, alive = psutil.wait_procs(children, timeout=grace_s)
-    for child in alive:
-        try:
-            child.kill()
-        except psutil.Error:
-            pass
