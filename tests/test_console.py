@@ -18,7 +18,7 @@ import time
 import pytest
 from conftest import PROJECT_ROOT, cli_env, run_cli, skip_when_quick
 
-from runner.progress import JobProgress
+from runner.progress import RATE_WINDOW_S, JobProgress
 
 # Lines libraries print when they are let through: none of them may reach the console by default.
 LIBRARY_NOISE = (
@@ -210,6 +210,9 @@ def test_rate_is_over_recent_answers_and_eta_counts_only_the_engines_pace():
         row.advance(5, output_tokens=500)
         assert progress.rate() == pytest.approx(100)  # 500 tokens over 5 s
         assert progress.eta() == pytest.approx(5)  # the engine answered 5 in 5 s, 5 to go
+        clock.advance(20)
+        row.advance(1, output_tokens=100)  # the answers 20 s ago have left the window: 100 tokens over 10 s
+        assert progress.rate() == pytest.approx(100 / RATE_WINDOW_S)
 
 
 def test_the_engines_kv_cache_use_is_shown_where_it_reports_one(capsys):
