@@ -170,6 +170,20 @@ class LiveCli:
         self._reader.join(10)  # the rest of the output
 
 
+def assert_no_process_left(group: int) -> None:
+    """Nothing a LiveCli job started (vLLM's engine process, replicas, a server, the sandbox) outlives it: its
+    process group (the job's pid: LiveCli starts it in a session of its own) is empty. Call it before stop()."""
+    import signal
+
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return
+    left = subprocess.run(["ps", "-o", "pid,cmd", "-g", str(group)], capture_output=True, text=True).stdout
+    os.killpg(group, signal.SIGKILL)
+    raise AssertionError(f"processes left in the job's group:\n{left}")
+
+
 def cached_answers(cache: Path) -> int:
     """Answers in a job's response cache folder (lm-eval's SQLite cache), read as another process would:
     read-only, and 0 for a database not created yet."""

@@ -11,7 +11,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import PROJECT_ROOT, SHORT_ANSWERS, LiveCli, cached_answers, free_port, run_cli
+from conftest import PROJECT_ROOT, SHORT_ANSWERS, LiveCli, assert_no_process_left, free_port, run_cli
 
 GEO_ONLY_SPATIAL = [f"~category.datasets.{n}" for n in ("coordinate_processing", "address_parsing", "location_ner")] + [
     "~category.datasets.ner_locations"
@@ -442,18 +442,6 @@ def test_a_disk_filling_up_mid_job_ends_the_run_failed_with_one_message(small_di
 # --- Ctrl-C, and the signals a scheduler or a closed terminal sends ---------------------------------------
 
 
-def _assert_no_process_left(group: int) -> None:
-    """Nothing the job started (vLLM's engine process, replicas, a server, the sandbox) outlives it."""
-    import os
-
-    try:
-        os.killpg(group, 0)
-    except ProcessLookupError:
-        return
-    left = subprocess.run(["ps", "-o", "pid,cmd", "-g", str(group)], capture_output=True, text=True).stdout
-    raise AssertionError(f"processes left in the job's group:\n{left}")
-
-
 @pytest.mark.slow
 def test_ctrl_c_during_model_load_stops_the_job_with_exit_130_and_ends_its_run_killed(tmp_path, default_model_dir):
     # verbose=true: the moment to press Ctrl-C is the engine's own log line.
@@ -471,35 +459,6 @@ def test_ctrl_c_during_model_load_stops_the_job_with_exit_130_and_ends_its_run_k
     _assert_nothing_looks_like_a_result(tmp_path)
 
 
-@pytest.mark.slow
-def test_sigterm_during_generation_ends_the_run_killed_at_once_and_the_rerun_uses_the_cache(
-    tmp_path, default_model_dir
-):
-    """SLURM preemption, Kubernetes and `timeout` send SIGTERM: the run ends KILLED by the job itself (no later
-    job reaps it), its engine process goes with it, and what was answered is not computed again."""
-    args = ("limit=2", *SHORT_ANSWERS, "tracking.system_metrics=false", f"paths.output_dir={tmp_path}")
-    job = LiveCli(*args)
-    try:
-        job.wait_until(lambda: cached_answers(tmp_path / "cache") > 0)
-        job.process.send_signal(signal.SIGTERM)  # to the runner alone, as `kill` and `timeout` do
-        assert job.finish(120) == 143  # 128 + SIGTERM, as a shell reports a death by that signal
-        _assert_no_process_left(job.process.pid)  # checked before stop() could kill anything
-    finally:
-        job.stop()
-    assert "terminated (SIGTERM): the job stopped" in job.output, job.output[-3000:]
-    assert "Traceback" not in job.output, job.output[-3000:]
-    assert _statuses(tmp_path, "text_geospatial") == [("KILLED", "terminated (SIGTERM)")]
-    (record,) = tmp_path.glob("runs/*/*/tracking.json")
-    assert json.loads(record.read_text())["status"] == "KILLED"
-    _assert_nothing_looks_like_a_result(tmp_path)
-    answered = cached_answers(tmp_path / "cache")
-
-    rerun = run_cli(*args)
-    assert rerun.returncode == 0, rerun.stdout[-3000:]
-    (telemetry,) = tmp_path.glob("runs/*/*/telemetry.json")
-    assert json.loads(telemetry.read_text())["requests_from_cache"] >= answered > 0
-
-
 def test_sighup_in_a_sweep_ends_the_current_job_killed_and_stops_the_sweep_saying_so(tmp_path):
     # A closed terminal (or ssh session) sends SIGHUP. A sweep of two cheap jobs, stopped during the first.
     sweep = tmp_path / "sweep"
@@ -515,7 +474,7 @@ def test_sighup_in_a_sweep_ends_the_current_job_killed_and_stops_the_sweep_sayin
         job.wait_until(lambda: "engine: generating" in job.output)
         job.process.send_signal(signal.SIGHUP)
         assert job.finish(120) == 129  # 128 + SIGHUP
-        _assert_no_process_left(job.process.pid)
+        assert_no_process_left(job.process.pid)
     finally:
         job.stop()
     assert "terminated (SIGHUP): the sweep stops at this job" in job.output, job.output[-3000:]

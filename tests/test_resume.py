@@ -1,4 +1,4 @@
-"""kill -9 and resume, with the real engine: a job killed at any point is finished by rerunning the same
+"""kill -9 (and SIGTERM) and resume, with the real engine: a job killed at any point is finished by rerunning the same
 command, which sends the engine only the requests that had not been answered, and ends with the same
 scores as a job that was never interrupted. Runs the killed processes left RUNNING are closed as KILLED.
 A rerun of a finished job is answered from the response cache without loading the model."""
@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import LiveCli, cached_answers
+from conftest import LiveCli, assert_no_process_left, cached_answers
 from mlflow import MlflowClient
 
 LIMIT = 2
@@ -33,16 +33,19 @@ def _start(out: Path) -> LiveCli:
     return LiveCli(*COMMAND, f"paths.output_dir={out}")
 
 
-def _run_and_kill(out: Path, when: Callable[[str, Path], bool]) -> str:
-    """Start the job, SIGKILL its main process the moment `when(output so far, out)` holds; return the output."""
+def _run_and_kill(out: Path, when: Callable[[str, Path], bool], sig: int = signal.SIGKILL) -> LiveCli:
+    """Start the job, send its main process `sig` the moment `when(output so far, out)` holds (SIGKILL: what
+    `kill -9 <pid>` does, no handler, no cleanup); return the ended job, its output read."""
     job = _start(out)
     try:
         job.wait_until(lambda: when(job.output, out))
-        os.kill(job.process.pid, signal.SIGKILL)  # what `kill -9 <pid>` does: no handler, no cleanup
-        job.process.wait(30)
+        os.kill(job.process.pid, sig)
+        job.process.wait(120)
+        if sig != signal.SIGKILL:  # the job stops itself: nothing it started may outlive it
+            assert_no_process_left(job.process.pid)
     finally:
         job.stop()
-    return job.output
+    return job
 
 
 def _finish(out: Path) -> str:
@@ -73,8 +76,12 @@ def test_killed_at_every_stage_the_rerun_computes_only_the_rest_and_matches_an_u
     _run_and_kill(out, lambda text, _: "with vLLM (" in text)
     assert cached_answers(out / "cache") == 0
     # 2. In the middle of the job's one generation pass (both datasets' requests together): some answers
-    # are saved, some are not.
-    _run_and_kill(out, lambda _, where: cached_answers(where / "cache") > 0)
+    # are saved, some are not. SIGTERM, as SLURM preemption, Kubernetes and `timeout` send: the job ends its
+    # own run KILLED at once (no later job reaps it), stops its engine, and says so; exit 128 + 15.
+    terminated = _run_and_kill(out, lambda _, where: cached_answers(where / "cache") > 0, signal.SIGTERM)
+    assert terminated.process.returncode == 143, terminated.output[-3000:]
+    assert "terminated (SIGTERM): the job stopped" in terminated.output and "Traceback" not in terminated.output
+    assert [(r.info.status, r.data.tags.get("error")) for r in _runs(out)][-1] == ("KILLED", "terminated (SIGTERM)")
     assert 0 < cached_answers(out / "cache") < total
     # 3. While the first dataset to finish is scored and its results go to MLflow.
     _run_and_kill(out, lambda text, _: "coordinate_processing: acc " in text)
@@ -103,10 +110,12 @@ def test_killed_at_every_stage_the_rerun_computes_only_the_rest_and_matches_an_u
     assert "engine not loaded: every answer came from the cache" in again_stdout
     assert _scores(again) == expected
 
-    # The three killed processes could not end their runs; the next start closed them, none stays RUNNING.
+    # The two killed processes could not end their runs; the next start closed them, none stays RUNNING.
     assert [r.info.status for r in runs] == ["KILLED"] * 3 + ["FINISHED"]
-    for run in runs[:3]:
+    assert runs[1].data.tags["error"] == "terminated (SIGTERM)"  # ended by the job itself
+    for run in (runs[0], runs[2]):
         assert "kill -9" in run.data.tags["error"]
+    for run in runs[:3]:
         assert run.info.end_time >= run.info.start_time
         record = Path(run.data.tags["output_dir"]) / "tracking.json"
         assert '"status": "KILLED"' in record.read_text()
