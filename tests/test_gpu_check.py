@@ -9,10 +9,11 @@ import re
 import subprocess
 import sys
 
-from conftest import PROJECT_ROOT, cli_env
+from conftest import PROJECT_ROOT, cli_env, skip_when_quick
 
 
 def test_gpu_check_runs_on_cpu(default_model_dir):
+    skip_when_quick("runs bench/gpu_check.py's job")
     result = subprocess.run(
         [sys.executable, "bench/gpu_check.py", "--device", "cpu", "--model", "tiny_llama"]
         + ["--prompts", "16", "--new-tokens", "16", "--timeout-s", "120"],
