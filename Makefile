@@ -22,7 +22,7 @@ $(STAMP): $(REQS) pyproject.toml scripts/setup_venv.sh
 	touch $@
 
 model: venv
-	$(PY) -m runner.models
+	$(PY) -m runner.catalog.weights
 
 ## The default job: text_geospatial on smollm2_135m, 50 samples per dataset. Other overrides: make run ARGS="limit=200"
 ARGS ?= limit=50

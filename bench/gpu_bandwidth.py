@@ -3,7 +3,7 @@
     python bench/gpu_bandwidth.py [--model qwen25_7b] [--batches 1 64] [--new-tokens 64] [--device cuda]
 
 For a GPU machine without vLLM (torch and transformers are enough): the model is built from its shipped
-architecture (runner/architectures/<model>/config.json) with random weights in bf16, so no download is
+architecture (runner/catalog/architectures/<model>/config.json) with random weights in bf16, so no download is
 needed. Decoding one step reads every weight once, so at batch 1 a token takes at least
 weights bytes / memory bandwidth; a batch of B shares that read, so B tokens per step at best.
 
@@ -54,11 +54,11 @@ def sync(device: str) -> None:
 
 
 def model_folder(name: str) -> Path:
-    """The architecture's config with a tokenizer beside it, as `load_format=dummy` runs (runner.models)."""
+    """The architecture's config with a tokenizer beside it, as `load_format=dummy` runs (runner.catalog.weights)."""
     prepared = ROOT / ".cache" / "dummy" / name
     if (prepared / "config.json").is_file() and (prepared / "tokenizer.json").is_file():
         return prepared  # made earlier (or carried to a machine without the default model's package)
-    from runner.models import dummy_folder
+    from runner.catalog.weights import dummy_folder
 
     return dummy_folder(name, name, ROOT / ".cache")
 

@@ -4,15 +4,15 @@
 
 The equivalent of `engine=hf model=qwen25_7b model.load_format=dummy` on a small generated task, for a
 GPU machine without vLLM, Hydra, lm-eval or MLflow (torch, transformers, psutil and nvidia-ml-py are
-enough): the model is built from runner/architectures/<model>/config.json with random weights through the
+enough): the model is built from runner/catalog/architectures/<model>/config.json with random weights through the
 runner's HF engine (batch size 16, as conf/engine/auto.yaml sets for engine=hf). On a machine without the
 default model's package, carry `.cache/dummy/<model>` (config and tokenizer; see bench/gpu_bandwidth.py).
 
 What the runner reports, and what it is checked against:
 
-- Peak GPU memory: the runner's `PeakGPUMemory` (runner/telemetry.py: NVML per-process accounting,
+- Peak GPU memory: the runner's `PeakGPUMemory` (runner/machine/peak_memory.py: NVML per-process accounting,
   summed over this process tree, sampled every 0.5 s) runs over engine load and generation, as it runs
-  over a whole job in runner/app.py. Beside it a thread of this script polls NVML's device-wide used
+  over a whole job in runner/job/run.py. Beside it a thread of this script polls NVML's device-wide used
   memory every 50 ms, minus the baseline read before torch touched the GPU (so both include the CUDA
   context). PASS when runner / independent is within 10%. torch.cuda.max_memory_reserved/allocated
   are printed for context (they exclude the CUDA context, ~0.5 GiB).
@@ -59,7 +59,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from runner.telemetry import _Sampler  # noqa: E402 - after the path is set; imports only psutil
+from runner.machine.peak_memory import _Sampler  # noqa: E402 - after the path is set; imports only psutil
 
 GIB = 2**30
 PEAK_TOLERANCE = 0.10
@@ -242,7 +242,7 @@ def compare(runner: float, independent: float, tolerance: float) -> tuple[float,
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="qwen25_7b", help="an architecture under runner/architectures")
+    parser.add_argument("--model", default="qwen25_7b", help="an architecture under runner/catalog/architectures")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--dtype", default=None, help="default: bfloat16 on cuda, float32 on cpu")
     parser.add_argument("--prompts", type=int, default=64)
@@ -270,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     from bench.gpu_bandwidth import model_folder
     from runner.engines.base import SamplingSettings
     from runner.engines.hf import HFEngine
-    from runner.telemetry import PeakGPUMemory, nvml_process_memory
+    from runner.machine.peak_memory import PeakGPUMemory, nvml_process_memory
 
     folder = model_folder(args.model)
 

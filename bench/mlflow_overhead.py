@@ -2,7 +2,7 @@
 
     python bench/mlflow_overhead.py [--repeat 5] [--samples 500]
 
-One "job" logs what runner/app.py logs for one dataset: the flattened config as params, tags, the
+One "job" logs what runner/job/run.py logs for one dataset: the flattened config as params, tags, the
 dataset's metrics and telemetry, the per-sample table (prompt, response, target, score, parsed_ok),
 lm-eval's samples file and the run folder's small files, with MLflow's system-metrics thread on.
 The prompts and targets are the real spatial_reasoning items (its frozen data file). The same job's
@@ -63,7 +63,7 @@ def fake_job_files(out_dir: Path, items: list[dict]) -> dict[str, list]:
 
 
 def one_job(cfg, root: Path, items: list[dict], *, tracked: bool) -> float:
-    from runner import tracking
+    from runner.tracking import mlflow_run
 
     out_dir = Path(tempfile.mkdtemp(dir=root))
     metrics = {f"spatial_reasoning/acc_k{k}": 0.5 for k in range(1, 6)} | {"spatial_reasoning/score": 0.5}
@@ -71,7 +71,7 @@ def one_job(cfg, root: Path, items: list[dict], *, tracked: bool) -> float:
     start = time.perf_counter()
     table = fake_job_files(out_dir, items)
     if tracked:
-        with tracking.Tracker(cfg, out_dir, {"engine": "cpu", "model": "smollm2_135m"}) as tracker:
+        with mlflow_run.Tracker(cfg, out_dir, {"engine": "cpu", "model": "smollm2_135m"}) as tracker:
             tracker.log_metrics(metrics)
             tracker.log_table(table, "samples/spatial_reasoning/spatial_reasoning.json")
             for name in ("telemetry.json", "hardware.json", "config_resolved.yaml", "runner.log", "plan.json"):
@@ -108,7 +108,7 @@ def main() -> None:
     )
     from hydra import compose, initialize_config_dir
 
-    from runner.config import CONFIG_DIR
+    from runner.config.resolvers import CONFIG_DIR
 
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("config", overrides=[f"paths.output_dir={root}"])

@@ -12,13 +12,13 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from runner.config import CONFIG_DIR  # registers the schema and ${project_root:} before Hydra composes
+from runner.config.resolvers import CONFIG_DIR  # registers the schema and ${project_root:} before Hydra composes
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
 def main(cfg: DictConfig) -> object:
     from runner.cli import dispatch
-    from runner.console import route_library_logs, set_verbose
+    from runner.console.handlers import route_library_logs, set_verbose
 
     hydra_cfg = HydraConfig.get()
     set_verbose(bool(cfg.verbose or hydra_cfg.verbose))
@@ -33,7 +33,7 @@ def main(cfg: DictConfig) -> object:
 
 
 if __name__ == "__main__":  # vLLM spawns workers that re-import this module
-    from runner import stopping
+    from runner.job import stopping
 
     stopping.install()  # SIGTERM and SIGHUP stop a job as Ctrl-C does
     try:
@@ -42,6 +42,6 @@ if __name__ == "__main__":  # vLLM spawns workers that re-import this module
         stopping.stop_children()
         raise SystemExit(stopping.exit_code(stop)) from None
     finally:
-        from runner.heap import freeze_for_exit
+        from runner.machine.gc_freeze import freeze_for_exit
 
         freeze_for_exit()

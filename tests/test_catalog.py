@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from conftest import run_cli
 
-from runner.catalog import dataset_status, load_catalog, model_status, option_names, project_tasks
-from runner.config import PROJECT_ROOT
+from runner.catalog.readiness import dataset_status, load_catalog, model_status, option_names, project_tasks
+from runner.config.resolvers import PROJECT_ROOT
 
 LABELS = [
     "CODING_SPECIALISTS",
@@ -198,7 +198,7 @@ def test_list_verbose_gives_every_categorys_reasons(empty_hf_cache):
 
 
 def test_overview_names_what_is_missing_from_any_reason():
-    from runner.catalog import CategoryStatus, Status, render_list
+    from runner.catalog.readiness import CategoryStatus, Status, render_list
 
     status = CategoryStatus("demo", "DEMO", "")
     status.models = {"a": Status(True, "in the HF cache"), "b": Status(False, "package x is not installed")}
@@ -216,7 +216,7 @@ def test_overview_names_what_is_missing_from_any_reason():
 
 @pytest.mark.parametrize("width", [100, 120])
 def test_the_overview_keeps_each_label_and_fits_a_terminal_wrapping_only_the_missing_column(width):
-    from runner.catalog import category_status, render_list
+    from runner.catalog.readiness import category_status, render_list
 
     categories, models = load_catalog()
     own = project_tasks(OWN_TASKS)
@@ -319,7 +319,7 @@ def _planned(out: Path) -> list[tuple[str, str]]:
 
 
 def test_a_sweep_over_categories_runs_each_category_with_its_own_models(tmp_path):
-    from runner.catalog import load_catalog
+    from runner.catalog.readiness import load_catalog
 
     categories, _ = load_catalog()
     result = run_cli("-m", "category=text_geospatial,efficiency", "mode=plan", f"paths.output_dir={tmp_path}")

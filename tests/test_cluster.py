@@ -9,9 +9,9 @@ from __future__ import annotations
 import pytest
 from conftest import free_port, run_cli
 
-from runner.cluster import cluster_hardware
-from runner.engines import vllm_engine_args
-from runner.selection import SelectionError, select_engine
+from runner.engines.selection import SelectionError, select_engine
+from runner.engines.vllm_args import vllm_engine_args
+from runner.machine.ray_cluster import cluster_hardware
 
 pytestmark = pytest.mark.slow
 

@@ -235,7 +235,7 @@ class _RecordingLM:
 
 def _on_local_file(folder: Path, task_yaml: Path, name: str, data: Path) -> str:
     """A task YAML that reruns `task_yaml` on a local JSON Lines file, as the runner's `local` option does."""
-    from runner.evaluate import local_task_yaml
+    from runner.job.evaluate import local_task_yaml
 
     return str(local_task_yaml(name, task_yaml, {"test": str(data)}, "json", folder))
 
@@ -305,7 +305,7 @@ def test_each_problem_passes_exactly_when_it_passes_lm_evals_scorer(parity, thei
 
 
 def test_a_local_mbpp_file_without_test_list_is_one_paragraph(tmp_path, default_model_dir):
-    from runner.evaluate import DataError, check_local_files
+    from runner.job.evaluate import DataError, check_local_files
 
     bad = tmp_path / "mbpp.jsonl"
     rows = [MBPP[0], {k: v for k, v in MBPP[1].items() if k != "test_list"}]

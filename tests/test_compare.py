@@ -17,7 +17,10 @@ from mlflow import MlflowClient  # noqa: E402
 from mlflow.entities import Metric  # noqa: E402
 from scipy.stats import binomtest  # noqa: E402
 
-from runner import report, stats  # noqa: E402
+from runner.reporting import (
+    report,  # noqa: E402
+    stats,
+)
 
 # --------------------------------------------------------------------------------------------------- statistics
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.config import CONFIG_DIR, PROJECT_ROOT, flatten
+from runner.config.resolvers import CONFIG_DIR, PROJECT_ROOT, flatten
 
 
 def options(group: str) -> list[str]:
@@ -111,13 +111,13 @@ def test_category_models_have_configs(compose_cfg):
 def test_seed_maps_onto_lm_evals_four_as_its_cli_does(value):
     from lm_eval._cli.utils import _int_or_none_list_arg_type
 
-    from runner.schema import seeds
+    from runner.config.schema import seeds
 
     assert list(seeds(value)) == _int_or_none_list_arg_type(3, 4, "0,1234,1234,1234", value)
 
 
 def test_the_default_seeds_are_lm_evals_and_the_engines_get_the_torch_seed(compose_cfg):
-    from runner.schema import LM_EVAL_SEEDS, seeds
+    from runner.config.schema import LM_EVAL_SEEDS, seeds
 
     cfg = compose_cfg()
     assert seeds(cfg.seed) == (0, 1234, 1234, 1234) == LM_EVAL_SEEDS
@@ -129,7 +129,7 @@ def test_the_default_seeds_are_lm_evals_and_the_engines_get_the_torch_seed(compo
 
 @pytest.mark.parametrize("value", ["abc", "[1,2]", "[1,2,3,4,5]"])
 def test_a_seed_lm_eval_would_refuse_is_one_clear_error(value, compose_cfg):
-    from runner.schema import ConfigError, validate
+    from runner.config.schema import ConfigError, validate
 
     with pytest.raises(ConfigError, match=r"^seed="):
         validate(compose_cfg(f"seed={value}"))
@@ -170,7 +170,7 @@ def _stated_in_the_schema_too(node: dict, cls: type, where: str) -> list[str]:
 def test_each_default_is_stated_once_in_conf_not_again_in_the_schema():
     from omegaconf import OmegaConf
 
-    from runner import schema
+    from runner.config import schema
 
     files = {
         CONFIG_DIR / "config.yaml": (schema.RunnerConfig, ""),
@@ -183,4 +183,4 @@ def test_each_default_is_stated_once_in_conf_not_again_in_the_schema():
     for path, (cls, where) in files.items():
         node = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
         twice += [f"{path.relative_to(CONFIG_DIR)}: {key}" for key in _stated_in_the_schema_too(node, cls, where)]
-    assert twice == [], "set in conf/ and defaulted in runner/schema.py; keep one (the YAML, schema MISSING)"
+    assert twice == [], "set in conf/ and defaulted in runner/config/schema.py; keep one (the YAML, schema MISSING)"

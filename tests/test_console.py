@@ -18,7 +18,7 @@ import time
 import pytest
 from conftest import PROJECT_ROOT, cli_env, run_cli, skip_when_quick
 
-from runner.progress import RATE_WINDOW_S, JobProgress
+from runner.console.progress import RATE_WINDOW_S, JobProgress
 
 # Lines libraries print when they are let through: none of them may reach the console by default.
 LIBRARY_NOISE = (

@@ -1,4 +1,4 @@
-"""A damaged response cache is set aside, not fatal (runner/cache_health.py): a file that is not a healthy SQLite
+"""A damaged response cache is set aside, not fatal (runner/job/cache_health.py): a file that is not a healthy SQLite
 database is moved to `<name>.corrupt-<UTC time>` with one warning and its answers are recomputed; a file that
 cannot be opened stops the job with one paragraph. docs/reliability.md lists the cases."""
 
@@ -15,8 +15,8 @@ import pytest
 from conftest import run_cli
 from sqlitedict import SqliteDict
 
-from runner.cache_health import check_response_cache, set_aside_if_damaged
-from runner.schema import ConfigError
+from runner.config.schema import ConfigError
+from runner.job.cache_health import check_response_cache, set_aside_if_damaged
 
 # One cheap real job (conf/debug/fast.yaml: a 14M random-weight model on transformers), one dataset, one sample.
 OTHERS = ("coordinate_processing", "address_parsing", "location_ner", "ner_locations")
@@ -105,7 +105,7 @@ def test_a_truncated_cache_is_moved_aside(tmp_path, caplog, kind):
 
 
 def test_a_damaged_telemetry_store_is_moved_aside_and_the_answers_kept(tmp_path, caplog):
-    from runner.cached_telemetry import CachedTelemetry
+    from runner.job.cached_telemetry import CachedTelemetry
 
     db = _cache(tmp_path / "m-abc_rank0.db")
     store = tmp_path / "m-abc.telemetry.sqlite"

@@ -77,7 +77,7 @@ def test_the_run_carries_the_resolved_config_and_lm_eval_results(job):
 def test_lm_evals_environment_report_is_built_once_per_environment(tmp_path, monkeypatch):
     import lm_eval.evaluator as evaluator
 
-    from runner import evaluate
+    from runner.job import evaluate
 
     built = []
 

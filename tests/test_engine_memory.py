@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from runner.config import PROJECT_ROOT
+from runner.config.resolvers import PROJECT_ROOT
 
 pytestmark = pytest.mark.slow
 

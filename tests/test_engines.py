@@ -12,10 +12,10 @@ from mlflow import MlflowClient
 
 from runner.engines import pool
 from runner.engines.base import Completion, Engine, LogLikelihood, SamplingSettings
-from runner.engines.keys import response_cache_key
+from runner.engines.identity import response_cache_key
 from runner.engines.lazy import LazyEngine
-from runner.hardware import Hardware
-from runner.selection import select_engine
+from runner.engines.selection import select_engine
+from runner.machine.hardware import Hardware
 
 GiB = 1024**3
 
@@ -101,7 +101,7 @@ def test_the_response_cache_is_keyed_on_model_identity_not_on_how_it_ran(compose
 
 
 def test_engine_hf_is_the_transformers_reference_engine(compose_cfg):
-    from runner.engines import max_length
+    from runner.engines.vllm_args import max_length
 
     cfg = compose_cfg("engine=hf")
     selection = select_engine(cfg.engine, cfg.model, Hardware(host_memory_bytes=64 * GiB))
@@ -148,24 +148,35 @@ def test_an_engine_of_your_own_has_its_own_response_cache(compose_cfg):
     assert response_cache_key(compose_cfg("engine._target_=my_engines.CannedEngine"), selection) != builtin
 
 
-def test_the_registry_picks_the_class_for_the_selected_kind_and_can_be_extended(compose_cfg):
+def test_the_class_is_named_once_in_conf_engine(compose_cfg):
+    """engine=auto takes the class from conf/engine/<placement>.yaml; engine._target_ names any other."""
     from omegaconf import OmegaConf
 
-    from runner.engines import engine_class
+    from runner.config.schema import ConfigError
     from runner.engines.hf import HFEngine
+    from runner.engines.load import engine_class
     from runner.engines.vllm import VLLMEngine
-    from runner.schema import ConfigError
 
     cpu = select_engine(compose_cfg().engine, compose_cfg().model, Hardware(host_memory_bytes=64 * GiB))
     assert engine_class(cpu, compose_cfg().engine) is VLLMEngine
     assert engine_class(cpu, OmegaConf.create({"cpu": {}})) is VLLMEngine  # a config built by hand: the built-ins
-    assert engine_class(cpu, compose_cfg("+engine.registry.cpu=runner.engines.hf.HFEngine").engine) is HFEngine
+    assert engine_class(cpu, compose_cfg("engine._target_=runner.engines.hf.HFEngine").engine) is HFEngine
     with pytest.raises(ConfigError, match="is a class, but not an Engine"):
-        engine_class(cpu, compose_cfg("+engine.registry.cpu=collections.OrderedDict").engine)
+        engine_class(cpu, compose_cfg("engine._target_=collections.OrderedDict").engine)
+    hf = select_engine(compose_cfg("engine=hf").engine, compose_cfg().model, Hardware(host_memory_bytes=64 * GiB))
+    assert engine_class(hf, OmegaConf.create({"cpu": {}})) is HFEngine  # from conf/engine/hf.yaml
+    # No second list of classes: every placement selection can pick has its file, and nothing else names one.
+    from runner.config.resolvers import CONFIG_DIR
+    from runner.engines.selection import KINDS
+
+    for kind in set(KINDS) - {"auto"}:
+        assert OmegaConf.load(CONFIG_DIR / "engine" / f"{kind}.yaml")._target_
+    sources = "".join(p.read_text() for p in (CONFIG_DIR.parent / "runner").rglob("*.py"))
+    assert "runner.engines.vllm.VLLMEngine" not in sources and "runner.engines.hf.HFEngine" not in sources
 
 
 FLAKY_ENGINE = '''
-from runner.engines import Completion
+from runner.engines.base import Completion
 from my_engines import CannedEngine
 
 

@@ -1,4 +1,4 @@
-"""One engine pass per job (runner/engines/gather.py): datasets running side by side hand their requests to
+"""One engine pass per job (runner/engines/job_engine.py): datasets running side by side hand their requests to
 one engine call per request type, each request keeps its own settings, answers reach each dataset as they
 finish, and a dataset that fails, or an engine that fails, stops no one forever. A fake engine records the
 calls; the real path is covered by the job tests (tests/test_e2e.py counts the engine calls of a job)."""
@@ -11,8 +11,8 @@ import threading
 import pytest
 
 from runner.engines.base import Completion, Engine, LogLikelihood, SamplingSettings
-from runner.engines.gather import Cancelled, JobEngine
-from runner.evaluate import run_datasets
+from runner.engines.job_engine import Cancelled, JobEngine
+from runner.job.evaluate import run_datasets
 
 
 class RecordingEngine(Engine):

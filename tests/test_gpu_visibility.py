@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 from conftest import run_cli
 
-from runner import driver
-from runner.doctor import run_checks
 from runner.engines.replicas import device_env
-from runner.hardware import HardwareError, detect
-from runner.selection import SelectionError, select_engine
+from runner.engines.selection import SelectionError, select_engine
+from runner.machine import nvidia_driver
+from runner.machine.doctor import run_checks
+from runner.machine.hardware import HardwareError, detect
 
 FAKE_DIR = Path(__file__).parent / "fake_nvml"
 H100 = "NVIDIA H100 80GB HBM3"
@@ -182,9 +182,9 @@ def test_all_gpus_busy_stops_a_job_with_exit_2(tmp_path):
 
 def test_a_driver_too_old_for_cuda_13_names_both_and_the_fix(nvml, monkeypatch):
     nvml(spec(1, driver_version="550.54.15", cuda=12040))
-    monkeypatch.setattr(driver, "torch_cuda", lambda: "13.0")
-    with pytest.raises(driver.DriverError) as error:
-        driver.require_compatible()
+    monkeypatch.setattr(nvidia_driver, "torch_cuda", lambda: "13.0")
+    with pytest.raises(nvidia_driver.DriverError) as error:
+        nvidia_driver.require_compatible()
     message = str(error.value)
     assert "CUDA 13.0" in message and "580" in message and "550.54.15" in message and "12.4" in message
     assert "GPU_CUDA=12.9" in message
@@ -192,7 +192,7 @@ def test_a_driver_too_old_for_cuda_13_names_both_and_the_fix(nvml, monkeypatch):
 
 def test_doctor_flags_the_old_driver(nvml, monkeypatch, compose_cfg):
     nvml(spec(1, driver_version="550.54.15", cuda=12040))
-    monkeypatch.setattr(driver, "torch_cuda", lambda: "13.0")
+    monkeypatch.setattr(nvidia_driver, "torch_cuda", lambda: "13.0")
     checks = {c.name: c for c in run_checks(compose_cfg(), detect())}
     assert not checks["nvidia driver"].ok and "550.54.15" in checks["nvidia driver"].detail
     assert "GPU_CUDA=12.9" in checks["nvidia driver"].fix
@@ -204,13 +204,13 @@ def test_doctor_flags_the_old_driver(nvml, monkeypatch, compose_cfg):
      ("13.0", "575.57", "12.9", False)],
 )  # fmt: skip
 def test_driver_rules(runtime, version, cuda, ok):
-    assert (driver.problem(runtime, "torch", driver.Driver(version, cuda)) is None) is ok
+    assert (nvidia_driver.problem(runtime, "torch", nvidia_driver.Driver(version, cuda)) is None) is ok
 
 
 def test_the_cuda_12_build_is_read_from_vllms_version(monkeypatch):
-    monkeypatch.setattr(driver.importlib.metadata, "version", lambda dist: "0.32.0+cu129")
-    assert driver.vllm_cuda() == "12.9"
+    monkeypatch.setattr(nvidia_driver.importlib.metadata, "version", lambda dist: "0.32.0+cu129")
+    assert nvidia_driver.vllm_cuda() == "12.9"
 
 
 def test_this_cpu_build_needs_no_driver():
-    assert driver.torch_cuda() is None and driver.needed_cuda() is None
+    assert nvidia_driver.torch_cuda() is None and nvidia_driver.needed_cuda() is None

@@ -1,4 +1,4 @@
-"""runner/heap.py: what start-up builds is frozen, garbage made later is still collected, Ctrl-C is kept."""
+"""runner/machine/gc_freeze.py: what start-up builds is frozen, later garbage is still collected, Ctrl-C is kept."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import weakref
 
 import pytest
 
-from runner import heap
+from runner.machine import gc_freeze
 
 
 class Node:
@@ -25,7 +25,7 @@ def _unfrozen():
 
 def test_a_paused_stretch_is_frozen_and_the_collector_runs_again_after_it():
     assert gc.isenabled()
-    with heap.paused():
+    with gc_freeze.paused():
         assert not gc.isenabled()
         built = Node()
         ref = weakref.ref(built)
@@ -43,7 +43,7 @@ def test_a_paused_stretch_is_frozen_and_the_collector_runs_again_after_it():
 def test_a_paused_stretch_keeps_a_disabled_collector_disabled_and_survives_errors():
     gc.disable()
     try:
-        with pytest.raises(KeyboardInterrupt), heap.paused():
+        with pytest.raises(KeyboardInterrupt), gc_freeze.paused():
             raise KeyboardInterrupt  # Ctrl-C during the model load reaches the job (no gc callback eats it)
         assert not gc.isenabled()
     finally:
@@ -53,7 +53,7 @@ def test_a_paused_stretch_keeps_a_disabled_collector_disabled_and_survives_error
 def test_releasing_an_engine_collects_what_its_load_froze():
     from runner.engines.base import release_memory
 
-    with heap.paused():  # as app.py loads an engine
+    with gc_freeze.paused():  # as app.py loads an engine
         model = Node()
         ref = weakref.ref(model)
     del model  # the engine is dropped
@@ -68,7 +68,7 @@ def test_importing_freezes_only_when_something_new_is_imported(tmp_path, monkeyp
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.delitem(sys.modules, "module_made_by_this_test", raising=False)
     gc.unfreeze()
-    heap.import_frozen("json", "gc")  # imported already, as in a sweep's later jobs
+    gc_freeze.import_frozen("json", "gc")  # imported already, as in a sweep's later jobs
     assert gc.get_freeze_count() == 0  # the previous job's garbage stays collectable
-    heap.import_frozen("module_made_by_this_test", "a_module_that_is_not_installed")
+    gc_freeze.import_frozen("module_made_by_this_test", "a_module_that_is_not_installed")
     assert "module_made_by_this_test" in sys.modules and gc.get_freeze_count() > 0 and gc.isenabled()

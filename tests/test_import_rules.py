@@ -10,7 +10,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-from runner.config import PROJECT_ROOT
+from runner.config.resolvers import PROJECT_ROOT
 
 ADAPTERS_MAY_IMPORT = {"runner.engines.base"}
 

@@ -68,7 +68,7 @@ def test_the_hook_times_the_runners_functions_in_a_child_process(tmp_path):
     timings = tmp_path / "timings"
     timings.mkdir()
     code = (
-        "from runner import compare; compare.compare_runs([], {}, None); compare.compare_runs([], {}, None); "
+        "from runner.reporting import compare; compare.compare_runs([], {}, None); compare.compare_runs([], {}, None); "
         "import mlflow"
     )
     env = cli_env({"PYTHONPATH": str(hooks), "JOB_SCALING_TIMINGS": str(timings)})
@@ -76,14 +76,16 @@ def test_the_hook_times_the_runners_functions_in_a_child_process(tmp_path):
     subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, env=env, check=True, timeout=60)
     after = time.time()
     found = job_scaling.read_timings(timings, since=0)
-    calls = found["calls"]["runner.compare.compare_runs"]
+    calls = found["calls"]["runner.reporting.compare.compare_runs"]
     assert len(calls) == 2 and all(len(call) == 6 for call in calls)
     # Each call: its start (unix time) and its seconds lie inside the child's run, the second call after the first.
     for start, seconds, rss, peak, cpu, blocks in calls:
         assert before <= start and seconds >= 0 and start + seconds <= after
         assert 0 < rss <= peak and 0 <= cpu and blocks > 0
     assert calls[0][0] <= calls[1][0]
-    assert job_scaling.total(found["calls"], "runner.compare.compare_runs") == pytest.approx(calls[0][1] + calls[1][1])
+    assert job_scaling.total(found["calls"], "runner.reporting.compare.compare_runs") == pytest.approx(
+        calls[0][1] + calls[1][1]
+    )
     [imported] = found["calls"]["import mlflow"]  # timed once, apart from the calls around it
     start, seconds, rss, peak, cpu, blocks = imported
     assert calls[1][0] <= start and seconds > 0 and start + seconds <= after  # after the calls, its own entry

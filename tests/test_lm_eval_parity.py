@@ -93,7 +93,7 @@ def gsm8k(tmp_path_factory, default_model_dir):
     """The runner's job and the lm_eval CLI on the same local gsm8k files."""
     import lm_eval
 
-    from runner.evaluate import local_task_yaml
+    from runner.job.evaluate import local_task_yaml
 
     base = tmp_path_factory.mktemp("gsm8k")
     train, test = write_jsonl(base / "train.jsonl", TRAIN), write_jsonl(base / "test.jsonl", TEST)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from runner.models import ModelNotFoundError, ensure_converted, resolve_model
+from runner.catalog.weights import ModelNotFoundError, ensure_converted, resolve_model
 
 
 def test_default_model_is_a_loadable_safetensors_folder(default_model_dir):

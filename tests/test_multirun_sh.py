@@ -11,7 +11,7 @@ import os
 import subprocess
 import sys
 
-from runner.config import PROJECT_ROOT
+from runner.config.resolvers import PROJECT_ROOT
 
 
 def _sweep(tmp_path, *args):

@@ -65,7 +65,7 @@ def test_a_cached_hub_model_runs_offline_when_the_hub_cannot_be_reached(tmp_path
     # debug=fast's model (random weights on a shipped architecture) with its config and tokenizer in the HF
     # cache: the job loads it by repo id, as a cached hub model, with the hub dead and offline mode not set.
     tokenizer = [default_model_dir / f for f in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")]
-    config = PROJECT_ROOT / "runner" / "architectures" / "tiny_llama" / "config.json"
+    config = PROJECT_ROOT / "runner" / "catalog" / "architectures" / "tiny_llama" / "config.json"
     _cache_snapshot(tmp_path / "hub", "runner-architectures/tiny_llama", [config, *tokenizer])
     result = _run(tmp_path, "debug=fast", "~category.datasets.location_ner", "~category.datasets.ner_locations")
     assert result.returncode == 0, result.stdout[-4000:]

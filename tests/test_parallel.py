@@ -1,7 +1,7 @@
 """Tensor and pipeline parallelism on vLLM's CPU build give the single-worker engine's answers (data-parallel
 replicas: tests/test_replicas.py).
 
-A tiny Llama (runner/architectures/tiny_llama: 4 heads, 2 KV heads) with seeded random weights is saved
+A tiny Llama (runner/catalog/architectures/tiny_llama: 4 heads, 2 KV heads) with seeded random weights is saved
 once as a real checkpoint, so every layout loads the same numbers. Each layout runs in a child
 process (vLLM spawns its workers; a hang must not take the test session with it) and reports its
 greedy completions and log-likelihoods for fixed prompts.
@@ -18,16 +18,16 @@ from pathlib import Path
 
 import pytest
 
-from runner.config import PROJECT_ROOT
+from runner.config.resolvers import PROJECT_ROOT
 
 pytestmark = pytest.mark.slow
 
 PROBE = r"""
 import json, os, sys
 from omegaconf import OmegaConf
-from runner.engines import build_engine
+from runner.engines.build import build_engine
 from runner.engines.base import SamplingSettings
-from runner.selection import Selection
+from runner.engines.selection import Selection
 
 folder, layout = sys.argv[1], json.loads(sys.argv[2])
 args = {"dtype": "float32", "enforce_eager": layout.pop("enforce_eager", True), "kv_cache_memory_bytes": 1 << 28,
@@ -55,7 +55,7 @@ def tiny_checkpoint(tmp_path_factory, default_model_dir) -> Path:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     folder = tmp_path_factory.mktemp("tiny_llama_random")
-    config = AutoConfig.from_pretrained(PROJECT_ROOT / "runner" / "architectures" / "tiny_llama")
+    config = AutoConfig.from_pretrained(PROJECT_ROOT / "runner" / "catalog" / "architectures" / "tiny_llama")
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config)
     with torch.no_grad():  # a wider spread than the default init, so greedy choices are not near-ties

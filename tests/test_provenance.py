@@ -6,7 +6,7 @@ import os
 
 from omegaconf import OmegaConf
 
-from runner.provenance import content_hash, describe
+from runner.catalog.provenance import content_hash, describe
 
 
 def model(**overrides):

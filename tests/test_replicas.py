@@ -22,10 +22,10 @@ import pytest
 from conftest import SHORT_ANSWERS, LiveCli, cached_answers, run_cli
 from test_parallel import tiny_checkpoint  # noqa: F401 - the fixture: a tiny random Llama checkpoint
 
-from runner.config import PROJECT_ROOT
+from runner.config.resolvers import PROJECT_ROOT
 from runner.engines.base import Completion, Engine, LogLikelihood, SamplingSettings
 from runner.engines.replicas import MIN_CHUNK, ReplicaError, ReplicatedEngine, chunk_size, device_env, replica_cpus
-from runner.selection import Selection
+from runner.engines.selection import Selection
 
 # --- a fake engine, built inside each replica process ----------------------------------------------------
 
@@ -272,9 +272,9 @@ def test_a_replica_whose_engine_raises_fails_the_call_with_its_traceback(no_proc
 
 
 def test_cpu_selection_never_chooses_replicas_and_warns_when_asked_for_them(compose_cfg):
-    from runner.hardware import Hardware
-    from runner.plan import build_plan, render_plan
-    from runner.selection import CPU_REPLICAS_MEASURED, select_engine
+    from runner.engines.selection import CPU_REPLICAS_MEASURED, select_engine
+    from runner.job.plan import build_plan, render_plan
+    from runner.machine.hardware import Hardware
 
     cpu_box = Hardware(gpus=(), host_memory_bytes=24 * 1024**3, cpu_count=64)
     for kind in ("auto", "cpu", "hf"):  # even with 64 cores, one engine unless asked
@@ -298,9 +298,9 @@ def test_cpu_selection_never_chooses_replicas_and_warns_when_asked_for_them(comp
 PROBE = r"""
 import json, sys
 from omegaconf import OmegaConf
-from runner.engines import build_engine
+from runner.engines.build import build_engine
 from runner.engines.base import SamplingSettings
-from runner.selection import Selection
+from runner.engines.selection import Selection
 
 folder = sys.argv[1]
 args = {"dtype": "float32", "enforce_eager": True, "kv_cache_memory_bytes": 1 << 28, "max_model_len": 512, "seed": 0,

@@ -18,8 +18,11 @@ import pytest  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
 from mlflow.entities import Metric  # noqa: E402
 
-from runner import report, report_runs  # noqa: E402
-from runner.config import PROJECT_ROOT  # noqa: E402
+from runner.config.resolvers import PROJECT_ROOT  # noqa: E402
+from runner.reporting import (
+    report,  # noqa: E402
+    runs,
+)
 
 EVIL = "<script>alert('x')</script>"
 CATEGORY = "text_geospatial"
@@ -153,7 +156,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Store:
 SWEEP_RUNS = {"fast", "accurate", "evil", "cached", "failed"}
 
 
-def _names(store: Store, rows: list[report_runs.RunRow]) -> set[str]:
+def _names(store: Store, rows: list[runs.RunRow]) -> set[str]:
     by_id = {v: k for k, v in store.ids.items()}
     return {by_id[r.run_id] for r in rows}
 
@@ -179,7 +182,10 @@ def test_pareto_front_keeps_exactly_the_undominated_points(points, front):
 
 
 def test_importing_the_module_loads_neither_mlflow_nor_matplotlib():
-    code = "import sys, runner.report; print(sorted(m for m in ('mlflow', 'matplotlib', 'pandas') if m in sys.modules))"
+    code = (
+        "import sys, runner.reporting.report; "
+        "print(sorted(m for m in ('mlflow', 'matplotlib', 'pandas') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
@@ -188,28 +194,28 @@ def test_importing_the_module_loads_neither_mlflow_nor_matplotlib():
 
 
 def test_collect_reads_every_experiment_but_default_and_skips_report_runs(store):
-    rows = report_runs.collect_runs(store.uri)
+    rows = runs.collect_runs(store.uri)
     assert _names(store, rows) == SWEEP_RUNS | {"other_sweep", "code"}
     assert [r.experiment for r in rows] == ["code"] + [CATEGORY] * 6  # grouped by experiment, then by start
     assert [r.run_id for r in rows[1:4]] == [store.ids[k] for k in ("fast", "accurate", "evil")]
 
 
 def test_collect_filters_by_sweep_dir(store):
-    assert _names(store, report_runs.collect_runs(store.uri, sweep_dir=store.sweep)) == SWEEP_RUNS
-    assert _names(store, report_runs.collect_runs(store.uri, sweep_dir=store.sweep + "/")) == SWEEP_RUNS
-    assert _names(store, report_runs.collect_runs(store.uri, sweep_dir=Path(store.other_sweep))) == {"other_sweep"}
-    assert report_runs.collect_runs(store.uri, sweep_dir=str(store.root / "elsewhere")) == []
+    assert _names(store, runs.collect_runs(store.uri, sweep_dir=store.sweep)) == SWEEP_RUNS
+    assert _names(store, runs.collect_runs(store.uri, sweep_dir=store.sweep + "/")) == SWEEP_RUNS
+    assert _names(store, runs.collect_runs(store.uri, sweep_dir=Path(store.other_sweep))) == {"other_sweep"}
+    assert runs.collect_runs(store.uri, sweep_dir=str(store.root / "elsewhere")) == []
 
 
 def test_collect_by_experiment_name(store, caplog):
-    assert _names(store, report_runs.collect_runs(store.uri, experiments=["code"])) == {"code"}
-    with caplog.at_level(logging.WARNING, logger="runner.report_runs"):
-        assert report_runs.collect_runs(store.uri, experiments=["no_such_category"]) == []
+    assert _names(store, runs.collect_runs(store.uri, experiments=["code"])) == {"code"}
+    with caplog.at_level(logging.WARNING, logger="runner.reporting.runs"):
+        assert runs.collect_runs(store.uri, experiments=["no_such_category"]) == []
     assert "no_such_category" in caplog.text
 
 
 def test_collected_rows_carry_scores_and_telemetry(store):
-    rows = {r.run_id: r for r in report_runs.collect_runs(store.uri, sweep_dir=store.sweep)}
+    rows = {r.run_id: r for r in runs.collect_runs(store.uri, sweep_dir=store.sweep)}
     fast = rows[store.ids["fast"]]
     assert (fast.model, fast.category, fast.engine, fast.status) == ("smollm2_135m", CATEGORY, "cpu", "FINISHED")
     assert fast.run_name == f"smollm2_135m/{CATEGORY}"
@@ -233,8 +239,8 @@ _ROW = re.compile(r'<tr( class="front")? data-run-id="([0-9a-f]+)">(.*?)</tr>', 
 
 
 @pytest.fixture(scope="module")
-def built(store, tmp_path_factory) -> tuple[Path, Path, list[report_runs.RunRow]]:
-    rows = report_runs.collect_runs(store.uri, sweep_dir=store.sweep)
+def built(store, tmp_path_factory) -> tuple[Path, Path, list[runs.RunRow]]:
+    rows = runs.collect_runs(store.uri, sweep_dir=store.sweep)
     png, page = report.build_report(rows, tmp_path_factory.mktemp("report"), "Sweep <12-00-00> & co")
     return png, page, rows
 
@@ -321,13 +327,13 @@ def test_write_report_builds_logs_and_is_skipped_by_later_reports(store, tmp_pat
     new = [r for r in client.search_runs(_experiment_ids(client)) if r.info.run_id not in before]
     assert len(new) == 1  # the sweep's runs all sit in one experiment
     assert new[0].data.tags["runner.report"] == "true" and new[0].info.status == "FINISHED"
-    assert _names(store, report_runs.collect_runs(store.uri, sweep_dir=store.sweep)) == SWEEP_RUNS
+    assert _names(store, runs.collect_runs(store.uri, sweep_dir=store.sweep)) == SWEEP_RUNS
 
     assert report.write_report(store.uri, tmp_path / "quiet", experiments=["code"], log=False) is not None
     after = {r.info.run_id for r in client.search_runs(_experiment_ids(client))}
     assert after == before | {new[0].info.run_id}  # log=False logs nothing
 
-    with caplog.at_level(logging.WARNING, logger="runner.report"):
+    with caplog.at_level(logging.WARNING, logger="runner.reporting.report"):
         assert report.write_report(store.uri, tmp_path / "none", sweep_dir=str(tmp_path / "nothing")) is None
     assert "No MLflow runs" in caplog.text
     assert not (tmp_path / "none").exists()

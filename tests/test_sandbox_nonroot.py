@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from conftest import skip_when_quick
 
-from runner.config import PROJECT_ROOT
+from runner.config.resolvers import PROJECT_ROOT
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="dropping to another uid needs root (CI runs as root)")
 
@@ -113,8 +113,8 @@ def test_a_code_dataset_fails_closed_saying_what_is_missing_and_runs_when_weak_i
     tmp_path, open_dir
 ):
     skip_when_quick("runs a job through the CLI as another user")
-    from runner.catalog import load_model
-    from runner.models import resolve_model
+    from runner.catalog.readiness import load_model
+    from runner.catalog.weights import resolve_model
 
     resolve_model(load_model("tiny_llama"), str(PROJECT_ROOT / ".cache"))  # prepared by root, read by nobody
     cache = open_dir / "cache"  # the job's own writable cache, with the prepared models in it

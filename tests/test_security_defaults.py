@@ -6,8 +6,8 @@ import subprocess
 
 from conftest import PROJECT_ROOT
 
-from runner.engines import vllm_engine_args
-from runner.selection import Selection
+from runner.engines.selection import Selection
+from runner.engines.vllm_args import vllm_engine_args
 
 
 def test_remote_code_is_trusted_only_where_a_model_config_opts_in(compose_cfg):

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from omegaconf import OmegaConf
 
-from runner.engines import vllm_engine_args
-from runner.hardware import GPU, Hardware, detect
-from runner.selection import SelectionError, estimate_memory, select_engine
+from runner.engines.selection import SelectionError, estimate_memory, select_engine
+from runner.engines.vllm_args import vllm_engine_args
+from runner.machine.hardware import GPU, Hardware, detect
 
 GiB = 1024**3
 CPU_BOX = Hardware(gpus=(), host_memory_bytes=24 * GiB, cpu_count=2)
@@ -198,8 +198,8 @@ def test_parallel_sizes_given_as_engine_args_size_the_job_like_the_engines_own(c
 
 
 def test_a_one_process_executor_asked_to_run_several_workers_is_refused_before_loading(compose_cfg):
-    from runner.engines import vllm_engine_args
-    from runner.schema import ConfigError
+    from runner.config.schema import ConfigError
+    from runner.engines.vllm_args import vllm_engine_args
 
     cfg = compose_cfg(
         "engine=distributed", "engine.tensor_parallel_size=2", "+engine.args.distributed_executor_backend=uni"

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from runner.results import DatasetResult, JobResult
-from runner.selection import Selection
-from runner.summary import SUMMARY_FILE, print_summary
+from runner.console.summary import SUMMARY_FILE, print_summary
+from runner.engines.selection import Selection
+from runner.job.results import DatasetResult, JobResult
 
 # (dataset, headline metric, its task entry, other metrics); each task's metrics get a stderr and an n.
 DATASETS = {
@@ -209,7 +209,7 @@ def test_an_unwritable_folder_still_prints_the_scores(tmp_path, capsys):
 
 @pytest.mark.parametrize("value", ["long", "SHORT"])
 def test_a_bad_summary_value_is_refused(compose_cfg, value):
-    from runner.schema import ConfigError, validate
+    from runner.config.schema import ConfigError, validate
 
     with pytest.raises(ConfigError, match=r"summary='.*' is not one of short, full"):
         validate(compose_cfg(f"summary={value}"))

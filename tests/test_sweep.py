@@ -97,12 +97,12 @@ def test_the_report_can_be_rebuilt_from_mlflow_with_one_command(sweep, tmp_path)
 
 
 def test_mode_sync_uploads_runs_the_store_missed(compose_cfg, tmp_path):
-    from runner import tracking
+    from runner.tracking import mlflow_run
 
     down = compose_cfg(
         f"paths.output_dir={tmp_path}", "tracking.uri=http://127.0.0.1:9", "tracking.system_metrics=false"
     )
-    with tracking.Tracker(down, tmp_path / "runs" / "job", {"engine": "cpu"}) as tracker:
+    with mlflow_run.Tracker(down, tmp_path / "runs" / "job", {"engine": "cpu"}) as tracker:
         tracker.log_metrics({"spatial_reasoning/score": 0.25})
     uri = f"sqlite:///{tmp_path}/later.db"
     result = run_cli("mode=sync", f"paths.output_dir={tmp_path}", f"tracking.uri={uri}")

@@ -8,7 +8,7 @@ import sys
 
 from conftest import PROJECT_ROOT
 
-from runner.telemetry import PeakGPUMemory, PeakRSS
+from runner.machine.peak_memory import PeakGPUMemory, PeakRSS
 
 
 def test_peak_rss_counts_child_processes():
@@ -32,7 +32,7 @@ def test_a_spike_of_this_process_between_two_samples_is_in_the_peak():
     # A fresh process started by this (large) test process: its peak must be its own, not the parent's,
     # and the kernel's peak counts only when it rose inside the window.
     script = (
-        "from runner.telemetry import PeakRSS\n"
+        "from runner.machine.peak_memory import PeakRSS\n"
         "with PeakRSS(interval_s=3600) as rss:\n"
         "    before = rss.peak_bytes\n"
         "    spike = b'x' * (400 * 2**20)  # every page written\n"

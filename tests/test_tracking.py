@@ -11,13 +11,13 @@ from conftest import free_port, mlflow_server
 from mlflow import MlflowClient
 from test_tracking_outages import connections_to, fresh_http_env  # noqa: F401 - fresh_http_env: the fixture
 
-from runner import reaper, run_record, tracking
+from runner.tracking import mlflow_run, reaper, run_record
 
 
 def test_metric_names_lose_what_mlflow_rejects():
-    assert tracking.metric_name("coordinate_processing", "acc,none") == "coordinate_processing/acc_none"
-    assert tracking.metric_name("ds", "", "exact_match") == "ds/exact_match"
-    assert tracking.metric_name("humaneval_offline", "pass@1") == "humaneval_offline/pass_at_1"
+    assert mlflow_run.metric_name("coordinate_processing", "acc,none") == "coordinate_processing/acc_none"
+    assert mlflow_run.metric_name("ds", "", "exact_match") == "ds/exact_match"
+    assert mlflow_run.metric_name("humaneval_offline", "pass@1") == "humaneval_offline/pass_at_1"
 
 
 @pytest.fixture
@@ -33,8 +33,8 @@ def _runs(uri: str, experiment: str = "text_geospatial"):
 
 def _job(cfg, out_dir, *, fail: BaseException | None = None, between=None):
     """What run_job logs, in small: tags, metrics (in two steps), an artifact and a table."""
-    with tracking.Tracker(cfg, out_dir, {"engine": "cpu"}) as tracker:
-        tracker.log_metrics({"coordinate_processing/acc": 0.5, tracking.metric_name("h", "pass@1"): 1.0})
+    with mlflow_run.Tracker(cfg, out_dir, {"engine": "cpu"}) as tracker:
+        tracker.log_metrics({"coordinate_processing/acc": 0.5, mlflow_run.metric_name("h", "pass@1"): 1.0})
         if between:
             between()
         (out_dir / "telemetry.json").write_text('{"wall_s": 1.0}\n')
@@ -146,7 +146,7 @@ def _comparable(run):
     )
 
 
-@pytest.mark.usefixtures("fresh_http_env")  # the job's own bounds (tracking.http_*), not an earlier test's
+@pytest.mark.usefixtures("fresh_http_env")  # the job's own bounds (mlflow_run.http_*), not an earlier test's
 def test_an_unreachable_server_costs_seconds_and_sync_creates_the_same_run_later(compose_cfg, tmp_path, monkeypatch):
     live_uri = f"sqlite:///{tmp_path}/live.db"
     live = compose_cfg(f"paths.output_dir={tmp_path}", "tracking.system_metrics=false", f"tracking.uri={live_uri}")
@@ -157,7 +157,7 @@ def test_an_unreachable_server_costs_seconds_and_sync_creates_the_same_run_later
     cfg = compose_cfg(f"paths.output_dir={tmp_path}", "tracking.system_metrics=false", f"tracking.uri={down}")
     attempts = connections_to(monkeypatch, port)
     tracker = _job(cfg, tmp_path / "offline_job")
-    # Bounded: one store call, refused, given up after tracking.http_retries retries, and no call after it.
+    # Bounded: one store call, refused, given up after mlflow_run.http_retries retries, and no call after it.
     # MLflow's default retries a dead server 7 times with exponential backoff (minutes), on every call.
     assert attempts == [None] * (1 + cfg.tracking.http_retries), attempts
     assert tracker.run_id is None and not tracker.record.synced
@@ -272,7 +272,7 @@ def test_mode_reap_ends_dead_runs_of_any_experiment_and_host_saying_which_and_wh
 
 def test_a_live_job_refreshes_its_heartbeat_on_the_run_and_in_its_record(cfg, tmp_path):
     cfg.tracking.heartbeat_s = 0.2
-    with tracking.Tracker(cfg, tmp_path / "job", {"engine": "cpu"}) as tracker:
+    with mlflow_run.Tracker(cfg, tmp_path / "job", {"engine": "cpu"}) as tracker:
         client = MlflowClient(cfg.tracking.uri)
 
         def heartbeat() -> int:
@@ -289,7 +289,7 @@ def test_a_live_job_refreshes_its_heartbeat_on_the_run_and_in_its_record(cfg, tm
 
 
 def test_sync_refuses_the_record_of_a_job_that_is_still_running(cfg, tmp_path):
-    tracker = tracking.Tracker(cfg, tmp_path / "job", {"engine": "cpu"})
+    tracker = mlflow_run.Tracker(cfg, tmp_path / "job", {"engine": "cpu"})
     tracker.__enter__()  # the job is running (in this process), its record says RUNNING
     try:
         with pytest.raises(RuntimeError, match="still running"):
@@ -299,10 +299,10 @@ def test_sync_refuses_the_record_of_a_job_that_is_still_running(cfg, tmp_path):
 
 
 def test_progress_is_logged_as_step_metrics_from_another_thread(cfg, tmp_path):
-    """What the live display reports every ~10 s (runner/progress.py calls it from its own thread)."""
+    """What the live display reports every ~10 s (runner/console/progress.py calls it from its own thread)."""
     import threading
 
-    with tracking.Tracker(cfg, tmp_path / "job", {"engine": "cpu"}) as tracker:
+    with mlflow_run.Tracker(cfg, tmp_path / "job", {"engine": "cpu"}) as tracker:
         for done, rate in ((3, 50.0), (9, 75.5)):
             worker = threading.Thread(target=tracker.log_progress, args=(done, rate))
             worker.start()

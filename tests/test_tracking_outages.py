@@ -1,6 +1,6 @@
 """A very slow tracking server: it accepts connections and reads requests but never answers in time.
 
-Jobs and `mode=sync` must wait on it only as long as tracking.http_timeout_s / http_retries say, keep the
+Jobs and `mode=sync` must wait on it only as long as mlflow_run.http_timeout_s / http_retries say, keep the
 run on disk, and a later sync into a store that answers must produce the complete run.
 (Down before the run and going down mid-run: tests/test_tracking.py.)
 """
@@ -19,7 +19,7 @@ import pytest
 from conftest import free_port, run_cli
 from mlflow import MlflowClient
 
-from runner import run_record, tracking
+from runner.tracking import mlflow_run, run_record
 
 TIMEOUT_S = 2
 RETRIES = 0
@@ -119,8 +119,8 @@ def _slow_cfg(compose_cfg, tmp_path, slow: SlowServer):
 
 def _job(cfg, out_dir):
     """What run_job logs, in small (as in tests/test_tracking.py): tags, metrics in two steps, an artifact, a table."""
-    with tracking.Tracker(cfg, out_dir, {"engine": "cpu"}) as tracker:
-        tracker.log_metrics({"coordinate_processing/acc": 0.5, tracking.metric_name("h", "pass@1"): 1.0})
+    with mlflow_run.Tracker(cfg, out_dir, {"engine": "cpu"}) as tracker:
+        tracker.log_metrics({"coordinate_processing/acc": 0.5, mlflow_run.metric_name("h", "pass@1"): 1.0})
         (out_dir / "telemetry.json").write_text('{"wall_s": 1.0}\n')
         tracker.log_artifact(out_dir / "telemetry.json")
         tracker.log_table({"prompt": ["a", "b"], "score": [1.0, 0.0]}, "samples/ds/task.json")
@@ -144,7 +144,9 @@ def test_a_very_slow_server_costs_one_bounded_wait_and_sync_completes_the_run_la
     get_experiment = "GET /api/2.0/mlflow/experiments/get-by-name?experiment_name=text_geospatial HTTP/1.1"
     assert slow_server.requests == [get_experiment], slow_server.requests
     assert [sock.gettimeout() for sock in connections] == [TIMEOUT_S]
-    (warning,) = [r.getMessage() for r in caplog.records if r.name == "runner.tracking" and r.levelname == "WARNING"]
+    (warning,) = [
+        r.getMessage() for r in caplog.records if r.name == "runner.tracking.mlflow_run" and r.levelname == "WARNING"
+    ]
     assert "starting the run failed" in warning and "ReadTimeoutError" in warning, warning
     assert tracker.run_id is None and not tracker.record.synced
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from runner.config import PROJECT_ROOT
+from runner.config.resolvers import PROJECT_ROOT
 
 
 def test_mypy_finds_no_type_errors():

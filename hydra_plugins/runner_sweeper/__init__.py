@@ -90,7 +90,7 @@ class RunnerSweeper(BasicSweeper):
     def _ready(jobs: list[list[str]], compose: Any) -> list[list[str]]:
         """The jobs whose category has a dataset ready here and whose model's weights are here, as
         `mode=list` judges them; what is left out is logged, grouped by reason."""
-        from runner.catalog import dataset_status, load_model, model_status, project_tasks
+        from runner.catalog.readiness import dataset_status, load_model, model_status, project_tasks
 
         # One composition per job without its model (a category's jobs share it): composing each job
         # whole would cost half a second per (category, model).

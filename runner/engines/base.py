@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, Self, TypeVar, cast
 
-from runner.console import FILE_ONLY
+from runner.console.handlers import FILE_ONLY
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +151,7 @@ def _percentile(ordered: list[float], q: float) -> float:
 
 class SupportsRequests(Protocol):
     """What the lm-eval bridge (adapters/lm_eval_model.py) calls: an Engine, or the job's one pass over an
-    Engine that the datasets share (runner/engines/gather.py JobEngine)."""
+    Engine that the datasets share (runner/engines/job_engine.py JobEngine)."""
 
     @property
     def name(self) -> str: ...
@@ -172,7 +172,7 @@ class SupportsRequests(Protocol):
 
 
 class ProgressHook(Protocol):
-    """What the lm-eval bridge tells the job about one dataset's requests (runner/progress.py's dataset row):
+    """What the lm-eval bridge tells the job about one dataset's requests (runner/console/progress.py's dataset row):
     how many it is about to send, and each one answered, as it is answered."""
 
     def expect(self, requests: int) -> None: ...
@@ -182,7 +182,7 @@ class ProgressHook(Protocol):
 
 class AnswerRecorder(Protocol):
     """Keeps each generated answer's tokens and latency under lm-eval's cache key for it (beside the response
-    cache: runner/cached_telemetry.py), so a job answered from the cache still reports its throughput."""
+    cache: runner/job/cached_telemetry.py), so a job answered from the cache still reports its throughput."""
 
     def answer(self, key: str, completion: Completion) -> None: ...
 
@@ -201,7 +201,7 @@ class Engine(ABC):
 
         `source` is the model's local folder or hub id, `model` and `engine` are the job's config nodes
         (`+engine.<anything>=...` reaches an engine of your own here), `selection` is what
-        runner/selection.py chose (kind, GPUs, parallel sizes). The default passes `source` alone, so a
+        runner/engines/selection.py chose (kind, GPUs, parallel sizes). The default passes `source` alone, so a
         subclass whose constructor takes the model's folder needs nothing more. The runner calls this,
         not the constructor, so an engine keeps a plain constructor for use outside the runner.
         """
@@ -311,7 +311,7 @@ def release_memory() -> None:
     Dropping the last reference frees the weights and KV cache inside the process, but glibc keeps
     freed heap pages mapped; `malloc_trim` returns them to the OS (~0.3 GiB more here for a 135M
     model). CUDA's caching allocator likewise keeps freed blocks until `empty_cache`. The engine's imports
-    were frozen (runner/heap.py): unfrozen first, or the collector would skip garbage frozen with them.
+    were frozen (runner/machine/gc_freeze.py): unfrozen first, or the collector would skip garbage frozen with them.
     """
     gc.unfreeze()
     gc.collect()

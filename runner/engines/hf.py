@@ -11,7 +11,7 @@ import logging
 import time
 from typing import Any
 
-from runner.console import FILE_ONLY
+from runner.console.handlers import FILE_ONLY
 from runner.engines.base import (
     Completion,
     Engine,
@@ -73,8 +73,8 @@ class HFEngine(Engine):
     @classmethod
     def from_config(cls, *, source: str, model: Any, engine: Any, selection: Any) -> HFEngine:
         """The model's dtype, revision and load format, plus `engine.hf` (batch size, device...)."""
-        from runner.config import to_dict
-        from runner.engines import from_hub
+        from runner.config.resolvers import to_dict
+        from runner.engines.vllm_args import from_hub
 
         options = {k: v for k, v in to_dict(engine.hf).items() if k != "max_length"}
         return cls(

@@ -36,7 +36,7 @@ per core. Without that, every replica's OpenMP team is sized for the whole machi
 against each other (128 requests x 64 tokens, 2 replicas on 2 cores: 72 output tok/s unbound vs 217
 pinned). Even pinned, 2 replicas on this project's 2-core machine are slower than one engine (the default
 job: 148.5 vs 182.9 output tok/s, bench/data_parallel.py), so selection never picks replicas on the CPU and
-warns when they are asked for (runner/selection.py).
+warns when they are asked for (runner/engines/selection.py).
 """
 
 from __future__ import annotations
@@ -97,9 +97,9 @@ def _build(build: dict[str, Any], replica: int) -> Engine:
 
     from omegaconf import OmegaConf
 
-    from runner.engines import build_engine
+    from runner.engines.load import load_engine
 
-    return build_engine(
+    return load_engine(
         build["selection"], build["source"], OmegaConf.create(build["model"]), OmegaConf.create(build["engine"])
     )
 

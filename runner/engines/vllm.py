@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from runner.console import FILE_ONLY
+from runner.console.handlers import FILE_ONLY
 from runner.engines.base import (
     Completion,
     Engine,
@@ -42,14 +42,14 @@ class VLLMEngine(Engine):
         """EngineArgs from the platform defaults, the model and `engine.args` (runner.engines.vllm_engine_args)."""
         import os
 
-        from runner import heap
-        from runner.engines import check_engine_args, vllm_engine_args
+        from runner.engines.vllm_args import check_engine_args, vllm_engine_args
+        from runner.machine import gc_freeze
 
         if selection.kind == "cpu":
             for key, value in (engine.get("cpu_env") or {}).items():
                 os.environ.setdefault(str(key), str(value))
         # vLLM's modules live until exit: frozen, so the load's own collections skip them (~9 s to import here)
-        heap.import_frozen("vllm.engine.arg_utils", "vllm.entrypoints.llm")
+        gc_freeze.import_frozen("vllm.engine.arg_utils", "vllm.entrypoints.llm")
         args = vllm_engine_args(selection, model, engine)
         check_engine_args(args)
         return cls(source, args)

@@ -1,0 +1,237 @@
+"""The report printed at the end of a job, and `summary.md`, its full version, in the job's folder.
+
+`summary=short` (the default) prints one row per dataset (its headline `metric`, ± stderr, n), the skipped
+datasets and a few telemetry lines; `summary=full` prints every metric instead. `summary.md` always holds
+every metric with the number of documents it was scored on (n), and the whole telemetry.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from runner.job.results import DatasetResult, JobResult
+
+SUMMARY_FILE = "summary.md"
+
+
+def format_table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows, strict=True)]
+    lines = [header, ["-" * w for w in widths], *rows]
+    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in lines)
+
+
+def _stderr(metrics: dict[str, float], name: str) -> float | None:
+    stderr = metrics.get(f"{name}_stderr")
+    return stderr if stderr is not None and stderr == stderr else None  # NaN: lm-eval computed none
+
+
+def _value(metrics: dict[str, float], name: str) -> str:
+    return _pm(metrics[name], _stderr(metrics, name))
+
+
+def _pm(value: float, stderr: float | None) -> str:
+    return f"{value:.4f}" + (f" ± {stderr:.4f}" if stderr is not None else "")
+
+
+def _n(result: DatasetResult, task: str, metric: str) -> int | str:
+    """The docs `metric` of `task` was scored on (a subgroup metric's own docs), else the task's samples;
+    a group's own entry (mmlu_pro, bbh) counts the samples of all its tasks."""
+    scored = result.metric_samples.get(task, {}).get(metric)
+    if scored is not None:
+        return scored
+    if task in result.samples:
+        return result.samples[task]
+    if task == result.name and result.samples:
+        return sum(result.samples.values())
+    return "?"
+
+
+def _label(result: DatasetResult, task: str) -> str:
+    return result.name if task == result.name else f"{result.name}/{task}"
+
+
+def metric_rows(job: JobResult) -> list[tuple[str, str, float, float | None, int | str]]:
+    """Every metric of every dataset: (dataset[/task], metric, value, stderr or None, n)."""
+    rows = []
+    for result in job.datasets:
+        for task, metrics in result.metrics.items():
+            for name in sorted(m for m in metrics if not m.endswith("_stderr")):
+                rows.append((_label(result, task), name, metrics[name], _stderr(metrics, name), _n(result, task, name)))
+    return rows
+
+
+def _headline_metric(result: DatasetResult, cfg: Any) -> tuple[str | None, str | None]:
+    """The dataset's configured `metric`, and the task entry that reported it (None: none did).
+
+    Looked up as runner/job/evaluate.py's `headline` does: the dataset's own (group) entry, then its tasks."""
+    dataset = cfg.category.datasets.get(result.name) if cfg.category.get("datasets") else None
+    if dataset is None or dataset.get("metric") is None:
+        return None, None
+    metric = str(dataset.metric)
+    tasks = list(dataset.get("tasks") or ())
+    for task in (result.name, *tasks, *result.metrics):
+        if metric in result.metrics.get(task, {}):
+            return metric, task
+    return metric, None
+
+
+def dataset_line(result: DatasetResult, cfg: Any) -> str:
+    """The line a finished dataset leaves on the console, from the same pieces as its summary row:
+    `spatial_reasoning: acc 0.0600 ± 0.0339 (n=50) · 50 requests, 12 from the cache · 21.4 s`."""
+    metric, task = _headline_metric(result, cfg)
+    if metric is not None and task is not None:
+        score = f"{metric} {_value(result.metrics[task], metric)} (n={_n(result, task, metric)})"
+    else:
+        score = "no score" if result.score is None else f"{metric or 'score'} {result.score:.4f}"
+    cached = result.requests - result.served
+    requests = f"{result.requests} requests" + (f", {cached} from the cache" if cached else "")
+    requests += f", {result.failed} failed in the engine (scored wrong)" if result.failed else ""
+    return f"{result.name}: {score} · {requests} · {result.wall_seconds:.1f} s"
+
+
+def headline_rows(job: JobResult, cfg: Any) -> list[list[str]]:
+    """One row per dataset: dataset, headline metric, value ± stderr, n."""
+    rows = []
+    for result in job.datasets:
+        metric, task = _headline_metric(result, cfg)
+        if metric is not None and task is not None:
+            metrics = result.metrics[task]
+            rows.append([result.name, metric, _value(metrics, metric), str(_n(result, task, metric))])
+        elif result.score is not None:  # no config entry to name it (a hand-built job): the score alone
+            rows.append([result.name, metric or "score", f"{result.score:.4f}", "?"])
+        else:  # what lm-eval did report is in summary.md (and runner.log names it)
+            rows.append([result.name, metric or "-", "no score: not reported by lm-eval", "-"])
+    return rows
+
+
+def telemetry_lines(job: JobResult, cfg: Any) -> list[str]:
+    """Requests and cache, a truncation warning when prompts were cut, throughput, load/wall/memory, and where
+    the run went (MLflow run, output folder): five lines, six with the warning."""
+    t = job.telemetry
+    lines = []
+    cached = int(t.get("requests_from_cache", 0))
+    engine_state = (
+        "reused from the previous job"
+        if t.get("engine_reused")
+        else ("loaded" if t.get("engine_loaded", 1) else "not loaded: every answer came from the cache")
+    )
+    total = int(t.get("requests_total", t.get("requests", 0)))
+    lines.append(f"requests: {total}, {cached} from the response cache · engine {engine_state}")
+    if t.get("requests_truncated"):
+        lines.append(
+            f"warning: {int(t['requests_truncated'])} prompts were longer than the context window and lost their "
+            "beginning (lm-eval's left truncation); raise model.max_model_len if the model allows it."
+        )
+    # Measured now when the engine served something; else, where the cache kept them, the measurements of the
+    # engine passes that generated the cached answers (throughput_source=response_cache in MLflow).
+    served = t.get("requests", 0)
+    from_cache = not served and "cached_answers_with_telemetry" in t
+    if (served or from_cache) and "output_tokens_per_s" in t:
+        latency = (
+            f" · latency p50 {t['latency_p50_s']:.2f} s, p95 {t['latency_p95_s']:.2f} s" if "latency_p50_s" in t else ""
+        )
+        label = (
+            "throughput (from the response cache, measured when those answers were generated)"
+            if from_cache
+            else "throughput"
+        )
+        lines.append(
+            f"{label}: {t['output_tokens_per_s']:.1f} output tok/s, {t['input_tokens_per_s']:.1f} input tok/s, "
+            f"{t['requests_per_s']:.2f} req/s{latency}"
+        )
+    parts = []
+    if "model_load_s" in t:
+        parts.append(f"model load {t['model_load_s']:.1f} s")
+    if "wall_s" in t:
+        parts.append(f"wall {t['wall_s']:.1f} s")
+    if "peak_rss_gib" in t:
+        parts.append(f"peak RSS {t['peak_rss_gib']:.2f} GiB")
+    if "peak_gpu_memory_gib" in t:
+        parts.append(f"peak GPU memory {t['peak_gpu_memory_gib']:.2f} GiB")
+    if "kv_cache_tokens" in t:
+        parts.append(f"KV cache {t['kv_cache_tokens']:.0f} tokens")
+    if parts:
+        lines.append(" · ".join(parts))
+    if job.synced:
+        lines.append(f"MLflow run:  {job.run_id} (experiment '{cfg.tracking.experiment}', store {cfg.tracking.uri})")
+    else:
+        lines.append(
+            f"MLflow run:  {job.run_id or 'not created'}: the store {cfg.tracking.uri} could not take everything; "
+            f"the run is kept in {Path(job.out_dir) / 'tracking.json'}. Upload it with `python -m runner mode=sync`."
+        )
+    lines.append(f"output dir:  {job.out_dir}")
+    return lines
+
+
+def _title(job: JobResult, cfg: Any) -> str:
+    engine = job.engine or job.selection.kind  # vllm_server (vLLM 0.32.0 at <url>), or cpu, vllm, hf
+    return f"{cfg.category.get('label', cfg.category.name)} · {cfg.model.name} · engine {engine}"
+
+
+def _md(cell: Any) -> str:
+    return str(cell).replace("|", "\\|")
+
+
+def render_markdown(job: JobResult, cfg: Any) -> str:
+    """summary.md: the headline scores, every metric with its n, skipped datasets, and the whole telemetry."""
+    out = [f"# {_title(job, cfg)}", ""]
+    out += ["## Headline scores", "", "| dataset | metric | score | n |", "| --- | --- | ---: | ---: |"]
+    out += [f"| {' | '.join(_md(c) for c in row)} |" for row in headline_rows(job, cfg)]
+    out += ["", "## Every metric", ""]
+    out += [
+        "n is the number of documents a metric was scored on: a subgroup metric (acc_k1) counts its own "
+        "documents only, so metrics of one task can have different n.",
+        "",
+        "| dataset | metric | value | ± stderr | n |",
+        "| --- | --- | ---: | ---: | ---: |",
+    ]
+    for label, name, value, stderr, n in metric_rows(job):
+        err = f"{stderr:.4f}" if stderr is not None else ""
+        out.append(f"| {_md(label)} | {_md(name)} | {value:.4f} | {err} | {n} |")
+    if job.skipped:
+        out += ["", "## Skipped datasets", ""]
+        out += [f"- {_md(name)}: {_md(why)}" for name, why in job.skipped.items()]
+    if job.warnings:
+        out += ["", "## Warnings", ""]
+        out += [f"- {_md(text)}" for text in job.warnings]
+    out += ["", "## Run", ""]
+    out += [f"- {line}" for line in telemetry_lines(job, cfg)]
+    out += ["", "## Telemetry", "", "| measure | value |", "| --- | ---: |"]
+    for key, value in sorted(job.telemetry.items()):
+        out.append(f"| {_md(key)} | {value:.6g} |" if isinstance(value, (int, float)) else f"| {_md(key)} | {value} |")
+    return "\n".join(out) + "\n"
+
+
+def write_summary_file(job: JobResult, cfg: Any) -> Path:
+    """Write summary.md into the job's folder; returns its path."""
+    path = Path(job.out_dir) / SUMMARY_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(render_markdown(job, cfg), encoding="utf-8")
+    return path
+
+
+def print_summary(job: JobResult, cfg: Any) -> None:
+    """Write summary.md, then print the short (or, with summary=full, the full) report."""
+    full = cfg.get("summary", "short") == "full"
+    try:
+        write_summary_file(job, cfg)
+        where = "" if full else f" · every metric with its n: {SUMMARY_FILE}"
+    except OSError as exc:  # a full or read-only disk must not hide the scores of a finished job
+        where = f" · {SUMMARY_FILE} could not be written ({exc.strerror or exc})"
+    print()
+    print(_title(job, cfg))
+    if full:
+        rows = [[label, name, _pm(value, err), str(n)] for label, name, value, err, n in metric_rows(job)]
+        print(format_table(["dataset", "metric", "value", "n"], rows))
+    else:
+        print(format_table(["dataset", "metric", "score", "n"], headline_rows(job, cfg)))
+    for name, why in job.skipped.items():
+        print(f"skipped {name}: {why}")
+    for text in job.warnings:
+        print(f"warning: {text}")
+    print()
+    lines = telemetry_lines(job, cfg)
+    lines[-1] += where
+    print("\n".join(lines))

@@ -1,0 +1,117 @@
+"""`mode=plan`: what a run would do (models, datasets, samples, engine, memory, GPUs) without loading anything."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from runner.catalog.readiness import dataset_size, dataset_status, model_status, project_tasks
+from runner.console.summary import format_table
+from runner.engines.selection import SelectionError, select_engine
+from runner.machine.hardware import Hardware
+
+
+def build_plan(cfg: Any, models: list[Any], hardware: Hardware) -> dict[str, Any]:
+    own = project_tasks(cfg.paths.tasks_dir)
+    datasets = []
+    for name, dataset in cfg.category.datasets.items():
+        size = dataset_size(dataset, own)
+        limit = cfg.limit if cfg.limit is not None else dataset.limit
+        samples = size if limit is None else (limit if size is None else min(limit, size))
+        status = dataset_status(dataset, own)
+        datasets.append(
+            {
+                "name": name,
+                "tasks": list(dataset.tasks),
+                "num_fewshot": dataset.num_fewshot,
+                "size": size,
+                "samples": samples,
+                "ready": status.ok,
+                "detail": status.detail,
+            }
+        )
+    planned_models = []
+    for model in models:
+        weights = model_status(model, cfg.paths.cache_dir)
+        entry: dict[str, Any] = {
+            "name": model.name,
+            "repo_id": model.repo_id,
+            "params_b": model.params_b,
+            "dtype": model.dtype,
+            "quantization": model.quantization,
+            "in_category": model.name in cfg.category.models,
+            "weights": {"ok": weights.ok, "detail": weights.detail},
+        }
+        try:
+            entry["engine"] = select_engine(cfg.engine, model, hardware).as_dict()
+        except SelectionError as exc:
+            entry["engine"] = {"kind": None, "error": str(exc)}
+        planned_models.append(entry)
+    known = [d["samples"] for d in datasets if d["samples"] is not None]
+    complete = len(known) == len(datasets)
+    return {
+        "category": cfg.category.name,
+        "label": cfg.category.label,
+        "hardware": hardware.as_dict() | {"summary": hardware.summary()},
+        "models": planned_models,
+        "datasets": datasets,
+        "samples_per_model": sum(known) if complete else None,
+        "samples_total": sum(known) * len(models) if complete else None,
+    }
+
+
+def write_plan(plan: dict[str, Any], out_dir: Path) -> Path:
+    path = out_dir / "plan.json"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(plan, indent=2) + "\n")
+    return path
+
+
+def _engine_cell(engine: dict[str, Any]) -> tuple[str, str]:
+    if engine.get("kind") is None:
+        return "ERROR", "-"
+    parallel = ""
+    if engine["kind"] == "distributed":
+        parallel = f" tp={engine['tensor_parallel_size']} pp={engine['pipeline_parallel_size']}"
+    mem = engine["memory"]
+    if mem is None:  # a running server (engine.url): its memory is not this machine's
+        return engine["kind"], "-"
+    memory = f"{mem['weights_gib']} + {mem['kv_reserve_gib']} KV = {mem['total_gib']} GiB"
+    return f"{engine['kind']}{parallel} ({engine['gpus']} GPU)", memory
+
+
+def render_plan(plan: dict[str, Any]) -> str:
+    lines = [f"Plan for {plan['label']} on {plan['hardware']['summary']}", ""]
+    rows = []
+    for m in plan["models"]:
+        how, memory = _engine_cell(m["engine"])
+        note = "" if m["in_category"] else " (not in category)"
+        size = f"{m['params_b']}B {m['quantization'] or m['dtype']}"
+        rows.append([m["name"] + note, size, how, memory, "yes" if m["weights"]["ok"] else "no"])
+    lines.append(format_table(["model", "size", "engine", "memory (est.)", "weights here"], rows))
+    busy: list[str] = []
+    for m in plan["models"]:
+        lines.append(f"  {m['name']}: {m['engine'].get('reason') or m['engine'].get('error')}")
+        lines += [f"    warning: {line}" for line in m["engine"].get("warnings", ())]
+        if m["engine"].get("devices"):
+            lines.append(f"    on GPUs: {','.join(m['engine']['devices'])}")
+        busy += [line for line in m["engine"].get("busy", ()) if line not in busy]
+        if not m["weights"]["ok"]:
+            lines.append(f"    weights: {m['weights']['detail']}")
+    lines += [f"  not offered, in use: {line}" for line in busy]
+    lines.append("")
+    rows = []
+    for d in plan["datasets"]:
+        size = "?" if d["size"] is None else str(d["size"])
+        samples = "?" if d["samples"] is None else str(d["samples"])
+        rows.append([d["name"], ",".join(d["tasks"]), size, samples, "yes" if d["ready"] else "no"])
+    lines.append(format_table(["dataset", "lm-eval tasks", "size", "samples", "ready"], rows))
+    lines += [f"  {d['name']}: {d['detail']}" for d in plan["datasets"] if not d["ready"]]
+    per_model = plan["samples_per_model"]
+    total = plan["samples_total"]
+    lines.append("")
+    lines.append(
+        f"samples: {'?' if per_model is None else per_model} per model, {'?' if total is None else total} in all"
+    )
+    return "\n".join(lines)

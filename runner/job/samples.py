@@ -1,0 +1,94 @@
+"""lm-eval's logged samples (one record per doc and filter), reduced to what the runner keeps of them.
+
+runner/job/evaluate.py reads each scored dataset's samples through these: the per-sample table MLflow shows
+(`sample_table`), the docs each metric was scored on (`metric_counts`), the requests behind them
+(`count_requests`) and the response-cache keys of those that generated text (`generate_keys`). They depend
+only on the shape of lm-eval's sample records, not on running an evaluation.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def count_requests(samples: dict[str, list[dict[str, Any]]]) -> int:
+    """Requests sent for these samples. lm-eval logs one sample per doc *and filter* (gsm8k has two
+    filters over the same answer), so each doc's requests count once, whatever the number of filters."""
+    seen: set[tuple[str, Any]] = set()
+    total = 0
+    for task, task_samples in samples.items():
+        for sample in task_samples:
+            if (task, sample["doc_id"]) not in seen:
+                seen.add((task, sample["doc_id"]))
+                total += len(sample["arguments"])
+    return total
+
+
+def generate_keys(samples: dict[str, list[dict[str, Any]]], configs: dict[str, Any]) -> list[str]:
+    """The response-cache keys (lm-eval's `hash_args`) of the generation requests behind these samples."""
+    from lm_eval.api.model import hash_args
+
+    keys = []
+    for task, task_samples in samples.items():
+        if configs.get(task, {}).get("output_type") != "generate_until":
+            continue
+        for sample in task_samples:
+            keys += [hash_args("generate_until", args) for args in sample["arguments"]]
+    return sorted(set(keys))  # a doc logged once per filter holds the same requests
+
+
+def metric_counts(samples: list[dict[str, Any]]) -> dict[str, int]:
+    """Metric name (as runner/job/evaluate.py's `_metrics` names it) -> how many docs reported it: what lm-eval
+    aggregated it over."""
+    counts: dict[str, int] = {}
+    for sample in samples:
+        filter_name = sample.get("filter", "none")
+        for metric in sample.get("metrics", ()):
+            name = metric if filter_name == "none" else f"{metric}_{filter_name}"
+            counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+def request_errors(sample: dict[str, Any], failed: dict[str, str]) -> str | None:
+    """The error of the first of a sample's requests the engine failed (`failed`: lm-eval cache key -> error)."""
+    from lm_eval.api.model import hash_args
+
+    for args in sample.get("arguments") or ():
+        for kind in ("generate_until", "loglikelihood"):
+            error = failed.get(hash_args(kind, args))
+            if error is not None:
+                return error
+    return None
+
+
+def sample_table(samples: list[dict[str, Any]], metric: str, failed: dict[str, str] | None = None) -> dict[str, list]:
+    """lm-eval's logged samples as columns for MLflow's table view: prompt, response, target, score, parsed,
+    and, when the engine failed some of their requests, the error of each (empty for the others)."""
+    columns: dict[str, list] = {"doc_id": [], "prompt": [], "response": [], "target": [], "score": [], "parsed_ok": []}
+    if failed:
+        columns["error"] = []
+    for sample in samples:
+        # lm-eval logs one entry per doc and filter; metric names carry the filter unless it is "none".
+        filter_name = sample.get("filter", "none")
+        key = next((k for k in sample if k == metric and filter_name == "none" or f"{k}_{filter_name}" == metric), None)
+        if key is None:
+            continue
+        arguments = sample.get("arguments") or [[""]]
+        responses = sample.get("filtered_resps") or [None]
+        if len(arguments) > 1:  # multiple choice: the choice the model scored highest
+            scores = [r[0] if isinstance(r, (list, tuple)) else r for r in responses]
+            best = max(range(len(scores)), key=lambda i: scores[i]) if scores else 0
+            response = arguments[best][1] if len(arguments[best]) > 1 else str(best)
+        else:
+            response = responses[0]
+            response = response[0] if isinstance(response, list) and len(response) == 1 else response
+        parsed = sample.get("parse_rate")  # the project's tasks score whether the answer could be parsed
+        columns["doc_id"].append(sample.get("doc_id"))
+        columns["prompt"].append(str(arguments[0][0]))
+        columns["response"].append(str(response))
+        columns["target"].append(str(sample.get("target")))
+        columns["score"].append(float(sample[key]) if isinstance(sample[key], (int, float, bool)) else None)
+        columns["parsed_ok"].append(None if parsed is None else bool(parsed))
+        if failed:
+            columns["error"].append(request_errors(sample, failed) or "")
+    return columns

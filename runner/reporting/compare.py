@@ -1,0 +1,434 @@
+"""Whether a difference between two runs is real: confidence intervals and paired tests on per-doc scores.
+
+For each dataset of the report, `compare_runs` loads every run's per-doc scores (the `samples/<dataset>/<task>.json`
+tables, from the run folder's `tables/` mirror when it is on this machine, else from MLflow), gives each run's score
+a 95% interval, and tests every pair of runs scored on the same docs with the same task versions:
+
+- interval: Wilson for 0/1 scores, else a percentile bootstrap (`RESAMPLES` resamples of the docs, fixed seed);
+- pair: exact McNemar (two-sided binomial test on the discordant docs) when both runs scored 0/1, else a paired
+  bootstrap of the mean difference (docs resampled, null-centred, two-sided);
+- Holm–Bonferroni across the pairs tested within a dataset; significant: Holm-adjusted p < `ALPHA`.
+
+The statistics themselves are in runner/reporting/stats.py; this module reads the per-doc scores, applies the statistics
+to runs and pairs, and writes `comparisons.json` and the report's section.
+
+What is tested is the mean of the per-doc scores (stratified by task for a group), or the unweighted mean of the
+task means where that, and not the per-doc mean, is the score the run logged. A score that is neither (a corpus-level
+metric such as micro-F1, whose docs log no numeric score of their own, or another aggregate) is said so: the run then
+has no interval, or one that is labelled as being for the per-doc mean. Pairs that cannot be compared (different doc
+sets, different task versions, missing tables) are listed with the reason.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+import math
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from runner.reporting.stats import (
+    CONFIDENCE,
+    RESAMPLES,
+    SEED,
+    bootstrap_interval,
+    holm,
+    mcnemar_exact,
+    paired_bootstrap_p,
+    wilson_interval,
+)
+
+if TYPE_CHECKING:
+    from runner.reporting.runs import RunRow
+
+logger = logging.getLogger(__name__)
+
+ALPHA = 0.05
+_TOLERANCE = 1e-6  # a logged score and a recomputed one that agree this closely are the same statistic
+
+METHODS = {
+    "wilson": "Wilson score interval",
+    "bootstrap": f"bootstrap percentile interval ({RESAMPLES} resamples of the docs)",
+    "mcnemar_exact": "exact McNemar test (two-sided binomial test on the discordant docs)",
+    "paired_bootstrap": f"paired bootstrap of the difference ({RESAMPLES} resamples of the docs, two-sided)",
+}
+STATISTICS = {
+    "mean": "mean of the per-doc scores",
+    "task_mean": "unweighted mean of the task means",
+}
+
+Key = tuple[str, Any]  # (task, doc_id)
+
+
+# --------------------------------------------------------------------------------------------------- per-doc scores
+
+
+@dataclass
+class DocScores:
+    """One run's per-doc scores on one dataset, or why there are none."""
+
+    scores: dict[Key, float] = field(default_factory=dict)
+    reason: str = ""  # non-empty: no usable scores
+    dropped: int = 0  # docs whose score was not a number
+
+    @property
+    def tasks(self) -> list[str]:
+        return sorted({task for task, _ in self.scores})
+
+    def groups(self, keys: list[Key]) -> list[list[float]]:
+        """The scores of `keys`, one list per task (tasks sorted, docs in `keys`' order)."""
+        return [[self.scores[k] for k in keys if k[0] == task] for task in sorted({task for task, _ in keys})]
+
+
+def _columns(payload: Any) -> dict[str, list]:
+    """A table as columns: MLflow's artifact is pandas' split layout, the run folder's mirror is plain columns."""
+    if isinstance(payload, dict) and "columns" in payload and "data" in payload:
+        names = payload["columns"]
+        return {name: [row[i] for row in payload["data"]] for i, name in enumerate(names)}
+    if isinstance(payload, dict):
+        return payload
+    raise ValueError("not a table")
+
+
+def _parse(files: list[Path]) -> DocScores:
+    result = DocScores()
+    for path in sorted(files):
+        columns = _columns(json.loads(path.read_text(encoding="utf-8")))
+        if "doc_id" not in columns or "score" not in columns:
+            return DocScores(reason=f"per-sample table {path.name} has no doc_id/score columns")
+        for doc_id, score in zip(columns["doc_id"], columns["score"], strict=True):
+            if isinstance(score, bool | int | float) and math.isfinite(score):
+                result.scores[(path.stem, doc_id)] = float(score)
+            else:
+                result.dropped += 1
+    if not result.scores:
+        result.reason = (
+            "its per-sample tables hold no numeric per-doc score (a corpus-level metric such as micro-F1)"
+            if result.dropped
+            else "its per-sample tables are empty"
+        )
+    return result
+
+
+class ScoreLoader:
+    """Per-doc scores of (run, dataset): the run folder's `tables/` mirror when present, else MLflow's artifacts."""
+
+    def __init__(self, tracking_uri: str | None) -> None:
+        self.tracking_uri = tracking_uri
+        self._client: Any = None  # an MlflowClient, made on first use (mlflow imports slowly)
+
+    def load(self, row: RunRow, dataset: str) -> DocScores:
+        relative = f"samples/{dataset}"
+        if row.output_dir:
+            local = Path(row.output_dir) / "tables" / relative
+            if local.is_dir() and (files := list(local.glob("*.json"))):
+                try:
+                    return _parse(files)
+                except (OSError, ValueError) as exc:
+                    logger.warning("Could not read %s (%s); trying MLflow.", local, exc)
+        if self.tracking_uri is None:
+            return DocScores(reason="no per-sample table found")
+        try:
+            from unittest import mock
+
+            if self._client is None:
+                from mlflow import MlflowClient
+
+                self._client = MlflowClient(self.tracking_uri)
+            if not any(f.path.endswith(".json") for f in self._client.list_artifacts(row.run_id, relative)):
+                return DocScores(reason="no per-sample table logged")
+            # Without the bar MLflow draws per download, one per run and dataset would drown a sweep's output.
+            quiet = mock.patch.dict(os.environ, {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"})
+            with tempfile.TemporaryDirectory(prefix="runner-compare-") as tmp, quiet:
+                return _parse(list(Path(self._client.download_artifacts(row.run_id, relative, tmp)).glob("*.json")))
+        except Exception as exc:  # noqa: BLE001 - a store or file problem loses this run's tests, not the report
+            logger.warning("Per-sample tables of run %s (%s) unreadable: %s", row.run_id, dataset, exc)
+            return DocScores(reason=f"its per-sample tables could not be read ({type(exc).__name__}: {exc})")
+
+
+# --------------------------------------------------------------------------------------------------- comparisons
+
+
+@dataclass
+class RunInterval:
+    run_id: str
+    label: str
+    score: float  # as logged: `<dataset>/score`
+    n: int = 0  # docs with a numeric score
+    statistic: str = ""  # key of STATISTICS, "" without per-doc scores
+    value: float | None = None  # the statistic recomputed from the per-doc scores
+    low: float | None = None
+    high: float | None = None
+    method: str = ""  # key of METHODS
+    matches_score: bool = False  # the interval is one for the logged score itself
+    note: str = ""
+
+
+@dataclass
+class PairTest:
+    a: str
+    b: str
+    label_a: str
+    label_b: str
+    n: int
+    difference: float  # statistic of a minus statistic of b
+    method: str
+    p_value: float
+    p_holm: float = 1.0
+    significant: bool = False
+    note: str = ""
+
+
+@dataclass
+class NotCompared:
+    a: str
+    b: str
+    label_a: str
+    label_b: str
+    reason: str
+
+
+@dataclass
+class DatasetComparison:
+    dataset: str
+    runs: list[RunInterval] = field(default_factory=list)
+    pairs: list[PairTest] = field(default_factory=list)
+    not_compared: list[NotCompared] = field(default_factory=list)
+
+
+def _close(a: float, b: float) -> bool:
+    return abs(a - b) <= _TOLERANCE * max(1.0, abs(b))
+
+
+def _binary(values: Any) -> bool:
+    return all(v in (0.0, 1.0) for v in values)
+
+
+def _interval(row: RunRow, label: str, dataset: str, docs: DocScores, resamples: int, seed: int) -> RunInterval:
+    score = row.scores[dataset]
+    out = RunInterval(row.run_id, label, score)
+    if docs.reason:
+        out.note = f"no interval: {docs.reason}"
+        return out
+    keys = sorted(docs.scores, key=_order)
+    groups = docs.groups(keys)
+    out.n = len(keys)
+    mean = math.fsum(docs.scores.values()) / out.n
+    task_mean = math.fsum(math.fsum(g) / len(g) for g in groups) / len(groups)
+    if _close(mean, score) or not _close(task_mean, score) or len(groups) == 1:
+        out.statistic, out.value, weights = "mean", mean, [len(g) / out.n for g in groups]
+    else:
+        out.statistic, out.value, weights = "task_mean", task_mean, [1 / len(groups)] * len(groups)
+    out.matches_score = _close(out.value, score)
+    if out.statistic == "mean" and _binary(docs.scores.values()):
+        out.method = "wilson"
+        out.low, out.high = wilson_interval(round(math.fsum(docs.scores.values())), out.n)
+    else:
+        out.method = "bootstrap"
+        out.low, out.high = bootstrap_interval(groups, weights, resamples, seed)
+    notes = ["the logged score is the unweighted mean of the task means"] if out.statistic == "task_mean" else []
+    if not out.matches_score:
+        notes.append(
+            f"the logged score {score:.4f} is not the mean of the per-doc scores ({mean:.4f}): it is aggregated "
+            "otherwise, so the interval and the tests are for the per-doc mean"
+        )
+    if docs.dropped:
+        notes.append(f"{docs.dropped} docs without a numeric score left out")
+    out.note = "; ".join(notes)
+    return out
+
+
+def _order(key: Key) -> tuple[str, str, str]:
+    task, doc_id = key
+    return task, type(doc_id).__name__, f"{doc_id:>20}" if isinstance(doc_id, int) else str(doc_id)
+
+
+def _why_not(a: RunRow, b: RunRow, names: dict[str, str], docs: dict[str, DocScores]) -> tuple[list[str], str]:
+    """Reasons the pair cannot be compared, and a note when it can but a task version is unknown."""
+    reasons, unknown = [], []
+    for row in (a, b):
+        if docs[row.run_id].reason:
+            reasons.append(f"{names[row.run_id]}: {docs[row.run_id].reason}")
+    if reasons:
+        return reasons, ""
+    for task in sorted(set(docs[a.run_id].tasks) | set(docs[b.run_id].tasks)):
+        va, vb = a.task_versions.get(task), b.task_versions.get(task)
+        if va is not None and vb is not None and va != vb:
+            reasons.append(f"task {task} has version {va} in {names[a.run_id]} but {vb} in {names[b.run_id]}")
+        elif va is None or vb is None:
+            unknown.append(task)
+    only_a = docs[a.run_id].scores.keys() - docs[b.run_id].scores.keys()
+    only_b = docs[b.run_id].scores.keys() - docs[a.run_id].scores.keys()
+    if only_a or only_b:
+        reasons.append(
+            f"different doc sets: {len(only_a)} docs only in {names[a.run_id]}, {len(only_b)} only in "
+            f"{names[b.run_id]} ({len(docs[a.run_id].scores)} vs {len(docs[b.run_id].scores)} docs)"
+        )
+    note = f"task version unknown ({', '.join(unknown)}): compared as if equal" if unknown else ""
+    return reasons, note
+
+
+def _minus(x: float, y: float) -> float:
+    # MLflow's table artifact keeps 10 decimals (pandas' to_json), the run folder's mirror every digit: the same
+    # score read both ways must differ by nothing, not by noise the bootstrap would then test.
+    return 0.0 if abs(x - y) <= 1e-9 * max(1.0, abs(x), abs(y)) else x - y
+
+
+def _test(a: RunInterval, b: RunInterval, da: DocScores, db: DocScores, resamples: int, seed: int) -> PairTest:
+    keys = sorted(da.scores, key=_order)
+    statistic = "task_mean" if a.statistic == b.statistic == "task_mean" else "mean"
+    groups_a, groups_b = da.groups(keys), db.groups(keys)
+    differences = [list(map(_minus, ga, gb)) for ga, gb in zip(groups_a, groups_b, strict=True)]
+    n = len(keys)
+    weights = [1 / len(groups_a)] * len(groups_a) if statistic == "task_mean" else [len(g) / n for g in groups_a]
+    difference = math.fsum(w * math.fsum(d) / len(d) for d, w in zip(differences, weights, strict=True))
+    difference = round(difference, 12) + 0.0  # float noise of an exact tie shows as 0, not as -0.0000
+    note = "" if a.statistic == b.statistic else "tested on the per-doc mean"
+    if statistic == "mean" and _binary(da.scores.values()) and _binary(db.scores.values()):
+        a_only = sum(1 for k in keys if da.scores[k] > db.scores[k])
+        b_only = sum(1 for k in keys if db.scores[k] > da.scores[k])
+        method, p = "mcnemar_exact", mcnemar_exact(a_only, b_only)
+        note = "; ".join(filter(None, [note, f"discordant docs: {a_only} scored 1 only in A, {b_only} only in B"]))
+    else:
+        method, p = "paired_bootstrap", paired_bootstrap_p(differences, weights, resamples, seed)
+    return PairTest(a.run_id, b.run_id, a.label, b.label, n, difference, method, p, note=note)
+
+
+def compare_runs(
+    rows: list[RunRow],
+    labels: dict[str, str],
+    tracking_uri: str | None,
+    *,
+    resamples: int = RESAMPLES,
+    seed: int = SEED,
+) -> list[DatasetComparison]:
+    """Per dataset: each run's interval, the paired test of every comparable pair (Holm-adjusted), the rest."""
+    loader = ScoreLoader(tracking_uri)
+    datasets = sorted({d for r in rows for d in r.scores})
+    comparisons = []
+    for dataset in datasets:
+        scored = [r for r in rows if dataset in r.scores]
+        names = _unique_names(scored, labels)
+        docs = {r.run_id: loader.load(r, dataset) for r in scored}
+        result = DatasetComparison(dataset)
+        result.runs = [_interval(r, names[r.run_id], dataset, docs[r.run_id], resamples, seed) for r in scored]
+        intervals = {i.run_id: i for i in result.runs}
+        for i, a in enumerate(scored):
+            for b in scored[i + 1 :]:
+                reasons, note = _why_not(a, b, names, docs)
+                if reasons:
+                    pair = a.run_id, b.run_id, names[a.run_id], names[b.run_id]
+                    result.not_compared.append(NotCompared(*pair, "; ".join(reasons)))
+                    continue
+                test = _test(intervals[a.run_id], intervals[b.run_id], docs[a.run_id], docs[b.run_id], resamples, seed)
+                test.note = "; ".join(filter(None, [note, test.note]))
+                result.pairs.append(test)
+        for test, adjusted in zip(result.pairs, holm([t.p_value for t in result.pairs]), strict=True):
+            test.p_holm, test.significant = adjusted, adjusted < ALPHA
+        comparisons.append(result)
+    return comparisons
+
+
+def _unique_names(rows: list[RunRow], labels: dict[str, str]) -> dict[str, str]:
+    """The report's labels, with the run id's start added where two runs of a dataset share one."""
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[labels[r.run_id]] = counts.get(labels[r.run_id], 0) + 1
+    return {r.run_id: labels[r.run_id] + (f" [{r.run_id[:8]}]" if counts[labels[r.run_id]] > 1 else "") for r in rows}
+
+
+# --------------------------------------------------------------------------------------------------- output
+
+
+def write_json(comparisons: list[DatasetComparison], path: Path) -> Path:
+    """`comparisons.json`: the settings, then per dataset the intervals, the tests and the pairs not compared."""
+    document = {
+        "confidence": CONFIDENCE,
+        "alpha": ALPHA,
+        "correction": "holm",
+        "bootstrap_resamples": RESAMPLES,
+        "seed": SEED,
+        "methods": METHODS,
+        "statistics": STATISTICS,
+        "datasets": {c.dataset: {k: v for k, v in asdict(c).items() if k != "dataset"} for c in comparisons},
+    }
+    path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def _num(value: float | None, digits: int = 4) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
+def _ci(r: RunInterval) -> str:
+    return "—" if r.low is None or r.high is None else f"[{r.low:.4f}, {r.high:.4f}]"
+
+
+def _method(r: RunInterval) -> str:
+    return METHODS[r.method].split(" (")[0] if r.method else "—"
+
+
+def _p(value: float) -> str:
+    return f"{value:.2e}" if value < 1e-4 else f"{value:.4f}"
+
+
+_TESTS = {"mcnemar_exact": "exact McNemar", "paired_bootstrap": "paired bootstrap"}
+EXPLANATION = (
+    f"Intervals: {CONFIDENCE:.0%}, Wilson for 0/1 scores, else a bootstrap percentile interval ({RESAMPLES} "
+    "resamples of the docs, fixed seed). Pairs: runs scored on the same docs with the same task versions; exact "
+    "McNemar test when both runs scored 0/1, else a paired bootstrap of the difference (a bootstrap p-value is never "
+    f"below 1/{RESAMPLES + 1}). p (Holm): adjusted for the number of pairs tested on the dataset (Holm–Bonferroni); "
+    f"significant: adjusted p < {ALPHA}. A − B is the difference of the tested statistic."
+)
+
+
+def _table(css: str, heads: tuple[str, ...], classes: tuple[str, ...], rows: list[tuple[str, list[str]]]) -> list[str]:
+    """An HTML table; `rows` are (the row's attributes, its cells' texts), `classes` the columns' cell classes."""
+    e = html.escape
+    out = [f'<table class="{css}"><thead><tr>' + "".join(f"<th>{e(h)}</th>" for h in heads) + "</tr></thead><tbody>"]
+    for attrs, cells in rows:
+        tds = (f'<td class="{k}">{e(v)}</td>' for k, v in zip(classes, cells, strict=True))
+        out.append(f"<tr {attrs}>" + "".join(tds) + "</tr>")
+    return out + ["</tbody></table>"]
+
+
+def html_section(comparisons: list[DatasetComparison]) -> str:
+    """The report's "Is the difference real?" section: per dataset, the runs' intervals, the tests, the rest."""
+    e = html.escape
+    parts = ['<h2 id="comparisons">Is the difference real?</h2>', f'<p class="legend">{e(EXPLANATION)}</p>']
+    for c in comparisons:
+        parts += [f'<section class="comparison" data-dataset="{e(c.dataset)}">', f"<h3>{e(c.dataset)}</h3>"]
+        heads: tuple[str, ...] = ("run", "score", "docs", "95% CI", "interval", "note")
+        runs = [
+            (f'data-interval="{e(r.run_id)}"', [r.label, _num(r.score), str(r.n or "—"), _ci(r), _method(r), r.note])
+            for r in c.runs
+        ]
+        parts += _table("intervals", heads, ("", "num", "num", "num", "", "note"), runs)
+        heads = ("A", "B", "docs", "A − B", "test", "p", "p (Holm)", f"significant at {ALPHA}", "note")
+        pairs = [
+            (
+                f'data-pair="{e(t.a)} {e(t.b)}" class="{"significant" if t.significant else "not-significant"}"',
+                [t.label_a, t.label_b, str(t.n), f"{t.difference:+.4f}", _TESTS[t.method], _p(t.p_value)]
+                + [_p(t.p_holm), "yes" if t.significant else "no", t.note],
+            )
+            for t in c.pairs
+        ]
+        parts += _table("pairs", heads, ("", "", "num", "num", "", "num", "num", "sig", "note"), pairs) if pairs else []
+        if c.not_compared:  # a run without per-doc scores is named once, not in every pair it is part of
+            unscored = [r for r in c.runs if not r.n]
+            parts.append('<p class="notes">Not compared:</p><ul class="notes not-compared">')
+            if unscored and len(c.runs) > 1:
+                names = e(", ".join(r.label for r in unscored))
+                parts.append(f'<li class="unscored">every pair with {names}: no per-doc scores (notes above)</li>')
+            parts += [
+                f'<li data-pair="{e(n.a)} {e(n.b)}">{e(n.label_a)} vs {e(n.label_b)}: {e(n.reason)}</li>'
+                for n in c.not_compared
+                if not {n.a, n.b} & {r.run_id for r in unscored}
+            ]
+            parts.append("</ul>")
+        parts.append("</section>")
+    return "\n".join(parts)
