@@ -72,7 +72,7 @@ MLFLOW_GOAL_S = 2.0  # per 1,000 samples (docs/benchmarks.md's goal is < 2 s per
 LINEAR_TOLERANCE = 0.15
 
 # Loaded by the job process as `sitecustomize` (PYTHONPATH). It patches modules right after they are
-# imported (a meta-path finder), so `from runner.console.summary import print_summary` in runner/job/run.py binds the
+# imported (a meta-path finder), so `from runner.reporting.summary import print_summary` in runner/job/run.py binds the
 # timed function; nothing in the repository is edited. Missing names (code moved by someone) are listed,
 # not fatal. Each process writes its own file: anything else Python that inherits the environment does too.
 HOOK = r"""
@@ -84,7 +84,7 @@ _TARGETS = {
                         "Tracker.log_artifact", "Tracker.finish", "Tracker.log_progress", "sync_record"],
     "runner.job.evaluate": ["evaluate_dataset"],
     "runner.job.samples": ["sample_table", "generate_keys", "count_requests", "metric_counts"],
-    "runner.console.summary": ["print_summary", "write_summary_file"],
+    "runner.reporting.summary": ["print_summary", "write_summary_file"],
     "runner.engines.build": ["build_engine"],
     "adapters.lm_eval_model": ["EngineLM.generate_until"],
     "runner.reporting.runs": ["collect_runs"],
@@ -411,7 +411,7 @@ def job(n: int, work: Path, conf: Path, out: Path, env: dict[str, str], max_toke
         "progress_s": total(calls, "runner.tracking.mlflow_run.Tracker.log_progress"),
         "progress_cpu_s": cpu(calls, "runner.tracking.mlflow_run.Tracker.log_progress"),
         "progress_calls": len(calls.get("runner.tracking.mlflow_run.Tracker.log_progress", [])),
-        "summary_s": total(calls, "runner.console.summary.print_summary"),  # it writes summary.md too
+        "summary_s": total(calls, "runner.reporting.summary.print_summary"),  # it writes summary.md too
         "missing": timings["missing"],
         "run_dir": run_dir,
         "uri": record["tracking_uri"],

@@ -41,12 +41,14 @@ def main() -> None:
     from hydra import compose, initialize_config_dir
     from vllm import SamplingParams
 
-    import runner.job.run as app
+    import runner.job.execute as execute
     from runner.catalog.weights import resolve_model
+    from runner.cli import typed
     from runner.config.resolvers import CONFIG_DIR
     from runner.engines.build import build_engine
     from runner.engines.lazy import LazyEngine
     from runner.engines.selection import select_engine
+    from runner.job.run import run_job
     from runner.machine.hardware import detect
 
     out = Path(tempfile.mkdtemp(prefix="bench-job-raw-"))
@@ -60,7 +62,7 @@ def main() -> None:
 
     # The job gets this loaded engine (load not timed) and must leave it running for the raw side.
     engine_shutdown, engine.shutdown = engine.shutdown, lambda: None
-    app._engine = lambda cfg, selection, source, progress: (LazyEngine(lambda: engine, source), False)
+    execute._engine = lambda cfg, job, progress, watchdog: (LazyEngine(lambda: engine, source), False)
     recorded: list[tuple[list[list[int]], list]] = []
     answers: dict[str, list[str]] = {}
     generate = engine._generate
@@ -77,7 +79,7 @@ def main() -> None:
         engine.llm.reset_prefix_cache()
         recorded.clear()
         before = (engine.stats.generate_seconds, engine.stats.output_tokens)
-        app.run_job(cfg, out / f"job-{time.time_ns()}")
+        run_job(typed(cfg), out / f"job-{time.time_ns()}", cfg)
         assert len(recorded) == 1, f"the job made {len(recorded)} engine calls"
         return engine.stats.generate_seconds - before[0], engine.stats.output_tokens - before[1]
 

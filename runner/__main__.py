@@ -33,7 +33,7 @@ def main(cfg: DictConfig) -> object:
 
 
 if __name__ == "__main__":  # vLLM spawns workers that re-import this module
-    from runner.job import stopping
+    from runner.machine import stopping
 
     stopping.install()  # SIGTERM and SIGHUP stop a job as Ctrl-C does
     try:

@@ -3,7 +3,7 @@
 Known problems (bad config, model not found, engine cannot fit) end with one paragraph naming the
 problem and the fix, and exit code 2; HYDRA_FULL_ERROR=1 shows the traceback instead. In a sweep
 (`-m`), a failing job is recorded (its MLflow run FAILED, `job.json` in its folder) and the sweep
-goes on; runner/job/sweep_callbacks.py lists the failures at the end and exits non-zero.
+goes on; runner/sweep_callbacks.py lists the failures at the end and exits non-zero.
 """
 
 from __future__ import annotations
@@ -17,10 +17,13 @@ from collections.abc import Set
 from pathlib import Path
 from typing import Any, NoReturn
 
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import InterpolationResolutionError
+
 from runner.catalog.readiness import check_category_models
-from runner.config.schema import ConfigError, validate
+from runner.config.schema import ConfigError, RunnerConfig, validate
 from runner.console.handlers import FILE_ONLY
-from runner.job import stopping
+from runner.machine import stopping
 
 log = logging.getLogger("runner")
 
@@ -32,7 +35,7 @@ class SyncError(RuntimeError):
     """Runs kept on disk could not be uploaded; they stay pending for the next `mode=sync`."""
 
 
-def dispatch(cfg: Any, out_dir: Path, overridden: Set[str] = frozenset(), in_sweep: bool = False) -> Any:
+def dispatch(cfg: DictConfig, out_dir: Path, overridden: Set[str] = frozenset(), in_sweep: bool = False) -> object:
     from runner.catalog.weights import ModelNotFoundError
     from runner.engines.job_engine import RequestsFailedError
     from runner.engines.load import EngineLoadError
@@ -54,7 +57,7 @@ def dispatch(cfg: Any, out_dir: Path, overridden: Set[str] = frozenset(), in_swe
             sys.exit(2)
         _job_status(out_dir, cfg, "FAILED", message)
         return None
-    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM / SIGHUP (runner/job/stopping.py)
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM / SIGHUP (runner/machine/stopping.py)
         if in_sweep:
             _job_status(out_dir, cfg, "KILLED", stopping.reason(exc))
             print(
@@ -91,7 +94,7 @@ def dispatch(cfg: Any, out_dir: Path, overridden: Set[str] = frozenset(), in_swe
     return result
 
 
-def _stopped(exc: BaseException, cfg: Any) -> NoReturn:
+def _stopped(exc: BaseException, cfg: DictConfig) -> NoReturn:
     """A job stopped by Ctrl-C or a signal: what became of it, then the shell's exit code for that signal."""
     stopping.stop_children()
     print(
@@ -102,7 +105,7 @@ def _stopped(exc: BaseException, cfg: Any) -> NoReturn:
     sys.exit(stopping.exit_code(exc))
 
 
-def _disk_problem(exc: Exception, cfg: Any) -> str | None:
+def _disk_problem(exc: Exception, cfg: DictConfig) -> str | None:
     """A full or read-only disk in the middle of a job, as one paragraph (other errors are not known)."""
     import errno
 
@@ -125,8 +128,26 @@ def _disk_problem(exc: Exception, cfg: Any) -> str | None:
     )
 
 
-def _act(cfg: Any, out_dir: Path, overridden: Set[str]) -> Any:
+def typed(composed: DictConfig) -> RunnerConfig:
+    """The composed config as the schema's dataclasses (runner/config/schema.py), checked: made once, passed
+    down. Keys the schema does not type (`+engine.<name>=...` for an engine of your own) stay on `composed`."""
+    try:
+        cfg = OmegaConf.to_object(composed)  # resolves every interpolation: ${torch_seed:${seed}} checks the seed
+    except InterpolationResolutionError as exc:
+        cause: BaseException | None = exc
+        while cause is not None and not isinstance(cause, ConfigError):  # OmegaConf wraps it once per level
+            cause = cause.__cause__ or cause.__context__
+        if cause is None:
+            raise
+        raise cause from None  # our resolver's own paragraph, not OmegaConf's wrapping of it
+    if not isinstance(cfg, RunnerConfig):
+        raise ConfigError(f"the composed config is a {type(cfg).__name__}, not the runner's schema (conf/config.yaml)")
     validate(cfg)
+    return cfg
+
+
+def _act(composed: DictConfig, out_dir: Path, overridden: Set[str]) -> object:
+    cfg = typed(composed)
     if cfg.mode == "list":
         return list_catalog(cfg, category_given="category" in overridden)
     if cfg.mode == "sync":
@@ -142,10 +163,10 @@ def _act(cfg: Any, out_dir: Path, overridden: Set[str]) -> Any:
         return doctor(cfg)
     from runner.job.run import run_job
 
-    return run_job(cfg, out_dir)
+    return run_job(cfg, out_dir, composed)
 
 
-def _job_status(out_dir: Path, cfg: Any, status: str, error: str | None, run_id: str | None = None) -> None:
+def _job_status(out_dir: Path, cfg: DictConfig, status: str, error: str | None, run_id: str | None = None) -> None:
     from hydra.core.hydra_config import HydraConfig
 
     hydra_cfg = HydraConfig.get()
@@ -164,7 +185,7 @@ def _job_status(out_dir: Path, cfg: Any, status: str, error: str | None, run_id:
     (out_dir / JOB_STATUS).write_text(json.dumps(record, indent=2) + "\n")
 
 
-def reap(cfg: Any, quiet: bool = False) -> list[str]:
+def reap(cfg: RunnerConfig, quiet: bool = False) -> list[str]:
     """End every run of the store that a dead job left RUNNING (runner/tracking/reaper.py), saying which and why."""
     from mlflow import MlflowClient
 
@@ -186,7 +207,7 @@ def reap(cfg: Any, quiet: bool = False) -> list[str]:
     return closed
 
 
-def sync(cfg: Any, uri_given: bool) -> list[str]:
+def sync(cfg: RunnerConfig, uri_given: bool) -> list[str]:
     """Upload runs that could not reach the tracking store when they ran (`tracking.json` in job folders)."""
     from runner.tracking.mlflow_run import bound_http_waits, unreachable
     from runner.tracking.run_record import pending_records, sync_record
@@ -221,7 +242,7 @@ def sync(cfg: Any, uri_given: bool) -> list[str]:
     return synced
 
 
-def report(cfg: Any, out_dir: Path) -> tuple[Path, Path] | None:
+def report(cfg: RunnerConfig, out_dir: Path) -> tuple[Path, Path] | None:
     from runner.reporting.report import write_report
     from runner.tracking.mlflow_run import bound_http_waits
 
@@ -243,7 +264,7 @@ def report(cfg: Any, out_dir: Path) -> tuple[Path, Path] | None:
     return files
 
 
-def list_catalog(cfg: Any, category_given: bool = False) -> list[dict]:
+def list_catalog(cfg: RunnerConfig, category_given: bool = False) -> list[dict[str, Any]]:
     """One line per category; with category=X on the command line that category's reasons, with
     verbose=true every category's. output=json always gives every category in full."""
     from runner.catalog.readiness import category_status, load_catalog, project_tasks, render_list
@@ -261,18 +282,19 @@ def list_catalog(cfg: Any, category_given: bool = False) -> list[dict]:
     elif category_given:
         print(render_list([s for s in statuses if s.name == cfg.category.name], detailed=True))
     else:
-        print(render_list(statuses, detailed=bool(cfg.get("verbose", False))))
+        print(render_list(statuses, detailed=bool(cfg.verbose)))
     return [s.as_dict() for s in statuses]
 
 
-def plan(cfg: Any, out_dir: Path, model_overridden: bool) -> dict:
+def plan(cfg: RunnerConfig, out_dir: Path, model_overridden: bool) -> dict[str, Any]:
     from runner.catalog.readiness import load_model
-    from runner.job.plan import build_plan, render_plan, write_plan
+    from runner.job.plan import build_plan, plan_model, render_plan, write_plan
     from runner.machine.ray_cluster import job_hardware
 
     # With model=... the plan covers that model; otherwise every model the category lists.
     models = [cfg.model] if model_overridden else [load_model(name) for name in cfg.category.models]
-    result = build_plan(cfg, models, job_hardware(cfg))
+    hardware = job_hardware(cfg)
+    result = build_plan(cfg, [plan_model(cfg, model, hardware) for model in models], hardware)
     path = write_plan(result, out_dir)
     if cfg.output == "json":
         print(json.dumps(result, indent=2))
@@ -282,7 +304,7 @@ def plan(cfg: Any, out_dir: Path, model_overridden: bool) -> dict:
     return result
 
 
-def doctor(cfg: Any) -> list[dict]:
+def doctor(cfg: RunnerConfig) -> list[dict[str, Any]]:
     from runner.machine.doctor import as_json, render, run_checks
     from runner.machine.hardware import HardwareError, detect
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 import pytest
 from conftest import free_port, run_cli
 
-from runner.engines.selection import SelectionError, select_engine
+from runner.engines.selection import select_engine
 from runner.engines.vllm_args import vllm_engine_args
+from runner.machine.hardware import SelectionError
 from runner.machine.ray_cluster import cluster_hardware
 
 pytestmark = pytest.mark.slow

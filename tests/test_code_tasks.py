@@ -305,13 +305,16 @@ def test_each_problem_passes_exactly_when_it_passes_lm_evals_scorer(parity, thei
 
 
 def test_a_local_mbpp_file_without_test_list_is_one_paragraph(tmp_path, default_model_dir):
+    from runner.config.schema import DatasetConfig
     from runner.job.evaluate import DataError, check_local_files
 
     bad = tmp_path / "mbpp.jsonl"
     rows = [MBPP[0], {k: v for k, v in MBPP[1].items() if k != "test_list"}]
     bad.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    dataset = OmegaConf.load(REPO_ROOT / "conf" / "dataset" / "mbpp.yaml")
-    dataset.local = {"format": "json", "test": str(bad)}
+    dataset = OmegaConf.merge(
+        OmegaConf.structured(DatasetConfig), OmegaConf.load(REPO_ROOT / "conf" / "dataset" / "mbpp.yaml")
+    )
+    dataset.local.test = str(bad)
     with pytest.raises(DataError) as error:
         check_local_files(dataset)
     message = str(error.value)

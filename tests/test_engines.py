@@ -159,12 +159,12 @@ def test_the_class_is_named_once_in_conf_engine(compose_cfg):
 
     cpu = select_engine(compose_cfg().engine, compose_cfg().model, Hardware(host_memory_bytes=64 * GiB))
     assert engine_class(cpu, compose_cfg().engine) is VLLMEngine
-    assert engine_class(cpu, OmegaConf.create({"cpu": {}})) is VLLMEngine  # a config built by hand: the built-ins
+    assert engine_class(cpu, OmegaConf.create({"_target_": None})) is VLLMEngine  # no class named: the built-ins
     assert engine_class(cpu, compose_cfg("engine._target_=runner.engines.hf.HFEngine").engine) is HFEngine
     with pytest.raises(ConfigError, match="is a class, but not an Engine"):
         engine_class(cpu, compose_cfg("engine._target_=collections.OrderedDict").engine)
     hf = select_engine(compose_cfg("engine=hf").engine, compose_cfg().model, Hardware(host_memory_bytes=64 * GiB))
-    assert engine_class(hf, OmegaConf.create({"cpu": {}})) is HFEngine  # from conf/engine/hf.yaml
+    assert engine_class(hf, OmegaConf.create({"_target_": None})) is HFEngine  # from conf/engine/hf.yaml
     # No second list of classes: every placement selection can pick has its file, and nothing else names one.
     from runner.config.resolvers import CONFIG_DIR
     from runner.engines.selection import KINDS

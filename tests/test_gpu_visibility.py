@@ -16,10 +16,10 @@ import pytest
 from conftest import run_cli
 
 from runner.engines.replicas import device_env
-from runner.engines.selection import SelectionError, select_engine
+from runner.engines.selection import select_engine
 from runner.machine import nvidia_driver
 from runner.machine.doctor import run_checks
-from runner.machine.hardware import HardwareError, detect
+from runner.machine.hardware import HardwareError, SelectionError, detect
 
 FAKE_DIR = Path(__file__).parent / "fake_nvml"
 H100 = "NVIDIA H100 80GB HBM3"

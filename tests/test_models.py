@@ -9,6 +9,12 @@ import pytest
 from omegaconf import OmegaConf
 
 from runner.catalog.weights import ModelNotFoundError, ensure_converted, resolve_model
+from runner.config.schema import ModelConfig
+
+
+def model_config(**fields):
+    """A model config as composition types it: the schema's defaults for what `fields` leaves out."""
+    return OmegaConf.merge(OmegaConf.structured(ModelConfig), fields)
 
 
 def test_default_model_is_a_loadable_safetensors_folder(default_model_dir):
@@ -43,12 +49,12 @@ def test_transformers_loads_the_converted_model_and_it_answers(default_model_dir
 
 
 def test_hub_models_are_handed_to_the_engine_by_repo_id(tmp_path):
-    model = OmegaConf.create({"name": "qwen25_7b", "repo_id": "Qwen/Qwen2.5-7B-Instruct", "path": None, "gguf": None})
+    model = model_config(name="qwen25_7b", repo_id="Qwen/Qwen2.5-7B-Instruct")
     assert resolve_model(model, tmp_path) == "Qwen/Qwen2.5-7B-Instruct"
 
 
 def test_a_local_path_without_a_model_fails_naming_the_path(tmp_path):
-    model = OmegaConf.create({"name": "mine", "repo_id": "org/mine", "path": str(tmp_path / "nope"), "gguf": None})
+    model = model_config(name="mine", repo_id="org/mine", path=str(tmp_path / "nope"))
     with pytest.raises(ModelNotFoundError, match="nope.*config.json"):
         resolve_model(model, tmp_path)
 

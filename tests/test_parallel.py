@@ -35,8 +35,8 @@ args = {"dtype": "float32", "enforce_eager": layout.pop("enforce_eager", True), 
 selection = Selection(layout.pop("kind", "cpu"), "test", **layout)
 # "distributed" reads the GPU defaults: the same settings here.
 engine_cfg = OmegaConf.create({"cpu": args, "gpu": args, "args": {}, "cpu_env": {}, "hf": {}})
-model = OmegaConf.create({"dtype": "float32", "max_model_len": 512, "trust_remote_code": False,
-                          "load_format": "auto", "quantization": None, "revision": None})
+model = OmegaConf.create({"name": "tiny", "path": folder, "gguf": None, "dtype": "float32", "max_model_len": 512,
+                          "trust_remote_code": False, "load_format": "auto", "quantization": None, "revision": None})
 engine = build_engine(selection, folder, model, engine_cfg)
 try:
     prompts = [[1, 300 + 7 * i, 42, 9000 + i, 17] for i in range(6)]

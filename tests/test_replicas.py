@@ -273,7 +273,7 @@ def test_a_replica_whose_engine_raises_fails_the_call_with_its_traceback(no_proc
 
 def test_cpu_selection_never_chooses_replicas_and_warns_when_asked_for_them(compose_cfg):
     from runner.engines.selection import CPU_REPLICAS_MEASURED, select_engine
-    from runner.job.plan import build_plan, render_plan
+    from runner.job.plan import build_plan, plan_model, render_plan
     from runner.machine.hardware import Hardware
 
     cpu_box = Hardware(gpus=(), host_memory_bytes=24 * 1024**3, cpu_count=64)
@@ -289,7 +289,7 @@ def test_cpu_selection_never_chooses_replicas_and_warns_when_asked_for_them(comp
     assert warning.startswith("engine.data_parallel_size=2 on the CPU")
     assert CPU_REPLICAS_MEASURED in warning and "tok/s" in CPU_REPLICAS_MEASURED  # the measured numbers
     assert "running 2 replicas as asked" in warning
-    plan = build_plan(cfg, [cfg.model], cpu_box)
+    plan = build_plan(cfg, [plan_model(cfg, cfg.model, cpu_box)], cpu_box)
     assert f"    warning: {warning}" in render_plan(plan).splitlines()
 
 
@@ -307,8 +307,8 @@ args = {"dtype": "float32", "enforce_eager": True, "kv_cache_memory_bytes": 1 <<
         "distributed_executor_backend": "uni"}
 engine_cfg = OmegaConf.create({"cpu": args, "gpu": args, "args": {}, "hf": {},
                                "cpu_env": {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}})
-model = OmegaConf.create({"dtype": "float32", "max_model_len": 512, "trust_remote_code": False,
-                          "load_format": "auto", "quantization": None, "revision": None})
+model = OmegaConf.create({"name": "tiny", "path": folder, "gguf": None, "dtype": "float32", "max_model_len": 512,
+                          "trust_remote_code": False, "load_format": "auto", "quantization": None, "revision": None})
 prompts = [[1, 300 + 7 * i, 42, 9000 + i, 17] + [5] * (i % 4) for i in range(40)]
 settings = [SamplingSettings(max_tokens=3 + 5 * (i % 3)) for i in range(40)]  # three settings, interleaved
 out = {}
@@ -355,6 +355,9 @@ def test_a_replica_that_cannot_load_fails_the_job_and_leaves_no_process(tmp_path
     missing = str(tmp_path / "no_such_model")
     engine = {"cpu": {"enforce_eager": True}, "gpu": {}, "args": {}, "cpu_env": {}, "hf": {}}
     model = {
+        "name": "missing",
+        "path": missing,
+        "gguf": None,
         "dtype": "float32",
         "max_model_len": 512,
         "trust_remote_code": False,

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from omegaconf import OmegaConf
 
-from runner.engines.selection import SelectionError, estimate_memory, select_engine
+from runner.engines.selection import estimate_memory, select_engine
 from runner.engines.vllm_args import vllm_engine_args
-from runner.machine.hardware import GPU, Hardware, detect
+from runner.machine.hardware import GPU, Hardware, SelectionError, detect
 
 GiB = 1024**3
 CPU_BOX = Hardware(gpus=(), host_memory_bytes=24 * GiB, cpu_count=2)

@@ -129,6 +129,6 @@ def test_each_answer_is_reported_as_it_arrives_not_when_the_last_one_is_back(ser
 
 
 def test_the_engine_names_itself_with_the_vllm_the_server_reports(serve, default_model_dir):
-    # What the summary's header says after `engine vllm_server` (runner/console/summary.py), not the platform (cpu).
+    # What the summary's header says after `engine vllm_server` (runner/reporting/summary.py), not the platform (cpu).
     engine = _engine(serve([]), default_model_dir, retries=0)
     assert engine.describe() == f"vllm_server (vLLM 0.32.0 at {engine.url})"

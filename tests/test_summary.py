@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from runner.console.summary import SUMMARY_FILE, print_summary
 from runner.engines.selection import Selection
 from runner.job.results import DatasetResult, JobResult
+from runner.reporting.summary import SUMMARY_FILE, print_summary
 
 # (dataset, headline metric, its task entry, other metrics); each task's metrics get a stderr and an n.
 DATASETS = {

@@ -8,8 +8,8 @@ guarantees.
 
 One concept per module; this package re-exports the public names:
 
-- ``_runs``: ``run_program``, ``check_completions``, ``probe``: one run from the caller's side (limits,
-  output cap, deadline, kill)
+- ``_runs``: ``run_program``, ``check_completions``, ``probe``, ``set_weak_isolation``: one run from the
+  caller's side (limits, output cap, deadline, kill)
 - ``_client``: the caller's end of the fork server
 - ``_server``: the fork server and what it forks: namespaces, mounts, rlimits, uid drop (standard
   library only, as it runs as a script)
@@ -21,18 +21,17 @@ from adapters.sandbox._client import SANDBOX_ENV
 from adapters.sandbox._results import SandboxError, SandboxResult, Status
 from adapters.sandbox._runs import _KILL_GRACE_S as _KILL_GRACE_S  # tests bound run durations with it
 from adapters.sandbox._runs import (
-    ALLOW_WEAK_ENV,
     PRIVATE_DIRS,
     check_completions,
     missing_isolation,
     probe,
     run_program,
+    set_weak_isolation,
 )
 from adapters.sandbox._uids import UID_RANGE
 from adapters.sandbox._uids import _processes_of_uid as _processes_of_uid  # tests look for leftovers with it
 
 __all__ = [
-    "ALLOW_WEAK_ENV",
     "PRIVATE_DIRS",
     "SANDBOX_ENV",
     "UID_RANGE",
@@ -43,4 +42,5 @@ __all__ = [
     "missing_isolation",
     "probe",
     "run_program",
+    "set_weak_isolation",
 ]

@@ -22,7 +22,7 @@ class _Server:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._sock: socket.socket | None = None
-        self._proc: subprocess.Popen | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
         self._owner = os.getpid()
 
     def _start(self) -> None:

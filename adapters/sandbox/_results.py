@@ -63,7 +63,9 @@ def _isolation(rep: dict[str, str], uid: int) -> dict[str, Any]:
     return iso
 
 
-def _classify(rep, out, err, over, marker, timeout_s) -> tuple[Status, int | None, str]:
+def _classify(
+    rep: dict[str, str], out: bytes | bytearray, err: bytes | bytearray, over: list[str], marker: str, timeout_s: float
+) -> tuple[Status, int | None, str]:
     if "error" in rep:
         return "error", None, f"sandbox setup failed: {rep['error']}"
     if "exec" not in rep:

@@ -25,12 +25,20 @@ from adapters.sandbox._client import _SERVER
 from adapters.sandbox._results import SandboxError, SandboxResult, _classify, _isolation, _parse_report, _tail
 from adapters.sandbox._uids import _UIDS, _no_lease, _processes_of_uid
 
-# "1": run programs with less than the full isolation (sandbox.allow_weak_isolation=true in the runner).
-ALLOW_WEAK_ENV = "RUNNER_SANDBOX_ALLOW_WEAK_ISOLATION"
+# Whether programs may run with less than the full isolation (sandbox.allow_weak_isolation=true in the runner),
+# for the run_program calls not told otherwise: the code tasks' scoring, in the job's own process.
+_WEAK_ISOLATION = {"allowed": False}
 
 # Dirs any uid may write to: each gets a fresh private tmpfs inside the sandbox.
 PRIVATE_DIRS = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")
 _KILL_GRACE_S = 5.0  # past the supervisor's own timeout, the caller kills the whole group itself
+
+
+def set_weak_isolation(allow: bool) -> None:
+    """The runner's `sandbox.allow_weak_isolation`, for every later run_program not told otherwise (the code tasks'
+    scoring, which lm-eval runs in the job's process): an argument, not an environment variable that every
+    process the job starts would inherit."""
+    _WEAK_ISOLATION["allowed"] = allow
 
 
 def _mask_dirs() -> list[str]:
@@ -72,14 +80,14 @@ def run_program(
     """
     python = python or sys.executable
     if allow_weak_isolation is None:  # the runner sets it from sandbox.allow_weak_isolation for its code tasks
-        allow_weak_isolation = os.environ.get(ALLOW_WEAK_ENV) == "1"
+        allow_weak_isolation = _WEAK_ISOLATION["allowed"]
     marker = f"SANDBOX-OK-{secrets.token_hex(16)}"
     # Flushed first so the marker comes last; os.write so a replaced sys.stdout cannot swallow it.
     program = (
         f"{code}\n\nimport os as _sandbox_os, sys as _sandbox_sys\n"
         f"_sandbox_sys.stdout.flush()\n_sandbox_os.write(1, b'\\n{marker}\\n')\n"
     )
-    limits = {
+    limits: dict[str, float] = {
         "timeout": timeout_s,
         "cpu": max(1, math.ceil(cpu_s if cpu_s is not None else timeout_s)),
         "as": memory_mb << 20,
@@ -101,7 +109,17 @@ def run_program(
             shutil.rmtree(work, ignore_errors=True)
 
 
-def _run(work, uid, marker, python, site_packages, limits, max_output_bytes, tail_chars, strict) -> SandboxResult:
+def _run(
+    work: str,
+    uid: int,
+    marker: str,
+    python: str,
+    site_packages: bool,
+    limits: dict[str, float],
+    max_output_bytes: int,
+    tail_chars: int,
+    strict: bool,
+) -> SandboxResult:
     args = [f"{k}={v}" for k, v in limits.items() if k != "nproc" or uid >= 0]
     args += ["strict=1"] if strict else []  # the program runs only with the full isolation (_server._REQUIRED)
     args += [f"uid={uid}", f"gid={uid}", f"work={work}"]
@@ -141,7 +159,9 @@ def _run(work, uid, marker, python, site_packages, limits, max_output_bytes, tai
     return SandboxResult(status, returncode, _tail(out, tail_chars), _tail(err, tail_chars), duration, reason, iso)
 
 
-def _collect(pidfd: int, out_fd: int, err_fd: int, deadline: float, cap: int):
+def _collect(
+    pidfd: int, out_fd: int, err_fd: int, deadline: float, cap: int
+) -> tuple[bytearray, bytearray, list[str], bool]:
     """Read stdout/stderr until the supervisor exits (its pidfd turns readable) or the hard deadline.
 
     A stream past ``cap`` is cut off by closing our end: the writer gets EPIPE instead of filling

@@ -21,6 +21,7 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Callable
 
 _CLONE_NEWNS = 0x00020000
 _CLONE_NEWUTS = 0x04000000
@@ -34,6 +35,8 @@ _MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_NOEXEC, _MS_REMOUNT = 1, 2, 4, 8, 32
 _MS_BIND, _MS_REC, _MS_PRIVATE = 4096, 16384, 1 << 18
 _PR_SET_PDEATHSIG, _PR_SET_NO_NEW_PRIVS = 1, 38
 _SIGKILL = 9
+# mount(src, target, fstype, flags): the helper _private_mounts builds and hands to _readonly_everything_else.
+_Mount = Callable[[str | None, str, str | None, int], None]
 
 
 class _Report:
@@ -51,7 +54,7 @@ class _Report:
 
 # The isolation model-written code needs (what the caller's `full_isolation` checks on its side too), each with
 # what it keeps out: checked in the program's own process right before exec, unless the caller allowed less.
-_REQUIRED = (
+_REQUIRED: tuple[tuple[Callable[[dict[str, str]], bool], str], ...] = (
     (lambda seen: seen.get("net_ns") == "1", "no network namespace (the code could reach the network)"),
     (lambda seen: seen.get("pid_ns") == "1", "no PID namespace (the code could see and signal other processes)"),
     (lambda seen: seen.get("readonly_root") == "1", "no read-only filesystem (the code could write outside its tmpfs)"),
@@ -66,7 +69,7 @@ def _missing_isolation(seen: dict[str, str]) -> list[str]:
     return [what for ok, what in _REQUIRED if not ok(seen)]
 
 
-def _libc_call(libc, name: str, *args) -> None:
+def _libc_call(libc: ctypes.CDLL, name: str, *args: object) -> None:
     if getattr(libc, name)(*args) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"{name}: {os.strerror(err)}")
@@ -81,7 +84,7 @@ def _parse_supervisor_args(argv: list[str]) -> tuple[dict[str, list[str]], list[
     return opts, argv[split + 1 :]
 
 
-def _enter_namespaces(libc, report: _Report, uid_drop: bool) -> dict[str, bool]:
+def _enter_namespaces(libc: ctypes.CDLL, report: _Report, uid_drop: bool) -> dict[str, bool]:
     """unshare() what the OS permits; one flag at a time after a combined failure, to report each."""
     applied = dict.fromkeys(_NAMESPACES, False)
     if not uid_drop and os.geteuid() != 0:
@@ -112,7 +115,7 @@ def _enter_namespaces(libc, report: _Report, uid_drop: bool) -> dict[str, bool]:
     return applied
 
 
-def _private_mounts(libc, opts: dict[str, list[str]], work: str, pid_ns: bool, report: _Report) -> str:
+def _private_mounts(libc: ctypes.CDLL, opts: dict[str, list[str]], work: str, pid_ns: bool, report: _Report) -> str:
     """Fresh tmpfs over the world-writable dirs and the home dirs; the work dir moves into the private /tmp.
 
     Returns the work dir path to chdir into. The interpreter's prefix is bound back read-only in place
@@ -167,7 +170,7 @@ def _private_mounts(libc, opts: dict[str, list[str]], work: str, pid_ns: bool, r
     return work
 
 
-def _readonly_everything_else(do_mount, writable: list[str]) -> bool:
+def _readonly_everything_else(do_mount: _Mount, writable: list[str]) -> bool:
     """Remount every filesystem read-only inside the sandbox, except its private tmpfs dirs.
 
     Defence in depth under the uid drop: even a program that kept root (a broken drop) cannot change
@@ -225,7 +228,7 @@ def _drop_privileges(uid: int, gid: int, report: _Report) -> None:
     report("uid", uid)
 
 
-def _child(libc, opts: dict[str, list[str]], cmd: list[str], ns: dict[str, bool], report: _Report) -> None:
+def _child(libc: ctypes.CDLL, opts: dict[str, list[str]], cmd: list[str], ns: dict[str, bool], report: _Report) -> None:
     """Set up the sandbox, then stay as its init while the program runs in a grandchild; never returns.
 
     The program must not be PID 1 of its namespace: the kernel drops default-action signals to that
@@ -255,7 +258,7 @@ def _child(libc, opts: dict[str, list[str]], cmd: list[str], ns: dict[str, bool]
     os._exit(0)
 
 
-def _exec_program(libc, opts: dict[str, list[str]], cmd: list[str], work: str, report: _Report) -> None:
+def _exec_program(libc: ctypes.CDLL, opts: dict[str, list[str]], cmd: list[str], work: str, report: _Report) -> None:
     try:
         libc.prctl(_PR_SET_PDEATHSIG, _SIGKILL, 0, 0, 0)
         uid, gid = int(opts["uid"][0]), int(opts["gid"][0])
@@ -300,7 +303,7 @@ def _sweep_uid(uid: int) -> None:
             return
 
 
-def _supervise(libc, argv: list[str], report: _Report) -> int:
+def _supervise(libc: ctypes.CDLL, argv: list[str], report: _Report) -> int:
     import select
 
     opts, cmd = _parse_supervisor_args(argv)

@@ -12,18 +12,36 @@ selects it (`override hydra/sweeper: runner`), and everything else is BasicSweep
 # No `from __future__ import annotations`: Hydra loads plugin modules without registering them in
 # sys.modules, and dataclasses then cannot resolve string annotations.
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, cast
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.utils import JobReturn
 from hydra.errors import CompactHydraException
 from hydra.types import RunMode
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
+
+if TYPE_CHECKING:
+    from runner.config.schema import RunnerConfig
 
 log = logging.getLogger(__name__)
+
+# A job's overrides -> its composed config (the runner's schema, plus Hydra's own `hydra` node).
+Compose = Callable[[list[str]], DictConfig]
+
+
+def _choices(composed: DictConfig) -> dict[str, str | None]:
+    """The config group options a composition chose: Hydra's own node (hydra.runtime.choices), as a plain dict."""
+    return cast(dict[str, str | None], OmegaConf.to_container(composed.hydra.runtime.choices))
+
+
+def _schema(composed: DictConfig) -> "RunnerConfig":
+    """A composed config read through the runner's schema, which structures it (conf/config.yaml extends it)."""
+    return cast("RunnerConfig", composed)
 
 
 @dataclass
@@ -62,17 +80,17 @@ class RunnerSweeper(BasicSweeper):
         given = {o.key_or_group for o in overrides}
         (jobs,) = self.split_arguments(overrides, None)
 
-        def compose(job: list[str]) -> Any:
+        def compose(job: list[str]) -> DictConfig:
             return loader.load_configuration(config_name=config_name, overrides=list(job), run_mode=RunMode.MULTIRUN)
 
-        default_choices = compose([]).hydra.runtime.choices
+        default_choices = _choices(compose([]))
         for key, path in self.per_job.items():
             if key in given:
                 continue
-            expanded = []
+            expanded: list[list[str]] = []
             for job in jobs:
                 composed = compose(job)
-                if composed.hydra.runtime.choices.get(key) != default_choices.get(key):
+                if _choices(composed).get(key) != default_choices.get(key):
                     expanded.append(job)  # a config of the job chose it (debug=fast picks its model): kept
                     continue
                 values = OmegaConf.select(composed, path, default=None)
@@ -87,26 +105,28 @@ class RunnerSweeper(BasicSweeper):
         return jobs
 
     @staticmethod
-    def _ready(jobs: list[list[str]], compose: Any) -> list[list[str]]:
+    def _ready(jobs: list[list[str]], compose: Compose) -> list[list[str]]:
         """The jobs whose category has a dataset ready here and whose model's weights are here, as
         `mode=list` judges them; what is left out is logged, grouped by reason."""
         from runner.catalog.readiness import dataset_status, load_model, model_status, project_tasks
 
         # One composition per job without its model (a category's jobs share it): composing each job
         # whole would cost half a second per (category, model).
-        bases: dict[tuple[str, ...], Any] = {}
-        kept, no_dataset, no_weights = [], {}, []
+        bases: dict[tuple[str, ...], RunnerConfig] = {}
+        kept: list[list[str]] = []
+        no_dataset: dict[str, bool] = {}  # an ordered set of category names
+        no_weights: list[str] = []
         for job in jobs:
             base = tuple(o for o in job if not o.startswith("model="))
             if base not in bases:
-                bases[base] = compose(list(base))
+                bases[base] = _schema(compose(list(base)))
             cfg = bases[base]
             tasks = project_tasks(cfg.paths.tasks_dir)
             if not any(dataset_status(d, tasks).ok for d in cfg.category.datasets.values()):
                 no_dataset[cfg.category.name] = True
                 continue
             name = next((o.split("=", 1)[1] for o in job if o.startswith("model=")), cfg.model.name)
-            model = compose(job).model if any(o.startswith("model.") for o in job) else load_model(name)
+            model = _schema(compose(job)).model if any(o.startswith("model.") for o in job) else load_model(name)
             if model_status(model, cfg.paths.cache_dir).ok:
                 kept.append(job)
             else:
@@ -120,7 +140,7 @@ class RunnerSweeper(BasicSweeper):
             raise CompactHydraException(f"Nothing this machine can run: every job was left out; {why}.")
         return kept
 
-    def sweep(self, arguments: list[str]) -> Any:
+    def sweep(self, arguments: list[str]) -> list[Sequence[JobReturn]]:
         jobs = self._jobs(arguments)
         assert self.config is not None and self.launcher is not None  # set by Hydra's setup()
         size = self.max_batch_size or len(jobs)
@@ -128,7 +148,8 @@ class RunnerSweeper(BasicSweeper):
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
-        returns, first = [], 0
+        returns: list[Sequence[JobReturn]] = []
+        first = 0
         while not self.is_done():
             batch = self.get_job_batch()
             self.validate_batch_is_legal(batch)

@@ -16,7 +16,10 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from runner.config.schema import ModelConfig
 
 log = logging.getLogger(__name__)
 
@@ -50,20 +53,20 @@ class Weights:
         return tags
 
 
-def describe(model: Any, source: str, cache_dir: str | Path) -> Weights:
+def describe(model: ModelConfig, source: str, cache_dir: str | Path) -> Weights:
     """The weights behind `source` (what runner.catalog.weights.resolve_model returned for `model`)."""
-    load_format = str(model.get("load_format") or "auto")
+    load_format = str(model.load_format or "auto")
     if load_format == "dummy":
         return Weights(source, "random (load_format=dummy)", load_format)
     folder: Path | None = Path(source)
     revision = None
-    if model.get("path"):
+    if model.path:
         origin = "local folder"
-    elif model.get("gguf"):
+    elif model.gguf:
         origin = f"converted GGUF ({model.gguf.package}/{model.gguf.file})"
     else:
         origin = "hub"
-        folder, revision = _hub_snapshot(source, model.get("revision"))
+        folder, revision = _hub_snapshot(source, model.revision)
     content = content_hash(folder, Path(cache_dir) / "weights_hash") if folder and folder.is_dir() else None
     return Weights(source, origin, load_format, revision, content)
 
@@ -78,7 +81,15 @@ def _hub_snapshot(repo_id: str, revision: str | None) -> tuple[Path | None, str 
     return snapshot, snapshot.name  # snapshots/<commit>
 
 
-def _hasher():
+class _Digest(Protocol):
+    """What content_hash needs of a hash object: blake3's and hashlib's both qualify."""
+
+    def update(self, data: bytes, /) -> object: ...
+
+    def hexdigest(self) -> str: ...
+
+
+def _hasher() -> tuple[str, _Digest]:
     try:  # blake3 (a vLLM dependency) hashes several GB/s on all cores; sha256 where it is missing
         import blake3
 

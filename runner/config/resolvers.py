@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from runner.config.schema import register as register_schema
 from runner.config.schema import seeds
+
+if TYPE_CHECKING:
+    from runner.config.schema import RunnerConfig
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CONFIG_DIR = PROJECT_ROOT / "conf"
@@ -30,17 +34,23 @@ if not OmegaConf.has_resolver("torch_seed"):
 register_schema()
 
 
-def to_dict(node: Any) -> dict[str, Any]:
+def to_dict(node: object) -> dict[str, Any]:
     """A mapping config node as a plain dict, interpolations resolved (OmegaConf types the result as any
-    container); a plain dict passes through."""
-    value = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+    container): an OmegaConf node, one of the schema's dataclasses (runner/config/schema.py) or a plain dict."""
+    if OmegaConf.is_config(node):
+        value: object = OmegaConf.to_container(node, resolve=True)
+    elif dataclasses.is_dataclass(node) and not isinstance(node, type):
+        value = dataclasses.asdict(node)
+    else:
+        value = node
     if not isinstance(value, dict):
         raise TypeError(f"expected a mapping, got {type(value).__name__}: {value!r}")
     return cast(dict[str, Any], value)
 
 
-def flatten(cfg: DictConfig | dict, prefix: str = "") -> dict[str, Any]:
-    """{'a': {'b': 1}} -> {'a.b': 1}; lists are kept as one value (their string form)."""
+def flatten(cfg: RunnerConfig | DictConfig | dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}} -> {'a.b': 1}; lists are kept as one value (their string form). The same keys and values
+    for the composed DictConfig and for the RunnerConfig dataclass it converts to (`to_dict` reads both)."""
     flat: dict[str, Any] = {}
     for key, value in to_dict(cfg).items():
         name = f"{prefix}{key}"

@@ -7,6 +7,7 @@ checked by `validate` right after composition.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,9 +52,10 @@ class LocalData:
     test: str | None = None
 
 
-def local_files(local: Any) -> dict[str, str]:
+def local_files(local: LocalData) -> dict[str, str]:
     """split -> file for the splits a dataset's `local` names (DictConfigs have no properties)."""
-    return {split: str(local[split]) for split in ("train", "validation", "test") if local.get(split)}
+    splits = (("train", local.train), ("validation", local.validation), ("test", local.test))
+    return {split: str(file) for split, file in splits if file}
 
 
 @dataclass
@@ -206,11 +208,11 @@ class RunnerConfig:
 MODES = ("run", "list", "plan", "doctor", "sync", "report", "reap")
 
 
-def seeds(value: Any) -> tuple[int | None, int | None, int | None, int | None]:
+def seeds(value: object) -> tuple[int | None, int | None, int | None, int | None]:
     """(random, numpy, torch, fewshot) seeds from `seed`, read as lm-eval's CLI reads `--seed`: one value for
     all four, or four values (three: the fourth from lm-eval's default), each an integer or None."""
 
-    def one(item: Any) -> int | None:
+    def one(item: object) -> int | None:
         if item is None or str(item).strip().lower() == "none":
             return None
         if isinstance(item, bool) or not str(item).strip().lstrip("-").isdigit():
@@ -218,15 +220,16 @@ def seeds(value: Any) -> tuple[int | None, int | None, int | None, int | None]:
                 f"seed={value!r}: {item!r} is not an integer or None. Use one integer for all four seeds "
                 "(seed=42) or [random, numpy, torch, fewshot] (seed=[0,1234,1234,1234], lm-eval's default)."
             )
-        return int(item)
+        return int(str(item))  # checked above: an integer, maybe as text
 
-    listed = isinstance(value, list | tuple | ListConfig)
-    items = [one(v) for v in (list(value) if listed else str(value).split(","))]
+    listed: Iterable[object] = value if isinstance(value, list | tuple | ListConfig) else str(value).split(",")
+    items = [one(v) for v in listed]
     if len(items) == 1:
         items *= 4
     if len(items) not in (3, 4):
         raise ConfigError(f"seed={value!r} has {len(items)} values: give one, or four [random, numpy, torch, fewshot].")
-    return tuple(items + list(LM_EVAL_SEEDS[len(items) :]))  # type: ignore[return-value]
+    full: list[int | None] = items + list(LM_EVAL_SEEDS[len(items) :])
+    return full[0], full[1], full[2], full[3]
 
 
 OUTPUTS = ("text", "json")
@@ -241,7 +244,7 @@ def register() -> None:
     ConfigStore.instance().store(name="runner_schema", node=RunnerConfig)
 
 
-def validate(cfg: Any) -> None:
+def validate(cfg: RunnerConfig) -> None:
     def need(ok: bool, message: str) -> None:
         if not ok:
             raise ConfigError(message)
@@ -253,8 +256,11 @@ def validate(cfg: Any) -> None:
     need(cfg.limit is None or cfg.limit > 0, f"limit={cfg.limit} must be a positive number of samples (or null).")
     need(cfg.model.params_b > 0, f"model.params_b={cfg.model.params_b} must be positive (billions of parameters).")
     need(cfg.model.max_model_len > 0, f"model.max_model_len={cfg.model.max_model_len} must be positive.")
-    for key in ("tensor_parallel_size", "pipeline_parallel_size"):
-        value = cfg.engine[key]
+    parallel = (
+        ("tensor_parallel_size", cfg.engine.tensor_parallel_size),
+        ("pipeline_parallel_size", cfg.engine.pipeline_parallel_size),
+    )
+    for key, value in parallel:
         need(value is None or value >= 1, f"engine.{key}={value} must be at least 1 (or null to choose).")
     need(
         bool(cfg.tracking.uri),
@@ -271,8 +277,11 @@ def validate(cfg: Any) -> None:
         f"tracking.dead_after_s={dead} must be more than twice tracking.heartbeat_s={beat}, or live jobs "
         "would be ended as dead between two heartbeats.",
     )
-    for key in ("load_timeout_s", "stall_timeout_s"):
-        need(cfg.engine[key] > 0, f"engine.{key}={cfg.engine[key]} must be positive (seconds).")
+    for key, seconds in (
+        ("load_timeout_s", cfg.engine.load_timeout_s),
+        ("stall_timeout_s", cfg.engine.stall_timeout_s),
+    ):
+        need(seconds > 0, f"engine.{key}={seconds} must be positive (seconds).")
     failed = cfg.engine.max_failed_fraction
     need(0 <= failed <= 1, f"engine.max_failed_fraction={failed} must be between 0 and 1 (a share of the requests).")
     fraction = cfg.engine.selection.usable_gpu_fraction

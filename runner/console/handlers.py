@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 import time
+from typing import TextIO
 
 _verbose = False
 # `log.info(..., extra=FILE_ONLY)`: for runner.log only (detail, or an error the console prints otherwise).
@@ -43,7 +44,7 @@ class SweepConsoleFilter(logging.Filter):
     """The console of a sweep's own process (`python -m runner -m ...`; conf/hydra/hydra_logging/runner.yaml):
     Hydra's lines (`[HYDRA] Launching 6 jobs locally`), the runner's, and any library's errors. Library chatter
     there, such as matplotlib's `generated new fontManager` as the end-of-sweep report draws its first figure,
-    goes to the sweep's `sweep.log` only (runner/job/sweep_callbacks.py). With `verbose=true` or `hydra.verbose=true`
+    goes to the sweep's `sweep.log` only (runner/sweep_callbacks.py). With `verbose=true` or `hydra.verbose=true`
     (the root logger at DEBUG), everything."""
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -67,7 +68,7 @@ class ConsoleFormatter(logging.Formatter):
         return text
 
 
-class ConsoleHandler(logging.StreamHandler):
+class ConsoleHandler(logging.StreamHandler[TextIO]):
     """Writes to whatever sys.stdout is at the time: the live display (rich) redirects it while it runs,
     and records then appear above the bars instead of through them."""
 

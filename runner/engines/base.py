@@ -14,9 +14,15 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Self, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Protocol, Self, TypeVar, cast
 
 from runner.console.handlers import FILE_ONLY
+
+if TYPE_CHECKING:  # annotations only: importing an engine stays free of OmegaConf (bench/gpu_bandwidth.py)
+    from omegaconf import DictConfig
+
+    from runner.config.schema import ModelConfig
+    from runner.engines.selection import Selection
 
 log = logging.getLogger(__name__)
 
@@ -196,11 +202,13 @@ class Engine(ABC):
         self.stats = EngineStats()
 
     @classmethod
-    def from_config(cls, *, source: str, model: Any, engine: Any, selection: Any) -> Self:
+    def from_config(cls, *, source: str, model: ModelConfig, engine: DictConfig, selection: Selection) -> Self:
         """How the runner builds this engine for a job (the class `engine._target_` names).
 
-        `source` is the model's local folder or hub id, `model` and `engine` are the job's config nodes
-        (`+engine.<anything>=...` reaches an engine of your own here), `selection` is what
+        `source` is the model's local folder or hub id. `model` is the job's model config (runner/config/schema.py
+        ModelConfig: read its fields as attributes). `engine` is the job's engine config node itself, an OmegaConf
+        DictConfig: it has every EngineConfig field, plus the keys given with `+engine.<anything>=...`, which
+        reach an engine of your own only here (`engine.get("answer", "I don't know.")`). `selection` is what
         runner/engines/selection.py chose (kind, GPUs, parallel sizes). The default passes `source` alone, so a
         subclass whose constructor takes the model's folder needs nothing more. The runner calls this,
         not the constructor, so an engine keeps a plain constructor for use outside the runner.

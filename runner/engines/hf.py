@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from runner.console.handlers import FILE_ONLY
 from runner.engines.base import (
@@ -22,7 +23,15 @@ from runner.engines.base import (
     release_memory,
 )
 
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
+
+    from runner.config.schema import ModelConfig
+    from runner.engines.selection import Selection
+
 log = logging.getLogger(__name__)
+
+Item = TypeVar("Item")
 
 _DTYPES = {"float32": "float32", "float": "float32", "float16": "float16", "half": "float16", "bfloat16": "bfloat16"}
 
@@ -71,12 +80,13 @@ class HFEngine(Engine):
         )
 
     @classmethod
-    def from_config(cls, *, source: str, model: Any, engine: Any, selection: Any) -> HFEngine:
+    def from_config(cls, *, source: str, model: ModelConfig, engine: DictConfig, selection: Selection) -> HFEngine:
         """The model's dtype, revision and load format, plus `engine.hf` (batch size, device...)."""
         from runner.config.resolvers import to_dict
+        from runner.engines.load import engine_fields
         from runner.engines.vllm_args import from_hub
 
-        options = {k: v for k, v in to_dict(engine.hf).items() if k != "max_length"}
+        options = {k: v for k, v in to_dict(engine_fields(engine).hf).items() if k != "max_length"}
         return cls(
             source,
             dtype=model.dtype,
@@ -87,15 +97,17 @@ class HFEngine(Engine):
         )
 
     @property
-    def tokenizer(self):
+    def tokenizer(self) -> Any:
         return self._tokenizer
 
-    def _batches(self, items: list[Any], key, groups: list[Any] | None = None) -> list[list[int]]:
+    def _batches(
+        self, items: list[Item], key: Callable[[Item], int], groups: Sequence[object] | None = None
+    ) -> list[list[int]]:
         """Index batches, longest first, so each batch pads little and the first one shows any OOM early.
         With `groups` (one label per item), a batch holds items of one group only (one generation setting)."""
         order = sorted(range(len(items)), key=lambda i: -key(items[i]))
         labels = groups or [None] * len(items)
-        batches = []
+        batches: list[list[int]] = []
         for label in dict.fromkeys(labels[i] for i in order):
             mine = [i for i in order if labels[i] == label]
             batches += [mine[i : i + self.batch_size] for i in range(0, len(mine), self.batch_size)]
@@ -115,7 +127,7 @@ class HFEngine(Engine):
 
         for batch in self._batches(prompts, len, groups=settings):
             isolate(batch, run, failed)  # a request the model cannot take fails alone
-        return results  # type: ignore[return-value]
+        return _every(results)
 
     def _generate_batch(
         self,
@@ -176,7 +188,7 @@ class HFEngine(Engine):
 
         for batch in self._batches(requests, lambda r: len(r[0]) + len(r[1])):
             isolate(batch, lambda b: self._score_batch(b, requests, scores, on_result), failed)
-        return scores  # type: ignore[return-value]
+        return _every(scores)
 
     def _score_batch(
         self,
@@ -211,6 +223,14 @@ class HFEngine(Engine):
             return
         self.model = None
         release_memory()
+
+
+def _every(results: list[Item | None]) -> list[Item]:
+    """A pass's results, every slot filled: each request was answered, or failed alone (`isolate`)."""
+    filled = [r for r in results if r is not None]
+    if len(filled) != len(results):
+        raise RuntimeError(f"the hf engine left {len(results) - len(filled)} of {len(results)} requests unanswered")
+    return filled
 
 
 def _cut_at_stop(text: str, stops: tuple[str, ...]) -> tuple[str, bool]:

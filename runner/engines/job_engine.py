@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from runner.console.handlers import FILE_ONLY
-from runner.engines.base import Engine, OnResult, SamplingSettings, per_prompt
+from runner.engines.base import Completion, Engine, EngineStats, LogLikelihood, OnResult, SamplingSettings, per_prompt
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ class JobEngine:
     # --- what the bridge sees: an engine ---
 
     @property
-    def tokenizer(self):
+    def tokenizer(self) -> Any:
         return self.engine.tokenizer
 
     @property
@@ -84,7 +84,7 @@ class JobEngine:
         return self.engine.name
 
     @property
-    def stats(self):
+    def stats(self) -> EngineStats:
         return self.engine.stats
 
     def generate(
@@ -92,19 +92,28 @@ class JobEngine:
         prompts: list[list[int]],
         settings: SamplingSettings | Sequence[SamplingSettings],
         on_result: OnResult | None = None,
-    ) -> list:
-        return self._submit("generate", prompts, per_prompt(settings, len(prompts)), on_result)
+    ) -> list[Completion]:
+        each = per_prompt(settings, len(prompts))
+        if prompts and not self._is_member():  # called outside `dataset()`: straight to the engine (tests, one-off use)
+            return self.engine.generate(prompts, each, on_result)
+        answers: list[Completion] = self._submit("generate", prompts, each, on_result)
+        return answers
 
-    def loglikelihood(self, requests: list[tuple[list[int], list[int]]], on_result: OnResult | None = None) -> list:
-        return self._submit("loglikelihood", requests, None, on_result)
+    def loglikelihood(
+        self, requests: list[tuple[list[int], list[int]]], on_result: OnResult | None = None
+    ) -> list[LogLikelihood]:
+        if requests and not self._is_member():
+            return self.engine.loglikelihood(requests, on_result)
+        scores: list[LogLikelihood] = self._submit("loglikelihood", requests, None, on_result)
+        return scores
 
-    def _submit(self, kind: str, items: list, settings, on_result) -> list:
+    def _submit(
+        self, kind: str, items: list[Any], settings: list[SamplingSettings] | None, on_result: OnResult | None
+    ) -> list[Any]:
+        """The answers to `items` (prompts, or (context, continuation) pairs), in order, from the job's next
+        engine pass (a dataset thread waits here for it)."""
         if not items:
             return []
-        if not self._is_member():  # called outside `dataset()`: straight to the engine (tests, one-off use)
-            if kind == "generate":
-                return self.engine.generate(items, settings, on_result)
-            return self.engine.loglikelihood(items, on_result)
         submission = _Submission(kind, items, settings, on_result, [None] * len(items), len(items))
         with self._cond:
             if self._cancelled is not None:
@@ -248,14 +257,14 @@ class JobEngine:
 _local = threading.local()
 
 
-def _numpy_state():
+def _numpy_state() -> Any:
     import sys
 
     numpy = sys.modules.get("numpy")  # lm-eval imports it; a job that never did has no state to keep
     return numpy.random.get_state() if numpy is not None else None
 
 
-def _set_numpy_state(state) -> None:
+def _set_numpy_state(state: Any) -> None:
     if state is not None:
         import numpy
 

@@ -11,6 +11,7 @@ import json
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from runner.engines.base import Completion, Engine, EngineStats, LogLikelihood, OnResult, SamplingSettings
 
@@ -21,7 +22,7 @@ log = logging.getLogger(__name__)
 _GENERIC_TOKENIZERS = {"TokenizersBackend", "PreTrainedTokenizerFast"}
 
 
-def load_tokenizer(source: str, *, trust_remote_code: bool = False):
+def load_tokenizer(source: str, *, trust_remote_code: bool = False) -> Any:
     """AutoTokenizer's answer, without importing torch when a local folder names the generic class.
 
     `from transformers import AutoTokenizer` pulls in torch and scikit-learn (~4 s here), which would
@@ -61,7 +62,7 @@ class LazyEngine(Engine):
         return self._engine
 
     @property
-    def tokenizer(self):
+    def tokenizer(self) -> Any:
         return self._tokenizer
 
     # The real engine measures its own calls; these only forward.
@@ -78,7 +79,9 @@ class LazyEngine(Engine):
     ) -> list[LogLikelihood]:
         return self._real().loglikelihood(requests, on_result) if requests else []
 
-    def _generate(self, prompts, settings, on_result):  # pragma: no cover - generate() forwards before this is reached
+    def _generate(  # pragma: no cover - generate() forwards before this is reached
+        self, prompts: list[list[int]], settings: list[SamplingSettings], on_result: OnResult
+    ) -> list[Completion]:
         raise AssertionError("LazyEngine forwards generate()")
 
     def kv_cache_usage(self) -> float | None:

@@ -12,11 +12,14 @@ import functools
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, cast
 
 from runner.engines.base import Engine
 
 if TYPE_CHECKING:
+    from omegaconf import DictConfig
+
+    from runner.config.schema import EngineConfig, ModelConfig
     from runner.engines.selection import Selection
 
 # Importing an engine needs torch and transformers (or vLLM) only: OmegaConf and the config schema are
@@ -61,7 +64,25 @@ def is_placement_engine(target: str | None) -> bool:
     return not target or target in {placement_target(kind) for kind in KINDS}
 
 
-def load_engine(selection: Selection, model_source: str, model: Any, engine: Any) -> Engine:
+def engine_node(engine: EngineConfig) -> DictConfig:
+    """The job's engine config as the OmegaConf node an engine's `from_config` gets (runner/engines/base.py),
+    with the keys `+engine.<name>=...` added: the node Hydra composed is handed on as it is; an EngineConfig made
+    from it (`OmegaConf.to_object`, which keeps those keys as attributes) becomes a node of its attributes."""
+    from omegaconf import DictConfig, OmegaConf
+
+    if isinstance(engine, DictConfig):
+        return engine
+    return OmegaConf.create(vars(engine))
+
+
+def engine_fields(engine: DictConfig) -> EngineConfig:
+    """The engine node `from_config` gets, read through the schema, for the runner's own engines and helpers:
+    the node Hydra composes is structured by EngineConfig, so every field is there with its type and reads by
+    attribute as it does on the dataclass."""
+    return cast("EngineConfig", engine)
+
+
+def load_engine(selection: Selection, model_source: str, model: ModelConfig, engine: EngineConfig) -> Engine:
     """One engine in this process (a replica of several is one too), on the devices selection chose."""
 
     from runner.config.schema import ConfigError
@@ -101,14 +122,14 @@ def _visible_devices(devices: tuple[str, ...]) -> Iterator[None]:
             os.environ["CUDA_VISIBLE_DEVICES"] = before
 
 
-def engine_class(selection: Selection, engine: Any) -> type[Engine]:
+def engine_class(selection: Selection, engine: EngineConfig) -> type[Engine]:
     """The Engine subclass that runs the job: `engine._target_` when set, else the `_target_` of
     conf/engine/<placement>.yaml for the placement selection picked. Checked before anything loads."""
     from hydra.utils import get_class
 
     from runner.config.schema import ConfigError
 
-    target = engine.get("_target_") or placement_target(selection.kind)
+    target = engine._target_ or placement_target(selection.kind)
     if not target:
         raise ConfigError(
             f"conf/engine/{selection.kind}.yaml names no engine class for placement {selection.kind!r}. Give it "
@@ -128,9 +149,9 @@ def engine_class(selection: Selection, engine: Any) -> type[Engine]:
     return found
 
 
-def _load(selection: Selection, model_source: str, model: Any, engine: Any) -> Engine:
+def _load(selection: Selection, model_source: str, model: ModelConfig, engine: EngineConfig) -> Engine:
     cls = engine_class(selection, engine)
-    built = cls.from_config(source=model_source, model=model, engine=engine, selection=selection)
+    built = cls.from_config(source=model_source, model=model, engine=engine_node(engine), selection=selection)
     if not isinstance(built, Engine):
         from runner.config.schema import ConfigError
 

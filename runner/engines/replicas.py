@@ -48,13 +48,31 @@ import os
 import threading
 import time
 import traceback
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from multiprocessing.connection import wait
-from typing import Any
+from multiprocessing.connection import Connection, wait
+from multiprocessing.context import SpawnProcess
+from typing import TYPE_CHECKING, Any, NotRequired, TypedDict, cast
 
 from runner.engines.base import Completion, Engine, LogLikelihood, OnResult, SamplingSettings
 
+if TYPE_CHECKING:
+    from runner.config.schema import ModelConfig
+    from runner.engines.selection import Selection
+
 log = logging.getLogger(__name__)
+
+
+class ReplicaBuild(TypedDict):
+    """What each replica builds its engine from, pickled to its process: plain data, no config objects."""
+
+    selection: Selection  # the selection of one replica
+    source: str  # the model's folder or hub id
+    model: dict[str, Any]  # the job's model config, as runner.config.resolvers.to_dict gives it
+    engine: dict[str, Any]  # the job's engine config node, `+engine.<name>` keys included
+    devices: NotRequired[tuple[str, ...]]  # the GPUs of all the replicas, as CUDA_VISIBLE_DEVICES names them
+    factory: NotRequired[str]  # tests: "module:callable" building a replica's engine from (build, replica)
+
 
 # Smallest chunk handed out while there is enough work left for every replica to get one this size.
 # Below ~16 sequences an engine call is mostly ramp-up and tail (vLLM's CPU build runs 46-50 tok/s
@@ -85,7 +103,7 @@ def _watch_parent(parent: int) -> None:
             os._exit(1)
 
 
-def _build(build: dict[str, Any], replica: int) -> Engine:
+def _build(build: ReplicaBuild, replica: int) -> Engine:
     """The replica's own engine. `build["factory"]` ("module:callable", called with (build, replica))
     replaces the real one where a test needs an engine of its own."""
     factory = build.get("factory")
@@ -93,18 +111,21 @@ def _build(build: dict[str, Any], replica: int) -> Engine:
         import importlib
 
         module, _, name = factory.partition(":")
-        return getattr(importlib.import_module(module), name)(build, replica)
+        make = cast("Callable[[ReplicaBuild, int], Engine]", getattr(importlib.import_module(module), name))
+        return make(build, replica)
 
     from omegaconf import OmegaConf
 
-    from runner.engines.load import load_engine
+    from runner.engines.load import engine_fields, load_engine
 
-    return load_engine(
-        build["selection"], build["source"], OmegaConf.create(build["model"]), OmegaConf.create(build["engine"])
-    )
+    # The config nodes the parent had, rebuilt from their plain form (the engine's extra keys included); a
+    # node with ModelConfig's keys reads by attribute as the dataclass does.
+    model = cast("ModelConfig", OmegaConf.create(build["model"]))
+    engine = engine_fields(OmegaConf.create(build["engine"]))
+    return load_engine(build["selection"], build["source"], model, engine)
 
 
-def _serve(conn: Any, build: dict[str, Any], replica: int, env: dict[str, str], cpus: list[int] | None) -> None:
+def _serve(conn: Connection, build: ReplicaBuild, replica: int, env: dict[str, str], cpus: list[int] | None) -> None:
     """A replica's main loop (in its own process): build the engine, then run chunks until told to stop."""
     threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
     os.environ.update(env)
@@ -179,7 +200,7 @@ def device_env(
 
 
 @contextmanager
-def _environment(values: dict[str, str]):
+def _environment(values: dict[str, str]) -> Iterator[None]:
     """`values` in this process's environment while a replica is spawned (it inherits them at exec)."""
     before = {key: os.environ.get(key) for key in values}
     os.environ.update(values)
@@ -202,7 +223,7 @@ class ReplicatedEngine(Engine):
 
     def __init__(
         self,
-        build: dict[str, Any],
+        build: ReplicaBuild,
         replicas: int,
         *,
         tokenizer_source: str,
@@ -217,48 +238,14 @@ class ReplicatedEngine(Engine):
         if cpu_binding not in ("core", "threads", "none"):
             raise ValueError(f"cpu_binding={cpu_binding!r} is not one of core, threads, none")
         self._tokenizer_source = tokenizer_source
-        self._tokenizer = None
+        self._tokenizer: Any = None
         self.shutdown_timeout_s = shutdown_timeout_s
         self._failed: str | None = None
-        context = multiprocessing.get_context("spawn")  # forking a process that holds threads (or CUDA) is unsafe
-        self._workers: list[tuple[Any, Any]] = []
+        self._workers: list[tuple[SpawnProcess, Connection]] = []
         start = time.perf_counter()
-        selection = build["selection"]
-        per_replica = selection.gpus  # the selection of one replica
-        devices = tuple(build.get("devices") or ())
-        on_cpu = (selection.kind == "cpu" or per_replica == 0) and hasattr(os, "sched_setaffinity")
         try:
-            for replica in range(replicas):
-                parent, child = context.Pipe()
-                cores = replica_cpus(replica, replicas) if on_cpu else []
-                threads = {"OMP_NUM_THREADS": str(len(cores))} if cores and cpu_binding != "none" else {}
-                process = context.Process(
-                    target=_serve,
-                    args=(
-                        child,
-                        build,
-                        replica,
-                        device_env(selection.kind, replica, per_replica, devices, replicas),
-                        cores if cpu_binding == "core" else None,
-                    ),
-                    daemon=True,
-                    name=f"replica-{replica}",
-                )
-                # OpenMP sizes its thread team when the replica's interpreter starts (vLLM's CPU build preloads
-                # libgomp), from the cores it may use then: the whole machine, and pinning later does not shrink
-                # it. Two threads on a replica's one core then wait on each other at every barrier (seen in
-                # gomp_barrier_wait_end; 72 instead of 217 output tok/s for two replicas, see above).
-                with _environment(threads):
-                    process.start()
-                child.close()
-                self._workers.append((process, parent))
-            for replica, (_, conn) in enumerate(self._workers):
-                if not conn.poll(start_timeout_s):
-                    raise RuntimeError(f"engine replica {replica} did not load within {start_timeout_s:.0f} s")
-                status, value, extra = self._receive(replica)
-                if status != "ready":
-                    raise RuntimeError(f"engine replica {replica} failed to load:\n{value}")
-                self.stats.extra.update(extra)
+            self._start_replicas(build, replicas, cpu_binding)
+            self._await_ready(start_timeout_s)
         except BaseException:
             self.shutdown()
             raise
@@ -273,19 +260,63 @@ class ReplicatedEngine(Engine):
         self._counted_in = self.stats
         log.info("%d engine replicas loaded in %.1f s", replicas, self.stats.load_seconds)
 
+    def _start_replicas(self, build: ReplicaBuild, replicas: int, cpu_binding: str) -> None:
+        """Spawn the replica processes, each pinned to its own devices; they load their engines meanwhile."""
+        context = multiprocessing.get_context("spawn")  # forking a process that holds threads (or CUDA) is unsafe
+        selection = build["selection"]
+        per_replica = selection.gpus  # the selection of one replica
+        devices = tuple(build.get("devices") or ())
+        on_cpu = (selection.kind == "cpu" or per_replica == 0) and hasattr(os, "sched_setaffinity")
+        for replica in range(replicas):
+            parent, child = context.Pipe()
+            cores = replica_cpus(replica, replicas) if on_cpu else []
+            threads = {"OMP_NUM_THREADS": str(len(cores))} if cores and cpu_binding != "none" else {}
+            process = context.Process(
+                target=_serve,
+                args=(
+                    child,
+                    build,
+                    replica,
+                    device_env(selection.kind, replica, per_replica, devices, replicas),
+                    cores if cpu_binding == "core" else None,
+                ),
+                daemon=True,
+                name=f"replica-{replica}",
+            )
+            # OpenMP sizes its thread team when the replica's interpreter starts (vLLM's CPU build preloads
+            # libgomp), from the cores it may use then: the whole machine, and pinning later does not shrink
+            # it. Two threads on a replica's one core then wait on each other at every barrier (seen in
+            # gomp_barrier_wait_end; 72 instead of 217 output tok/s for two replicas, see above).
+            with _environment(threads):
+                process.start()
+            child.close()
+            self._workers.append((process, parent))
+
+    def _await_ready(self, start_timeout_s: float) -> None:
+        """Wait for every replica's engine to load; its load-time measurements join this engine's."""
+        for replica, (_, conn) in enumerate(self._workers):
+            if not conn.poll(start_timeout_s):
+                raise RuntimeError(f"engine replica {replica} did not load within {start_timeout_s:.0f} s")
+            status, value, extra = self._receive(replica)
+            if status != "ready":
+                raise RuntimeError(f"engine replica {replica} failed to load:\n{value}")
+            self.stats.extra.update(extra)
+
     @property
-    def tokenizer(self):
+    def tokenizer(self) -> Any:
         if self._tokenizer is None:
             from runner.engines.lazy import load_tokenizer
 
             self._tokenizer = load_tokenizer(self._tokenizer_source)
         return self._tokenizer
 
-    def _receive(self, replica: int) -> tuple:
+    def _receive(self, replica: int) -> tuple[str, Any, Any]:
+        """A replica's next message: (status, value, extra), as `_serve` sends them."""
         try:
-            return self._workers[replica][1].recv()
+            message: tuple[str, Any, Any] = self._workers[replica][1].recv()
         except (EOFError, OSError):  # the process died without a word (killed, segfault, out of memory)
             return ("error", self._exited(replica), None)
+        return message
 
     def _exited(self, replica: int) -> str:
         process = self._workers[replica][0]
@@ -294,67 +325,20 @@ class ReplicatedEngine(Engine):
         how = "" if code is None else f" (killed by signal {-code})" if code < 0 else f" (exit code {code})"
         return f"engine replica {replica} exited unexpectedly{how}"
 
-    def _dispatch(self, command: str, items: list, settings: list[SamplingSettings] | None, on_result: OnResult):
-        """Run one call's requests on the replicas, pulled chunk by chunk; results come back in request order."""
+    def _dispatch(
+        self, command: str, items: Sequence[Any], settings: list[SamplingSettings] | None, on_result: OnResult
+    ) -> list[Any]:
+        """Run one call's requests on the replicas, pulled chunk by chunk; results come back in request order
+        (the answers each replica's engine sent back through its pipe)."""
         if self._failed:
             raise ReplicaError(f"the engine replicas were stopped after an earlier failure: {self._failed}")
         if self.stats is not self._counted_in:  # a new job's stats (LazyEngine.reset_stats): count afresh
             self._busy = [0.0] * len(self._busy)
             self._requests = [0] * len(self._requests)
             self._counted_in = self.stats
-        results: list = [None] * len(items)
-        answered = [False] * len(items)
-        handed = 0  # items[:handed] went to a replica
-        running: set[int] = set()  # replicas working on a chunk
-
-        def hand_out(replica: int) -> None:
-            nonlocal handed
-            size = chunk_size(len(items) - handed, len(self._workers))
-            if size:
-                start, handed = handed, handed + size
-                chunk = (start, items[start:handed], settings[start:handed] if settings is not None else None)
-                try:
-                    self._workers[replica][1].send((command, chunk))
-                except OSError:  # it died while idle, between calls
-                    raise ReplicaError(self._exited(replica)) from None
-                running.add(replica)
-                self._requests[replica] += size
-
-        def take(replica: int) -> None:
-            status, value, extra = self._receive(replica)
-            if status == "result":  # (index, answer): to the caller (the response cache) at once
-                results[value], answered[value] = extra, True
-                on_result(value, extra)
-            elif status == "done":  # (busy seconds): pulled, the first replica done gets the next chunk
-                self._busy[replica] += value
-                running.discard(replica)
-                hand_out(replica)
-            elif value.startswith(f"engine replica {replica} exited"):
-                raise ReplicaError(value)
-            else:
-                raise ReplicaError(f"engine replica {replica} failed:\n{value}")
-
+        call = _Call(self, command, items, settings, on_result)
         try:
-            for replica in range(len(self._workers)):
-                hand_out(replica)
-            owner = {}
-            for replica, (process, conn) in enumerate(self._workers):
-                owner[conn] = owner[process.sentinel] = replica
-            while running:
-                # The pipes, and the processes themselves: a replica's pipe may stay open after it died when
-                # a process it started (vLLM's engine core on a GPU) inherited it.
-                watched = [w for r in running for w in (self._workers[r][1], self._workers[r][0].sentinel)]
-                for ready in wait(watched):
-                    replica = owner[ready]
-                    conn = self._workers[replica][1]
-                    if ready is conn:
-                        if replica in running:
-                            take(replica)
-                        continue
-                    while replica in running and conn.poll(0):  # what it sent before it died still counts
-                        take(replica)
-                    if replica in running:
-                        raise ReplicaError(self._exited(replica))
+            call.run()
         except BaseException as exc:
             # Whatever stopped this call (a replica's failure, the caller's on_result, Ctrl-C), the other
             # replicas are still busy with its chunks: stop them rather than deliver stale answers later.
@@ -364,9 +348,9 @@ class ReplicatedEngine(Engine):
             raise
         finally:
             self._record_balance()
-        if not all(answered):
-            raise ReplicaError(f"the engine replicas answered {sum(answered)} of {len(items)} requests")
-        return results
+        if not all(call.answered):
+            raise ReplicaError(f"the engine replicas answered {sum(call.answered)} of {len(items)} requests")
+        return call.results
 
     def _record_balance(self) -> None:
         """Per-replica busy time and requests of this job so far, and how even they are (1.0: perfectly)."""
@@ -410,3 +394,80 @@ class ReplicatedEngine(Engine):
 
     def shutdown(self) -> None:
         self._stop_all(self.shutdown_timeout_s)
+
+
+class _Call:
+    """One engine call shared out over the replicas (`ReplicatedEngine._dispatch`): which requests went to
+    which replica, and the answers as they come back."""
+
+    def __init__(
+        self,
+        engine: ReplicatedEngine,
+        command: str,
+        items: Sequence[Any],
+        settings: list[SamplingSettings] | None,
+        on_result: OnResult,
+    ) -> None:
+        self.engine = engine
+        self.command = command  # "generate" or "loglikelihood", as `_serve` runs it
+        self.items = items
+        self.settings = settings
+        self.on_result = on_result
+        self.results: list[Any] = [None] * len(items)
+        self.answered = [False] * len(items)
+        self.handed = 0  # items[:handed] went to a replica
+        self.running: set[int] = set()  # replicas working on a chunk
+
+    def run(self) -> None:
+        """Hand every replica a chunk, then take their messages until every chunk is done."""
+        workers = self.engine._workers
+        for replica in range(len(workers)):
+            self.hand_out(replica)
+        owner: dict[object, int] = {}
+        for replica, (process, conn) in enumerate(workers):
+            owner[conn] = owner[process.sentinel] = replica
+        while self.running:
+            # The pipes, and the processes themselves: a replica's pipe may stay open after it died when
+            # a process it started (vLLM's engine core on a GPU) inherited it.
+            watched = [w for r in self.running for w in (workers[r][1], workers[r][0].sentinel)]
+            for ready in wait(watched):
+                replica = owner[ready]
+                conn = workers[replica][1]
+                if ready is conn:
+                    if replica in self.running:
+                        self.take(replica)
+                    continue
+                while replica in self.running and conn.poll(0):  # what it sent before it died still counts
+                    self.take(replica)
+                if replica in self.running:
+                    raise ReplicaError(self.engine._exited(replica))
+
+    def hand_out(self, replica: int) -> None:
+        """The next chunk to `replica`, if any is left."""
+        size = chunk_size(len(self.items) - self.handed, len(self.engine._workers))
+        if not size:
+            return
+        start, self.handed = self.handed, self.handed + size
+        settings = self.settings[start : self.handed] if self.settings is not None else None
+        chunk = (start, self.items[start : self.handed], settings)
+        try:
+            self.engine._workers[replica][1].send((self.command, chunk))
+        except OSError:  # it died while idle, between calls
+            raise ReplicaError(self.engine._exited(replica)) from None
+        self.running.add(replica)
+        self.engine._requests[replica] += size
+
+    def take(self, replica: int) -> None:
+        """One message from `replica`: an answer, its chunk done, or its failure."""
+        status, value, extra = self.engine._receive(replica)
+        if status == "result":  # (index, answer): to the caller (the response cache) at once
+            self.results[value], self.answered[value] = extra, True
+            self.on_result(value, extra)
+        elif status == "done":  # (busy seconds): pulled, the first replica done gets the next chunk
+            self.engine._busy[replica] += value
+            self.running.discard(replica)
+            self.hand_out(replica)
+        elif value.startswith(f"engine replica {replica} exited"):
+            raise ReplicaError(value)
+        else:
+            raise ReplicaError(f"engine replica {replica} failed:\n{value}")

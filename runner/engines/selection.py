@@ -13,19 +13,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from runner.machine.hardware import GiB, Hardware, HardwareError
+from runner.machine.hardware import GPU, GiB, Hardware, SelectionError
+
+if TYPE_CHECKING:
+    from runner.config.schema import EngineConfig, ModelConfig, SelectionConfig
 
 KINDS = ("auto", "vllm", "distributed", "cpu", "hf")
 
 # Bytes per parameter of the stored weights.
 _DTYPE_BYTES = {"float32": 4.0, "float": 4.0, "float16": 2.0, "half": 2.0, "bfloat16": 2.0, "auto": 2.0}
 _QUANT_BYTES = {"awq": 0.5, "gptq": 0.5, "awq_marlin": 0.5, "gptq_marlin": 0.5, "bitsandbytes": 0.5, "fp8": 1.0}
-
-
-class SelectionError(HardwareError):
-    """The model cannot run on what was found; raised before anything is loaded."""
 
 
 @dataclass(frozen=True)
@@ -67,8 +66,8 @@ class Selection:
         return out
 
 
-def bytes_per_param(model: Any) -> float:
-    quant = (model.get("quantization") or "").lower()
+def bytes_per_param(model: ModelConfig) -> float:
+    quant = (model.quantization or "").lower()
     if quant:
         if quant not in _QUANT_BYTES:
             raise SelectionError(
@@ -81,21 +80,21 @@ def bytes_per_param(model: Any) -> float:
     return _DTYPE_BYTES[dtype]
 
 
-def estimate_memory(model: Any, selection_cfg: Any) -> MemoryEstimate:
+def estimate_memory(model: ModelConfig, selection_cfg: SelectionConfig) -> MemoryEstimate:
     per_param = bytes_per_param(model)
     weights = float(model.params_b) * 1e9 * per_param
     reserve = max(weights * float(selection_cfg.kv_cache_reserve_fraction), float(selection_cfg.min_kv_cache_gib) * GiB)
     return MemoryEstimate(weights, reserve, per_param)
 
 
-def select_engine(engine: Any, model: Any, hardware: Hardware) -> Selection:
-    if engine.get("url"):  # engine=vllm_server attached to a running server: nothing loads here
+def select_engine(engine: EngineConfig, model: ModelConfig, hardware: Hardware) -> Selection:
+    if engine.url:  # engine=vllm_server attached to a running server: nothing loads here
         return Selection("server", f"engine.url={engine.url}: the model is served there")
     kind = engine.kind
     if kind not in KINDS:
         raise SelectionError(f"engine.kind={kind!r} is not one of {', '.join(KINDS)}.")
-    engine, named = _sizes_from_args(engine)
-    sizes = {k: engine.get(k) for k in ("tensor_parallel_size", "pipeline_parallel_size") if (engine.get(k) or 1) > 1}
+    parallel, named = _sizes_from_args(engine)
+    sizes = {k: v for k, v in parallel.items() if (v or 1) > 1}
     if sizes and kind in ("hf", "cpu", "vllm"):
         asked = " and ".join(f"{named[k]}={v}" for k, v in sizes.items())
         one = {"hf": "transformers on one device", "cpu": "vLLM's CPU build in one process", "vllm": "one GPU"}[kind]
@@ -112,22 +111,26 @@ def select_engine(engine: Any, model: Any, hardware: Hardware) -> Selection:
     )
 
     hardware, busy = _free_gpus(hardware, engine, kind, memory)
-    selection = _select(engine, model, hardware, kind, sizes, memory, need, named)
+    selection = _select(engine, hardware, _Ask(kind, parallel, named, memory, need))
     devices = tuple(_pin(g) for g in hardware.gpus[: selection.gpus]) if hardware.nodes == 1 else ()
     return replace(selection, devices=devices if selection.gpus else (), busy=busy)
 
 
-def _pin(gpu: Any) -> str:
+def _pin(gpu: GPU) -> str:
     return gpu.device_id or str(gpu.physical_index if gpu.physical_index is not None else gpu.index)
 
 
-def claimed_fraction(engine: Any) -> float:
+def claimed_fraction(engine: EngineConfig) -> float:
     """The share of a GPU's memory a vLLM engine takes at start (vLLM's gpu_memory_utilization)."""
-    args = engine.get("args") or {}
-    return float(args.get("gpu_memory_utilization") or engine.gpu.get("gpu_memory_utilization") or 0.9)
+    from runner.config.resolvers import to_dict
+
+    args = to_dict(engine.args or {})
+    return float(args.get("gpu_memory_utilization") or to_dict(engine.gpu).get("gpu_memory_utilization") or 0.9)
 
 
-def _free_gpus(hardware: Hardware, engine: Any, kind: str, memory: MemoryEstimate) -> tuple[Hardware, tuple[str, ...]]:
+def _free_gpus(
+    hardware: Hardware, engine: EngineConfig, kind: str, memory: MemoryEstimate
+) -> tuple[Hardware, tuple[str, ...]]:
     """The GPUs with room for the engine, and a line for each one other processes already fill.
 
     vLLM refuses to start unless gpu_memory_utilization x total memory is free; the transformers engine
@@ -137,7 +140,7 @@ def _free_gpus(hardware: Hardware, engine: Any, kind: str, memory: MemoryEstimat
         return hardware, ()
     fraction = claimed_fraction(engine)
 
-    def room(gpu) -> bool:
+    def room(gpu: GPU) -> bool:
         need = memory.total_bytes if kind == "hf" else fraction * gpu.total_bytes
         return gpu.free_bytes >= need
 
@@ -156,87 +159,107 @@ def _free_gpus(hardware: Hardware, engine: Any, kind: str, memory: MemoryEstimat
 PARALLEL_SIZES = ("tensor_parallel_size", "pipeline_parallel_size")
 
 
-def _sizes_from_args(engine: Any) -> tuple[Any, dict[str, str]]:
-    """Parallel sizes given as vLLM EngineArgs (`+engine.args.tensor_parallel_size=2`) count as `engine.<size>`:
-    selection sizes the job (GPUs, executor, devices) by them, rather than vLLM alone meeting them at load
-    (on the CPU build's one-process executor, a world of 3 waits forever for ranks that never start).
-    Also returns the name the user wrote for each size, for messages."""
-    from omegaconf import OmegaConf
+def _sizes_from_args(engine: EngineConfig) -> tuple[dict[str, int | None], dict[str, str]]:
+    """The job's tensor and pipeline parallel sizes (None: not given). Sizes given as vLLM EngineArgs
+    (`+engine.args.tensor_parallel_size=2`) count as `engine.<size>`: selection sizes the job (GPUs, executor,
+    devices) by them, rather than vLLM alone meeting them at load (on the CPU build's one-process executor, a
+    world of 3 waits forever for ranks that never start). Also returns the name the user wrote for each size,
+    for messages."""
+    from runner.config.resolvers import to_dict
 
-    args = engine.get("args") or {}
-    moved = {k: args[k] for k in PARALLEL_SIZES if (args.get(k) or 1) > 1 and engine.get(k) is None}
+    args = to_dict(engine.args or {})
+    given: dict[str, int | None] = {
+        "tensor_parallel_size": engine.tensor_parallel_size,
+        "pipeline_parallel_size": engine.pipeline_parallel_size,
+    }
+    moved = {k: int(args[k]) for k in PARALLEL_SIZES if (args.get(k) or 1) > 1 and given[k] is None}
     named = {k: f"engine.args.{k}" if k in moved else f"engine.{k}" for k in PARALLEL_SIZES}
-    if moved:
-        engine = OmegaConf.merge(engine, moved)
-    return engine, named
+    return given | moved, named
 
 
-def _select(
-    engine: Any,
-    model: Any,
-    hardware: Hardware,
-    kind: str,
-    sizes: dict,
-    memory: MemoryEstimate,
-    need: str,
-    named: dict[str, str],
-) -> Selection:
+@dataclass(frozen=True)
+class _Ask:
+    """What a job asks selection for, read once from its engine and model configs."""
+
+    kind: str  # engine.kind, or "distributed" where parallel sizes were given with engine=auto
+    parallel: dict[str, int | None]  # tensor and pipeline parallel sizes (None: chosen from memory)
+    named: dict[str, str]  # the name the user wrote for each size
+    memory: MemoryEstimate
+    need: str  # the estimate in words, for reasons and messages
+
+    @property
+    def sizes(self) -> dict[str, int]:
+        """The parallel sizes asked for explicitly (more than 1)."""
+        return {k: v for k, v in self.parallel.items() if v is not None and v > 1}
+
+
+def _select(engine: EngineConfig, hardware: Hardware, ask: _Ask) -> Selection:
+    kind = ask.kind
     if kind == "hf":  # the transformers reference engine: one GPU if there is one, else the CPU
-        if hardware.gpu_count == 0:
-            _check_host_memory(memory, hardware, need)
-        where = "one GPU" if hardware.gpu_count else "the CPU"
-        dp = _data_parallel(engine, hardware, per_replica=min(1, hardware.gpu_count), default=1)
-        return _with_replicas(
-            Selection(
-                "hf", f"engine=hf: transformers on {where}; {need}", gpus=min(1, hardware.gpu_count), memory=memory
-            ),
-            dp,
-        )
-
+        return _select_hf(engine, hardware, ask)
     if kind == "cpu" or (kind == "auto" and hardware.gpu_count == 0):
-        _check_host_memory(memory, hardware, need)
-        why = "no GPU found" if kind == "auto" else "engine=cpu"
-        dp = _data_parallel(engine, hardware, per_replica=0, default=1)
-        warnings = (cpu_replicas_warning(dp),) if dp > 1 else ()
-        selection = Selection("cpu", f"{why}: vLLM's CPU build; {need}", memory=memory, warnings=warnings)
-        return _with_replicas(selection, dp)
-
+        return _select_cpu(engine, hardware, ask)
     if hardware.gpu_count == 0:
-        asked = "".join(f", {named[k]}={v}" for k, v in sizes.items())
+        asked = "".join(f", {ask.named[k]}={v}" for k, v in ask.sizes.items())
         raise SelectionError(
             f"engine={engine.kind}{asked} needs a GPU, but none was found on this machine ({hardware.summary()}). "
             + (
                 "Drop the parallel sizes to run on the CPU."
-                if sizes
+                if ask.sizes
                 else "Use engine=auto (or engine=cpu) to run on the CPU."
             )
         )
     fraction = float(engine.selection.usable_gpu_fraction)
     per_gpu = min(g.total_bytes for g in hardware.gpus) * fraction
-    needed = max(1, math.ceil(memory.total_bytes / per_gpu))
+    needed = max(1, math.ceil(ask.memory.total_bytes / per_gpu))
     budget = f"{per_gpu / GiB:.0f} GiB usable per GPU ({fraction:.0%} of {hardware.gpus[0].name})"
 
     if kind == "vllm" or (kind == "auto" and needed == 1):
         if needed > 1:
             raise SelectionError(
-                f"engine=vllm runs on one GPU, but {need}, more than the {budget}. "
+                f"engine=vllm runs on one GPU, but {ask.need}, more than the {budget}. "
                 "Use engine=distributed (or engine=auto) to spread it over several GPUs."
             )
         # Several GPUs on this node and a model that fits one: a replica per GPU shares the requests.
         local_gpus = hardware.gpus_per_node if hardware.nodes == 1 else 1
         dp = _data_parallel(engine, hardware, per_replica=1, default=local_gpus)
-        return _with_replicas(Selection("vllm", f"fits one GPU: {need} <= {budget}", gpus=1, memory=memory), dp)
+        return _with_replicas(Selection("vllm", f"fits one GPU: {ask.need} <= {budget}", gpus=1, memory=ask.memory), dp)
+    return _select_distributed(engine, hardware, ask, needed, budget)
 
-    # distributed: explicit sizes win; otherwise the fewest GPUs that hold the model.
-    tp, pp = _parallel_sizes(engine, needed, hardware, need, budget)
+
+def _select_hf(engine: EngineConfig, hardware: Hardware, ask: _Ask) -> Selection:
+    if hardware.gpu_count == 0:
+        _check_host_memory(ask.memory, hardware, ask.need)
+    where = "one GPU" if hardware.gpu_count else "the CPU"
+    dp = _data_parallel(engine, hardware, per_replica=min(1, hardware.gpu_count), default=1)
+    return _with_replicas(
+        Selection(
+            "hf", f"engine=hf: transformers on {where}; {ask.need}", gpus=min(1, hardware.gpu_count), memory=ask.memory
+        ),
+        dp,
+    )
+
+
+def _select_cpu(engine: EngineConfig, hardware: Hardware, ask: _Ask) -> Selection:
+    _check_host_memory(ask.memory, hardware, ask.need)
+    why = "no GPU found" if ask.kind == "auto" else "engine=cpu"
+    dp = _data_parallel(engine, hardware, per_replica=0, default=1)
+    warnings = (cpu_replicas_warning(dp),) if dp > 1 else ()
+    selection = Selection("cpu", f"{why}: vLLM's CPU build; {ask.need}", memory=ask.memory, warnings=warnings)
+    return _with_replicas(selection, dp)
+
+
+def _select_distributed(engine: EngineConfig, hardware: Hardware, ask: _Ask, needed: int, budget: str) -> Selection:
+    """Explicit sizes win; otherwise the fewest GPUs that hold the model."""
+    tp, pp = _parallel_sizes(ask.parallel, needed, hardware, ask.need, budget)
     where = f"{hardware.nodes} nodes" if hardware.nodes > 1 else "this node"
     reason = (
-        f"does not fit one GPU: {need} > {budget}; tensor parallel {tp}"
+        f"does not fit one GPU: {ask.need} > {budget}; tensor parallel {tp}"
         + (f" x pipeline parallel {pp}" if pp > 1 else "")
         + f" over {tp * pp} of {hardware.gpu_count} GPUs on {where}"
     )
-    if kind == "distributed" and needed == 1 and engine.tensor_parallel_size is None:
-        reason = f"engine=distributed set in config; {need} fits one GPU, tensor parallel {tp}"
+    if ask.kind == "distributed" and needed == 1 and ask.parallel["tensor_parallel_size"] is None:
+        reason = f"engine=distributed set in config; {ask.need} fits one GPU, tensor parallel {tp}"
     selection = Selection(
         "distributed",
         reason,
@@ -244,7 +267,7 @@ def _select(
         tensor_parallel_size=tp,
         pipeline_parallel_size=pp,
         nodes=math.ceil(tp * pp / hardware.gpus_per_node),
-        memory=memory,
+        memory=ask.memory,
     )
     dp = _data_parallel(engine, hardware, per_replica=tp * pp, default=1) if selection.nodes == 1 else 1
     return _with_replicas(selection, dp)
@@ -265,13 +288,13 @@ def cpu_replicas_warning(dp: int) -> str:
     )
 
 
-def _data_parallel(engine: Any, hardware: Hardware, *, per_replica: int, default: int) -> int:
+def _data_parallel(engine: EngineConfig, hardware: Hardware, *, per_replica: int, default: int) -> int:
     """Replicas: engine.data_parallel_size if set, else `default`; each needs its own GPUs (or CPU core).
 
     On the CPU (`per_replica == 0`) the callers' default is 1: replicas there were measured slower than one
     engine (CPU_REPLICAS_MEASURED), so they run only when asked for (vLLM's CPU build: with a warning).
     """
-    asked = engine.get("data_parallel_size")
+    asked = engine.data_parallel_size
     dp = int(asked) if asked is not None else max(1, default)
     if dp < 1:
         raise SelectionError(f"engine.data_parallel_size={dp} must be at least 1 (or null to choose).")
@@ -305,9 +328,11 @@ def _with_replicas(selection: Selection, dp: int) -> Selection:
     )
 
 
-def _parallel_sizes(engine: Any, needed: int, hardware: Hardware, need: str, budget: str) -> tuple[int, int]:
+def _parallel_sizes(
+    parallel: dict[str, int | None], needed: int, hardware: Hardware, need: str, budget: str
+) -> tuple[int, int]:
     per_node = hardware.gpus_per_node
-    tp, pp = engine.tensor_parallel_size, engine.pipeline_parallel_size
+    tp, pp = parallel["tensor_parallel_size"], parallel["pipeline_parallel_size"]
     if tp is None and pp is None:
         if needed > hardware.gpu_count:
             raise SelectionError(

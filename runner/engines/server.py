@@ -29,12 +29,19 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from runner.console.handlers import FILE_ONLY
-from runner.engines.base import Completion, Engine, LogLikelihood, OnResult, SamplingSettings
+from runner.engines.base import Completion, Engine, LogLikelihood, OnResult, Result, SamplingSettings
 from runner.engines.lazy import load_tokenizer
 from runner.engines.load import EngineLoadError
+
+if TYPE_CHECKING:
+    import requests
+    from omegaconf import DictConfig
+
+    from runner.config.schema import ModelConfig
+    from runner.engines.selection import Selection
 
 log = logging.getLogger(__name__)
 
@@ -103,28 +110,41 @@ class VLLMServerEngine(Engine):
             self.stats.extra.update(capacity)
 
     @classmethod
-    def from_config(cls, *, source: str, model: Any, engine: Any, selection: Any) -> VLLMServerEngine:
+    def from_config(
+        cls, *, source: str, model: ModelConfig, engine: DictConfig, selection: Selection
+    ) -> VLLMServerEngine:
+        from runner.config.resolvers import to_dict
+        from runner.engines.load import engine_fields
         from runner.engines.vllm_args import check_engine_args, vllm_engine_args
 
-        options = {
-            "max_concurrency": engine.get("max_concurrency") or 32,
-            "request_timeout_s": engine.get("request_timeout_s") or 600,
-            "retries": engine.get("retries") if engine.get("retries") is not None else 2,
-            "api_key": os.environ.get("VLLM_API_KEY") or None,
-            "served_model": engine.get("served_model"),
-        }
+        settings = engine_fields(engine)
+
+        def connect(url: str, accept: tuple[str, ...], server: ServeProcess | None = None) -> VLLMServerEngine:
+            return cls(
+                url,
+                source,
+                accept=accept,
+                served_model=settings.served_model,
+                max_concurrency=settings.max_concurrency or 32,
+                request_timeout_s=settings.request_timeout_s or 600,
+                retries=settings.retries if settings.retries is not None else 2,
+                api_key=os.environ.get("VLLM_API_KEY") or None,
+                server=server,
+            )
+
         # The names a server may know the job's model by: what `vllm serve` was given, or --served-model-name.
-        accept = tuple(str(n) for n in (model.name, model.get("repo_id"), model.get("path"), source) if n)
-        if engine.get("url"):
-            return cls(str(engine.url), source, accept=accept, **options)
-        args = vllm_engine_args(selection, model, engine)
+        accept = tuple(str(n) for n in (model.name, model.repo_id, model.path, source) if n)
+        if settings.url:
+            return connect(str(settings.url), accept)
+        args = vllm_engine_args(selection, model, settings)
         check_engine_args(args)
-        env = {str(k): str(v) for k, v in (engine.get("cpu_env") or {}).items()} if selection.kind == "cpu" else {}
+        cpu_env = to_dict(settings.cpu_env or {}) if selection.kind == "cpu" else {}
+        env = {str(k): str(v) for k, v in cpu_env.items()}
         env.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)  # the server's engine core is always its own process
         start = time.perf_counter()
-        server = ServeProcess.start(source, args, served_name=model.name, env=env, timeout_s=engine.start_timeout_s)
+        server = ServeProcess.start(source, args, served_name=model.name, env=env, timeout_s=settings.start_timeout_s)
         try:
-            built = cls(server.url, source, accept=(model.name,), server=server, **options)
+            built = connect(server.url, (model.name,), server)
         except BaseException:
             server.stop()
             raise
@@ -132,12 +152,12 @@ class VLLMServerEngine(Engine):
         return built
 
     @property
-    def tokenizer(self):
+    def tokenizer(self) -> Any:
         return self._tokenizer
 
     # --- requests ---------------------------------------------------------------------------------------
 
-    def _post(self, path: str, payload: dict) -> dict:
+    def _post(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
         """One request; the session's adapter retries connection errors, timeouts and 429/5xx (`retries`)."""
         import requests
 
@@ -157,15 +177,16 @@ class VLLMServerEngine(Engine):
                 f"The vLLM server at {self.url} refused a request to {path}{tries} "
                 f"(HTTP {response.status_code}: {_message(response)})."
             )
-        return response.json()
+        answer: dict[str, Any] = response.json()
+        return answer
 
-    def _each(self, n: int, request: Callable[[int], Any], on_result: OnResult) -> list:
+    def _each(self, n: int, request: Callable[[int], Result], on_result: OnResult) -> list[Result]:
         """`request(i)` for i in range(n), up to max_concurrency at once; results in order, each reported as it
         arrives. The first failure cancels what has not started and is raised."""
-        results: list = [None] * n
+        results: dict[int, Result] = {}
         pool = ThreadPoolExecutor(self.max_concurrency, thread_name_prefix="vllm-server")
         try:
-            pending: dict[Future, int] = {pool.submit(request, i): i for i in range(n)}
+            pending: dict[Future[Result], int] = {pool.submit(request, i): i for i in range(n)}
             while pending:
                 # FIRST_COMPLETED, not FIRST_EXCEPTION: that one returns only once every request is back (or one
                 # failed), so the live display sat at 0/N for the whole pass and every answer came at once.
@@ -176,7 +197,7 @@ class VLLMServerEngine(Engine):
                     on_result(index, results[index])
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
-        return results
+        return [results[i] for i in range(n)]
 
     def _generate(
         self, prompts: list[list[int]], settings: list[SamplingSettings], on_result: OnResult
@@ -255,7 +276,7 @@ class VLLMServerEngine(Engine):
                 "server (`vllm serve <model>`), check the address ends with /v1, or leave engine.url unset to "
                 "let the runner start one."
             ) from None
-        names = {m["id"]: {m["id"], str(m.get("root") or "")} for m in served}
+        names = {str(m["id"]): {str(m["id"]), str(m.get("root") or "")} for m in served}
         if asked:
             if asked in names:
                 return asked
@@ -293,7 +314,7 @@ class VLLMServerEngine(Engine):
                         out["cache_config_info"] = {"kv_cache_tokens": float(blocks * size)}
         return out
 
-    def _record_server_metrics(self, before: dict, after: dict) -> None:
+    def _record_server_metrics(self, before: dict[str, Any], after: dict[str, Any]) -> None:
         for name, metric in _COUNTERS.items():
             if name in after:
                 self.stats.extra[metric] = self.stats.extra.get(metric, 0.0) + after[name] - before.get(name, 0.0)
@@ -345,7 +366,7 @@ _COUNTERS = {
 }
 
 
-def _message(response: Any) -> str:
+def _message(response: requests.Response) -> str:
     try:
         return str(response.json().get("error", {}).get("message") or response.text)[:500]
     except ValueError:
@@ -355,14 +376,16 @@ def _message(response: Any) -> str:
 class ServeProcess:
     """`vllm serve` started by the runner on loopback, in its own process group; its output goes to runner.log."""
 
-    def __init__(self, process: subprocess.Popen, url: str, config: Path) -> None:
+    def __init__(self, process: subprocess.Popen[str], url: str, config: Path) -> None:
         self.process, self.url, self._config = process, url, config
         self.tail: deque[str] = deque(maxlen=12)  # what a failed start shows: vLLM ends with its error
         self._reader = threading.Thread(target=self._read, name="vllm-serve-log", daemon=True)
         self._reader.start()
 
     @classmethod
-    def start(cls, source: str, args: dict, *, served_name: str, env: dict[str, str], timeout_s: float) -> ServeProcess:
+    def start(
+        cls, source: str, args: dict[str, Any], *, served_name: str, env: dict[str, str], timeout_s: float
+    ) -> ServeProcess:
         import tempfile
 
         import yaml

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from runner.console.handlers import FILE_ONLY
 from runner.engines.base import (
@@ -18,7 +18,16 @@ from runner.engines.base import (
     release_memory,
 )
 
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
+
+    from runner.config.schema import ModelConfig
+    from runner.engines.selection import Selection
+
 log = logging.getLogger(__name__)
+
+# A finished request as vLLM hands it back (vllm.RequestOutput): vLLM's own types are not followed (pyproject.toml).
+RequestOutput = Any
 
 KV_GAUGE = "vllm:kv_cache_usage_perc"  # one sample per engine, labelled with its index
 
@@ -38,24 +47,27 @@ class VLLMEngine(Engine):
         self._record_cache_capacity()
 
     @classmethod
-    def from_config(cls, *, source: str, model: Any, engine: Any, selection: Any) -> VLLMEngine:
+    def from_config(cls, *, source: str, model: ModelConfig, engine: DictConfig, selection: Selection) -> VLLMEngine:
         """EngineArgs from the platform defaults, the model and `engine.args` (runner.engines.vllm_engine_args)."""
         import os
 
+        from runner.config.resolvers import to_dict
+        from runner.engines.load import engine_fields
         from runner.engines.vllm_args import check_engine_args, vllm_engine_args
         from runner.machine import gc_freeze
 
+        settings = engine_fields(engine)
         if selection.kind == "cpu":
-            for key, value in (engine.get("cpu_env") or {}).items():
+            for key, value in to_dict(settings.cpu_env or {}).items():
                 os.environ.setdefault(str(key), str(value))
         # vLLM's modules live until exit: frozen, so the load's own collections skip them (~9 s to import here)
         gc_freeze.import_frozen("vllm.engine.arg_utils", "vllm.entrypoints.llm")
-        args = vllm_engine_args(selection, model, engine)
+        args = vllm_engine_args(selection, model, settings)
         check_engine_args(args)
         return cls(source, args)
 
     @property
-    def tokenizer(self):
+    def tokenizer(self) -> Any:
         return self._tokenizer
 
     def _record_cache_capacity(self) -> None:
@@ -66,7 +78,13 @@ class VLLMEngine(Engine):
             if value is not None:
                 self.stats.extra[key] = float(value)
 
-    def _run(self, prompts: list[dict], params: Any, on_output, on_error: Callable[[int, str], None]) -> list:
+    def _run(
+        self,
+        prompts: list[dict[str, list[int]]],
+        params: Any,
+        on_output: Callable[[int, RequestOutput], None],
+        on_error: Callable[[int, str], None],
+    ) -> Sequence[RequestOutput | None]:
         """vLLM's own offline loop (what `LLM.generate` does), handing each request over as it finishes.
 
         One pass with every prompt: vLLM's scheduler batches continuously, which beats any fixed batch
@@ -76,7 +94,8 @@ class VLLMEngine(Engine):
         """
         enqueue = getattr(self.llm, "enqueue", None)
         if enqueue is None:  # a vLLM without enqueue(): the results arrive all at once
-            return self.llm.generate(prompts, params, use_tqdm=False)
+            answered: list[RequestOutput] = self.llm.generate(prompts, params, use_tqdm=False)
+            return answered
         each = params if isinstance(params, list) else [params] * len(prompts)
         request_ids: list[str | None] = []
         for at, (prompt, param) in enumerate(zip(prompts, each, strict=True)):
@@ -90,7 +109,7 @@ class VLLMEngine(Engine):
         added = {r: i for i, r in enumerate(request_ids) if r is not None}
         # Outputs carry the external id (what LLM.generate sorts its outputs by).
         position = added | {r.rsplit("-", 1)[0]: i for r, i in added.items()}
-        outputs: list = [None] * len(prompts)
+        outputs: list[RequestOutput | None] = [None] * len(prompts)
         engine = self.llm.llm_engine
         try:
             while engine.has_unfinished_requests():
@@ -124,9 +143,9 @@ class VLLMEngine(Engine):
                     seed=each.seed,
                 )
         params = [made[each] for each in settings]
-        completions: list = [None] * len(prompts)
+        completions: list[Completion | None] = [None] * len(prompts)
 
-        def finished(index: int, out) -> None:
+        def finished(index: int, out: RequestOutput) -> None:
             completions[index] = _completion(out)
             on_result(index, completions[index])
 
@@ -143,9 +162,9 @@ class VLLMEngine(Engine):
         # Score the prompt itself: prompt_logprobs=1 returns, for every prompt position, the actual
         # token's log-probability and its rank (rank 1 = what greedy decoding would have picked).
         params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=1, detokenize=False)
-        scores: list = [None] * len(requests)
+        scores: list[LogLikelihood | None] = [None] * len(requests)
 
-        def finished(index: int, out) -> None:
+        def finished(index: int, out: RequestOutput) -> None:
             scores[index] = _score(requests[index], out)
             on_result(index, scores[index])
 
@@ -188,7 +207,7 @@ class VLLMEngine(Engine):
         release_memory()
 
 
-def _completion(out) -> Completion:
+def _completion(out: RequestOutput) -> Completion:
     return Completion(
         text=out.outputs[0].text,
         prompt_tokens=len(out.prompt_token_ids or ()),
@@ -198,14 +217,14 @@ def _completion(out) -> Completion:
     )
 
 
-def _score(request: tuple[list[int], list[int]], out) -> LogLikelihood:
+def _score(request: tuple[list[int], list[int]], out: RequestOutput) -> LogLikelihood:
     context, continuation = request
     positions = out.prompt_logprobs[len(context) : len(context) + len(continuation)]
     picked = [entry[token] for entry, token in zip(positions, continuation, strict=True)]
     return LogLikelihood(sum(p.logprob for p in picked), all(p.rank == 1 for p in picked))
 
 
-def _latency(output) -> float | None:
+def _latency(output: RequestOutput) -> float | None:
     """Queued -> last token, from vLLM's per-request stats (present unless disable_log_stats=True)."""
     stats = getattr(output, "metrics", None)
     if stats is None or not getattr(stats, "last_token_ts", 0):

@@ -9,20 +9,21 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from runner.config.schema import EngineConfig, ModelConfig
     from runner.engines.selection import Selection
 
 
-def from_hub(model: Any) -> bool:
+def from_hub(model: ModelConfig) -> bool:
     """A hub revision applies only to weights loaded by repo id (not a local, converted or dummy folder)."""
-    return bool(model.get("revision")) and not (model.get("path") or model.get("gguf") or model.load_format == "dummy")
+    return bool(model.revision) and not (model.path or model.gguf or model.load_format == "dummy")
 
 
-def vllm_engine_args(selection: Selection, model: Any, engine: Any) -> dict[str, Any]:
+def vllm_engine_args(selection: Selection, model: ModelConfig, engine: EngineConfig) -> dict[str, Any]:
     """vLLM EngineArgs for this job: platform defaults, then the model's facts, then `engine.args` (user wins)."""
     from runner.config.resolvers import to_dict
 
     platform = engine.gpu if selection.kind != "cpu" else engine.cpu
-    args = to_dict(platform)
+    args = dict(to_dict(platform))  # a copy: to_dict hands a plain dict back as it is
     max_len = min(int(args.pop("max_model_len", model.max_model_len)), int(model.max_model_len))
     args.update(
         dtype=model.dtype,
@@ -30,7 +31,7 @@ def vllm_engine_args(selection: Selection, model: Any, engine: Any) -> dict[str,
         trust_remote_code=bool(model.trust_remote_code),
         load_format=model.load_format,
     )
-    if model.get("quantization"):
+    if model.quantization:
         args["quantization"] = model.quantization
     if from_hub(model):
         args["revision"] = model.revision
@@ -55,10 +56,12 @@ def vllm_engine_args(selection: Selection, model: Any, engine: Any) -> dict[str,
     return args
 
 
-def max_length(selection: Selection, model: Any, engine: Any) -> int:
+def max_length(selection: Selection, model: ModelConfig, engine: EngineConfig) -> int:
     """The context window the bridge must fit prompts into, for whichever engine runs."""
     if selection.kind == "hf":
-        return int(engine.hf.get("max_length") or model.max_model_len)
+        from runner.config.resolvers import to_dict
+
+        return int(to_dict(engine.hf).get("max_length") or model.max_model_len)
     return int(vllm_engine_args(selection, model, engine)["max_model_len"])
 
 

@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from runner.engines.base import Completion, EngineStats, _percentile
 
@@ -67,7 +68,7 @@ class CachedTelemetry:
         """The throughput and latency of the engine passes that generated the answers under `keys`;
         empty when none of them was recorded (answers cached before this record existed)."""
         keys = list(keys)
-        rows: list[tuple] = []
+        rows: list[tuple[Any, ...]] = []
         for start in range(0, len(keys), 500):  # SQLite's limit on bound parameters
             chunk = keys[start : start + 500]
             rows += self._db.execute(

@@ -16,13 +16,22 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from omegaconf import OmegaConf
 
+from runner.config.resolvers import to_dict
 from runner.config.schema import local_files, seeds
 from runner.job.results import DatasetResult
 from runner.job.samples import count_requests, generate_keys, metric_counts, sample_table
+
+if TYPE_CHECKING:  # lm-eval is imported only once a job runs
+    from lm_eval.loggers import EvaluationTracker
+    from lm_eval.tasks import TaskManager
+
+    from adapters.lm_eval_model import EngineLM
+    from runner.config.schema import DatasetConfig, RunnerConfig
+    from runner.engines.job_engine import JobEngine
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +40,12 @@ class DataError(ValueError):
     """A dataset cannot be run as configured; the message names the dataset key and the fix."""
 
 
-def task_manager(tasks_dir: str, needed: list[str]):
+def samples_limit(run_limit: int | None, dataset: DatasetConfig) -> int | None:
+    """The samples per task a dataset is scored on: the job's `limit` when given, else the dataset's own."""
+    return run_limit if run_limit is not None else dataset.limit
+
+
+def task_manager(tasks_dir: str, needed: list[str]) -> TaskManager:
     """lm-eval's task index over our tasks, plus lm-eval's ~15k builtin ones only when a dataset needs them.
 
     Indexing the builtin tasks costs ~5 s, so a job that runs only the project's own tasks skips it.
@@ -44,7 +58,7 @@ def task_manager(tasks_dir: str, needed: list[str]):
     return TaskManager(include_path=tasks_dir)
 
 
-def task_specs(dataset: Any, tasks, out_dir: Path) -> list[str]:
+def task_specs(dataset: DatasetConfig, tasks: TaskManager, out_dir: Path) -> list[str]:
     """lm-eval task specs for a dataset: names, or, with `local`, a YAML that reruns the task on local files.
 
     lm-eval resolves an `include:` of the task's own YAML and then our dataset overrides, so prompts,
@@ -82,7 +96,7 @@ def local_task_yaml(task: str, yaml_path: str | Path, files: dict[str, str], dat
     return path
 
 
-def check_local_files(dataset: Any) -> None:
+def check_local_files(dataset: DatasetConfig) -> None:
     """Read a dataset's local JSON Lines files before anything loads: a bad line is reported by file and line
     (the `datasets` JSON reader would fail later, inside lm-eval, with a byte offset in a pyarrow traceback).
     Files that are not there at all were already skipped by readiness (runner/catalog/readiness.py)."""
@@ -121,10 +135,10 @@ def check_local_files(dataset: Any) -> None:
                 _check_fields(dataset, path, number, row)
 
 
-def _check_fields(dataset: Any, path: Path, number: int, row: dict) -> None:
+def _check_fields(dataset: DatasetConfig, path: Path, number: int, row: dict[str, Any]) -> None:
     """A row without a field the task reads would fail inside lm-eval's prompt template or the scorer, far
     from the file; `fields` in the dataset's conf names them."""
-    missing = [name for name in dataset.get("fields") or () if row.get(name) is None]
+    missing = [name for name in dataset.fields or () if row.get(name) is None]
     if missing:
         raise DataError(
             f"{path}, line {number}: no {', '.join(repr(m) for m in missing)} field. Dataset {dataset.name} "
@@ -135,13 +149,13 @@ def _check_fields(dataset: Any, path: Path, number: int, row: dict) -> None:
 
 
 @contextmanager
-def task_load_errors(dataset: Any, tasks, tasks_dir: str) -> Iterator[None]:
+def task_load_errors(dataset: DatasetConfig, tasks: TaskManager, tasks_dir: str) -> Iterator[None]:
     """While lm-eval builds the dataset's tasks (config and data) inside `simple_evaluate`, a failure
     becomes this dataset's DataError, with its name and the fix, not a traceback from inside lm-eval.
     Wraps the TaskManager's `load` rather than building the tasks twice."""
     original = tasks.load
 
-    def load(*args, **kwargs):
+    def load(*args: Any, **kwargs: Any) -> Any:
         try:
             return original(*args, **kwargs)
         except Exception as exc:  # noqa: BLE001 - YAML errors, unreachable hub, missing files: all one message
@@ -154,7 +168,7 @@ def task_load_errors(dataset: Any, tasks, tasks_dir: str) -> Iterator[None]:
         del tasks.load  # the class's method again
 
 
-def _load_error(dataset: Any, tasks_dir: str, exc: Exception) -> DataError:
+def _load_error(dataset: DatasetConfig, tasks_dir: str, exc: Exception) -> DataError:
     first = (str(exc).strip().splitlines() or [""])[0][:500].rstrip(".")
     problem = _yaml_problem(tasks_dir, list(dataset.tasks)) or f"{type(exc).__name__}: {first}"
     if "ConnectionError" in type(exc).__name__ or "reach" in first:
@@ -233,21 +247,44 @@ def reuse_env_info(cache_dir: str) -> None:
 
 
 def evaluate_dataset(
-    lm, dataset: Any, *, cfg: Any, tasks, out_dir: Path, cache: str | None = None, model_args: dict | None = None
+    lm: EngineLM,
+    dataset: DatasetConfig,
+    *,
+    cfg: RunnerConfig,
+    tasks: TaskManager,
+    out_dir: Path,
+    cache: str | None = None,
+    model_args: dict[str, str] | None = None,
 ) -> DatasetResult:
-    from lm_eval import simple_evaluate
     from lm_eval.loggers import EvaluationTracker
 
     reuse_env_info(cfg.paths.cache_dir)
-
-    limit = cfg.limit if cfg.limit is not None else dataset.limit
-    gen_kwargs = OmegaConf.to_container(dataset.gen_kwargs) or None
-    # Code-executing tasks need the opt-in; a dataset marked unsafe_code opts in unless the user says no.
-    allow_code = cfg.allow_code_execution if cfg.allow_code_execution is not None else bool(dataset.unsafe_code)
     tracker = EvaluationTracker(output_path=str(out_dir / "lm_eval"))
-    random_seed, numpy_seed, _, fewshot_seed = seeds(cfg.seed)
     served_before = lm.served
     start = time.perf_counter()
+    results = _simple_evaluate(lm, dataset, cfg, tasks, out_dir, cache, model_args, tracker)
+    wall = time.perf_counter() - start
+    return _dataset_result(dataset, results, tracker, lm.failed, wall, lm.served - served_before)
+
+
+def _simple_evaluate(
+    lm: EngineLM,
+    dataset: DatasetConfig,
+    cfg: RunnerConfig,
+    tasks: TaskManager,
+    out_dir: Path,
+    cache: str | None,
+    model_args: dict[str, str] | None,
+    tracker: EvaluationTracker,
+) -> dict[str, Any]:
+    """lm-eval's `simple_evaluate` of one dataset, set as `lm_eval --seed ... --limit ...` would set it."""
+    from lm_eval import simple_evaluate
+
+    limit = samples_limit(cfg.limit, dataset)  # as the plan counts them (runner/job/plan.py)
+    gen_kwargs = to_dict(dataset.gen_kwargs) or None
+    # Code-executing tasks need the opt-in; a dataset marked unsafe_code opts in unless the user says no.
+    allow_code = cfg.allow_code_execution if cfg.allow_code_execution is not None else bool(dataset.unsafe_code)
+    random_seed, numpy_seed, _, fewshot_seed = seeds(cfg.seed)
     # A copy of its own: the job's datasets run side by side and each wraps the TaskManager's `load`.
     tasks = copy.copy(tasks)
     with task_load_errors(dataset, tasks, cfg.paths.tasks_dir):
@@ -275,10 +312,21 @@ def evaluate_dataset(
             # crash, or of a finished job) sends the engine only what is missing.
             use_cache=cache,
         )
-    wall = time.perf_counter() - start
+    return cast(dict[str, Any], results)
+
+
+def _dataset_result(
+    dataset: DatasetConfig,
+    results: dict[str, Any],
+    tracker: EvaluationTracker,
+    lm_failed: dict[str, str],
+    wall: float,
+    served: int,
+) -> DatasetResult:
+    """lm-eval's results and samples saved as its CLI saves them, and reduced to what the runner keeps."""
     samples = results.pop("samples")
     # Before lm-eval's tracker rewrites the samples in place for its JSON files (arguments become dicts).
-    failed = dict(lm.failed)  # requests of this dataset the engine rejected or failed: scored wrong
+    failed = dict(lm_failed)  # requests of this dataset the engine rejected or failed: scored wrong
     tables = {task: sample_table(task_samples, dataset.metric, failed) for task, task_samples in samples.items()}
     keys = generate_keys(samples, configs=results.get("configs", {}))
     tracker.save_results_aggregated(results=results, samples=samples)
@@ -288,7 +336,6 @@ def evaluate_dataset(
     metrics = {task: _metrics(values) for task, values in results["results"].items()}
     counts = {task: int(n["effective"]) for task, n in results.get("n-samples", {}).items()}
     requests = count_requests(samples)
-    served = lm.served - served_before
     return DatasetResult(
         dataset.name,
         metrics,
@@ -306,12 +353,12 @@ def evaluate_dataset(
 
 
 def run_datasets(
-    datasets: list[Any],
-    shared: Any,
-    evaluate: Callable[[Any], DatasetResult],
+    datasets: list[DatasetConfig],
+    shared: JobEngine,
+    evaluate: Callable[[DatasetConfig], DatasetResult],
     *,
     on_result: Callable[[DatasetResult], None],
-    on_error: Callable[[Any, BaseException], None],
+    on_error: Callable[[DatasetConfig, BaseException], None],
 ) -> None:
     """Evaluate every dataset in a thread of its own, their requests answered together by the job's one
     engine pass (`shared`, a runner/engines/job_engine.py JobEngine served by this, the main, thread).
@@ -320,9 +367,9 @@ def run_datasets(
     engine calls: MLflow's fluent API belongs to the main thread), and once more for whatever finished
     when the pass stops early (Ctrl-C, an engine failure), so computed scores are kept.
     """
-    finished: queue.Queue = queue.Queue()
+    finished: queue.Queue[tuple[DatasetConfig, DatasetResult | None, BaseException | None]] = queue.Queue()
 
-    def work(dataset: Any) -> None:
+    def work(dataset: DatasetConfig) -> None:
         try:
             with shared.dataset():
                 result = evaluate(dataset)
@@ -337,10 +384,10 @@ def run_datasets(
                 dataset, result, exc = finished.get_nowait()
             except queue.Empty:
                 return
-            if exc is None:
-                on_result(result)
-            else:
+            if exc is not None:
                 on_error(dataset, exc)
+            elif result is not None:
+                on_result(result)
 
     shared.expect(len(datasets))
     threads = [
@@ -364,7 +411,7 @@ def run_datasets(
         drain()
 
 
-def headline(metrics: dict[str, dict[str, float]], dataset: Any) -> float | None:
+def headline(metrics: dict[str, dict[str, float]], dataset: DatasetConfig) -> float | None:
     """The dataset's `metric` from its own entry (a group's aggregate), else from its first task."""
     for task in (dataset.name, *dataset.tasks):
         if dataset.metric in metrics.get(task, {}):

@@ -1,23 +1,63 @@
-"""`mode=plan`: what a run would do (models, datasets, samples, engine, memory, GPUs) without loading anything."""
+"""`mode=plan` and the first stage of every run: what a job would do (models, datasets, samples, engine, memory,
+GPUs), decided without loading anything.
+
+A run's prepare stage (runner/job/prepare.py) takes its engine selection and its plan.json from here, and
+`mode=plan` prints the same value, so the two cannot disagree.
+"""
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from runner.catalog.readiness import dataset_size, dataset_status, model_status, project_tasks
-from runner.console.summary import format_table
-from runner.engines.selection import SelectionError, select_engine
-from runner.machine.hardware import Hardware
+from runner.console.tables import format_table
+from runner.engines.selection import Selection, select_engine
+from runner.job.evaluate import samples_limit
+from runner.machine.hardware import SelectionError
+
+if TYPE_CHECKING:
+    from runner.config.schema import ModelConfig, RunnerConfig
+    from runner.machine.hardware import Hardware
 
 
-def build_plan(cfg: Any, models: list[Any], hardware: Hardware) -> dict[str, Any]:
+@dataclass(frozen=True)
+class PlannedModel:
+    """One model of a plan: its plan.json entry and the engine selection behind it (or why there is none)."""
+
+    entry: dict[str, Any]
+    selection: Selection | None
+    error: SelectionError | None
+
+
+def plan_model(cfg: RunnerConfig, model: ModelConfig, hardware: Hardware) -> PlannedModel:
+    weights = model_status(model, cfg.paths.cache_dir)
+    entry: dict[str, Any] = {
+        "name": model.name,
+        "repo_id": model.repo_id,
+        "params_b": model.params_b,
+        "dtype": model.dtype,
+        "quantization": model.quantization,
+        "in_category": model.name in cfg.category.models,
+        "weights": {"ok": weights.ok, "detail": weights.detail},
+    }
+    try:
+        selection = select_engine(cfg.engine, model, hardware)
+    except SelectionError as exc:
+        entry["engine"] = {"kind": None, "error": str(exc)}
+        return PlannedModel(entry, None, exc)
+    entry["engine"] = selection.as_dict()
+    return PlannedModel(entry, selection, None)
+
+
+def _planned_datasets(cfg: RunnerConfig) -> list[dict[str, Any]]:
     own = project_tasks(cfg.paths.tasks_dir)
     datasets = []
     for name, dataset in cfg.category.datasets.items():
         size = dataset_size(dataset, own)
-        limit = cfg.limit if cfg.limit is not None else dataset.limit
+        limit = samples_limit(cfg.limit, dataset)
         samples = size if limit is None else (limit if size is None else min(limit, size))
         status = dataset_status(dataset, own)
         datasets.append(
@@ -31,30 +71,18 @@ def build_plan(cfg: Any, models: list[Any], hardware: Hardware) -> dict[str, Any
                 "detail": status.detail,
             }
         )
-    planned_models = []
-    for model in models:
-        weights = model_status(model, cfg.paths.cache_dir)
-        entry: dict[str, Any] = {
-            "name": model.name,
-            "repo_id": model.repo_id,
-            "params_b": model.params_b,
-            "dtype": model.dtype,
-            "quantization": model.quantization,
-            "in_category": model.name in cfg.category.models,
-            "weights": {"ok": weights.ok, "detail": weights.detail},
-        }
-        try:
-            entry["engine"] = select_engine(cfg.engine, model, hardware).as_dict()
-        except SelectionError as exc:
-            entry["engine"] = {"kind": None, "error": str(exc)}
-        planned_models.append(entry)
+    return datasets
+
+
+def build_plan(cfg: RunnerConfig, models: list[PlannedModel], hardware: Hardware) -> dict[str, Any]:
+    datasets = _planned_datasets(cfg)
     known = [d["samples"] for d in datasets if d["samples"] is not None]
     complete = len(known) == len(datasets)
     return {
         "category": cfg.category.name,
         "label": cfg.category.label,
         "hardware": hardware.as_dict() | {"summary": hardware.summary()},
-        "models": planned_models,
+        "models": [model.entry for model in models],
         "datasets": datasets,
         "samples_per_model": sum(known) if complete else None,
         "samples_total": sum(known) * len(models) if complete else None,

@@ -1,7 +1,7 @@
 """What a job produced: each dataset's scores and the job's whole outcome, as `run_job` returns them.
 
-Plain records, apart from the code that fills them (runner/job/evaluate.py, runner/job/run.py), so the modules
-that read them (runner/console/summary.py, runner/tracking/mlflow_run.py's metric names, tests) need not import
+Plain records, apart from the code that fills them (runner/job/evaluate.py, runner/job/record.py), so the modules
+that read them (runner/reporting/summary.py, runner/tracking/mlflow_run.py's metric names, tests) need not import
 the job pipeline.
 """
 

@@ -61,10 +61,19 @@ def request_errors(sample: dict[str, Any], failed: dict[str, str]) -> str | None
     return None
 
 
-def sample_table(samples: list[dict[str, Any]], metric: str, failed: dict[str, str] | None = None) -> dict[str, list]:
+def sample_table(
+    samples: list[dict[str, Any]], metric: str, failed: dict[str, str] | None = None
+) -> dict[str, list[Any]]:
     """lm-eval's logged samples as columns for MLflow's table view: prompt, response, target, score, parsed,
     and, when the engine failed some of their requests, the error of each (empty for the others)."""
-    columns: dict[str, list] = {"doc_id": [], "prompt": [], "response": [], "target": [], "score": [], "parsed_ok": []}
+    columns: dict[str, list[Any]] = {
+        "doc_id": [],
+        "prompt": [],
+        "response": [],
+        "target": [],
+        "score": [],
+        "parsed_ok": [],
+    }
     if failed:
         columns["error"] = []
     for sample in samples:

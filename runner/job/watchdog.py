@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from runner.job.stopping import stop_children
+from runner.machine.stopping import stop_children
 
 log = logging.getLogger(__name__)
 

@@ -9,12 +9,15 @@ import subprocess
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from runner.catalog import hub
 from runner.catalog.readiness import model_status
 from runner.machine import nvidia_driver as nvidia
 from runner.machine.hardware import GiB, Hardware, HardwareError
+
+if TYPE_CHECKING:
+    from runner.config.schema import RunnerConfig
 
 
 @dataclass(frozen=True)
@@ -64,7 +67,7 @@ def _why_no_gpu(hardware: Hardware) -> str:
     return "; ".join(hardware.notes) or "NVML found no GPU"
 
 
-def _python_probe(code: str) -> subprocess.CompletedProcess:
+def _python_probe(code: str) -> subprocess.CompletedProcess[str]:
     # Heavy imports happen in a child, so doctor's own process stays light and a crash stays contained.
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
 
@@ -74,7 +77,7 @@ def _last_line(text: str) -> str:
     return lines[-1] if lines else "no output"
 
 
-def run_checks(cfg: Any, hardware: Hardware, mask_error: HardwareError | None = None) -> list[Check]:
+def run_checks(cfg: RunnerConfig, hardware: Hardware, mask_error: HardwareError | None = None) -> list[Check]:
     checks = [
         Check("python", sys.version_info >= (3, 11), f"{platform.python_version()} ({sys.executable})", "use 3.11+")
     ]
@@ -118,8 +121,8 @@ def run_checks(cfg: Any, hardware: Hardware, mask_error: HardwareError | None = 
     memory = f"{hardware.host_memory_bytes / GiB:.1f} GiB RAM, {hardware.cpu_count} CPU cores"
     checks.append(Check("memory", True, memory))
     for dist in ("lm_eval", "mlflow", "hydra-core", "transformers"):
-        version = _version(dist)
-        checks.append(Check(dist, version is not None, version or "not installed", "run `make venv`"))
+        installed = _version(dist)
+        checks.append(Check(dist, installed is not None, installed or "not installed", "run `make venv`"))
 
     checks.append(Check("hub access", True, hub.describe()))
     cache = hub.cache_dir()

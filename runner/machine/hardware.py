@@ -15,6 +15,8 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import asdict, dataclass, field
+from types import ModuleType
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +25,10 @@ GiB = 1024**3
 
 class HardwareError(ValueError):
     """What was asked for does not match the machine (a device mask naming missing GPUs)."""
+
+
+class SelectionError(HardwareError):
+    """The model cannot run on what was found (runner/engines/selection.py); raised before anything is loaded."""
 
 
 @dataclass(frozen=True)
@@ -86,7 +92,7 @@ class Hardware:
             gpu = "no GPU" + (" [CUDA_VISIBLE_DEVICES is empty]" if self.visible_devices == "" else "")
         return f"{gpu}, {self.cpu_count} CPU cores, {self.host_memory_bytes / GiB:.0f} GiB RAM"
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
@@ -185,7 +191,7 @@ def _nvml_gpus() -> tuple[list[GPU], str, list[str]]:
         pynvml.nvmlShutdown()
 
 
-def _processes(pynvml, handle) -> tuple[GPUProcess, ...]:
+def _processes(pynvml: ModuleType, handle: object) -> tuple[GPUProcess, ...]:
     """Who holds memory on this GPU; empty where NVML will not say (some containers, MIG)."""
     import psutil
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 import threading
 from collections.abc import Callable
+from typing import Self
 
 import psutil
 
@@ -35,12 +36,12 @@ class _Sampler:
         while not self._stop.wait(self.interval_s):
             self.sample()
 
-    def __enter__(self):
+    def __enter__(self) -> Self:
         self.sample()
         self._thread.start()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
         self.sample()

@@ -13,10 +13,12 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from typing import Any
+from typing import TYPE_CHECKING
 
-from runner.engines.selection import SelectionError
-from runner.machine.hardware import GPU, GiB, Hardware
+from runner.machine.hardware import GPU, GiB, Hardware, SelectionError
+
+if TYPE_CHECKING:
+    from runner.config.schema import RayConfig, RunnerConfig
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +44,9 @@ ACCELERATOR_GIB = {
 }
 
 
-def cluster_address(cfg: Any) -> str | None:
+def cluster_address(ray: RayConfig) -> str | None:
     """`ray.address` from the config, else RAY_ADDRESS; None means this machine alone."""
-    return cfg.ray.get("address") or os.environ.get("RAY_ADDRESS") or None
+    return ray.address or os.environ.get("RAY_ADDRESS") or None
 
 
 def connect(address: str, timeout_s: float) -> None:
@@ -75,9 +77,9 @@ def connect(address: str, timeout_s: float) -> None:
         raise unreachable(f"{type(exc).__name__}: {first_line}") from exc
 
 
-def job_hardware(cfg: Any) -> Hardware:
+def job_hardware(cfg: RunnerConfig) -> Hardware:
     """What a job runs on: the Ray cluster when one is named, else this machine."""
-    address = cluster_address(cfg)
+    address = cluster_address(cfg.ray)
     if address is None:
         from runner.machine.hardware import detect
 

@@ -43,6 +43,10 @@ from runner.reporting.stats import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from mlflow import MlflowClient
+
     from runner.reporting.runs import RunRow
 
 logger = logging.getLogger(__name__)
@@ -61,7 +65,7 @@ STATISTICS = {
     "task_mean": "unweighted mean of the task means",
 }
 
-Key = tuple[str, Any]  # (task, doc_id)
+Key = tuple[str, object]  # (task, doc_id)
 
 
 # --------------------------------------------------------------------------------------------------- per-doc scores
@@ -84,7 +88,7 @@ class DocScores:
         return [[self.scores[k] for k in keys if k[0] == task] for task in sorted({task for task, _ in keys})]
 
 
-def _columns(payload: Any) -> dict[str, list]:
+def _columns(payload: object) -> dict[str, list[Any]]:
     """A table as columns: MLflow's artifact is pandas' split layout, the run folder's mirror is plain columns."""
     if isinstance(payload, dict) and "columns" in payload and "data" in payload:
         names = payload["columns"]
@@ -119,7 +123,7 @@ class ScoreLoader:
 
     def __init__(self, tracking_uri: str | None) -> None:
         self.tracking_uri = tracking_uri
-        self._client: Any = None  # an MlflowClient, made on first use (mlflow imports slowly)
+        self._client: MlflowClient | None = None  # made on first use (mlflow imports slowly)
 
     def load(self, row: RunRow, dataset: str) -> DocScores:
         relative = f"samples/{dataset}"
@@ -204,7 +208,7 @@ def _close(a: float, b: float) -> bool:
     return abs(a - b) <= _TOLERANCE * max(1.0, abs(b))
 
 
-def _binary(values: Any) -> bool:
+def _binary(values: Iterable[float]) -> bool:
     return all(v in (0.0, 1.0) for v in values)
 
 

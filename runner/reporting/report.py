@@ -16,10 +16,13 @@ import os
 import textwrap
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from runner.reporting import compare
 from runner.reporting.runs import REPORT_TAG, RunRow, collect_runs, same_path
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
 
 logger = logging.getLogger(__name__)
 
@@ -151,14 +154,11 @@ def _plot(
 
     matplotlib.use("Agg")  # files only: no display, and no GUI backend picked up from the environment
     from matplotlib.figure import Figure
-    from matplotlib.lines import Line2D
 
     panels = datasets or [""]
     ncols = min(len(panels), 3)
     nrows = math.ceil(len(panels) / ncols)
-    width = 78 * ncols  # caption characters per line: about the figure's width at fontsize 8
-    caption = [_EXPLANATION] + (["Not plotted: " + "; ".join(notes) + "."] if notes else [])
-    text = "\n".join(textwrap.fill(line, width) for line in caption)
+    text = _caption(notes, width=78 * ncols)  # caption characters per line: about the figure's width at fontsize 8
     footer_in = 0.5 + 0.15 * (text.count("\n") + 1)
     # A Figure without pyplot: nothing registered globally, nothing left open after an exception.
     fig = Figure(figsize=(5.4 * ncols, 4.2 * nrows + footer_in + 0.4), dpi=110, layout="constrained")
@@ -169,64 +169,122 @@ def _plot(
     footer = fig.add_subplot(grid[nrows, :])
     footer.axis("off")
 
-    speeds = [r.output_tokens_per_s for r in rows if r.finished and r.output_tokens_per_s is not None]
-    # CPU and GPU engines differ by orders of magnitude in tokens/s; a linear axis would squash the slow ones.
-    log_x = bool(speeds) and min(speeds) > 0 and max(speeds) / min(speeds) >= 20
-
+    log_x = _log_x(rows)
     for ax, dataset in zip(axes, panels, strict=True):
         plotted = [r for r in rows if dataset and _plottable(r, dataset)]
-        if not plotted:
-            ax.set_title(dataset or "no dataset scores recorded")
-            ax.text(0.5, 0.5, "no run to plot", ha="center", va="center", transform=ax.transAxes, color="0.4")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            continue
-        front = [r for r in plotted if r.run_id in fronts[dataset]]
-        for r in plotted:
-            if (dataset, r.run_id) in bars:
-                low, high = bars[dataset, r.run_id]
-                speed, score = _point(r, dataset)
-                yerr = [[max(0.0, score - low)], [max(0.0, high - score)]]
-                ax.errorbar(speed, score, yerr=yerr, fmt="none", ecolor="0.6", capsize=3, zorder=1)
-        steps = sorted((_point(r, dataset) for r in front), key=lambda p: (p[0], -p[1]))
-        # where="pre": between two front points the boundary sits at the faster point's score.
-        ax.step([p[0] for p in steps], [p[1] for p in steps], where="pre", color=_FRONT_COLOR, linewidth=1.5, zorder=2)
-        for r in plotted:
-            on_front = r.run_id in fronts[dataset]
-            color = _FRONT_COLOR if on_front else _OTHER_COLOR
-            style: dict[str, Any] = {"s": 160, "marker": "*"} if on_front else {"s": 36, "marker": "o"}
-            if r.from_cache:  # hollow: a throughput measured earlier, by the passes that generated the answers
-                style |= {"facecolors": "none", "edgecolors": color, "linewidths": 1.5}
-            else:
-                style |= {"color": color, "edgecolors": "black" if on_front else color, "linewidths": 0.5}
-            point = _point(r, dataset)
-            ax.scatter([point[0]], [point[1]], zorder=4 if on_front else 3, **style)
-            ax.annotate(
-                labels[r.run_id],
-                point,
-                xytext=(6, 4),
-                textcoords="offset points",
-                fontsize=8,
-                fontweight="bold" if on_front else "normal",
-            )
-        if log_x:
-            ax.set_xscale("log")
-        ax.margins(x=0.2, y=0.15)  # room for the labels at the edges
-        ax.set_title(dataset)
-        ax.set_xlabel("output tokens/s" + (" (log scale)" if log_x else ""))
-        ax.set_ylabel("score")
-        ax.grid(True, alpha=0.3)
+        if plotted:
+            _draw_panel(ax, dataset, plotted, fronts[dataset], labels, bars, log_x)
+        else:
+            _draw_empty_panel(ax, dataset)
+    any_cached = any(r.from_cache for d in datasets for r in rows if _plottable(r, d))
+    _draw_footer(footer, any_cached, text)
+    fig.savefig(path, format="png")
+
+
+def _caption(notes: list[str], width: int) -> str:
+    """The explanation of the markers, then the runs left out of the plot, wrapped at `width` characters."""
+    caption = [_EXPLANATION] + (["Not plotted: " + "; ".join(notes) + "."] if notes else [])
+    return "\n".join(textwrap.fill(line, width) for line in caption)
+
+
+def _log_x(rows: list[RunRow]) -> bool:
+    """Whether the speed axis is logarithmic: the finished runs' output tokens/s span 20x or more."""
+    speeds = [r.output_tokens_per_s for r in rows if r.finished and r.output_tokens_per_s is not None]
+    # CPU and GPU engines differ by orders of magnitude in tokens/s; a linear axis would squash the slow ones.
+    return bool(speeds) and min(speeds) > 0 and max(speeds) / min(speeds) >= 20
+
+
+def _draw_empty_panel(ax: Axes, dataset: str) -> None:
+    ax.set_title(dataset or "no dataset scores recorded")
+    ax.text(0.5, 0.5, "no run to plot", ha="center", va="center", transform=ax.transAxes, color="0.4")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _draw_panel(
+    ax: Axes,
+    dataset: str,
+    plotted: list[RunRow],
+    front_ids: set[str],
+    labels: dict[str, str],
+    bars: dict[tuple[str, str], tuple[float, float]],
+    log_x: bool,
+) -> None:
+    """One dataset's panel: the runs' error bars, the front's step line, then each run's marker and label."""
+    for r in plotted:
+        if (dataset, r.run_id) in bars:
+            low, high = bars[dataset, r.run_id]
+            speed, score = _point(r, dataset)
+            yerr = [[max(0.0, score - low)], [max(0.0, high - score)]]
+            ax.errorbar(speed, score, yerr=yerr, fmt="none", ecolor="0.6", capsize=3, zorder=1)
+    front = [r for r in plotted if r.run_id in front_ids]
+    steps = sorted((_point(r, dataset) for r in front), key=lambda p: (p[0], -p[1]))
+    # where="pre": between two front points the boundary sits at the faster point's score.
+    ax.step([p[0] for p in steps], [p[1] for p in steps], where="pre", color=_FRONT_COLOR, linewidth=1.5, zorder=2)
+    for r in plotted:
+        _draw_run(ax, _point(r, dataset), labels[r.run_id], r.run_id in front_ids, r.from_cache)
+    if log_x:
+        ax.set_xscale("log")
+    ax.margins(x=0.2, y=0.15)  # room for the labels at the edges
+    ax.set_title(dataset)
+    ax.set_xlabel("output tokens/s" + (" (log scale)" if log_x else ""))
+    ax.set_ylabel("score")
+    ax.grid(True, alpha=0.3)
+
+
+def _draw_run(ax: Axes, point: tuple[float, float], label: str, on_front: bool, from_cache: bool) -> None:
+    """A run's marker (a star on the front, a dot off it; hollow when its throughput is the cache's) and label."""
+    color = _FRONT_COLOR if on_front else _OTHER_COLOR
+    size, marker = (160, "*") if on_front else (36, "o")
+    zorder = 4 if on_front else 3
+    if from_cache:  # hollow: a throughput measured earlier, by the passes that generated the answers
+        ax.scatter(
+            [point[0]],
+            [point[1]],
+            zorder=zorder,
+            s=size,
+            marker=marker,
+            facecolors="none",
+            edgecolors=color,
+            linewidths=1.5,
+        )
+    else:
+        edge = "black" if on_front else color
+        ax.scatter(
+            [point[0]], [point[1]], zorder=zorder, s=size, marker=marker, color=color, edgecolors=edge, linewidths=0.5
+        )
+    ax.annotate(
+        label,
+        point,
+        xytext=(6, 4),
+        textcoords="offset points",
+        fontsize=8,
+        fontweight="bold" if on_front else "normal",
+    )
+
+
+def _draw_footer(footer: Axes, any_cached: bool, text: str) -> None:
+    """The legend of the markers (with the hollow one where a plotted run has it), over the caption."""
+    from matplotlib.lines import Line2D
 
     handles = [
         Line2D([], [], marker="*", markersize=12, color=_FRONT_COLOR, markeredgecolor="black", label="Pareto front"),
         Line2D([], [], marker="o", linestyle="none", color=_OTHER_COLOR, label="other finished run"),
     ]
-    if any(r.from_cache for d in datasets for r in rows if _plottable(r, d)):
-        hollow: dict[str, Any] = {"markerfacecolor": "none", "markeredgecolor": _OTHER_COLOR, "markeredgewidth": 1.5}
-        handles.append(Line2D([], [], marker="o", linestyle="none", label=_CACHED, **hollow))
+    if any_cached:
+        hollow = Line2D(
+            [],
+            [],
+            marker="o",
+            linestyle="none",
+            label=_CACHED,
+            markerfacecolor="none",
+            markeredgecolor=_OTHER_COLOR,
+            markeredgewidth=1.5,
+        )
+        handles.append(hollow)
     footer.legend(handles=handles, loc="upper left", ncols=len(handles), frameon=False, borderaxespad=0)
     footer.text(0, 0, text, transform=footer.transAxes, ha="left", va="bottom", fontsize=8, color="0.25")
-    fig.savefig(path, format="png")
 
 
 def _fmt(value: float | None, digits: int, unit: str = "") -> str:
@@ -273,34 +331,6 @@ def _html(
     e = html.escape
     generated = datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
     experiments = sorted({r.experiment for r in rows})
-    header = ["★", "experiment", "run name", "model", "engine", "status"]
-    header += [f"{d} score" for d in datasets]
-    header += ["output tok/s", "throughput from", "latency p50 (s)", "peak memory (GiB)", "wall (s)", "run id"]
-
-    body = []
-    for r in rows:
-        on = [d for d in datasets if r.run_id in fronts[d]]
-        front_of = e("Pareto front: " + ", ".join(on))
-        cells = [f'<td class="star" title="{front_of}">★</td>' if on else '<td class="star"></td>']
-        cells += [f"<td>{e(v or _MISSING)}</td>" for v in (r.experiment, r.run_name, r.model, r.engine)]
-        cells.append(f'<td class="status-{e(r.status.lower())}">{e(r.status)}</td>')
-        for d in datasets:
-            css = "num front-score" if d in on else "num"
-            cells.append(f'<td class="{css}">{e(_fmt(r.scores.get(d), 4))}</td>')
-        memory = _fmt(r.peak_memory_gib, 2, f" {r.memory_kind}" if r.memory_kind else "")
-        cells.append(f'<td class="num">{e(_fmt(r.output_tokens_per_s, 1))}</td>')
-        source = _SOURCES.get(r.throughput_source, r.throughput_source) or _MISSING
-        cells.append(f'<td class="source-{e(r.throughput_source or "none")}">{e(source)}</td>')
-        cells += [f'<td class="num">{e(v)}</td>' for v in (_fmt(r.latency_p50_s, 2), memory, _fmt(r.wall_s, 1))]
-        cells.append(f"<td><code>{e(r.run_id)}</code></td>")
-        row_class = ' class="front"' if on else ""
-        body.append(f'<tr{row_class} data-run-id="{e(r.run_id)}">' + "".join(cells) + "</tr>")
-
-    notes_html = (
-        '<p class="notes">Not plotted:</p><ul class="notes">' + "".join(f"<li>{e(n)}</li>" for n in notes) + "</ul>"
-        if notes
-        else ""
-    )
     image = base64.b64encode(png).decode("ascii")
     return "\n".join(
         [
@@ -311,18 +341,56 @@ def _html(
             f'<img src="data:image/png;base64,{image}" alt="{e("Score against output tokens/s: " + title)}">',
             f'<p class="legend">{e(_EXPLANATION)}</p>',
             legend,
-            notes_html,
+            _notes_html(notes),
             '<p class="legend">★ marks runs on the Pareto front of at least one dataset; bold scores are on that '
             "dataset's front. Peak memory is GPU memory where it was measured, else the process's peak RSS.</p>",
             "<table>",
-            "<thead><tr>" + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr></thead>",
+            "<thead><tr>" + "".join(f"<th>{e(h)}</th>" for h in _table_header(datasets)) + "</tr></thead>",
             "<tbody>",
-            *body,
+            *(_table_row(r, datasets, fronts) for r in rows),
             "</tbody>\n</table>",
             section,
             "</body>\n</html>\n",
         ]
     )
+
+
+def _notes_html(notes: list[str]) -> str:
+    """The runs left out of the plot, and why; nothing when every run is in it."""
+    if not notes:
+        return ""
+    return (
+        '<p class="notes">Not plotted:</p><ul class="notes">'
+        + "".join(f"<li>{html.escape(n)}</li>" for n in notes)
+        + "</ul>"
+    )
+
+
+def _table_header(datasets: list[str]) -> list[str]:
+    header = ["★", "experiment", "run name", "model", "engine", "status"]
+    header += [f"{d} score" for d in datasets]
+    return header + ["output tok/s", "throughput from", "latency p50 (s)", "peak memory (GiB)", "wall (s)", "run id"]
+
+
+def _table_row(r: RunRow, datasets: list[str], fronts: dict[str, set[str]]) -> str:
+    """A run's row of the table: marked, and its scores bold, where it is on a dataset's Pareto front."""
+    e = html.escape
+    on = [d for d in datasets if r.run_id in fronts[d]]
+    front_of = e("Pareto front: " + ", ".join(on))
+    cells = [f'<td class="star" title="{front_of}">★</td>' if on else '<td class="star"></td>']
+    cells += [f"<td>{e(v or _MISSING)}</td>" for v in (r.experiment, r.run_name, r.model, r.engine)]
+    cells.append(f'<td class="status-{e(r.status.lower())}">{e(r.status)}</td>')
+    for d in datasets:
+        css = "num front-score" if d in on else "num"
+        cells.append(f'<td class="{css}">{e(_fmt(r.scores.get(d), 4))}</td>')
+    memory = _fmt(r.peak_memory_gib, 2, f" {r.memory_kind}" if r.memory_kind else "")
+    cells.append(f'<td class="num">{e(_fmt(r.output_tokens_per_s, 1))}</td>')
+    source = _SOURCES.get(r.throughput_source, r.throughput_source) or _MISSING
+    cells.append(f'<td class="source-{e(r.throughput_source or "none")}">{e(source)}</td>')
+    cells += [f'<td class="num">{e(v)}</td>' for v in (_fmt(r.latency_p50_s, 2), memory, _fmt(r.wall_s, 1))]
+    cells.append(f"<td><code>{e(r.run_id)}</code></td>")
+    row_class = ' class="front"' if on else ""
+    return f'<tr{row_class} data-run-id="{e(r.run_id)}">' + "".join(cells) + "</tr>"
 
 
 # --------------------------------------------------------------------------------------------------- MLflow
@@ -344,12 +412,12 @@ def log_report(
     if found is None:
         # Creating it here would put its artifacts under MLflow's default root, away from the runs it compares.
         raise ValueError(f"MLflow experiment {experiment!r} does not exist in {tracking_uri}")
-    tags: dict[str, Any] = {REPORT_TAG: "true"}
+    tags: dict[str, str] = {REPORT_TAG: "true"}
     run_name = "report"
     if sweep_dir is not None:
         tags["sweep_dir"] = same_path(sweep_dir)
         run_name = f"report/{os.path.basename(tags['sweep_dir'])}"
-    run_id = client.create_run(found.experiment_id, tags=tags, run_name=run_name).info.run_id
+    run_id: str = client.create_run(found.experiment_id, tags=tags, run_name=run_name).info.run_id
     try:
         comparisons = html.with_name("comparisons.json")
         for path in (png, html, *([comparisons] if comparisons.exists() else [])):

@@ -104,7 +104,7 @@ def _experiment_names(client: MlflowClient, experiments: list[str] | None) -> di
     return {e.experiment_id: e.name for e in _all_pages(client.search_experiments) if e.name != "Default"}
 
 
-def _all_pages(search: Callable[..., Any], *args: Any) -> list[Any]:
+def _all_pages(search: Callable[..., Any], *args: object) -> list[Any]:
     """Every result of an MLflow search, page by page."""
     found, token = [], None
     while True:

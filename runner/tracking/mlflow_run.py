@@ -17,12 +17,14 @@ import re
 import subprocess
 import threading
 import traceback
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
+from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
 
 from runner.config.resolvers import PROJECT_ROOT, flatten
-from runner.job import stopping
+from runner.machine import stopping
 from runner.tracking.reaper import close_dead_runs
 from runner.tracking.run_record import (
     HEARTBEAT_TAG,
@@ -38,6 +40,7 @@ from runner.tracking.run_record import (
 )
 
 if TYPE_CHECKING:
+    from runner.config.schema import RunnerConfig
     from runner.job.results import DatasetResult
 
 log = logging.getLogger(__name__)
@@ -69,7 +72,7 @@ def dataset_metrics(result: DatasetResult) -> dict[str, float]:
     return metrics
 
 
-def _param_value(value: Any) -> str:
+def _param_value(value: object) -> str:
     text = "null" if value is None else str(value)
     return text if len(text) <= 6000 else text[:5997] + "..."  # MLflow's param value limit
 
@@ -141,7 +144,9 @@ class Tracker:
     attached (tag `error`, artifact `error.txt`), never leaving it RUNNING.
     """
 
-    def __init__(self, cfg: Any, out_dir: Path, tags: dict[str, str]) -> None:
+    def __init__(self, cfg: RunnerConfig, out_dir: Path, tags: dict[str, str]) -> None:
+        """`cfg`: the job's whole config, logged flattened as the run's params (its `tracking` and
+        `paths.cache_dir` also say where and how to log)."""
         self.out_dir = out_dir
         self.system_metrics = bool(cfg.tracking.system_metrics)
         self.system_metrics_interval = float(cfg.tracking.system_metrics_interval_s)
@@ -162,11 +167,13 @@ class Tracker:
         )
         self.live = False  # the store answered so far; once it fails we stop waiting on it
         self.warned = False
-        self._prior_uri_env: str | None = None
+        # MLFLOW_TRACKING_URI as it was before _start_live pointed MLflow at this run's store; None: unset.
+        self._uri_env_before: str | None = None
+        self._uri_env_saved = False
         self._progress_step = 0
 
     # -- the live mirror ---------------------------------------------------------------------------
-    def _mirror(self, what: str, call) -> None:
+    def _mirror(self, what: str, call: Callable[[], object]) -> None:
         if not self.live:
             self.record.synced = False
             return
@@ -193,14 +200,15 @@ class Tracker:
     def _start_live(self) -> None:
         import mlflow
 
-        self._prior_uri_env = os.environ.get("MLFLOW_TRACKING_URI")
-        mlflow.set_tracking_uri(self.record.tracking_uri)  # also exports MLFLOW_TRACKING_URI: undone in finish()
+        self._point_mlflow_at_store()
         if self.system_metrics:
             mlflow.set_system_metrics_sampling_interval(self.system_metrics_interval)
         with store_lock(self.record.tracking_uri, templates=self.store_templates):
-            experiment_id = experiment_id_for(mlflow.MlflowClient(), self.record)
+            # Made inside the lock: a client opens (and so creates) a sqlite store, which the lock seeds first.
+            client = mlflow.MlflowClient(self.record.tracking_uri)
+            experiment_id = experiment_id_for(client, self.record)
         try:
-            close_dead_runs(mlflow.MlflowClient(), self.dead_after_s)
+            close_dead_runs(client, self.dead_after_s)
         except Exception as exc:  # noqa: BLE001 - tidying up others' runs must not cost this one its live run
             log.warning("Could not check for runs left RUNNING by dead processes: %s", exc)
         run = mlflow.start_run(
@@ -211,7 +219,27 @@ class Tracker:
         )
         self.record.run_id = run.info.run_id
         self.record.start_time = run.info.start_time
-        log_batch(mlflow.MlflowClient(), run.info.run_id, params=self.record.params)
+        log_batch(client, run.info.run_id, params=self.record.params)
+
+    def _point_mlflow_at_store(self) -> None:
+        """The fluent API (start_run, log_metrics, end_run, ...) logs to MLflow's process-wide tracking URI.
+        mlflow.set_tracking_uri() also exports it as MLFLOW_TRACKING_URI, for child processes to inherit (MLflow's
+        choice): remember the variable as it was, so finish() can put it back (_restore_uri_env)."""
+        import mlflow
+
+        self._uri_env_before, self._uri_env_saved = os.environ.get("MLFLOW_TRACKING_URI"), True
+        mlflow.set_tracking_uri(self.record.tracking_uri)
+
+    def _restore_uri_env(self) -> None:
+        """Leave the environment as it was: a later job of this process (a sweep) or a process this one starts
+        must not inherit this run's store as if the user had set MLFLOW_TRACKING_URI. (The config reads the
+        variable as it was at process start, runner/config/resolvers.py `start_env`, for the same reason.)"""
+        if not self._uri_env_saved:
+            return
+        if self._uri_env_before is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = self._uri_env_before
 
     def __enter__(self) -> Tracker:
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -244,7 +272,9 @@ class Tracker:
             except OSError as exc:  # a full disk: the job's own writes will say so
                 log.debug("heartbeat not written: %s", exc)
 
-    def __exit__(self, exc_type, exc, tb) -> Literal[False]:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> Literal[False]:
         if exc_type is None:
             status = "FINISHED"
         else:
@@ -332,7 +362,7 @@ class Tracker:
             self.record.tables.append(artifact_file)
         self._mirror(f"logging table {artifact_file}", lambda: mlflow.log_table(columns, artifact_file))
 
-    def attach_error(self, exc_type, exc, tb) -> None:
+    def attach_error(self, exc_type: type[BaseException], exc: BaseException | None, tb: TracebackType | None) -> None:
         if issubclass(exc_type, KeyboardInterrupt) or stopping.received() is not None:
             self.set_tags({"error": stopping.reason(exc)})
         else:
@@ -361,12 +391,7 @@ class Tracker:
                 mlflow.end_run(status=status)
             except Exception:  # noqa: BLE001
                 pass
-        # Leave the environment as it was: a later job (or a process this one starts) must not inherit
-        # this run's store as if the user had set MLFLOW_TRACKING_URI.
-        if self._prior_uri_env is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = self._prior_uri_env
+        self._restore_uri_env()
         try:
             with self._lock:
                 self.record.save(self.out_dir)

@@ -6,14 +6,18 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from runner.tracking.run_record import HEARTBEAT_TAG, PROCESS_TAG, RECORD, RunRecord, now_ms, process_alive
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from mlflow.entities import Run
 
 log = logging.getLogger(__name__)
 
 
-def close_dead_runs(client: Any, dead_after_s: float, experiment_ids: list[str] | None = None) -> list[str]:
+def close_dead_runs(client: MlflowClient, dead_after_s: float, experiment_ids: list[str] | None = None) -> list[str]:
     """End the runner's RUNNING runs whose job is gone, as KILLED with the reason; every experiment unless
     `experiment_ids` is given. Gone: its process on this host has ended, or (any host) its heartbeat
     (HEARTBEAT_TAG, refreshed every tracking.heartbeat_s by a live job) is older than `dead_after_s`.
@@ -28,7 +32,7 @@ def close_dead_runs(client: Any, dead_after_s: float, experiment_ids: list[str] 
         experiment_ids = [e.experiment_id for e in client.search_experiments()]
     if not experiment_ids:
         return []
-    closed = []
+    closed: list[str] = []
     running = client.search_runs(
         experiment_ids, filter_string=f"attributes.status = '{RunStatus.to_string(RunStatus.RUNNING)}'"
     )
@@ -62,7 +66,7 @@ def close_dead_runs(client: Any, dead_after_s: float, experiment_ids: list[str] 
     return closed
 
 
-def _end_killed(client: Any, run: Any, why: str, last_heartbeat: int) -> None:
+def _end_killed(client: MlflowClient, run: Run, why: str, last_heartbeat: int) -> None:
     """KILLED in the store and, when its folder is reachable from here, in the job's own record."""
     output_dir = run.data.tags.get("output_dir")
     record_path = Path(output_dir) / RECORD if output_dir else None

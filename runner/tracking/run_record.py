@@ -13,11 +13,14 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
 
 log = logging.getLogger(__name__)
 
@@ -164,18 +167,26 @@ def _store_template(templates: Path) -> Path:
     return template
 
 
-def experiment_id_for(client: Any, record: RunRecord) -> str:
+def experiment_id_for(client: MlflowClient, record: RunRecord) -> str:
     found = client.get_experiment_by_name(record.experiment)
     if found is not None:
-        return found.experiment_id
+        return str(found.experiment_id)
     # A server stores artifacts where it was told to; a local store puts them under outputs/.
     location = None
     if not remote(record.tracking_uri):
         location = (Path(record.artifact_root) / record.experiment).resolve().as_uri()
-    return client.create_experiment(record.experiment, artifact_location=location)
+    return str(client.create_experiment(record.experiment, artifact_location=location))
 
 
-def log_batch(client: Any, run_id: str, *, params=None, metrics=None, tags=None, timestamp: int | None = None) -> None:
+def log_batch(
+    client: MlflowClient,
+    run_id: str,
+    *,
+    params: Mapping[str, str] | None = None,
+    metrics: Mapping[str, float] | None = None,
+    tags: Mapping[str, str] | None = None,
+    timestamp: int | None = None,
+) -> None:
     """Dicts to MLflow entities; MlflowClient.log_batch splits them into requests within MLflow's limits."""
     from mlflow.entities import Metric, Param, RunTag
 
@@ -217,17 +228,19 @@ def sync_record(path: Path, tracking_uri: str | None = None) -> str:
     with store_lock(record.tracking_uri):
         client = MlflowClient(record.tracking_uri)
         client.search_experiments(max_results=1)  # creates the store's tables, if this is its first use
-    run_id = None
+    run_id: str | None = None
     if record.run_id:  # the live job got as far as creating the run: complete that one
         try:
-            run_id = client.get_run(record.run_id).info.run_id
+            run_id = str(client.get_run(record.run_id).info.run_id)
         except MlflowException:
             run_id = None
     if run_id is None:
         experiment_id = experiment_id_for(client, record)
-        run_id = client.create_run(
-            experiment_id, start_time=record.start_time, tags=record.tags, run_name=record.run_name
-        ).info.run_id
+        run_id = str(
+            client.create_run(
+                experiment_id, start_time=record.start_time, tags=record.tags, run_name=record.run_name
+            ).info.run_id
+        )
     heartbeat = {HEARTBEAT_TAG: str(record.heartbeat)} if record.heartbeat else {}
     log_batch(
         client,

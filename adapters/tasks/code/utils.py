@@ -20,9 +20,12 @@ import re
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from adapters.sandbox import SandboxError, SandboxResult, check_completions
+
+if TYPE_CHECKING:
+    import datasets
 
 # lm-eval's humaneval stop sequences. Generation stops only at the last two (see the YAML): the
 # others also start lines *before* a chat model's function ("```python\ndef f(...)"); for
@@ -48,7 +51,7 @@ def load_records() -> list[dict[str, str]]:
         return [json.loads(line) for line in fh if line.strip()]
 
 
-def load(**kwargs: Any):
+def load(**kwargs: Any) -> datasets.DatasetDict:
     """custom_dataset hook: lm-eval calls it with the task's metadata and dataset_kwargs, unused here."""
     import datasets  # lazy: lm-eval has it; keeps this module cheap to import
 
@@ -174,7 +177,7 @@ def build_program(doc: dict[str, Any], response: str) -> str:
 # --------------------------------------------------------------------------- lm-eval hooks
 
 
-def keep_all_samples(resps: list[list[str]], docs: list[dict]) -> list[list[str]]:
+def keep_all_samples(resps: list[list[str]], docs: list[dict[str, Any]]) -> list[list[str]]:
     """Filter: keep every sample per doc (lm-eval's default keeps only the first, hiding repeats)."""
     return resps
 

@@ -57,14 +57,14 @@ def address_pairs(obj: Any) -> set[tuple[str, str]] | None:
     return {(name, text) for name, value in known.items() if (text := _address_value(value)) is not None}
 
 
-def _match_counts(predicted: Iterable, gold: Iterable) -> Counts:
+def _match_counts(predicted: Iterable[Any], gold: Iterable[Any]) -> Counts:
     """Multiset matching: each gold item can be matched once."""
     p, g = Counter(predicted), Counter(gold)
     tp = sum((p & g).values())
     return tp, sum(p.values()) - tp, sum(g.values()) - tp
 
 
-def process_address_parsing(doc: dict, results: list[str]) -> dict[str, Any]:
+def process_address_parsing(doc: dict[str, Any], results: list[str]) -> dict[str, Any]:
     """Per-doc (tp, fp, fn) over (field, value) pairs for the micro metrics, plus exact_match and parse_rate."""
     gold = {(name, text) for name in ADDRESS_FIELDS if (text := _address_value((doc["gold"] or {}).get(name)))}
     predicted = address_pairs(extract_json(results[0] if results else None))
@@ -146,11 +146,11 @@ def parse_entities(text: str | None, default_type: str | None = None) -> list[En
     return None if value is None else _entity_items(value, default_type)
 
 
-def _gold_entities(doc: dict) -> list[tuple[str, str]]:
+def _gold_entities(doc: dict[str, Any]) -> list[tuple[str, str]]:
     return [(_span_text(e["text"]), e["type"]) for e in doc["entities"] or ()]
 
 
-def process_location_ner(doc: dict, results: list[str]) -> dict[str, Any]:
+def process_location_ner(doc: dict[str, Any], results: list[str]) -> dict[str, Any]:
     gold = [e for e in _gold_entities(doc) if e[1] == "LOC"]
     # Items the reply itself typed as something else are not location claims.
     items = parse_entities(results[0] if results else None, default_type="LOC")
@@ -159,7 +159,7 @@ def process_location_ner(doc: dict, results: list[str]) -> dict[str, Any]:
     return {"f1": counts, "precision": counts, "recall": counts, "parse_rate": int(items is not None)}
 
 
-def process_ner_locations(doc: dict, results: list[str]) -> dict[str, Any]:
+def process_ner_locations(doc: dict[str, Any], results: list[str]) -> dict[str, Any]:
     gold = _gold_entities(doc)
     items = parse_entities(results[0] if results else None)
     # An untyped or off-schema item can never match, so it is a false positive.

@@ -35,6 +35,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from adapters.tasks.text_geospatial.generators.addresses import ADDRESS_COUNTRIES
 from adapters.tasks.text_geospatial.generators.cities import CityPool, load_cities
@@ -107,7 +108,7 @@ class TaskSpec:
     # subtype name -> number of items; order here fixes the interleaving order.
     strata: dict[str, int] = field(default_factory=dict)
     # Optional per-item hook (task-specific prompt/answer for shared subtypes).
-    finish: Callable[[dict], dict] | None = None
+    finish: Callable[[dict[str, Any]], dict[str, Any]] | None = None
 
 
 _COORDINATE_SUBTYPES = (
@@ -152,7 +153,7 @@ TASKS: dict[str, TaskSpec] = {
 }
 
 
-def _interleave(groups: Sequence[Sequence[dict]]) -> Iterator[dict]:
+def _interleave(groups: Sequence[Sequence[dict[str, Any]]]) -> Iterator[dict[str, Any]]:
     # Round-robin so that `--limit N` runs still see every subtype.
     for i in range(max((len(g) for g in groups), default=0)):
         for g in groups:
@@ -160,7 +161,7 @@ def _interleave(groups: Sequence[Sequence[dict]]) -> Iterator[dict]:
                 yield g[i]
 
 
-def generate(task: str, seed: int = DEFAULT_SEED, cities: Sequence[City] | None = None) -> list[dict]:
+def generate(task: str, seed: int = DEFAULT_SEED, cities: Sequence[City] | None = None) -> list[dict[str, Any]]:
     """Build the records of one task, deterministically from `seed`."""
     spec = TASKS[task]
     pool = CityPool(cities if cities is not None else load_cities(), random.Random(f"{task}:pool:{seed}"))
@@ -176,7 +177,7 @@ def generate(task: str, seed: int = DEFAULT_SEED, cities: Sequence[City] | None 
     return records
 
 
-def dumps(records: Sequence[dict]) -> str:
+def dumps(records: Sequence[dict[str, Any]]) -> str:
     """Serialise records as byte-stable JSONL text (sorted keys, trailing newline)."""
     return "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in records)
 

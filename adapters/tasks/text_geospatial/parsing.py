@@ -8,7 +8,7 @@ import math
 import re
 import unicodedata
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 # --------------------------------------------------------------------------- JSON extraction
 
@@ -58,7 +58,7 @@ def _bracket_spans(text: str, opens: str) -> list[str]:
     return spans
 
 
-def _loose_object(candidate: str) -> dict | None:
+def _loose_object(candidate: str) -> dict[str, Any] | None:
     body = candidate.strip()[1:-1].strip().rstrip(",")
     if not body:
         return None
@@ -101,14 +101,14 @@ def _parse_strict(candidate: str) -> Any:
     return None
 
 
-def _parse_object(candidate: str) -> dict | None:
+def _parse_object(candidate: str) -> dict[str, Any] | None:
     obj = _parse_strict(candidate)
     if not isinstance(obj, dict):
         obj = _loose_object(candidate)
     return obj if isinstance(obj, dict) and obj else None
 
 
-def _parse_list(candidate: str) -> list | None:
+def _parse_list(candidate: str) -> list[Any] | None:
     value = _parse_strict(candidate)
     if isinstance(value, list):
         return value
@@ -139,9 +139,9 @@ def extract_json_value(text: str | None, opens: str = "{[") -> Any:
     return None
 
 
-def extract_json(text: str | None) -> dict | None:
+def extract_json(text: str | None) -> dict[str, Any] | None:
     """The answer object in a model reply, or None (see extract_json_value)."""
-    return extract_json_value(text, "{")
+    return cast("dict[str, Any] | None", extract_json_value(text, "{"))  # "{" opens only objects
 
 
 # --------------------------------------------------------------------------- value parsing
@@ -169,7 +169,7 @@ _DMS_BODY = re.compile(
 )
 
 
-def find_component(obj: dict, axis: str) -> Any:
+def find_component(obj: dict[str, Any], axis: str) -> Any:
     """Value for "lat" or "lon" (aliases, any case), looking one level deep."""
     lowered = {str(k).strip().lower(): v for k, v in obj.items()}
     for alias in _KEY_ALIASES[axis]:
@@ -261,7 +261,7 @@ def _canon_key(key: Any) -> str:
     return re.sub(r"[\s\-]+", "_", str(key).strip().casefold())
 
 
-def find_value(obj: dict, aliases: Sequence[str]) -> Any:
+def find_value(obj: dict[str, Any], aliases: Sequence[str]) -> Any:
     """Value of the first alias present (any case, spaces or hyphens for "_"), looking one level deep."""
     lowered = {_canon_key(k): v for k, v in obj.items()}
     for alias in aliases:

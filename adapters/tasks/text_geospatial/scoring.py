@@ -37,7 +37,7 @@ _FLOAT_SLACK = 1e-9
 
 # A scorer reads one reply for one doc: True/False when the reply parsed,
 # None when it did not (then acc = 0 and parse_rate = 0).
-Scorer = Callable[[dict, str | None], bool | None]
+Scorer = Callable[[dict[str, Any], str | None], bool | None]
 ComponentParser = Callable[[Any, str], float | None]
 
 
@@ -51,7 +51,7 @@ def angle_difference(a: float, b: float) -> float:
 
 
 def _score_latlon(parse_component: ComponentParser, tolerance: float) -> Scorer:
-    def scorer(doc: dict, text: str | None) -> bool | None:
+    def scorer(doc: dict[str, Any], text: str | None) -> bool | None:
         obj = extract_json(text)
         if obj is None:
             return None
@@ -101,7 +101,7 @@ def parse_hemisphere(value: Any) -> str | None:
     return _HEMISPHERE_WORDS.get(" ".join(value.strip().casefold().split()))
 
 
-def _score_utm_forward(doc: dict, text: str | None) -> bool | None:
+def _score_utm_forward(doc: dict[str, Any], text: str | None) -> bool | None:
     obj = extract_json(text)
     if obj is None:
         return None
@@ -123,7 +123,7 @@ _DISTANCE_KEYS = ("distance_km", "distance", "km", "geodesic_distance", "distanc
 _BEARING_KEYS = ("bearing_deg", "bearing", "initial_bearing", "azimuth", "forward_azimuth", "azi1", "degrees")
 
 
-def _score_distance(doc: dict, text: str | None) -> bool | None:
+def _score_distance(doc: dict[str, Any], text: str | None) -> bool | None:
     obj = extract_json(text)
     distance = parse_quantity(find_value(obj, _DISTANCE_KEYS), KM_UNITS) if obj else None
     if distance is None:
@@ -132,7 +132,7 @@ def _score_distance(doc: dict, text: str | None) -> bool | None:
     return abs(distance - truth) <= DISTANCE_REL_TOLERANCE * truth + _FLOAT_SLACK
 
 
-def _score_bearing(doc: dict, text: str | None) -> bool | None:
+def _score_bearing(doc: dict[str, Any], text: str | None) -> bool | None:
     obj = extract_json(text)
     bearing = parse_quantity(find_value(obj, _BEARING_KEYS), DEGREE_UNITS) if obj else None
     if bearing is None:
@@ -159,7 +159,7 @@ def named_candidate(text: str, candidates: Sequence[str]) -> str | None:
     return found[0] if len(found) == 1 else None
 
 
-def _score_further_north(doc: dict, text: str | None) -> bool | None:
+def _score_further_north(doc: dict[str, Any], text: str | None) -> bool | None:
     if not text:
         return None
     candidates = (doc["city"], doc["city2"])
@@ -190,13 +190,13 @@ def _verdict_metrics(verdict: bool | None) -> dict[str, int]:
     return {"acc": int(bool(verdict)), "parse_rate": int(verdict is not None)}
 
 
-def score(doc: dict, text: str | None) -> dict[str, int]:
+def score(doc: dict[str, Any], text: str | None) -> dict[str, int]:
     """{"acc", "parse_rate", "acc_<subtype>"} for one model reply to one coordinate_processing doc."""
     metrics = _verdict_metrics(SCORERS[doc["subtype"]](doc, text))
     return metrics | {f"acc_{doc['subtype']}": metrics["acc"]}
 
 
-def process_results(doc: dict, results: list[str]) -> dict[str, int]:
+def process_results(doc: dict[str, Any], results: list[str]) -> dict[str, int]:
     return score(doc, results[0] if results else None)
 
 
@@ -242,12 +242,12 @@ def _direction_answer(text: str | None) -> str | None:
     return parse_direction(mentions[-1]) if mentions else None
 
 
-def _score_direction(doc: dict, text: str | None) -> bool | None:
+def _score_direction(doc: dict[str, Any], text: str | None) -> bool | None:
     predicted = _direction_answer(text)
     return None if predicted is None else predicted == doc["label"]
 
 
-def _score_containment(doc: dict, text: str | None) -> bool | None:
+def _score_containment(doc: dict[str, Any], text: str | None) -> bool | None:
     """Correct when the reply's name equals one of the item's accepted names (official,
     short and common names of the right country or state, baked into the data)."""
     answer = _answer_text(text)
@@ -256,7 +256,7 @@ def _score_containment(doc: dict, text: str | None) -> bool | None:
     return normalise_name(answer) in {normalise_name(a) for a in doc["accepted"]}
 
 
-def process_spatial_reasoning(doc: dict, results: list[str]) -> dict[str, int]:
+def process_spatial_reasoning(doc: dict[str, Any], results: list[str]) -> dict[str, int]:
     """acc and parse_rate for every doc, plus exactly one per-group accuracy:
     acc_k1..acc_k5 (story hops), acc_city_direction or acc_containment.
     lm-eval 0.4.13 averages each metric over the docs that report it."""

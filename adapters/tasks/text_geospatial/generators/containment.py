@@ -6,6 +6,7 @@ import random
 import re
 from collections import defaultdict
 from collections.abc import Callable
+from typing import Any
 
 from ..parsing import normalise_name
 from .cities import CityPool
@@ -184,7 +185,7 @@ def _containment_country_key(city: City) -> str | None:
 
 
 @subtype("containment_country")
-def gen_containment_country(rng: random.Random, pool: CityPool, n: int) -> list[dict]:
+def gen_containment_country(rng: random.Random, pool: CityPool, n: int) -> list[dict[str, Any]]:
     items = []
     for _ in range(n):
         city = _take_balanced(rng, pool, _containment_country_key)
@@ -208,7 +209,7 @@ def gen_containment_country(rng: random.Random, pool: CityPool, n: int) -> list[
 
 
 @subtype("containment_us_state")
-def gen_containment_us_state(rng: random.Random, pool: CityPool, n: int) -> list[dict]:
+def gen_containment_us_state(rng: random.Random, pool: CityPool, n: int) -> list[dict[str, Any]]:
     states = _us_states()
     items = []
     for _ in range(n):

@@ -2,6 +2,7 @@
 distance, initial bearing and "which city is further north"."""
 
 import random
+from typing import Any, cast
 
 import utm
 
@@ -26,7 +27,7 @@ _DECIMAL_REPLY = (
 
 
 @subtype("dms_to_decimal")
-def gen_dms_to_decimal(rng: random.Random, pool: CityPool, n: int) -> list[dict]:
+def gen_dms_to_decimal(rng: random.Random, pool: CityPool, n: int) -> list[dict[str, Any]]:
     items = []
     for city in pool.take(n):
         lat_dms, lat = to_dms(city.lat, "lat")
@@ -52,7 +53,7 @@ def gen_dms_to_decimal(rng: random.Random, pool: CityPool, n: int) -> list[dict]
 
 
 @subtype("decimal_to_dms")
-def gen_decimal_to_dms(rng: random.Random, pool: CityPool, n: int) -> list[dict]:
+def gen_decimal_to_dms(rng: random.Random, pool: CityPool, n: int) -> list[dict[str, Any]]:
     items = []
     for city in pool.take(n):
         # The 4-decimal values shown in the prompt are the truth.
@@ -94,7 +95,7 @@ def _utm_regular(city: City) -> bool:
 
 
 @subtype("utm_forward")
-def gen_utm_forward(rng: random.Random, pool: CityPool, n: int) -> list[dict]:
+def gen_utm_forward(rng: random.Random, pool: CityPool, n: int) -> list[dict[str, Any]]:
     items = []
     for city in pool.take(n, _utm_regular):
         lat = _round(city.lat, UTM_PROMPT_DECIMAL_PLACES)
@@ -118,7 +119,7 @@ def gen_utm_forward(rng: random.Random, pool: CityPool, n: int) -> list[dict]:
 
 
 @subtype("utm_inverse")
-def gen_utm_inverse(rng: random.Random, pool: CityPool, n: int) -> list[dict]:
+def gen_utm_inverse(rng: random.Random, pool: CityPool, n: int) -> list[dict[str, Any]]:
     items = []
     for city in pool.take(n, _utm_regular):
         easting, northing, zone, _band = utm.from_latlon(city.lat, city.lon)
@@ -155,15 +156,16 @@ def _shown(city: City) -> tuple[float, float]:
     return _round(city.lat, PROMPT_DECIMAL_PLACES), _round(city.lon, PROMPT_DECIMAL_PLACES)
 
 
-def _geodesic_pair(a: City, b: City) -> dict:
-    return WGS84.Inverse(*_shown(a), *_shown(b))
+def _geodesic_pair(a: City, b: City) -> dict[str, float]:
+    # geographiclib is untyped; Inverse's result maps each of its quantities (s12, azi1, ...) to a float.
+    return cast("dict[str, float]", WGS84.Inverse(*_shown(a), *_shown(b)))
 
 
 def _pair_in_range(a: City, b: City) -> bool:
     return PAIR_MIN_KM <= _geodesic_pair(a, b)["s12"] / 1000 <= PAIR_MAX_KM
 
 
-def _pair_fields(a: City, b: City) -> dict:
+def _pair_fields(a: City, b: City) -> dict[str, Any]:
     lat, lon = _shown(a)
     lat2, lon2 = _shown(b)
     return {
@@ -187,7 +189,7 @@ def _pair_prompt_head(a: City, b: City) -> str:
 
 
 @subtype("geodesic_distance")
-def gen_geodesic_distance(rng: random.Random, pool: CityPool, n: int) -> list[dict]:
+def gen_geodesic_distance(rng: random.Random, pool: CityPool, n: int) -> list[dict[str, Any]]:
     items = []
     for _ in range(n):
         a, b = pool.take_pair(rng, _pair_in_range)
@@ -205,7 +207,7 @@ def gen_geodesic_distance(rng: random.Random, pool: CityPool, n: int) -> list[di
 
 
 @subtype("initial_bearing")
-def gen_initial_bearing(rng: random.Random, pool: CityPool, n: int) -> list[dict]:
+def gen_initial_bearing(rng: random.Random, pool: CityPool, n: int) -> list[dict[str, Any]]:
     items = []
     for _ in range(n):
         a, b = pool.take_pair(rng, _pair_in_range)
@@ -236,7 +238,7 @@ def _coordinates_text(rng: random.Random, lat: float, lon: float) -> str:
 
 
 @subtype("further_north")
-def gen_further_north(rng: random.Random, pool: CityPool, n: int) -> list[dict]:
+def gen_further_north(rng: random.Random, pool: CityPool, n: int) -> list[dict[str, Any]]:
     def accept(a: City, b: City) -> bool:
         (lat_a, _), (lat_b, _) = _shown(a), _shown(b)
         return abs(lat_a - lat_b) >= FURTHER_NORTH_MIN_DEG and _names_distinct(a, b)

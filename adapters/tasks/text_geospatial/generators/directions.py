@@ -4,6 +4,7 @@
 import functools
 import math
 import random
+from typing import Any
 
 from .cities import CityPool
 from .formatting import _json_answer, _round
@@ -78,7 +79,7 @@ def _relation_sentence(rng: random.Random, subject: str, direction: str, referen
     return rng.choice(_RELATION_TEMPLATES).format(s=subject, d=direction, r=reference)
 
 
-def _relative_position_item(rng: random.Random, hops: int, label: str) -> dict:
+def _relative_position_item(rng: random.Random, hops: int, label: str) -> dict[str, Any]:
     names = list(DIRECTIONS)
     # The question runs along the chain or against it; the chain is built for
     # whichever direction makes the asked-for answer `label`.
@@ -126,7 +127,7 @@ def _relative_position_item(rng: random.Random, hops: int, label: str) -> dict:
 
 
 def _make_relative_position(hops: int) -> SubtypeGenerator:
-    def generate_items(rng: random.Random, pool: CityPool, n: int) -> list[dict]:
+    def generate_items(rng: random.Random, pool: CityPool, n: int) -> list[dict[str, Any]]:
         # One step can never return to the start, so k=1 has 8 labels, the rest 9.
         feasible = list(DIRECTIONS) if hops == 1 else list(LABELS)
         labels = [feasible[i % len(feasible)] for i in range(n)]
@@ -168,7 +169,7 @@ def _direction_pair_ok(a: City, b: City, target: str) -> bool:
 
 
 @subtype("city_direction")
-def gen_city_direction(rng: random.Random, pool: CityPool, n: int) -> list[dict]:
+def gen_city_direction(rng: random.Random, pool: CityPool, n: int) -> list[dict[str, Any]]:
     targets = [list(DIRECTIONS)[i % len(DIRECTIONS)] for i in range(n)]
     rng.shuffle(targets)
     items = []

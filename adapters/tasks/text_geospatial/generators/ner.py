@@ -5,6 +5,7 @@ recorded as they are written; and each task's prompt."""
 import random
 import re
 from collections.abc import Sequence
+from typing import Any
 
 from .cities import CityPool
 from .formatting import _json_answer
@@ -71,7 +72,7 @@ class _SentenceBuilder:
     def __init__(self, rng: random.Random, vocab: NerVocabulary) -> None:
         self.rng, self.vocab = rng, vocab
         self.text = ""
-        self.entities: list[dict] = []
+        self.entities: list[dict[str, Any]] = []
         self.bound: dict[str, tuple[str, ...]] = {}  # tag -> values written for it
         self.hidden: dict[str, str] = {}  # tag -> place hidden in a trap entity
         self.used: set[str] = set()
@@ -157,7 +158,7 @@ class _SentenceBuilder:
 
 
 def _make_ner(kind: str) -> SubtypeGenerator:
-    def generate_items(rng: random.Random, pool: CityPool, n: int) -> list[dict]:
+    def generate_items(rng: random.Random, pool: CityPool, n: int) -> list[dict[str, Any]]:
         vocab = ner_vocabulary()
         templates = NER_TEMPLATES[kind]
         # Every template equally often, in shuffled order.
@@ -177,7 +178,7 @@ for _kind in NER_TEMPLATES:
     subtype(f"ner_{_kind}")(_make_ner(_kind))
 
 
-def _finish_location_ner(item: dict) -> dict:
+def _finish_location_ner(item: dict[str, Any]) -> dict[str, Any]:
     gold = [{"text": e["text"], "type": "LOC"} for e in item["entities"] if e["type"] == "LOC"]
     prompt = (
         "List every location name (city, country, state or region) mentioned in the sentence below.\n"
@@ -192,7 +193,7 @@ def _finish_location_ner(item: dict) -> dict:
     return item | {"prompt": prompt, "answer": _json_answer(gold)}
 
 
-def _finish_ner_locations(item: dict) -> dict:
+def _finish_ner_locations(item: dict[str, Any]) -> dict[str, Any]:
     gold = [{"text": e["text"], "type": e["type"]} for e in item["entities"]]
     prompt = (
         "Find the named entities in the sentence below: PER (person), ORG (organisation: company, bank, "

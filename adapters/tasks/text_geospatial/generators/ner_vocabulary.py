@@ -6,6 +6,7 @@ import importlib.util
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..parsing import fold
 from .cities import load_cities
@@ -131,7 +132,7 @@ def ner_name_collision(name: str) -> str | None:
     return None
 
 
-def ner_place_problem(rec: dict) -> str | None:
+def ner_place_problem(rec: dict[str, Any]) -> str | None:
     """Why a gazetteer city is not used as a NER location, or None: its name collides with
     a company or person name (`ner_name_collision`) and the place is not well known
     (fewer than NER_WELL_KNOWN_PLACE_MIN_NAMES names in GeoNames) -- "Carrefour" (Haiti)

@@ -2,6 +2,7 @@
 
 import random
 from collections.abc import Callable
+from typing import Any
 
 from .cities import CityPool
 
@@ -9,7 +10,7 @@ from .cities import CityPool
 # count, and returns item dicts holding at least "prompt" and "answer" (unless
 # the task's `finish` adds them) plus whatever fields scoring.py and f1_scoring.py
 # need to score.
-SubtypeGenerator = Callable[[random.Random, CityPool, int], list[dict]]
+SubtypeGenerator = Callable[[random.Random, CityPool, int], list[dict[str, Any]]]
 SUBTYPES: dict[str, SubtypeGenerator] = {}
 
 

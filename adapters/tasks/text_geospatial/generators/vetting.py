@@ -6,6 +6,7 @@ import math
 import pickle
 import re
 from collections import defaultdict
+from typing import Any, NoReturn
 
 from ..parsing import fold
 from .gazetteer import _countries, _gazetteer_by_id, _gazetteer_records, _haversine_km
@@ -64,7 +65,7 @@ def _place_key(text: str) -> str:
     return " ".join("saint" if word in {"st", "ste"} else word for word in s.split())
 
 
-def _record_keys(rec: dict) -> frozenset[str]:
+def _record_keys(rec: dict[str, Any]) -> frozenset[str]:
     """Keys of a GeoNames record's name and all its alternate names."""
     return frozenset(_place_key(n) for n in (rec["name"], *(rec.get("alternatenames") or ())) if n)
 
@@ -84,7 +85,7 @@ def _contested_admin1() -> dict[tuple[str, str], str]:
 class _PlainData(pickle.Unpickler):
     """Unpickles plain containers and numbers only: the file may name no class or function."""
 
-    def find_class(self, module: str, name: str):
+    def find_class(self, module: str, name: str) -> NoReturn:
         raise pickle.UnpicklingError(f"unexpected object {module}.{name} in the Natural Earth data")
 
 
@@ -130,7 +131,7 @@ def _usps_cities() -> dict[tuple[str, str], tuple[tuple[float, float], ...]]:
     return {key: tuple(sorted(value)) for key, value in out.items()}
 
 
-def _second_source_problem(rec: dict) -> str | None:
+def _second_source_problem(rec: dict[str, Any]) -> str | None:
     lat, lon, cc = float(rec["latitude"]), float(rec["longitude"]), rec["countrycode"]
     near = _natural_earth_names_near(cc, lat, lon)
     own = _place_key(rec["name"])
@@ -173,7 +174,7 @@ def _vetting_problem_cached(geonameid: int) -> str | None:
     return _second_source_problem(rec)
 
 
-def vetting_problem(rec: dict) -> str | None:
+def vetting_problem(rec: dict[str, Any]) -> str | None:
     """Why a GeoNames city is not used, or None when it is.
 
     Dropped: cities in a contested country or region; cities that are not one of

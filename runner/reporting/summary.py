@@ -8,18 +8,15 @@ every metric with the number of documents it was scored on (n), and the whole te
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from runner.console.tables import format_table
 
 if TYPE_CHECKING:
+    from runner.config.schema import CategoryConfig, ModelConfig, RunnerConfig, TrackingConfig
     from runner.job.results import DatasetResult, JobResult
 
 SUMMARY_FILE = "summary.md"
-
-
-def format_table(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows, strict=True)]
-    lines = [header, ["-" * w for w in widths], *rows]
-    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in lines)
 
 
 def _stderr(metrics: dict[str, float], name: str) -> float | None:
@@ -54,7 +51,7 @@ def _label(result: DatasetResult, task: str) -> str:
 
 def metric_rows(job: JobResult) -> list[tuple[str, str, float, float | None, int | str]]:
     """Every metric of every dataset: (dataset[/task], metric, value, stderr or None, n)."""
-    rows = []
+    rows: list[tuple[str, str, float, float | None, int | str]] = []
     for result in job.datasets:
         for task, metrics in result.metrics.items():
             for name in sorted(m for m in metrics if not m.endswith("_stderr")):
@@ -62,25 +59,26 @@ def metric_rows(job: JobResult) -> list[tuple[str, str, float, float | None, int
     return rows
 
 
-def _headline_metric(result: DatasetResult, cfg: Any) -> tuple[str | None, str | None]:
+def _headline_metric(result: DatasetResult, category: CategoryConfig) -> tuple[str | None, str | None]:
     """The dataset's configured `metric`, and the task entry that reported it (None: none did).
 
     Looked up as runner/job/evaluate.py's `headline` does: the dataset's own (group) entry, then its tasks."""
-    dataset = cfg.category.datasets.get(result.name) if cfg.category.get("datasets") else None
-    if dataset is None or dataset.get("metric") is None:
+    # A job's result for a dataset its category does not list (a hand-built job) has no configured metric.
+    dataset = category.datasets.get(result.name)
+    if dataset is None:
         return None, None
     metric = str(dataset.metric)
-    tasks = list(dataset.get("tasks") or ())
+    tasks = list(dataset.tasks)
     for task in (result.name, *tasks, *result.metrics):
         if metric in result.metrics.get(task, {}):
             return metric, task
     return metric, None
 
 
-def dataset_line(result: DatasetResult, cfg: Any) -> str:
+def dataset_line(result: DatasetResult, cfg: RunnerConfig) -> str:
     """The line a finished dataset leaves on the console, from the same pieces as its summary row:
     `spatial_reasoning: acc 0.0600 ± 0.0339 (n=50) · 50 requests, 12 from the cache · 21.4 s`."""
-    metric, task = _headline_metric(result, cfg)
+    metric, task = _headline_metric(result, cfg.category)
     if metric is not None and task is not None:
         score = f"{metric} {_value(result.metrics[task], metric)} (n={_n(result, task, metric)})"
     else:
@@ -91,11 +89,11 @@ def dataset_line(result: DatasetResult, cfg: Any) -> str:
     return f"{result.name}: {score} · {requests} · {result.wall_seconds:.1f} s"
 
 
-def headline_rows(job: JobResult, cfg: Any) -> list[list[str]]:
+def headline_rows(job: JobResult, category: CategoryConfig) -> list[list[str]]:
     """One row per dataset: dataset, headline metric, value ± stderr, n."""
     rows = []
     for result in job.datasets:
-        metric, task = _headline_metric(result, cfg)
+        metric, task = _headline_metric(result, category)
         if metric is not None and task is not None:
             metrics = result.metrics[task]
             rows.append([result.name, metric, _value(metrics, metric), str(_n(result, task, metric))])
@@ -106,7 +104,7 @@ def headline_rows(job: JobResult, cfg: Any) -> list[list[str]]:
     return rows
 
 
-def telemetry_lines(job: JobResult, cfg: Any) -> list[str]:
+def telemetry_lines(job: JobResult, tracking: TrackingConfig) -> list[str]:
     """Requests and cache, a truncation warning when prompts were cut, throughput, load/wall/memory, and where
     the run went (MLflow run, output folder): five lines, six with the warning."""
     t = job.telemetry
@@ -155,30 +153,30 @@ def telemetry_lines(job: JobResult, cfg: Any) -> list[str]:
     if parts:
         lines.append(" · ".join(parts))
     if job.synced:
-        lines.append(f"MLflow run:  {job.run_id} (experiment '{cfg.tracking.experiment}', store {cfg.tracking.uri})")
+        lines.append(f"MLflow run:  {job.run_id} (experiment '{tracking.experiment}', store {tracking.uri})")
     else:
         lines.append(
-            f"MLflow run:  {job.run_id or 'not created'}: the store {cfg.tracking.uri} could not take everything; "
+            f"MLflow run:  {job.run_id or 'not created'}: the store {tracking.uri} could not take everything; "
             f"the run is kept in {Path(job.out_dir) / 'tracking.json'}. Upload it with `python -m runner mode=sync`."
         )
     lines.append(f"output dir:  {job.out_dir}")
     return lines
 
 
-def _title(job: JobResult, cfg: Any) -> str:
+def _title(job: JobResult, category: CategoryConfig, model: ModelConfig) -> str:
     engine = job.engine or job.selection.kind  # vllm_server (vLLM 0.32.0 at <url>), or cpu, vllm, hf
-    return f"{cfg.category.get('label', cfg.category.name)} · {cfg.model.name} · engine {engine}"
+    return f"{category.label} · {model.name} · engine {engine}"
 
 
-def _md(cell: Any) -> str:
+def _md(cell: object) -> str:
     return str(cell).replace("|", "\\|")
 
 
-def render_markdown(job: JobResult, cfg: Any) -> str:
+def render_markdown(job: JobResult, cfg: RunnerConfig) -> str:
     """summary.md: the headline scores, every metric with its n, skipped datasets, and the whole telemetry."""
-    out = [f"# {_title(job, cfg)}", ""]
+    out = [f"# {_title(job, cfg.category, cfg.model)}", ""]
     out += ["## Headline scores", "", "| dataset | metric | score | n |", "| --- | --- | ---: | ---: |"]
-    out += [f"| {' | '.join(_md(c) for c in row)} |" for row in headline_rows(job, cfg)]
+    out += [f"| {' | '.join(_md(c) for c in row)} |" for row in headline_rows(job, cfg.category)]
     out += ["", "## Every metric", ""]
     out += [
         "n is the number of documents a metric was scored on: a subgroup metric (acc_k1) counts its own "
@@ -197,14 +195,14 @@ def render_markdown(job: JobResult, cfg: Any) -> str:
         out += ["", "## Warnings", ""]
         out += [f"- {_md(text)}" for text in job.warnings]
     out += ["", "## Run", ""]
-    out += [f"- {line}" for line in telemetry_lines(job, cfg)]
+    out += [f"- {line}" for line in telemetry_lines(job, cfg.tracking)]
     out += ["", "## Telemetry", "", "| measure | value |", "| --- | ---: |"]
     for key, value in sorted(job.telemetry.items()):
         out.append(f"| {_md(key)} | {value:.6g} |" if isinstance(value, (int, float)) else f"| {_md(key)} | {value} |")
     return "\n".join(out) + "\n"
 
 
-def write_summary_file(job: JobResult, cfg: Any) -> Path:
+def write_summary_file(job: JobResult, cfg: RunnerConfig) -> Path:
     """Write summary.md into the job's folder; returns its path."""
     path = Path(job.out_dir) / SUMMARY_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -212,26 +210,26 @@ def write_summary_file(job: JobResult, cfg: Any) -> Path:
     return path
 
 
-def print_summary(job: JobResult, cfg: Any) -> None:
+def print_summary(job: JobResult, cfg: RunnerConfig) -> None:
     """Write summary.md, then print the short (or, with summary=full, the full) report."""
-    full = cfg.get("summary", "short") == "full"
+    full = cfg.summary == "full"
     try:
         write_summary_file(job, cfg)
         where = "" if full else f" · every metric with its n: {SUMMARY_FILE}"
     except OSError as exc:  # a full or read-only disk must not hide the scores of a finished job
         where = f" · {SUMMARY_FILE} could not be written ({exc.strerror or exc})"
     print()
-    print(_title(job, cfg))
+    print(_title(job, cfg.category, cfg.model))
     if full:
         rows = [[label, name, _pm(value, err), str(n)] for label, name, value, err, n in metric_rows(job)]
         print(format_table(["dataset", "metric", "value", "n"], rows))
     else:
-        print(format_table(["dataset", "metric", "score", "n"], headline_rows(job, cfg)))
+        print(format_table(["dataset", "metric", "score", "n"], headline_rows(job, cfg.category)))
     for name, why in job.skipped.items():
         print(f"skipped {name}: {why}")
     for text in job.warnings:
         print(f"warning: {text}")
     print()
-    lines = telemetry_lines(job, cfg)
+    lines = telemetry_lines(job, cfg.tracking)
     lines[-1] += where
     print("\n".join(lines))

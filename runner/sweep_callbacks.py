@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
 
 from runner.cli import JOB_STATUS
 
@@ -67,14 +68,14 @@ def output_problem(output_dir: Path, min_free_mb: int, key: str = "paths.output_
 class OutputCheck(Callback):
     """Before Hydra creates a job's folder: a read-only or full output_dir is one message, not a traceback."""
 
-    def on_run_start(self, config: Any, **kwargs: Any) -> None:
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         self._check(config, "hydra.run.dir")
 
-    def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         self._check(config, "hydra.sweep.dir")
 
     @staticmethod
-    def _check(config: Any, folder_key: str) -> None:
+    def _check(config: DictConfig, folder_key: str) -> None:
         import sys
 
         from omegaconf import OmegaConf
@@ -90,7 +91,7 @@ class OutputCheck(Callback):
 
 
 class SweepSummary(Callback):
-    def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir).resolve()
         # What libraries log while the sweep ends (matplotlib, MLflow, as the report is made) goes to sweep.log;
         # the console shows Hydra's and the runner's lines (conf/hydra/hydra_logging/runner.yaml).
@@ -103,8 +104,8 @@ class SweepSummary(Callback):
             logging.getLogger().removeHandler(log_file)
             log_file.close()
 
-    def _summarize(self, config: Any, sweep_dir: Path) -> None:
-        from runner.console.summary import format_table
+    def _summarize(self, config: DictConfig, sweep_dir: Path) -> None:
+        from runner.console.tables import format_table
 
         jobs = read_jobs(sweep_dir)
         (sweep_dir / "sweep_summary.json").write_text(json.dumps(jobs, indent=2) + "\n")
