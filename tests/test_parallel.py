@@ -34,7 +34,7 @@ args = {"dtype": "float32", "enforce_eager": layout.pop("enforce_eager", True), 
         "max_model_len": 512, "seed": 0, "distributed_executor_backend": layout.pop("backend", "uni")}
 selection = Selection(layout.pop("kind", "cpu"), "test", **layout)
 # "distributed" reads the GPU defaults: the same settings here.
-engine_cfg = OmegaConf.create({"cpu": args, "gpu": args, "args": {}, "cpu_env": {}, "hf": {}})
+engine_cfg = OmegaConf.create({"_target_": None, "cpu": args, "gpu": args, "args": {}, "cpu_env": {}, "hf": {}})
 model = OmegaConf.create({"name": "tiny", "path": folder, "gguf": None, "dtype": "float32", "max_model_len": 512,
                           "trust_remote_code": False, "load_format": "auto", "quantization": None, "revision": None})
 engine = build_engine(selection, folder, model, engine_cfg)

@@ -305,7 +305,7 @@ from runner.engines.selection import Selection
 folder = sys.argv[1]
 args = {"dtype": "float32", "enforce_eager": True, "kv_cache_memory_bytes": 1 << 28, "max_model_len": 512, "seed": 0,
         "distributed_executor_backend": "uni"}
-engine_cfg = OmegaConf.create({"cpu": args, "gpu": args, "args": {}, "hf": {},
+engine_cfg = OmegaConf.create({"_target_": None, "cpu": args, "gpu": args, "args": {}, "hf": {},
                                "cpu_env": {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}})
 model = OmegaConf.create({"name": "tiny", "path": folder, "gguf": None, "dtype": "float32", "max_model_len": 512,
                           "trust_remote_code": False, "load_format": "auto", "quantization": None, "revision": None})

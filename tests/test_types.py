@@ -37,3 +37,20 @@ def test_no_config_object_is_typed_any():
         if typed_any.search(line)
     ]
     assert not found, "\n".join(found)
+
+
+def test_no_function_is_longer_than_a_screen():
+    """Each function of runner/, adapters/ and hydra_plugins/ reads on one screen: 60 lines, def to last line."""
+    import ast
+
+    long = [
+        f"{path.relative_to(PROJECT_ROOT)}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)"
+        for folder in ("runner", "adapters", "hydra_plugins")
+        for path in (PROJECT_ROOT / folder).rglob("*.py")
+        if "data" not in path.parts
+        for node in ast.walk(ast.parse(path.read_text(), str(path)))
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+        and node.end_lineno is not None
+        and node.end_lineno - node.lineno + 1 > 60
+    ]
+    assert not long, "\n".join(long)
