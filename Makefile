@@ -33,9 +33,11 @@ run: model
 browser:
 	bash scripts/install_chromium.sh
 
-## The test suite. Extra pytest arguments: make test PYTEST_ARGS="-k config"
+## The test suite, on two pytest-xdist workers (WORKERS=1: one process). Extra pytest arguments: make test PYTEST_ARGS="-k config"
+## A file's tests run whole on one worker, longest files first (tests/conftest.py, docs/testing.md).
+WORKERS ?= 2
 test: model browser
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest $(if $(filter-out 1,$(WORKERS)),-n $(WORKERS) --dist loadgroup --no-loadscope-reorder) $(PYTEST_ARGS)
 
 ## The edit-test loop: every test that starts no engine and runs no job through the CLI (docs/testing.md).
 test-quick: model

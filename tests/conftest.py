@@ -38,12 +38,58 @@ def pytest_configure(config):
     QUICK = bool(config.getoption("--quick"))
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(config, items):
-    if not QUICK:
-        return
+    if QUICK:
+        for item in items:
+            if item.get_closest_marker("slow"):
+                item.add_marker(pytest.mark.skip(reason=_QUICK_SKIP.format(what="loads a real engine")))
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        items[:] = _grouped_for_workers(items)
+
+
+# `make test` runs on two pytest-xdist workers (`--dist loadgroup --no-loadscope-reorder`). A group runs whole on
+# one worker: one group per file, so a module-scoped job runs once, and files that share a session-scoped job or
+# server run in one group, so it is not started once per worker.
+SHARED_SESSION_FIXTURES = ("sweep", "vllm_server")
+# Files that must not run at the same time: both start a local Ray cluster, and two on one machine compete
+# for its ports and its /tmp/ray session folder.
+ONE_AT_A_TIME = (("test_cluster.py", "test_launchers.py"),)
+# The longest groups are handed out first (longest-processing-time first), so that the two workers end
+# together instead of one waiting on a long group handed out last. Longest first, from the durations every
+# run prints (docs/testing.md keeps the budget); files not named follow in their usual order.
+LONGEST_FIRST = (
+    "test_resume.py",
+    "test_parallel.py",
+    "test_mlflow_ui.py",
+    "test_replicas.py",
+    "test_lm_eval_parity.py",
+    "test_e2e.py",
+    "test_console.py",
+    "test_launchers.py",
+    "test_engine_memory.py",
+)
+
+
+def _grouped_for_workers(items: list[pytest.Item]) -> list[pytest.Item]:
+    group_of = {item.path.name: item.path.name for item in items}
+    together = [{i.path.name for i in items if f in getattr(i, "fixturenames", ())} for f in SHARED_SESSION_FIXTURES]
+    for files in [*together, *map(set, ONE_AT_A_TIME)]:
+        merged = {group for name, group in group_of.items() if name in files}
+        if merged:
+            into = min(merged)
+            group_of = {name: into if group in merged else group for name, group in group_of.items()}
     for item in items:
-        if item.get_closest_marker("slow"):
-            item.add_marker(pytest.mark.skip(reason=_QUICK_SKIP.format(what="loads a real engine")))
+        item.add_marker(pytest.mark.xdist_group(group_of[item.path.name]))
+
+    def rank(group: str) -> int:
+        members = [name for name, g in group_of.items() if g == group and name in LONGEST_FIRST]
+        return min(map(LONGEST_FIRST.index, members), default=len(LONGEST_FIRST))
+
+    groups = dict.fromkeys(group_of[item.path.name] for item in items)  # in their first test's order
+    order = {group: (rank(group), n) for n, group in enumerate(groups)}
+    # A stable sort: the tests of a group end up together, in their usual order.
+    return sorted(items, key=lambda item: order[group_of[item.path.name]])
 
 
 def skip_when_quick(what: str) -> None:

@@ -265,18 +265,25 @@ SERVER_CASES = {  # engine=vllm_server plus: the one paragraph it ends with
 @pytest.mark.slow
 @pytest.mark.parametrize("override", SERVER_CASES)
 def test_a_vllm_server_that_cannot_serve_fails_before_any_request_and_leaves_no_process(tmp_path, override):
-    import time
-
     import psutil
 
-    started = time.time()
-    result = run_cli("engine=vllm_server", override, "limit=1", *GEO_ONLY_SPATIAL, f"paths.output_dir={tmp_path}")
+    # The job's temporary files in a folder of its own: `vllm serve --config <TMPDIR>/vllm-serve-*.yaml` then
+    # names it, which tells the servers this job started from another test's (pytest-xdist runs two at once).
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    result = run_cli(
+        "engine=vllm_server", override, "limit=1", *GEO_ONLY_SPATIAL, f"paths.output_dir={tmp_path}",
+        env={"TMPDIR": str(scratch)},
+    )  # fmt: skip
     _assert_failed_before_any_result(result, tmp_path, SERVER_CASES[override])
-    # No server this job started outlives it (another test's may run: only processes started since count).
+    if "max_num_seqs" in override:  # the server was started, with its config among the job's own files
+        (log,) = tmp_path.glob("runs/*/*/runner.log")
+        assert f"--config {scratch}/vllm-serve-" in log.read_text()
+    # No server this job started outlives it.
     servers = [
-        p
-        for p in psutil.process_iter(["cmdline", "create_time"])
-        if "api_server.entry" in " ".join(p.info["cmdline"] or ()) and p.info["create_time"] >= started
+        p.info["cmdline"]
+        for p in psutil.process_iter(["cmdline"])
+        if "api_server.entry" in " ".join(p.info["cmdline"] or ()) and str(scratch) in " ".join(p.info["cmdline"])
     ]
     assert not servers
 
