@@ -38,58 +38,82 @@ def pytest_configure(config):
     QUICK = bool(config.getoption("--quick"))
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(config, items):
     if QUICK:
         for item in items:
             if item.get_closest_marker("slow"):
                 item.add_marker(pytest.mark.skip(reason=_QUICK_SKIP.format(what="loads a real engine")))
     if os.environ.get("PYTEST_XDIST_WORKER"):
-        items[:] = _grouped_for_workers(items)
+        _check_groups(items)
+        items[:] = sorted(items, key=_handed_out_order(items))
 
 
-# `make test` runs on two pytest-xdist workers (`--dist loadgroup --no-loadscope-reorder`). A group runs whole on
-# one worker: one group per file, so a module-scoped job runs once, and files that share a session-scoped job or
-# server run in one group, so it is not started once per worker.
+# `make test` runs on two pytest-xdist workers (`-n 2 --dist loadgroup --no-loadscope-reorder`), and a group of
+# files runs whole on one worker: one group per file, so a module-scoped job starts once, and these files
+# together: the first two pairs share a session-scoped job or server (`SHARED_SESSION_FIXTURES`), which would
+# otherwise start once per worker; the last pair both start a local Ray cluster, and two at once on one machine
+# compete for its ports and its /tmp/ray folder.
+TOGETHER = (
+    ("test_mlflow_ui.py", "test_sweep.py"),
+    ("test_e2e.py", "test_parity.py"),
+    ("test_cluster.py", "test_launchers.py"),
+)
 SHARED_SESSION_FIXTURES = ("sweep", "vllm_server")
-# Files that must not run at the same time: both start a local Ray cluster, and two on one machine compete
-# for its ports and its /tmp/ray session folder.
-ONE_AT_A_TIME = (("test_cluster.py", "test_launchers.py"),)
+GROUP_OF = {name: files[0] for files in TOGETHER for name in files}
 # The longest groups are handed out first (longest-processing-time first), so that the two workers end
 # together instead of one waiting on a long group handed out last. Longest first, from the durations every
-# run prints (docs/testing.md keeps the budget); files not named follow in their usual order.
+# run prints (docs/testing.md keeps the budget); the other files follow in their usual order.
 LONGEST_FIRST = (
     "test_resume.py",
     "test_parallel.py",
-    "test_mlflow_ui.py",
-    "test_replicas.py",
-    "test_lm_eval_parity.py",
     "test_e2e.py",
+    "test_lm_eval_parity.py",
+    "test_mlflow_ui.py",
+    "test_cluster.py",
+    "test_replicas.py",
     "test_console.py",
-    "test_launchers.py",
+    "test_geospatial_lm_eval.py",
+    "test_bad_input.py",
     "test_engine_memory.py",
 )
 
 
-def _grouped_for_workers(items: list[pytest.Item]) -> list[pytest.Item]:
-    group_of = {item.path.name: item.path.name for item in items}
-    together = [{i.path.name for i in items if f in getattr(i, "fixturenames", ())} for f in SHARED_SESSION_FIXTURES]
-    for files in [*together, *map(set, ONE_AT_A_TIME)]:
-        merged = {group for name, group in group_of.items() if name in files}
-        if merged:
-            into = min(merged)
-            group_of = {name: into if group in merged else group for name, group in group_of.items()}
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(group_of[item.path.name]))
+def _group(item: pytest.Item) -> str:
+    return GROUP_OF.get(item.path.name, item.path.name)
 
-    def rank(group: str) -> int:
-        members = [name for name, g in group_of.items() if g == group and name in LONGEST_FIRST]
-        return min(map(LONGEST_FIRST.index, members), default=len(LONGEST_FIRST))
 
-    groups = dict.fromkeys(group_of[item.path.name] for item in items)  # in their first test's order
-    order = {group: (rank(group), n) for n, group in enumerate(groups)}
-    # A stable sort: the tests of a group end up together, in their usual order.
-    return sorted(items, key=lambda item: order[group_of[item.path.name]])
+def pytest_xdist_make_scheduler(config, log):
+    """`--dist loadgroup` by TOGETHER: pytest-xdist's own loadgroup reads `xdist_group` marks through the item's
+    `_nodeid`, which pytest 9 no longer uses, so each test would become a group of its own."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class FileGroups(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            name = nodeid.split("::", 1)[0].rsplit("/", 1)[-1]
+            return GROUP_OF.get(name, name)
+
+    return FileGroups(config, log)
+
+
+def _check_groups(items: list[pytest.Item]) -> None:
+    """A new file that uses a shared session fixture must join its group, or the fixture starts twice."""
+    for fixture in SHARED_SESSION_FIXTURES:
+        groups = {_group(i) for i in items if fixture in getattr(i, "fixturenames", ())}
+        if len(groups) > 1:
+            raise pytest.UsageError(
+                f"files {sorted(groups)} share the session fixture {fixture!r}: list them in TOGETHER"
+            )
+
+
+def _handed_out_order(items: list[pytest.Item]):
+    first_seen = {group: n for n, group in enumerate(dict.fromkeys(map(_group, items)))}
+    longest: dict[str, int] = {}
+    for name in LONGEST_FIRST:
+        longest.setdefault(GROUP_OF.get(name, name), len(longest))
+    # A stable sort: a group's tests end up together, in their usual order.
+    return lambda item: (longest.get(_group(item), len(longest)), first_seen[_group(item)])
 
 
 def skip_when_quick(what: str) -> None:
