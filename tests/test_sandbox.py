@@ -178,6 +178,58 @@ def test_cpu_time_limit_applies_below_the_wall_clock():
     assert result.status == "timeout" and result.reason == "CPU-time limit"
 
 
+@pytest.fixture
+def slow_setup(monkeypatch, tmp_path):
+    """A sandbox whose set-up takes `delay` seconds longer, as on a machine loaded by other jobs: a fork server
+    of this test's own, the real one with a sleep in the program's process before its exec (the last step of
+    the set-up). Returns a function that sets the delay, for the server started by the test's first run."""
+    delay = tmp_path / "delay"
+    wrapper = tmp_path / "slow_server.py"
+    wrapper.write_text(
+        textwrap.dedent(f"""
+        import importlib.util, sys, time
+        spec = importlib.util.spec_from_file_location("_server", {sandbox._server.__file__!r})
+        server = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(server)
+        exec_program = server._exec_program
+        delay = float(open({str(delay)!r}).read())  # read here: the sandbox's /tmp is a fresh tmpfs
+
+        def slow(*args):
+            time.sleep(delay)
+            exec_program(*args)
+
+        server._exec_program = slow
+        server._serve(int(sys.argv[2]))
+    """)
+    )
+    monkeypatch.setattr(sandbox._client._server, "__file__", str(wrapper))
+    server = sandbox._client._Server()
+    monkeypatch.setattr(sandbox._runs, "_SERVER", server)
+    yield lambda seconds: delay.write_text(str(seconds))
+    server.stop()
+
+
+def test_a_slow_setup_does_not_eat_the_programs_timeout(slow_setup, caller_kills):
+    """The wall-clock timeout is the program's own, from its exec: a set-up slowed past it by a loaded
+    machine still runs the program (it used to end as `did not start the program`)."""
+    slow_setup(3)
+    result = _run("import time\ntime.sleep(0.5)\nprint('ran')", timeout_s=2)
+    assert result.passed, result
+    assert result.duration_s > 3
+    assert caller_kills == []
+
+
+def test_a_setup_past_its_deadline_is_named(slow_setup, monkeypatch):
+    """Set-up that never ends (here: past a one-second set-up deadline) is an error that says so."""
+    monkeypatch.setattr(sandbox._runs, "SETUP_TIMEOUT_S", 1.0)
+    slow_setup(30)
+    result = _run("print('never')", timeout_s=10)
+    assert result.status == "error" and result.returncode is None
+    assert result.reason.startswith("sandbox did not start the program: its set-up (namespaces, mounts")
+    assert "took over 1 s. The machine is overloaded" in result.reason
+    assert result.duration_s < 10  # the set-up's own deadline, not the program's timeout, ended it
+
+
 @pytest.mark.skipif(not AS_ROOT, reason="RLIMIT_NPROC is only set with a uid of the sandbox's own")
 def test_fork_bomb_is_contained_and_fully_killed():
     result = _run(

@@ -64,16 +64,22 @@ def _isolation(rep: dict[str, str], uid: int) -> dict[str, Any]:
 
 
 def _classify(
-    rep: dict[str, str], out: bytes | bytearray, err: bytes | bytearray, over: list[str], marker: str, timeout_s: float
+    rep: dict[str, str],
+    out: bytes | bytearray,
+    err: bytes | bytearray,
+    over: list[str],
+    marker: str,
+    timeout_s: float,
+    setup_s: float,
 ) -> tuple[Status, int | None, str]:
     if "error" in rep:
         return "error", None, f"sandbox setup failed: {rep['error']}"
     if "exec" not in rep:
-        detail = _tail(err, 500).strip() or "no report from the supervisor"
-        return "error", None, f"sandbox did not start the program: {detail}"
+        return "error", None, f"sandbox did not start the program: {_why_not_started(rep, err, over, setup_s)}"
     returncode = -int(rep["signal"]) if "signal" in rep else int(rep["exit"]) if "exit" in rep else None
-    if any(name in over for name in ("stdout", "stderr")):
-        return "output_limit", returncode, f"{'/'.join(n for n in over if n != 'deadline')} over the output cap"
+    capped = [name for name in over if name in ("stdout", "stderr")]
+    if capped:
+        return "output_limit", returncode, f"{'/'.join(capped)} over the output cap"
     if rep.get("timeout") == "1" or "deadline" in over:
         return "timeout", returncode, f"wall-clock timeout ({timeout_s:g} s)"
     if returncode == -signal.SIGXCPU:
@@ -91,3 +97,12 @@ def _classify(
     if returncode == 0:
         return "failed", returncode, "exited 0 before the end of the program (no success marker)"
     return "failed", returncode, f"exit code {returncode}"
+
+
+def _why_not_started(rep: dict[str, str], err: bytes | bytearray, over: list[str], setup_s: float) -> str:
+    if rep.get("setup_timeout") == "1" or "setup_deadline" in over:
+        return (
+            f"its set-up (namespaces, mounts, privilege drop; milliseconds when the machine is idle) took over "
+            f"{setup_s:g} s. The machine is overloaded: run fewer jobs or sandboxes at once."
+        )
+    return _tail(err, 500).strip() or "the supervisor ended without a report (killed from outside the sandbox?)"

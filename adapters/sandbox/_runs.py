@@ -32,6 +32,9 @@ _WEAK_ISOLATION = {"allowed": False}
 # Dirs any uid may write to: each gets a fresh private tmpfs inside the sandbox.
 PRIVATE_DIRS = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")
 _KILL_GRACE_S = 5.0  # past the supervisor's own timeout, the caller kills the whole group itself
+# The sandbox's own set-up before the program's exec (namespaces, mounts, privilege drop): milliseconds on an
+# idle machine, seconds on a loaded one. It has its own deadline so that the program's timeout starts at exec.
+SETUP_TIMEOUT_S = 60.0
 
 
 def set_weak_isolation(allow: bool) -> None:
@@ -120,7 +123,7 @@ def _run(
     tail_chars: int,
     strict: bool,
 ) -> SandboxResult:
-    args = [f"{k}={v}" for k, v in limits.items() if k != "nproc" or uid >= 0]
+    args = [f"{k}={v}" for k, v in limits.items() if k != "nproc" or uid >= 0] + [f"setup={SETUP_TIMEOUT_S}"]
     args += ["strict=1"] if strict else []  # the program runs only with the full isolation (_server._REQUIRED)
     args += [f"uid={uid}", f"gid={uid}", f"work={work}"]
     args += [f"private={d}" for d in PRIVATE_DIRS] + [f"mask={d}" for d in _mask_dirs()]
@@ -140,66 +143,91 @@ def _run(
     finally:
         for fd in (out_w, err_w, rep_w):
             os.close(fd)
-    exited = False
+    pipes = _Pipes(out_r, err_r, rep_r, max_output_bytes)
     try:
-        out, err, over, exited = _collect(pidfd, out_r, err_r, start + limits["timeout"] + _KILL_GRACE_S,
-                                          max_output_bytes)  # fmt: skip
+        _collect(pidfd, pipes, start, limits["timeout"])
     finally:
-        if not exited:  # our deadline or an exception: the supervisor did not finish by itself
+        if pipes.exited_at is None:  # our deadline or an exception: the supervisor did not finish by itself
             _kill_run(pid, pidfd, uid)
         os.close(pidfd)
-        # Every writer has exited or exec'd (the fd is close-on-exec there): read what is buffered, never block.
-        os.set_blocking(rep_r, False)
-        with os.fdopen(rep_r, "rb") as fh:
-            raw = fh.read() or b""
+        pipes.close()  # every writer has exited or exec'd: what is still buffered in the report is read first
     duration = time.monotonic() - start
-    rep = _parse_report(raw)
+    rep = _parse_report(bytes(pipes.report))
     iso = _isolation(rep, uid)
-    status, returncode, reason = _classify(rep, out, err, over, marker, limits["timeout"])
+    out, err = pipes.out, pipes.err
+    status, returncode, reason = _classify(rep, out, err, pipes.over, marker, limits["timeout"], SETUP_TIMEOUT_S)
     return SandboxResult(status, returncode, _tail(out, tail_chars), _tail(err, tail_chars), duration, reason, iso)
 
 
-def _collect(
-    pidfd: int, out_fd: int, err_fd: int, deadline: float, cap: int
-) -> tuple[bytearray, bytearray, list[str], bool]:
-    """Read stdout/stderr until the supervisor exits (its pidfd turns readable) or the hard deadline.
+class _Pipes:
+    """A run's stdout, stderr and report pipes, read as they come: output up to the cap, the report whole."""
 
-    A stream past ``cap`` is cut off by closing our end: the writer gets EPIPE instead of filling
-    memory here. Returns (stdout, stderr, what went over, whether the supervisor exited).
+    def __init__(self, out_fd: int, err_fd: int, rep_fd: int, cap: int) -> None:
+        self.bufs = {out_fd: bytearray(), err_fd: bytearray(), rep_fd: bytearray()}
+        self.names = {out_fd: "stdout", err_fd: "stderr", rep_fd: "report"}
+        self.out, self.err, self.report = (self.bufs[fd] for fd in (out_fd, err_fd, rep_fd))
+        self.rep_fd, self.cap = rep_fd, cap
+        self.open = {out_fd, err_fd, rep_fd}
+        self.over: list[str] = []  # "stdout"/"stderr" past the cap; "setup_deadline"/"deadline" when ours passed
+        self.exited_at: float | None = None  # when the supervisor exited (its pidfd turned readable)
+
+    def read(self, fd: int) -> bool:
+        """One read from ``fd``; True when it is done: at its end, or past the cap (then the caller closes
+        our end, and the writer gets EPIPE instead of filling memory here)."""
+        chunk = os.read(fd, 1 << 16)
+        buf = self.bufs[fd]
+        cap = self.cap if fd != self.rep_fd else 1 << 20
+        buf += chunk[: cap + 1 - len(buf)]
+        if len(buf) > cap:
+            self.over.append(self.names[fd])
+        return not chunk or len(buf) > cap
+
+    def exec_seen(self) -> bool:
+        return b"\nexec=1\n" in b"\n" + self.report
+
+    def close_one(self, fd: int) -> None:
+        if fd in self.open:
+            self.open.discard(fd)
+            os.close(fd)
+
+    def close(self) -> None:
+        if self.rep_fd in self.open:  # never blocks: every writer has ended or exec'd (close-on-exec there)
+            os.set_blocking(self.rep_fd, False)
+            try:
+                while not self.read(self.rep_fd):
+                    pass
+            except BlockingIOError:
+                pass
+        for fd in list(self.open):
+            self.close_one(fd)
+
+
+def _collect(pidfd: int, pipes: _Pipes, start: float, timeout_s: float) -> None:
+    """Read the pipes until the supervisor exits (its pidfd turns readable) or our hard deadline passes.
+
+    The deadline backs up the supervisor's own two: the set-up's, then, from the program's exec (its
+    `exec=1` report line), the program's wall-clock timeout; each plus a grace for the supervisor to act.
     """
-    bufs = {out_fd: bytearray(), err_fd: bytearray()}
-    names = {out_fd: "stdout", err_fd: "stderr"}
-    over: list[str] = []
-    exited_at: float | None = None
+    deadline, running = start + SETUP_TIMEOUT_S + _KILL_GRACE_S, False
     with selectors.DefaultSelector() as sel:
-        for fd in (out_fd, err_fd, pidfd):
+        for fd in (*pipes.open, pidfd):
             sel.register(fd, selectors.EVENT_READ)
         while True:
             now = time.monotonic()
-            streams_open = any(fd in bufs for fd in sel.get_map())
-            if exited_at is not None and (not streams_open or now - exited_at > 1.0):
+            if not running and pipes.exec_seen():
+                deadline, running = now + timeout_s + _KILL_GRACE_S, True
+            if pipes.exited_at is not None and (not pipes.open or now - pipes.exited_at > 1.0):
                 break  # done; or a straggler outside the PID namespace still holds a pipe
             if now >= deadline:
-                over.append("deadline")
+                pipes.over.append("deadline" if running else "setup_deadline")
                 break
             for key, _ in sel.select(timeout=min(0.5, deadline - now)):
                 if key.fd == pidfd:
-                    exited_at = time.monotonic()
+                    pipes.exited_at = time.monotonic()
                     sel.unregister(pidfd)
-                    continue
-                chunk = os.read(key.fd, 1 << 16)
-                buf = bufs[key.fd]
-                if chunk:
-                    buf += chunk[: cap + 1 - len(buf)]
-                if not chunk or len(buf) > cap:
-                    if len(buf) > cap:
-                        over.append(names[key.fd])
+                elif pipes.read(key.fd):
                     sel.unregister(key.fd)
-                    os.close(key.fd)
-        for fd in (out_fd, err_fd):
-            if fd in sel.get_map():
-                os.close(fd)
-    return bufs[out_fd], bufs[err_fd], over, exited_at is not None
+                    pipes.close_one(key.fd)
 
 
 def _kill_run(pid: int, pidfd: int, uid: int) -> None:

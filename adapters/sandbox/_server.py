@@ -228,7 +228,9 @@ def _drop_privileges(uid: int, gid: int, report: _Report) -> None:
     report("uid", uid)
 
 
-def _child(libc: ctypes.CDLL, opts: dict[str, list[str]], cmd: list[str], ns: dict[str, bool], report: _Report) -> None:
+def _child(
+    libc: ctypes.CDLL, opts: dict[str, list[str]], cmd: list[str], ns: dict[str, bool], report: _Report, started: int
+) -> None:
     """Set up the sandbox, then stay as its init while the program runs in a grandchild; never returns.
 
     The program must not be PID 1 of its namespace: the kernel drops default-action signals to that
@@ -244,7 +246,8 @@ def _child(libc: ctypes.CDLL, opts: dict[str, list[str]], cmd: list[str], ns: di
         report("error", f"{type(exc).__name__}: {exc}")
         os._exit(126)
     if program == 0:
-        _exec_program(libc, opts, cmd, work, report)
+        _exec_program(libc, opts, cmd, work, report)  # `started` closes on its exec (close-on-exec) or exit
+    os.close(started)
     # Reap whatever gets reparented here until the program itself ends; leaving then takes the
     # rest of the PID namespace down with us.
     while True:
@@ -311,15 +314,23 @@ def _supervise(libc: ctypes.CDLL, argv: list[str], report: _Report) -> int:
     ns = _enter_namespaces(libc, report, uid_drop=uid >= 0)
     for name, applied in ns.items():
         report(name, int(applied))
-    timeout = float(opts["timeout"][0])
+    # The wall-clock timeout is the program's: it starts at its exec, which closes the write end of
+    # `started` (close-on-exec). The set-up before it (mounts, privilege drop) has its own, generous
+    # deadline, so that a loaded machine's slow set-up is not charged to the program as a timeout.
+    started_r, started_w = os.pipe()
     child = os.fork()
     if child == 0:
-        _child(libc, opts, cmd, ns, report)
+        os.close(started_r)
+        _child(libc, opts, cmd, ns, report, started_w)
+    os.close(started_w)
     pidfd = os.pidfd_open(child)
-    ready, _, _ = select.select([pidfd], [], [], timeout)
-    if not ready:
+    if not select.select([started_r], [], [], float(opts["setup"][0]))[0]:
         os.kill(child, _SIGKILL)  # in a PID namespace this kills every process in it
+        report("setup_timeout", 1)
+    elif not select.select([pidfd], [], [], float(opts["timeout"][0]))[0]:
+        os.kill(child, _SIGKILL)
         report("timeout", 1)
+    os.close(started_r)
     _, status = os.waitpid(child, 0)
     if uid >= 0 and not ns["pid_ns"]:
         _sweep_uid(uid)
