@@ -290,11 +290,16 @@ def plan(cfg: RunnerConfig, out_dir: Path, model_overridden: bool) -> dict[str, 
     from runner.catalog.readiness import load_model
     from runner.job.plan import build_plan, plan_model, render_plan, write_plan
     from runner.machine.ray_cluster import job_hardware
+    from runner.reporting.power import last_spreads
+    from runner.tracking.mlflow_run import bound_http_waits
 
     # With model=... the plan covers that model; otherwise every model the category lists.
     models = [cfg.model] if model_overridden else [load_model(name) for name in cfg.category.models]
     hardware = job_hardware(cfg)
-    result = build_plan(cfg, [plan_model(cfg, model, hardware) for model in models], hardware)
+    bound_http_waits(cfg.tracking.http_timeout_s, cfg.tracking.http_retries)
+    metrics = {name: dataset.metric for name, dataset in cfg.category.datasets.items()}
+    spreads = last_spreads(cfg.tracking.uri, cfg.tracking.experiment, metrics)
+    result = build_plan(cfg, [plan_model(cfg, model, hardware) for model in models], hardware, spreads)
     path = write_plan(result, out_dir)
     if cfg.output == "json":
         print(json.dumps(result, indent=2))

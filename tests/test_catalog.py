@@ -264,6 +264,39 @@ def test_plan_writes_plan_json_with_engine_memory_and_samples(tmp_path):
     assert "plan written to" in result.stdout and "qwen25_7b" in result.stdout
 
 
+def test_plan_says_what_its_samples_can_tell_apart_and_what_a_wanted_difference_needs(tmp_path):
+    """No earlier run: the worst case (sd 0.5); a run in the store: its measured spread, stderr * sqrt(n)."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+
+    from runner.reporting.stats import detectable_difference, samples_needed
+
+    args = ("mode=plan", "category=text_geospatial", "limit=50", "plan.detect=0.05", f"paths.output_dir={tmp_path}")
+    result = run_cli(*args, "output=json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    worst = {d["name"]: d["detect"] for d in json.loads(result.stdout)["datasets"]}["coordinate_processing"]
+    assert (worst["from"], worst["sd"], worst["power"], worst["alpha"]) == ("worst case", 0.5, 0.8, 0.05)
+    assert worst["difference"] == pytest.approx(0.2802, abs=1e-4)  # (1.96 + 0.84) * 0.5 * sqrt(2 / 50)
+    assert worst["samples_for"] == {"difference": 0.05, "samples": 1570}
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    run = client.create_run(client.create_experiment("text_geospatial"), tags={"model": "smollm2_135m"})
+    stderr = 0.3 / 50**0.5  # docs' sd 0.3 at n=50
+    values = {"coordinate_processing/acc_stderr": stderr, "coordinate_processing/acc_n": 50.0}
+    client.log_batch(run.info.run_id, metrics=[Metric(k, v, 0, 0) for k, v in values.items()])
+    client.set_terminated(run.info.run_id)
+    result = run_cli(*args)
+    assert result.returncode == 0, result.stdout + result.stderr
+    table = result.stdout.split("lm-eval tasks")[1]
+    row = next(line for line in table.splitlines() if line.startswith("coordinate_processing"))
+    measured = detectable_difference(0.3, 50)
+    assert f"{measured:.3f} (run {run.info.run_id[:8]})" in row and str(samples_needed(0.3, 0.05)) in row
+    spatial = next(line for line in table.splitlines() if line.startswith("spatial_reasoning"))
+    assert "0.280 (worst case)" in spatial
+    assert f"coordinate_processing: spread from run {run.info.run_id[:8]} (smollm2_135m, n=50)" in result.stdout
+    assert "samples to detect 0.05" in result.stdout and "80% of the time" in result.stdout
+
+
 def test_plan_without_a_model_covers_every_model_of_the_category(tmp_path):
     result = run_cli("mode=plan", "category=general", "output=json", f"paths.output_dir={tmp_path}")
     plan = json.loads(result.stdout)

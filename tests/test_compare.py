@@ -17,6 +17,7 @@ from mlflow import MlflowClient  # noqa: E402
 from mlflow.entities import Metric  # noqa: E402
 from scipy.stats import binomtest  # noqa: E402
 
+from runner.job import samples as samples_module  # noqa: E402
 from runner.reporting import (
     report,  # noqa: E402
     stats,
@@ -74,6 +75,69 @@ def test_paired_bootstrap_p_values():
     assert 0.2 < stats.paired_bootstrap_p(noisy, [1.0]) < 0.9
 
 
+def _scipy_micro_f1(tp, fp, fn, axis=-1):
+    import numpy as np
+
+    tp, fp, fn = (np.sum(x, axis=axis) for x in (tp, fp, fn))
+    return 2 * tp / (2 * tp + fp + fn)
+
+
+def test_corpus_bootstrap_agrees_with_scipys_bootstrap():
+    """Our micro-F1 interval and stderr against scipy.stats.bootstrap (paired resampling of the docs' counts,
+    percentile method) on the same counts: equal up to resampling noise."""
+    import numpy as np
+    from scipy.stats import bootstrap
+
+    parts = _ner_counts(random.Random(5), 0.6, 0.7)
+    tp, fp, fn = (np.asarray(column, dtype=float) for column in zip(*parts, strict=True))
+    theirs = bootstrap((tp, fp, fn), _scipy_micro_f1, paired=True, vectorized=True, n_resamples=20_000,
+                       method="percentile", random_state=np.random.default_rng(1))  # fmt: skip
+    ours = stats.percentile_interval(stats.bootstrap_micro([parts], [1.0], "micro_f1", 20_000, 0))
+    assert ours == pytest.approx(tuple(theirs.confidence_interval), abs=0.006)
+    samples = [{"doc_id": i, "filter": "none", "f1": p} for i, p in enumerate(parts)]
+    stderr = samples_module.corpus_stderrs(samples, {"f1": _micro_f1(parts)})["f1_stderr"]
+    assert stderr == pytest.approx(theirs.standard_error, rel=0.05)
+
+
+def test_corpus_stderr_only_for_the_value_lm_eval_reported():
+    parts = [(1, 0, 1), (2, 1, 0), (0, 1, 1)]
+    samples = [{"doc_id": i, "filter": "none", "f1": p, "recall": p, "acc": 1} for i, p in enumerate(parts)]
+    got = samples_module.corpus_stderrs(samples, {"f1": _micro_f1(parts), "recall": 0.123, "acc": 1.0})
+    assert set(got) == {"f1_stderr"}  # recall: not what the counts give; acc: lm-eval's own stderr applies
+    assert samples_module.corpus_stderrs(samples, {"f1": _micro_f1(parts), "f1_stderr": 0.1}) == {}
+
+
+def test_the_sample_table_keeps_a_corpus_metrics_counts():
+    samples = [
+        {"doc_id": 0, "filter": "none", "f1": (1, 0, 2), "arguments": [["q0"]], "filtered_resps": ["a"], "target": ""},
+        {"doc_id": 1, "filter": "none", "f1": (0, 3, 1), "arguments": [["q1"]], "filtered_resps": ["b"], "target": ""},
+    ]
+    table = samples_module.sample_table(samples, "f1")
+    assert table["score"] == [None, None]
+    assert (table["tp"], table["fp"], table["fn"]) == ([1.0, 0.0], [0.0, 3.0], [2.0, 1.0])
+    assert table["statistic"] == ["micro_f1", "micro_f1"]
+    assert stats.micro_statistic("loc_f1") == "micro_f1" and stats.micro_statistic("acc") is None
+
+
+def test_the_detectable_difference_is_what_our_paired_test_finds_80_percent_of_the_time():
+    """Simulated: two independent models scoring 0/1 with the worst-case spread (p = 0.5), one better by the
+    detectable difference at n docs; our exact McNemar test at 5% finds it in about 80% of the trials."""
+    import numpy as np
+    from scipy.stats import binom
+
+    n = 400
+    difference = stats.detectable_difference(stats.WORST_CASE_SD, n)
+    assert difference == pytest.approx(2.8016 * 0.5 * (2 / n) ** 0.5, rel=1e-4)
+    rng = np.random.default_rng(0)
+    a = rng.random((4000, n)) < 0.5 + difference / 2
+    b = rng.random((4000, n)) < 0.5 - difference / 2
+    a_only, b_only = (a & ~b).sum(axis=1), (b & ~a).sum(axis=1)
+    p = np.minimum(1.0, 2 * binom.cdf(np.minimum(a_only, b_only), a_only + b_only, 0.5))
+    assert (p < 0.05).mean() == pytest.approx(0.8, abs=0.03)
+    assert stats.mcnemar_exact(int(a_only[0]), int(b_only[0])) == pytest.approx(p[0])
+    assert stats.samples_needed(stats.WORST_CASE_SD, difference) == n
+
+
 # --------------------------------------------------------------------------------------------------- the store
 
 
@@ -98,6 +162,31 @@ def _table(doc_ids, scores) -> dict[str, list]:
         "score": list(scores),
         "parsed_ok": [True] * n,
     }
+
+
+def _counts_table(doc_ids, parts, statistic="micro_f1") -> dict[str, list]:
+    """A corpus-level metric's table, as runner/job/samples.py writes it: no per-doc score, the doc's counts."""
+    table = _table(doc_ids, [None] * len(parts))
+    for i, name in enumerate(("tp", "fp", "fn")):
+        table[name] = [p[i] for p in parts]
+    return table | {"statistic": [statistic] * len(parts)}
+
+
+def _ner_counts(rng: random.Random, recall: float, precision: float) -> list[tuple[int, int, int]]:
+    """Per-doc (tp, fp, fn) of a tagger finding each of 1-3 gold entities with `recall`, and each of its finds
+    right with `precision`."""
+    parts = []
+    for _ in range(N):
+        gold = rng.randint(1, 3)
+        tp = sum(rng.random() < recall for _ in range(gold))
+        fp = sum(rng.random() > precision for _ in range(tp + 1))
+        parts.append((tp, fp, gold - tp))
+    return parts
+
+
+def _micro_f1(parts) -> float:
+    tp, fp, fn = (sum(column) for column in zip(*parts, strict=True))
+    return 2 * tp / (2 * tp + fp + fn)
 
 
 def _binary(correct: set[int], docs: int = N) -> list[float]:
@@ -147,6 +236,7 @@ def store(tmp_path_factory) -> Store:
     dist_c = [v + (0.1 if i % 2 else -0.1) for i, v in enumerate(dist_a)]  # exactly as good on average
 
     qa_a, qa_b = _binary(set(range(150))), _binary(set(range(90)))  # A right on 60 more docs, never worse
+    ner_a, ner_b = _ner_counts(rng, 0.7, 0.8), _ner_counts(rng, 0.4, 0.6)  # micro-F1 ~0.7 and ~0.45
     qa_c = _binary(set(range(140)) | set(range(150, 155)))  # A right on 10 docs C missed, C on 5 A missed
     grp_a_a, grp_b_a = [1.0] * 30, _binary(set(range(85)), 170)  # task means 1.0 and 0.5, per-doc mean 0.575
     grp_a_b, grp_b_b = _binary(set(range(15)), 30), _binary(set(range(85)), 170)
@@ -158,11 +248,11 @@ def store(tmp_path_factory) -> Store:
         exp,
         "model_a",
         t0,
-        scores={QA: _mean(qa_a), DIST: _mean(dist_a), NER: 0.61, GRP: 0.75},  # grp: lm-eval's unweighted mean
+        scores={QA: _mean(qa_a), DIST: _mean(dist_a), NER: _micro_f1(ner_a), GRP: 0.75},  # grp: unweighted mean
         tables={
             "samples/qa/qa.json": _table(docs, qa_a),
             "samples/dist/dist.json": _table(docs, dist_a),
-            "samples/ner/ner.json": _table(docs, [None] * N),  # micro-F1: no per-doc number
+            "samples/ner/ner.json": _counts_table(docs, ner_a),  # micro-F1: per-doc counts, no per-doc score
             **{f: _table(d, s) for (f, d), s in zip(grp.items(), (grp_a_a, grp_b_a), strict=True)},
         },
         tags=v1,
@@ -172,11 +262,11 @@ def store(tmp_path_factory) -> Store:
         exp,
         "model_b",
         t0 + 1000,
-        scores={QA: _mean(qa_b), DIST: _mean(dist_b), NER: 0.55, GRP: 0.99},  # grp: no statistic of its docs
+        scores={QA: _mean(qa_b), DIST: _mean(dist_b), NER: _micro_f1(ner_b), GRP: 0.99},  # grp: no statistic
         tables={
             "samples/qa/qa.json": _table(docs, qa_b),
             "samples/dist/dist.json": _table(docs, dist_b),
-            "samples/ner/ner.json": _table(docs, [None] * N),
+            "samples/ner/ner.json": _counts_table(docs, ner_b),
             **{f: _table(d, s) for (f, d), s in zip(grp.items(), (grp_a_b, grp_b_b), strict=True)},
         },
         tags=v1,
@@ -187,8 +277,12 @@ def store(tmp_path_factory) -> Store:
         exp,
         "model_c",
         t0 + 2000,
-        scores={QA: _mean(qa_c), DIST: _mean(dist_c)},
-        tables={"samples/qa/qa.json": _table(docs, qa_c), "samples/dist/dist.json": _table(docs, dist_c)},
+        scores={QA: _mean(qa_c), DIST: _mean(dist_c), NER: 0.5},
+        tables={
+            "samples/qa/qa.json": _table(docs, qa_c),
+            "samples/dist/dist.json": _table(docs, dist_c),
+            "samples/ner/ner.json": _table(docs, [None] * N),  # a run from before the tables kept the counts
+        },
         tok_s=80.0,  # measured when the cached answers were generated
         tags=v1 | {"throughput_source": "response_cache", "output_dir": str(mirror)},
         mirror=mirror,
@@ -289,12 +383,19 @@ def test_an_aggregate_score_is_recomputed_or_said_not_to_be_the_per_doc_mean(bui
     assert "tested on the per-doc mean" in _pair(data, GRP, store.ids["a"], store.ids["b"])["note"]
 
 
-def test_a_corpus_level_metric_gets_no_interval_and_its_pairs_say_why(built, store):
+def test_a_corpus_level_metric_gets_a_bootstrap_interval_from_its_per_doc_counts(built, store):
     _, data, _, _ = built
-    a = _interval(data, NER, store.ids["a"])
-    assert a["low"] is None and a["n"] == 0 and "no numeric per-doc score" in a["note"]
-    assert data["datasets"][NER]["pairs"] == []
-    assert "no numeric per-doc score" in _not_compared(data, NER, store.ids["a"], store.ids["b"])
+    a, b = (_interval(data, NER, store.ids[k]) for k in "ab")
+    for run in (a, b):
+        assert (run["statistic"], run["method"], run["n"], run["matches_score"]) == ("micro_f1", "bootstrap", N, True)
+        assert run["low"] < run["value"] < run["high"] and run["high"] - run["low"] < 0.2
+    test = _pair(data, NER, store.ids["a"], store.ids["b"])
+    assert test["method"] == "paired_bootstrap" and test["significant"]
+    assert test["difference"] == pytest.approx(a["value"] - b["value"])
+    # A run whose table has neither a per-doc score nor the counts still says why it has no interval.
+    c = _interval(data, NER, store.ids["c"])
+    assert c["low"] is None and c["n"] == 0 and "no numeric per-doc score" in c["note"]
+    assert "no numeric per-doc score" in _not_compared(data, NER, store.ids["a"], store.ids["c"])
 
 
 # --------------------------------------------------------------------------------------------------- pairs

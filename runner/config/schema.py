@@ -183,6 +183,13 @@ class ReportConfig:
 
 
 @dataclass
+class PlanConfig:
+    """`mode=plan`: what the planned samples can tell apart (runner/reporting/power.py)."""
+
+    detect: float | None = MISSING  # a difference between two models' scores: the plan says how many docs it needs
+
+
+@dataclass
 class RunnerConfig:
     category: CategoryConfig = MISSING
     model: ModelConfig = MISSING
@@ -201,6 +208,7 @@ class RunnerConfig:
     paths: PathsConfig = field(default_factory=PathsConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
+    plan: PlanConfig = field(default_factory=PlanConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     sandbox: SandboxConfig = field(default_factory=SandboxConfig)
 
@@ -254,6 +262,12 @@ def validate(cfg: RunnerConfig) -> None:
     need(cfg.output in OUTPUTS, f"output={cfg.output!r} is not one of {', '.join(OUTPUTS)}.")
     need(cfg.summary in SUMMARIES, f"summary={cfg.summary!r} is not one of {', '.join(SUMMARIES)}.")
     need(cfg.limit is None or cfg.limit > 0, f"limit={cfg.limit} must be a positive number of samples (or null).")
+    detect = cfg.plan.detect
+    need(
+        detect is None or 0 < detect < 1,
+        f"plan.detect={detect} must be a difference between two scores, above 0 and below 1 (plan.detect=0.03: "
+        "three points).",
+    )
     need(cfg.model.params_b > 0, f"model.params_b={cfg.model.params_b} must be positive (billions of parameters).")
     need(cfg.model.max_model_len > 0, f"model.max_model_len={cfg.model.max_model_len} must be positive.")
     parallel = (

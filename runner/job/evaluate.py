@@ -23,7 +23,7 @@ from omegaconf import OmegaConf
 from runner.config.resolvers import to_dict
 from runner.config.schema import local_files, seeds
 from runner.job.results import DatasetResult
-from runner.job.samples import count_requests, generate_keys, metric_counts, sample_table
+from runner.job.samples import corpus_stderrs, count_requests, generate_keys, metric_counts, sample_table
 
 if TYPE_CHECKING:  # lm-eval is imported only once a job runs
     from lm_eval.loggers import EvaluationTracker
@@ -328,12 +328,14 @@ def _dataset_result(
     # Before lm-eval's tracker rewrites the samples in place for its JSON files (arguments become dicts).
     failed = dict(lm_failed)  # requests of this dataset the engine rejected or failed: scored wrong
     tables = {task: sample_table(task_samples, dataset.metric, failed) for task, task_samples in samples.items()}
+    metrics = {task: _metrics(values) for task, values in results["results"].items()}
+    for task, task_samples in samples.items():  # error bars for corpus metrics (micro-F1), which lm-eval leaves out
+        metrics[task] = metrics.get(task, {}) | corpus_stderrs(task_samples, metrics.get(task, {}))
     keys = generate_keys(samples, configs=results.get("configs", {}))
     tracker.save_results_aggregated(results=results, samples=samples)
     for task_name in results["configs"]:
         tracker.save_results_samples(task_name=task_name, samples=samples[task_name])
 
-    metrics = {task: _metrics(values) for task, values in results["results"].items()}
     counts = {task: int(n["effective"]) for task, n in results.get("n-samples", {}).items()}
     requests = count_requests(samples)
     return DatasetResult(

@@ -17,6 +17,8 @@ from runner.console.tables import format_table
 from runner.engines.selection import Selection, select_engine
 from runner.job.evaluate import samples_limit
 from runner.machine.hardware import SelectionError
+from runner.reporting.power import WORST_CASE, Spread
+from runner.reporting.stats import ALPHA, POWER, detectable_difference, samples_needed
 
 if TYPE_CHECKING:
     from runner.config.schema import ModelConfig, RunnerConfig
@@ -52,7 +54,24 @@ def plan_model(cfg: RunnerConfig, model: ModelConfig, hardware: Hardware) -> Pla
     return PlannedModel(entry, selection, None)
 
 
-def _planned_datasets(cfg: RunnerConfig) -> list[dict[str, Any]]:
+def _detect(cfg: RunnerConfig, samples: int | None, spread: Spread) -> dict[str, Any] | None:
+    """The smallest difference `samples` docs detect (80% power, two-sided 5%), and with `plan.detect` the docs
+    that difference needs."""
+    if not samples:
+        return None
+    entry: dict[str, Any] = {
+        "difference": round(detectable_difference(spread.sd, samples), 4),
+        "power": POWER,
+        "alpha": ALPHA,
+        "sd": round(spread.sd, 4),
+        "from": spread.source,
+    }
+    if cfg.plan.detect is not None:
+        entry["samples_for"] = {"difference": cfg.plan.detect, "samples": samples_needed(spread.sd, cfg.plan.detect)}
+    return entry
+
+
+def _planned_datasets(cfg: RunnerConfig, spreads: dict[str, Spread]) -> list[dict[str, Any]]:
     own = project_tasks(cfg.paths.tasks_dir)
     datasets = []
     for name, dataset in cfg.category.datasets.items():
@@ -69,13 +88,18 @@ def _planned_datasets(cfg: RunnerConfig) -> list[dict[str, Any]]:
                 "samples": samples,
                 "ready": status.ok,
                 "detail": status.detail,
+                "detect": _detect(cfg, samples, spreads.get(name, WORST_CASE)),
             }
         )
     return datasets
 
 
-def build_plan(cfg: RunnerConfig, models: list[PlannedModel], hardware: Hardware) -> dict[str, Any]:
-    datasets = _planned_datasets(cfg)
+def build_plan(
+    cfg: RunnerConfig, models: list[PlannedModel], hardware: Hardware, spreads: dict[str, Spread] | None = None
+) -> dict[str, Any]:
+    """`spreads`: the per-doc spread of datasets measured by earlier runs (runner/reporting/power.py); the others
+    are planned for the worst case."""
+    datasets = _planned_datasets(cfg, spreads or {})
     known = [d["samples"] for d in datasets if d["samples"] is not None]
     complete = len(known) == len(datasets)
     return {
@@ -129,13 +153,7 @@ def render_plan(plan: dict[str, Any]) -> str:
             lines.append(f"    weights: {m['weights']['detail']}")
     lines += [f"  not offered, in use: {line}" for line in busy]
     lines.append("")
-    rows = []
-    for d in plan["datasets"]:
-        size = "?" if d["size"] is None else str(d["size"])
-        samples = "?" if d["samples"] is None else str(d["samples"])
-        rows.append([d["name"], ",".join(d["tasks"]), size, samples, "yes" if d["ready"] else "no"])
-    lines.append(format_table(["dataset", "lm-eval tasks", "size", "samples", "ready"], rows))
-    lines += [f"  {d['name']}: {d['detail']}" for d in plan["datasets"] if not d["ready"]]
+    lines += _dataset_lines(plan["datasets"])
     per_model = plan["samples_per_model"]
     total = plan["samples_total"]
     lines.append("")
@@ -143,3 +161,44 @@ def render_plan(plan: dict[str, Any]) -> str:
         f"samples: {'?' if per_model is None else per_model} per model, {'?' if total is None else total} in all"
     )
     return "\n".join(lines)
+
+
+def _detect_cells(d: dict[str, Any], wanted: float | None) -> list[str]:
+    detect = d.get("detect")
+    if detect is None:
+        return ["?"] + (["?"] if wanted is not None else [])
+    source = "worst case" if detect["from"] == "worst case" else detect["from"].split(" (")[0]
+    cells = [f"{detect['difference']:.3f} ({source})"]
+    if wanted is not None:
+        needed = detect["samples_for"]["samples"]
+        over = d["size"] is not None and needed > d["size"]
+        cells.append(f"{needed}" + (f" (only {d['size']} in the dataset)" if over else ""))
+    return cells
+
+
+def _dataset_lines(datasets: list[dict[str, Any]]) -> list[str]:
+    """The datasets' table, what is not ready, and what the detectable difference means."""
+    wanted = next(
+        (d["detect"]["samples_for"]["difference"] for d in datasets if (d.get("detect") or {}).get("samples_for")), None
+    )
+    heads = ["dataset", "lm-eval tasks", "size", "samples", "ready", "detects"]
+    heads += [f"samples to detect {wanted:g}"] if wanted is not None else []
+    rows = []
+    for d in datasets:
+        size = "?" if d["size"] is None else str(d["size"])
+        samples = "?" if d["samples"] is None else str(d["samples"])
+        row = [d["name"], ",".join(d["tasks"]), size, samples, "yes" if d["ready"] else "no"]
+        rows.append(row + _detect_cells(d, wanted))
+    lines = [format_table(heads, rows)]
+    lines += [f"  {d['name']}: {d['detail']}" for d in datasets if not d["ready"]]
+    lines += [
+        f"  {d['name']}: spread from {d['detect']['from']}"
+        for d in datasets
+        if (d.get("detect") or {}).get("from", "worst case") != "worst case"
+    ]
+    lines.append(
+        f"  detects: the smallest difference between two models' scores these samples find {POWER:.0%} of the time\n"
+        f"  (paired test, two-sided {ALPHA:.0%}; models taken as independent; per-doc spread from the dataset's last "
+        "run in the store, else the worst case for 0-1 scores, sd 0.5)"
+    )
+    return lines

@@ -8,7 +8,10 @@ only on the shape of lm-eval's sample records, not on running an evaluation.
 
 from __future__ import annotations
 
+import math
 from typing import Any
+
+from runner.reporting.stats import RESAMPLES, SEED, bootstrap_micro, micro_statistic, micro_value
 
 
 def count_requests(samples: dict[str, list[dict[str, Any]]]) -> int:
@@ -65,7 +68,12 @@ def sample_table(
     samples: list[dict[str, Any]], metric: str, failed: dict[str, str] | None = None
 ) -> dict[str, list[Any]]:
     """lm-eval's logged samples as columns for MLflow's table view: prompt, response, target, score, parsed,
-    and, when the engine failed some of their requests, the error of each (empty for the others)."""
+    and, when the engine failed some of their requests, the error of each (empty for the others).
+
+    A corpus-level metric (micro-F1: each doc gives its true/false positives and false negatives, summed before
+    the ratio) has no per-doc score; its table keeps the doc's counts instead, in `tp`, `fp`, `fn`, and names the
+    statistic they make in `statistic` (runner/reporting/stats.py MICRO), so that intervals and paired tests can
+    resample the docs (runner/reporting/compare.py)."""
     columns: dict[str, list[Any]] = {
         "doc_id": [],
         "prompt": [],
@@ -98,6 +106,46 @@ def sample_table(
         columns["target"].append(str(sample.get("target")))
         columns["score"].append(float(sample[key]) if isinstance(sample[key], (int, float, bool)) else None)
         columns["parsed_ok"].append(None if parsed is None else bool(parsed))
+        parts = counts(sample[key])
+        if parts is not None and micro_statistic(metric) is not None:
+            for name, value in zip(("tp", "fp", "fn"), parts, strict=True):
+                columns.setdefault(name, []).append(value)
+            columns.setdefault("statistic", []).append(micro_statistic(metric))
         if failed:
             columns["error"].append(request_errors(sample, failed) or "")
     return columns
+
+
+def counts(value: Any) -> tuple[float, float, float] | None:
+    """A doc's (tp, fp, fn) counts for a corpus-level metric, or None when the value is not three counts."""
+    if isinstance(value, (list, tuple)) and len(value) == 3 and all(isinstance(v, (int, float)) for v in value):
+        return float(value[0]), float(value[1]), float(value[2])
+    return None
+
+
+def corpus_stderrs(samples: list[dict[str, Any]], metrics: dict[str, float]) -> dict[str, float]:
+    """`<metric>_stderr` for the corpus-level metrics lm-eval gave none (its bootstrap covers only its own
+    aggregations): the standard deviation of the metric over bootstrap resamples of the docs, recomputed from
+    their summed (tp, fp, fn) counts. Only where the counts give back the value lm-eval reported, so the error
+    bar is the reported number's."""
+    out: dict[str, float] = {}
+    for metric, value in metrics.items():
+        statistic = micro_statistic(metric)
+        if statistic is None or metric.endswith("_stderr") or math.isfinite(metrics.get(f"{metric}_stderr", math.nan)):
+            continue
+        values = [v for sample in samples if (v := _value(sample, metric)) is not None]
+        parts = [p for v in values if (p := counts(v)) is not None]
+        if not parts or len(parts) != len(values) or abs(micro_value(statistic, parts) - value) > 1e-9:
+            continue
+        draws = bootstrap_micro([parts], [1.0], statistic, RESAMPLES, SEED)
+        out[f"{metric}_stderr"] = float(draws.std(ddof=1)) if len(parts) > 1 else math.nan
+    return out
+
+
+def _value(sample: dict[str, Any], metric: str) -> Any:
+    """A sample's value of a metric as runner/job/evaluate.py names it (`<metric>` or `<metric>_<filter>`)."""
+    filter_name = sample.get("filter", "none")
+    for key, value in sample.items():
+        if key == metric and filter_name == "none" or f"{key}_{filter_name}" == metric:
+            return value
+    return None

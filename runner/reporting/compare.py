@@ -13,10 +13,12 @@ The statistics themselves are in runner/reporting/stats.py; this module reads th
 to runs and pairs, and writes `comparisons.json` and the report's section.
 
 What is tested is the mean of the per-doc scores (stratified by task for a group), or the unweighted mean of the
-task means where that, and not the per-doc mean, is the score the run logged. A score that is neither (a corpus-level
-metric such as micro-F1, whose docs log no numeric score of their own, or another aggregate) is said so: the run then
-has no interval, or one that is labelled as being for the per-doc mean. Pairs that cannot be compared (different doc
-sets, different task versions, missing tables) are listed with the reason.
+task means where that, and not the per-doc mean, is the score the run logged. A corpus-level metric (micro-F1, whose
+docs have no score of their own) is recomputed from its docs' (tp, fp, fn) counts, which its table keeps: its interval
+and its paired test resample the docs (a percentile interval; a paired bootstrap, both runs on the same resampled
+docs). A score that is none of these (a table without counts, another aggregate) is said so: the run then has no
+interval, or one that is labelled as being for the per-doc mean. Pairs that cannot be compared (different doc sets,
+different task versions, missing tables) are listed with the reason.
 """
 
 from __future__ import annotations
@@ -33,12 +35,17 @@ from typing import TYPE_CHECKING, Any
 
 from runner.reporting.stats import (
     CONFIDENCE,
+    MICRO,
     RESAMPLES,
     SEED,
     bootstrap_interval,
+    bootstrap_micro,
     holm,
     mcnemar_exact,
+    micro_value,
+    null_centred_p,
     paired_bootstrap_p,
+    percentile_interval,
     wilson_interval,
 )
 
@@ -63,6 +70,7 @@ METHODS = {
 STATISTICS = {
     "mean": "mean of the per-doc scores",
     "task_mean": "unweighted mean of the task means",
+    **{name: f"corpus-level {name.replace('_', ' ')} of the summed per-doc (tp, fp, fn) counts" for name in MICRO},
 }
 
 Key = tuple[str, object]  # (task, doc_id)
@@ -78,14 +86,25 @@ class DocScores:
     scores: dict[Key, float] = field(default_factory=dict)
     reason: str = ""  # non-empty: no usable scores
     dropped: int = 0  # docs whose score was not a number
+    # A corpus-level metric (micro-F1) instead: each doc's (tp, fp, fn) counts, and the statistic they make.
+    parts: dict[Key, tuple[float, float, float]] = field(default_factory=dict)
+    statistic: str = ""  # one of stats.MICRO with `parts`
+
+    @property
+    def keys(self) -> set[Key]:
+        return set(self.parts or self.scores)
 
     @property
     def tasks(self) -> list[str]:
-        return sorted({task for task, _ in self.scores})
+        return sorted({task for task, _ in self.keys})
 
     def groups(self, keys: list[Key]) -> list[list[float]]:
         """The scores of `keys`, one list per task (tasks sorted, docs in `keys`' order)."""
         return [[self.scores[k] for k in keys if k[0] == task] for task in sorted({task for task, _ in keys})]
+
+    def part_groups(self, keys: list[Key]) -> list[list[tuple[float, float, float]]]:
+        """The (tp, fp, fn) counts of `keys`, one list per task, as `groups`."""
+        return [[self.parts[k] for k in keys if k[0] == task] for task in sorted({task for task, _ in keys})]
 
 
 def _columns(payload: object) -> dict[str, list[Any]]:
@@ -104,18 +123,37 @@ def _parse(files: list[Path]) -> DocScores:
         columns = _columns(json.loads(path.read_text(encoding="utf-8")))
         if "doc_id" not in columns or "score" not in columns:
             return DocScores(reason=f"per-sample table {path.name} has no doc_id/score columns")
+        if _parts(result, path.stem, columns):
+            continue
         for doc_id, score in zip(columns["doc_id"], columns["score"], strict=True):
             if isinstance(score, bool | int | float) and math.isfinite(score):
                 result.scores[(path.stem, doc_id)] = float(score)
             else:
                 result.dropped += 1
-    if not result.scores:
+    if result.parts and result.scores:
+        return DocScores(reason="its per-sample tables mix per-doc scores and corpus-level counts")
+    if not result.scores and not result.parts:
         result.reason = (
             "its per-sample tables hold no numeric per-doc score (a corpus-level metric such as micro-F1)"
             if result.dropped
             else "its per-sample tables are empty"
         )
     return result
+
+
+def _parts(result: DocScores, task: str, columns: dict[str, list[Any]]) -> bool:
+    """A corpus-level metric's table (runner/job/samples.py `sample_table`): its docs' counts into `result`."""
+    names = ("tp", "fp", "fn")
+    statistics = set(columns.get("statistic", ()))
+    if not all(name in columns for name in names) or len(statistics) != 1 or not statistics <= set(MICRO):
+        return False
+    statistic = statistics.pop()
+    if result.statistic not in ("", statistic):
+        return False
+    result.statistic = statistic
+    for doc_id, tp, fp, fn in zip(columns["doc_id"], *(columns[n] for n in names), strict=True):
+        result.parts[(task, doc_id)] = (float(tp), float(fp), float(fn))
+    return True
 
 
 class ScoreLoader:
@@ -218,6 +256,8 @@ def _interval(row: RunRow, label: str, dataset: str, docs: DocScores, resamples:
     if docs.reason:
         out.note = f"no interval: {docs.reason}"
         return out
+    if docs.parts:
+        return _corpus_interval(out, docs, resamples, seed)
     keys = sorted(docs.scores, key=_order)
     groups = docs.groups(keys)
     out.n = len(keys)
@@ -246,6 +286,25 @@ def _interval(row: RunRow, label: str, dataset: str, docs: DocScores, resamples:
     return out
 
 
+def _corpus_interval(out: RunInterval, docs: DocScores, resamples: int, seed: int) -> RunInterval:
+    """A corpus-level metric's interval: the docs resampled (per task), the metric recomputed from their counts."""
+    keys = sorted(docs.parts, key=_order)
+    groups = docs.part_groups(keys)
+    weights = [1 / len(groups)] * len(groups)
+    out.n, out.statistic, out.method = len(keys), docs.statistic, "bootstrap"
+    out.value = math.fsum(micro_value(docs.statistic, g) for g in groups) / len(groups)
+    out.matches_score = _close(out.value, out.score)
+    out.low, out.high = percentile_interval(bootstrap_micro(groups, weights, docs.statistic, resamples, seed))
+    notes = [f"the logged score is the unweighted mean of the tasks' {docs.statistic}"] if len(groups) > 1 else []
+    if not out.matches_score:
+        notes.append(
+            f"the logged score {out.score:.4f} is not the {docs.statistic} of the per-doc counts ({out.value:.4f}), "
+            "so the interval and the tests are for the latter"
+        )
+    out.note = "; ".join(notes)
+    return out
+
+
 def _order(key: Key) -> tuple[str, str, str]:
     task, doc_id = key
     return task, type(doc_id).__name__, f"{doc_id:>20}" if isinstance(doc_id, int) else str(doc_id)
@@ -259,18 +318,21 @@ def _why_not(a: RunRow, b: RunRow, names: dict[str, str], docs: dict[str, DocSco
             reasons.append(f"{names[row.run_id]}: {docs[row.run_id].reason}")
     if reasons:
         return reasons, ""
+    if docs[a.run_id].statistic != docs[b.run_id].statistic:
+        kinds = [docs[r.run_id].statistic or "per-doc scores" for r in (a, b)]
+        return [f"scored differently: {kinds[0]} in {names[a.run_id]}, {kinds[1]} in {names[b.run_id]}"], ""
     for task in sorted(set(docs[a.run_id].tasks) | set(docs[b.run_id].tasks)):
         va, vb = a.task_versions.get(task), b.task_versions.get(task)
         if va is not None and vb is not None and va != vb:
             reasons.append(f"task {task} has version {va} in {names[a.run_id]} but {vb} in {names[b.run_id]}")
         elif va is None or vb is None:
             unknown.append(task)
-    only_a = docs[a.run_id].scores.keys() - docs[b.run_id].scores.keys()
-    only_b = docs[b.run_id].scores.keys() - docs[a.run_id].scores.keys()
+    only_a = docs[a.run_id].keys - docs[b.run_id].keys
+    only_b = docs[b.run_id].keys - docs[a.run_id].keys
     if only_a or only_b:
         reasons.append(
             f"different doc sets: {len(only_a)} docs only in {names[a.run_id]}, {len(only_b)} only in "
-            f"{names[b.run_id]} ({len(docs[a.run_id].scores)} vs {len(docs[b.run_id].scores)} docs)"
+            f"{names[b.run_id]} ({len(docs[a.run_id].keys)} vs {len(docs[b.run_id].keys)} docs)"
         )
     note = f"task version unknown ({', '.join(unknown)}): compared as if equal" if unknown else ""
     return reasons, note
@@ -282,7 +344,25 @@ def _minus(x: float, y: float) -> float:
     return 0.0 if abs(x - y) <= 1e-9 * max(1.0, abs(x), abs(y)) else x - y
 
 
+def _corpus_test(a: RunInterval, b: RunInterval, da: DocScores, db: DocScores, resamples: int, seed: int) -> PairTest:
+    """Paired bootstrap of a corpus-level metric's difference: both runs' counts resampled with the same docs."""
+    keys = sorted(da.parts, key=_order)
+    groups_a, groups_b = da.part_groups(keys), db.part_groups(keys)
+    weights = [1 / len(groups_a)] * len(groups_a)
+    statistic = da.statistic
+    difference = math.fsum(
+        w * (micro_value(statistic, ga) - micro_value(statistic, gb))
+        for ga, gb, w in zip(groups_a, groups_b, weights, strict=True)
+    )
+    difference = round(difference, 12) + 0.0
+    draws = bootstrap_micro(groups_a, weights, statistic, resamples, seed, minus=groups_b)
+    p = null_centred_p(draws, difference)
+    return PairTest(a.run_id, b.run_id, a.label, b.label, len(keys), difference, "paired_bootstrap", p)
+
+
 def _test(a: RunInterval, b: RunInterval, da: DocScores, db: DocScores, resamples: int, seed: int) -> PairTest:
+    if da.parts:
+        return _corpus_test(a, b, da, db, resamples, seed)
     keys = sorted(da.scores, key=_order)
     statistic = "task_mean" if a.statistic == b.statistic == "task_mean" else "mean"
     groups_a, groups_b = da.groups(keys), db.groups(keys)
@@ -383,7 +463,8 @@ def _p(value: float) -> str:
 _TESTS = {"mcnemar_exact": "exact McNemar", "paired_bootstrap": "paired bootstrap"}
 EXPLANATION = (
     f"Intervals: {CONFIDENCE:.0%}, Wilson for 0/1 scores, else a bootstrap percentile interval ({RESAMPLES} "
-    "resamples of the docs, fixed seed). Pairs: runs scored on the same docs with the same task versions; exact "
+    "resamples of the docs, fixed seed; a corpus-level metric such as micro-F1 is recomputed from each resample's "
+    "summed per-doc counts). Pairs: runs scored on the same docs with the same task versions; exact "
     "McNemar test when both runs scored 0/1, else a paired bootstrap of the difference (a bootstrap p-value is never "
     f"below 1/{RESAMPLES + 1}). p (Holm): adjusted for the number of pairs tested on the dataset (Holm–Bonferroni); "
     f"significant: adjusted p < {ALPHA}. A − B is the difference of the tested statistic."

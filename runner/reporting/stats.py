@@ -51,16 +51,21 @@ def holm(p_values: list[float]) -> list[float]:
     return adjusted
 
 
-def _resampled_means(rng: np.random.Generator, values: np.ndarray, resamples: int) -> np.ndarray:
+def _resampled_sums(rng: np.random.Generator, values: np.ndarray, resamples: int) -> np.ndarray:
+    """Column sums of `values` (n docs x k columns) over `resamples` resamples of its rows: (resamples, k)."""
     import numpy as np
 
     n = len(values)
-    out = np.empty(resamples)
+    out = np.empty((resamples, values.shape[1]))
     step = max(1, 4_000_000 // n)  # bounds the index matrix at ~32 MB
     for start in range(0, resamples, step):
         stop = min(resamples, start + step)
-        out[start:stop] = values[rng.integers(0, n, size=(stop - start, n))].mean(axis=1)
+        out[start:stop] = values[rng.integers(0, n, size=(stop - start, n))].sum(axis=1)
     return out
+
+
+def _resampled_means(rng: np.random.Generator, values: np.ndarray, resamples: int) -> np.ndarray:
+    return _resampled_sums(rng, values.reshape(-1, 1), resamples)[:, 0] / len(values)
 
 
 def bootstrap_statistic(groups: list[list[float]], weights: list[float], resamples: int, seed: int) -> np.ndarray:
@@ -78,12 +83,8 @@ def bootstrap_interval(
     groups: list[list[float]], weights: list[float], resamples: int = RESAMPLES, seed: int = SEED
 ) -> tuple[float, float]:
     """Percentile interval (`CONFIDENCE`) of the weighted mean of group means."""
-    import numpy as np
 
-    draws = bootstrap_statistic(groups, weights, resamples, seed)
-    tail = (1 - CONFIDENCE) / 2
-    low, high = np.quantile(draws, [tail, 1 - tail])
-    return float(low), float(high)
+    return percentile_interval(bootstrap_statistic(groups, weights, resamples, seed))
 
 
 def paired_bootstrap_p(
@@ -92,6 +93,118 @@ def paired_bootstrap_p(
     """Two-sided p-value of `sum(w_t * mean(d_t)) = 0`: the resampled statistic, centred on the observed one, is
     the null distribution; p = (1 + #{|T* - T| >= |T|}) / (resamples + 1), so never below 1/(resamples + 1)."""
     observed = sum(w * math.fsum(d) / len(d) for d, w in zip(differences, weights, strict=True))
-    draws = bootstrap_statistic(differences, weights, resamples, seed)
+    return null_centred_p(bootstrap_statistic(differences, weights, resamples, seed), observed)
+
+
+# --------------------------------------------------------------------------------------------------- corpus metrics
+
+# Corpus-level ("micro") metrics of per-doc (true positive, false positive, false negative) counts, as the project's
+# F1-scored tasks aggregate them (adapters/tasks/text_geospatial/f1_scoring.py), with the same conventions for
+# empty denominators. Their error bars resample the docs and recompute the metric from the summed counts.
+MICRO = ("micro_f1", "micro_precision", "micro_recall")
+
+
+def micro_statistic(metric: str) -> str | None:
+    """The corpus statistic a metric of (tp, fp, fn) counts is, by its name (`f1`, `loc_f1`, `precision`, ...)."""
+    base = metric.split("_stderr")[0]
+    for name in MICRO:
+        if base == name.removeprefix("micro_") or base.endswith("_" + name.removeprefix("micro_")):
+            return name
+    return None
+
+
+def micro(statistic: str, tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> np.ndarray:
+    """`statistic` (one of MICRO) of summed counts, element-wise over arrays of sums."""
+    import numpy as np
+
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if statistic == "micro_f1":
+            return np.where(2 * tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn), 1.0)
+        if statistic == "micro_precision":  # no predictions at all: perfect only if there was nothing to find
+            return np.where(tp + fp > 0, tp / (tp + fp), (fn == 0).astype(float))
+        if statistic == "micro_recall":
+            return np.where(tp + fn > 0, tp / (tp + fn), 1.0)
+    raise ValueError(f"unknown corpus statistic {statistic!r}; known: {', '.join(MICRO)}")
+
+
+def micro_value(statistic: str, parts: list[tuple[float, float, float]]) -> float:
+    """`statistic` of one doc set's (tp, fp, fn) counts."""
+    import numpy as np
+
+    tp, fp, fn = (np.asarray([float(math.fsum(column))]) for column in zip(*parts, strict=True))
+    return float(micro(statistic, tp, fp, fn)[0])
+
+
+def bootstrap_micro(
+    groups: list[list[tuple[float, float, float]]],
+    weights: list[float],
+    statistic: str,
+    resamples: int = RESAMPLES,
+    seed: int = SEED,
+    minus: list[list[tuple[float, float, float]]] | None = None,
+) -> np.ndarray:
+    """`sum(w_t * statistic(group_t))` over `resamples` stratified resamples of the docs (per group), or, with
+    `minus` (the same docs' counts in another run), of the paired difference `statistic(A) - statistic(B)`, both
+    runs resampled with the same docs."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    total = np.zeros(resamples)
+    for t, (parts, weight) in enumerate(zip(groups, weights, strict=True)):
+        values = np.asarray(parts, dtype=float).reshape(-1, 3)
+        if minus is not None:
+            values = np.hstack([values, np.asarray(minus[t], dtype=float).reshape(-1, 3)])
+        sums = _resampled_sums(rng, values, resamples)
+        draw = micro(statistic, sums[:, 0], sums[:, 1], sums[:, 2])
+        if minus is not None:
+            draw = draw - micro(statistic, sums[:, 3], sums[:, 4], sums[:, 5])
+        total += weight * draw
+    return total
+
+
+def percentile_interval(draws: np.ndarray) -> tuple[float, float]:
+    """The `CONFIDENCE` percentile interval of bootstrap draws."""
+    import numpy as np
+
+    tail = (1 - CONFIDENCE) / 2
+    low, high = np.quantile(draws, [tail, 1 - tail])
+    return float(low), float(high)
+
+
+def null_centred_p(draws: np.ndarray, observed: float) -> float:
+    """Two-sided bootstrap p-value of `statistic = 0`: the draws centred on the observed value are the null
+    distribution; p = (1 + #{|T* - T| >= |T|}) / (resamples + 1), so never below 1/(resamples + 1)."""
     extreme = int((abs(draws - observed) >= abs(observed) - 1e-9).sum())  # 1e-9: what the tables keep
-    return (1 + extreme) / (resamples + 1)
+    return (1 + extreme) / (len(draws) + 1)
+
+
+# --------------------------------------------------------------------------------------------------- power
+
+POWER = 0.8
+ALPHA = 0.05
+WORST_CASE_SD = 0.5  # the largest standard deviation a per-doc score in [0, 1] can have (half right, half wrong)
+
+
+def _z_sum(alpha: float, power: float) -> float:
+    from statistics import NormalDist
+
+    unit = NormalDist()
+    return unit.inv_cdf(1 - alpha / 2) + unit.inv_cdf(power)
+
+
+def detectable_difference(sd: float, n: int, alpha: float = ALPHA, power: float = POWER) -> float:
+    """The smallest difference between two models' mean scores over the same `n` docs that a two-sided paired
+    test at `alpha` finds with probability `power` (normal approximation), for per-doc scores of standard
+    deviation `sd` in each model, the two models' scores taken as independent: the per-doc difference then has
+    standard deviation `sd * sqrt(2)`. Models that agree on many docs have a smaller one: this is an upper bound
+    for them."""
+    if n <= 0:
+        raise ValueError("the detectable difference needs at least one doc")
+    return _z_sum(alpha, power) * sd * math.sqrt(2 / n)
+
+
+def samples_needed(sd: float, difference: float, alpha: float = ALPHA, power: float = POWER) -> int:
+    """The docs needed for `detectable_difference(sd, n) <= difference`."""
+    if difference <= 0:
+        raise ValueError("the difference to detect must be positive")
+    return max(1, math.ceil(2 * (_z_sum(alpha, power) * sd / difference) ** 2 - 1e-9))  # exact: no float noise
