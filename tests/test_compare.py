@@ -4,6 +4,7 @@ real sqlite MLflow store whose runs carry per-sample tables like the runner logs
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import re
@@ -138,11 +139,73 @@ def test_the_detectable_difference_is_what_our_paired_test_finds_80_percent_of_t
     assert stats.samples_needed(stats.WORST_CASE_SD, difference) == n
 
 
+def test_clustered_stderr_on_a_hand_worked_example():
+    """Scores 1,1,1,0,0,0 in clusters a,b,b,b,a,a: mean 1/2; deviations summed per cluster: a: +1/2 - 1/2 - 1/2 =
+    -1/2, b: +1/2 + 1/2 - 1/2 = +1/2. Miller's clustered variance is (1/4 + 1/4) / 6^2 = 1/72; with the
+    finite-cluster correction G/(G-1) = 2 (as Inspect): 1/36, so the stderr is 1/6."""
+    scores, clusters = [1.0, 1.0, 1.0, 0.0, 0.0, 0.0], ["a", "b", "b", "b", "a", "a"]
+    assert stats.clustered_stderr(scores, clusters) == pytest.approx(1 / 6)
+    # One doc per cluster: the CLT standard error (sd with ddof=1 over sqrt(n)), up to G/(G-1) against n/(n-1).
+    values = [0.2, 0.9, 0.4, 0.7, 0.1]
+    mean = sum(values) / 5
+    clt = (sum((v - mean) ** 2 for v in values) / 4 / 5) ** 0.5
+    assert stats.clustered_stderr(values, list(range(5))) == pytest.approx(clt)
+    assert math.isnan(stats.clustered_stderr(values, ["one"] * 5))
+
+
+def test_the_cluster_bootstrap_agrees_with_the_clustered_formula_and_is_wider_than_the_naive_one():
+    """60 clusters of 8 docs that mostly share their answer (a template the model gets right or wrong as a whole):
+    the clustered stderr is about sqrt(1 + 7 * ICC) times the naive one, and the cluster bootstrap finds the same."""
+    rng = random.Random(2)
+    scores, clusters = [], []
+    for c in range(60):
+        easy = rng.random() < 0.5
+        for _ in range(8):
+            scores.append(1.0 if rng.random() < (0.9 if easy else 0.1) else 0.0)
+            clusters.append(c)
+    clustered = stats.clustered_stderr(scores, clusters)
+    mean = sum(scores) / len(scores)
+    naive = (mean * (1 - mean) / len(scores)) ** 0.5
+    assert clustered > 2 * naive
+    draws = stats.bootstrap_statistic([scores], [1.0], 4000, 0, clusters=[clusters])
+    assert float(draws.std(ddof=1)) == pytest.approx(clustered, rel=0.1)
+    low, high = stats.bootstrap_interval([scores], [1.0], clusters=[clusters])
+    assert high - low == pytest.approx(2 * 1.96 * clustered, rel=0.15)
+
+
+def test_a_docs_cluster_is_a_field_a_nested_field_or_a_jinja_expression():
+    doc = {"template": "{city} is in {country}", "gold": {"city": "Lyon"}, "country": "FR", "subtype": "dms"}
+    assert samples_module.cluster_of(doc, "template") == "{city} is in {country}"
+    assert samples_module.cluster_of(doc, "gold.city") == "Lyon"
+    assert samples_module.cluster_of(doc, "{{country}}/{{subtype}}") == "FR/dms"
+    assert samples_module.cluster_of(doc, "source") is None and samples_module.cluster_of(doc, "{{source}}") is None
+
+
+def test_clustered_stderrs_of_a_jobs_samples():
+    """What the job logs for a dataset with `cluster`: the formula for a mean, a cluster bootstrap for micro-F1,
+    the number of clusters; nothing for a metric the docs do not give back."""
+    rng = random.Random(4)
+    parts = _ner_counts(rng, 0.6, 0.7)
+    docs = [{"template": f"t{i % 25}"} for i in range(N)]
+    acc = [float(rng.random() < 0.5) for _ in range(N)]
+    samples = [
+        {"doc_id": i, "filter": "none", "doc": d, "acc": a, "f1": p}
+        for i, (d, a, p) in enumerate(zip(docs, acc, parts, strict=True))
+    ]
+    metrics = {"acc": sum(acc) / N, "f1": _micro_f1(parts), "bleu": 0.3}
+    got = samples_module.clustered_stderrs(samples, metrics, "template")
+    assert set(got) == {"acc_stderr_clustered", "f1_stderr_clustered", "clusters"} and got["clusters"] == 25
+    assert got["acc_stderr_clustered"] == pytest.approx(stats.clustered_stderr(acc, [d["template"] for d in docs]))
+    naive = samples_module.corpus_stderrs(samples, metrics)["f1_stderr"]
+    assert 0.5 * naive < got["f1_stderr_clustered"] < 2 * naive  # independent clusters here: about the same
+    assert samples_module.clustered_stderrs(samples, metrics, "source") == {}  # no such field: nothing claimed
+
+
 # --------------------------------------------------------------------------------------------------- the store
 
 
 N = 200
-QA, DIST, NER, GRP = "qa", "dist", "ner", "grp"
+QA, DIST, NER, GRP, TPL = "qa", "dist", "ner", "grp", "tpl"
 
 
 @dataclass
@@ -187,6 +250,16 @@ def _ner_counts(rng: random.Random, recall: float, precision: float) -> list[tup
 def _micro_f1(parts) -> float:
     tp, fp, fn = (sum(column) for column in zip(*parts, strict=True))
     return 2 * tp / (2 * tp + fp + fn)
+
+
+def _clustered_table(scores, clusters) -> dict[str, list]:
+    """A table of a dataset with `cluster: template`, as runner/job/samples.py writes it."""
+    return _table(range(len(scores)), scores) | {"cluster": clusters, "clustered_by": ["template"] * len(scores)}
+
+
+def _template_scores(rng: random.Random, clusters: list[int], easy: dict[int, bool], skill: float) -> list[float]:
+    """0/1 scores that mostly follow the template: easy ones right with probability `skill`, hard ones wrong."""
+    return [1.0 if rng.random() < (skill if easy[c] else 1 - skill) else 0.0 for c in clusters]
 
 
 def _binary(correct: set[int], docs: int = N) -> list[float]:
@@ -237,6 +310,9 @@ def store(tmp_path_factory) -> Store:
 
     qa_a, qa_b = _binary(set(range(150))), _binary(set(range(90)))  # A right on 60 more docs, never worse
     ner_a, ner_b = _ner_counts(rng, 0.7, 0.8), _ner_counts(rng, 0.4, 0.6)  # micro-F1 ~0.7 and ~0.45
+    templates = [i // 5 for i in range(N)]  # 40 templates of 5 docs each
+    easy = {t: rng.random() < 0.5 for t in set(templates)}
+    tpl_a, tpl_b = _template_scores(rng, templates, easy, 0.95), _template_scores(rng, templates, easy, 0.85)
     qa_c = _binary(set(range(140)) | set(range(150, 155)))  # A right on 10 docs C missed, C on 5 A missed
     grp_a_a, grp_b_a = [1.0] * 30, _binary(set(range(85)), 170)  # task means 1.0 and 0.5, per-doc mean 0.575
     grp_a_b, grp_b_b = _binary(set(range(15)), 30), _binary(set(range(85)), 170)
@@ -248,11 +324,12 @@ def store(tmp_path_factory) -> Store:
         exp,
         "model_a",
         t0,
-        scores={QA: _mean(qa_a), DIST: _mean(dist_a), NER: _micro_f1(ner_a), GRP: 0.75},  # grp: unweighted mean
+        scores={QA: _mean(qa_a), DIST: _mean(dist_a), NER: _micro_f1(ner_a), GRP: 0.75, TPL: _mean(tpl_a)},
         tables={
             "samples/qa/qa.json": _table(docs, qa_a),
             "samples/dist/dist.json": _table(docs, dist_a),
             "samples/ner/ner.json": _counts_table(docs, ner_a),  # micro-F1: per-doc counts, no per-doc score
+            "samples/tpl/tpl.json": _clustered_table(tpl_a, templates),
             **{f: _table(d, s) for (f, d), s in zip(grp.items(), (grp_a_a, grp_b_a), strict=True)},
         },
         tags=v1,
@@ -262,11 +339,12 @@ def store(tmp_path_factory) -> Store:
         exp,
         "model_b",
         t0 + 1000,
-        scores={QA: _mean(qa_b), DIST: _mean(dist_b), NER: _micro_f1(ner_b), GRP: 0.99},  # grp: no statistic
+        scores={QA: _mean(qa_b), DIST: _mean(dist_b), NER: _micro_f1(ner_b), GRP: 0.99, TPL: _mean(tpl_b)},
         tables={
             "samples/qa/qa.json": _table(docs, qa_b),
             "samples/dist/dist.json": _table(docs, dist_b),
             "samples/ner/ner.json": _counts_table(docs, ner_b),
+            "samples/tpl/tpl.json": _clustered_table(tpl_b, templates),
             **{f: _table(d, s) for (f, d), s in zip(grp.items(), (grp_a_b, grp_b_b), strict=True)},
         },
         tags=v1,
@@ -396,6 +474,25 @@ def test_a_corpus_level_metric_gets_a_bootstrap_interval_from_its_per_doc_counts
     c = _interval(data, NER, store.ids["c"])
     assert c["low"] is None and c["n"] == 0 and "no numeric per-doc score" in c["note"]
     assert "no numeric per-doc score" in _not_compared(data, NER, store.ids["a"], store.ids["c"])
+
+
+def test_docs_in_clusters_get_cluster_bootstrap_intervals_and_tests_that_say_so(built, store):
+    """Scores that follow their template: the clustered interval is wider than Wilson's for the same scores, and
+    the pair is tested by resampling templates, not docs."""
+    page, data, _, _ = built
+    a = _interval(data, TPL, store.ids["a"])
+    assert (a["method"], a["clustered_by"], a["clusters"], a["matches_score"]) == (
+        "cluster_bootstrap",
+        "template",
+        40,
+        True,
+    )
+    wilson = stats.wilson_interval(round(a["value"] * N), N)
+    assert a["high"] - a["low"] > 1.5 * (wilson[1] - wilson[0])
+    assert "clustered by template (40 clusters)" in a["note"]
+    test = _pair(data, TPL, store.ids["a"], store.ids["b"])
+    assert test["method"] == "paired_cluster_bootstrap" and "clustered by template (40 clusters)" in test["note"]
+    assert "paired cluster bootstrap" in _section(page, TPL)
 
 
 # --------------------------------------------------------------------------------------------------- pairs

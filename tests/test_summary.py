@@ -121,7 +121,7 @@ def test_a_dataset_without_its_headline_metric_says_so(tmp_path, capsys):
     lines = summary_of(job, make_cfg(), capsys)
     (row,) = rows_of(lines, "address_parsing")
     assert row == ["address_parsing", "f1", "no", "score:", "not", "reported", "by", "lm-eval", "-"]
-    assert "| address_parsing | recall | 0.5000 |  | 100 |" in (job.out_dir / SUMMARY_FILE).read_text()
+    assert "| address_parsing | recall | 0.5000 |  |  | 100 |" in (job.out_dir / SUMMARY_FILE).read_text()
 
 
 def test_short_summary_fits_in_a_glance(tmp_path, capsys):
@@ -178,7 +178,7 @@ def test_summary_md_holds_every_metric_with_its_n_and_the_telemetry(tmp_path, ca
     for result in job.datasets:
         metrics = result.metrics[result.name]
         for metric, n in result.metric_samples[result.name].items():
-            row = f"| {result.name} | {metric} | {metrics[metric]:.4f} | {metrics[metric + '_stderr']:.4f} | {n} |"
+            row = f"| {result.name} | {metric} | {metrics[metric]:.4f} | {metrics[metric + '_stderr']:.4f} |  | {n} |"
             assert row in text
     assert "| ner_locations | f1 | 0.1000 ± 0.0100 | 100 |" in text  # the headline table
     assert "- gsm8k: not available offline" in text
@@ -213,3 +213,18 @@ def test_a_bad_summary_value_is_refused(compose_cfg, value):
 
     with pytest.raises(ConfigError, match=r"summary='.*' is not one of short, full"):
         validate(compose_cfg(f"summary={value}"))
+
+
+def test_a_clustered_dataset_shows_its_cluster_robust_stderr_and_a_missing_one_says_why(tmp_path, capsys):
+    job = make_job(tmp_path)
+    clustered, alone = job.datasets[3], job.datasets[4]  # location_ner: clustered; ner_locations: no stderr
+    clustered.metrics[clustered.name] |= {"f1_stderr_clustered": 0.0321, "clusters": 28.0}
+    del alone.metrics[alone.name]["f1_stderr"]
+    lines = summary_of(job, make_cfg(), capsys)
+    assert rows_of(lines, "location_ner") == [
+        ["location_ner", "f1", "0.1000", "±", "0.0321", "(28", "clusters)", "100"]
+    ]
+    assert rows_of(lines, "ner_locations")[0][2:5] == ["0.1000", "(no", "stderr:"]
+    text = (job.out_dir / SUMMARY_FILE).read_text()
+    assert "| location_ner | f1 | 0.1000 | 0.0100 | 0.0321 | 100 |" in text  # both, side by side
+    assert "| location_ner | clusters | 28.0000 |" in text

@@ -77,6 +77,10 @@ class DatasetConfig:
     needs_network: bool = False  # the task fetches data from the web at load time
     # The headline metric (lm-eval's name, filter dropped), logged as `<dataset>/score` for comparisons.
     metric: str = "acc"
+    # Docs that are not independent (generated from one template or entity, questions on one passage): a doc field
+    # (`template`, `gold.city`) or a Jinja expression over the doc (`{{country}}/{{subtype}}`). Its standard errors,
+    # intervals and paired tests are then cluster-robust (runner/reporting/stats.py).
+    cluster: str | None = None
     notes: str = ""
 
 

@@ -23,7 +23,14 @@ from omegaconf import OmegaConf
 from runner.config.resolvers import to_dict
 from runner.config.schema import local_files, seeds
 from runner.job.results import DatasetResult
-from runner.job.samples import corpus_stderrs, count_requests, generate_keys, metric_counts, sample_table
+from runner.job.samples import (
+    clustered_stderrs,
+    corpus_stderrs,
+    count_requests,
+    generate_keys,
+    metric_counts,
+    sample_table,
+)
 
 if TYPE_CHECKING:  # lm-eval is imported only once a job runs
     from lm_eval.loggers import EvaluationTracker
@@ -327,10 +334,15 @@ def _dataset_result(
     samples = results.pop("samples")
     # Before lm-eval's tracker rewrites the samples in place for its JSON files (arguments become dicts).
     failed = dict(lm_failed)  # requests of this dataset the engine rejected or failed: scored wrong
-    tables = {task: sample_table(task_samples, dataset.metric, failed) for task, task_samples in samples.items()}
+    tables = {
+        task: sample_table(task_samples, dataset.metric, failed, dataset.cluster)
+        for task, task_samples in samples.items()
+    }
     metrics = {task: _metrics(values) for task, values in results["results"].items()}
     for task, task_samples in samples.items():  # error bars for corpus metrics (micro-F1), which lm-eval leaves out
         metrics[task] = metrics.get(task, {}) | corpus_stderrs(task_samples, metrics.get(task, {}))
+        if dataset.cluster is not None:  # and cluster-robust ones where the docs are not independent
+            metrics[task] |= _clustered_or_warn(dataset, task, task_samples, metrics[task])
     keys = generate_keys(samples, configs=results.get("configs", {}))
     tracker.save_results_aggregated(results=results, samples=samples)
     for task_name in results["configs"]:
@@ -352,6 +364,21 @@ def _dataset_result(
         generate_keys=keys,
         failed=len(failed),
     )
+
+
+def _clustered_or_warn(
+    dataset: DatasetConfig, task: str, samples: list[dict[str, Any]], metrics: dict[str, float]
+) -> dict[str, float]:
+    assert dataset.cluster is not None
+    clustered = clustered_stderrs(samples, metrics, dataset.cluster)
+    if not clustered and samples:
+        fields = ", ".join(sorted(samples[0].get("doc") or {}))
+        log.warning(
+            "Dataset %s: category.datasets.%s.cluster=%s names nothing in every doc of task %s (its docs have: %s); "
+            "its standard errors are not clustered. Name one of those fields, or a Jinja expression over them.",
+            dataset.name, dataset.name, dataset.cluster, task, fields,
+        )  # fmt: skip
+    return clustered
 
 
 def run_datasets(

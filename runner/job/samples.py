@@ -11,7 +11,14 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from runner.reporting.stats import RESAMPLES, SEED, bootstrap_micro, micro_statistic, micro_value
+from runner.reporting.stats import (
+    RESAMPLES,
+    SEED,
+    bootstrap_micro,
+    clustered_stderr,
+    micro_statistic,
+    micro_value,
+)
 
 
 def count_requests(samples: dict[str, list[dict[str, Any]]]) -> int:
@@ -65,7 +72,7 @@ def request_errors(sample: dict[str, Any], failed: dict[str, str]) -> str | None
 
 
 def sample_table(
-    samples: list[dict[str, Any]], metric: str, failed: dict[str, str] | None = None
+    samples: list[dict[str, Any]], metric: str, failed: dict[str, str] | None = None, cluster: str | None = None
 ) -> dict[str, list[Any]]:
     """lm-eval's logged samples as columns for MLflow's table view: prompt, response, target, score, parsed,
     and, when the engine failed some of their requests, the error of each (empty for the others).
@@ -73,7 +80,8 @@ def sample_table(
     A corpus-level metric (micro-F1: each doc gives its true/false positives and false negatives, summed before
     the ratio) has no per-doc score; its table keeps the doc's counts instead, in `tp`, `fp`, `fn`, and names the
     statistic they make in `statistic` (runner/reporting/stats.py MICRO), so that intervals and paired tests can
-    resample the docs (runner/reporting/compare.py)."""
+    resample the docs (runner/reporting/compare.py). A dataset's `cluster` adds each doc's cluster (`cluster`) and
+    what it is (`clustered_by`), for cluster-robust intervals and tests."""
     columns: dict[str, list[Any]] = {
         "doc_id": [],
         "prompt": [],
@@ -111,6 +119,11 @@ def sample_table(
             for name, value in zip(("tp", "fp", "fn"), parts, strict=True):
                 columns.setdefault(name, []).append(value)
             columns.setdefault("statistic", []).append(micro_statistic(metric))
+        if cluster is not None:
+            columns.setdefault("cluster", []).append(cluster_of(sample.get("doc") or {}, cluster))
+            columns.setdefault("clustered_by", []).append(cluster)
+    if None in columns.get("cluster", ()):  # a doc without the field: no clusters rather than wrong ones
+        del columns["cluster"], columns["clustered_by"]
         if failed:
             columns["error"].append(request_errors(sample, failed) or "")
     return columns
@@ -149,3 +162,57 @@ def _value(sample: dict[str, Any], metric: str) -> Any:
         if key == metric and filter_name == "none" or f"{key}_{filter_name}" == metric:
             return value
     return None
+
+
+def cluster_of(doc: dict[str, Any], cluster: str) -> str | None:
+    """A doc's cluster under a dataset's `cluster`: a field (`template`; `gold.city` reaches into a nested one) or
+    a Jinja expression over the doc's fields (`{{country}}/{{subtype}}`); None when the doc does not have it."""
+    if "{{" in cluster:
+        import jinja2
+
+        try:
+            return jinja2.Environment(undefined=jinja2.StrictUndefined).from_string(cluster).render(**doc)
+        except jinja2.TemplateError:
+            return None
+    value: Any = doc
+    for part in cluster.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return None if value is None else str(value)
+
+
+def clustered_stderrs(samples: list[dict[str, Any]], metrics: dict[str, float], cluster: str) -> dict[str, float]:
+    """`<metric>_stderr_clustered` for each metric of these samples (lm-eval's mean of a per-doc number, or a
+    corpus metric of (tp, fp, fn) counts) when every doc has a cluster under `cluster`, and `clusters`, their
+    number. A mean gets the cluster-robust formula (runner/reporting/stats.py `clustered_stderr`), a corpus
+    metric the standard deviation of a cluster bootstrap. Only where the docs give back lm-eval's value."""
+    out: dict[str, float] = {}
+    for metric, value in metrics.items():
+        if metric.endswith("_stderr") or metric.endswith("_stderr_clustered"):
+            continue
+        pairs = [
+            (v, cluster_of(sample.get("doc") or {}, cluster))
+            for sample in samples
+            if (v := _value(sample, metric)) is not None
+        ]
+        groups = [c for _, c in pairs]
+        if not pairs or None in groups:
+            continue
+        stderr = _clustered(metric, value, [v for v, _ in pairs], groups)
+        if stderr is not None:
+            out[f"{metric}_stderr_clustered"] = stderr
+            out["clusters"] = float(len(set(groups)))
+    return out
+
+
+def _clustered(metric: str, value: float, values: list[Any], groups: list[Any]) -> float | None:
+    statistic = micro_statistic(metric)
+    parts = [p for v in values if (p := counts(v)) is not None]
+    if statistic is not None and len(parts) == len(values):
+        if abs(micro_value(statistic, parts) - value) > 1e-9:
+            return None
+        draws = bootstrap_micro([parts], [1.0], statistic, RESAMPLES, SEED, clusters=[groups])
+        return float(draws.std(ddof=1))
+    numbers = [float(v) for v in values if isinstance(v, (bool, int, float))]
+    if len(numbers) != len(values) or abs(math.fsum(numbers) / len(numbers) - value) > 1e-9:
+        return None
+    return clustered_stderr(numbers, groups)

@@ -66,6 +66,8 @@ METHODS = {
     "bootstrap": f"bootstrap percentile interval ({RESAMPLES} resamples of the docs)",
     "mcnemar_exact": "exact McNemar test (two-sided binomial test on the discordant docs)",
     "paired_bootstrap": f"paired bootstrap of the difference ({RESAMPLES} resamples of the docs, two-sided)",
+    "cluster_bootstrap": f"cluster bootstrap percentile interval ({RESAMPLES} resamples of the clusters)",
+    "paired_cluster_bootstrap": f"paired cluster bootstrap of the difference ({RESAMPLES} resamples of the clusters)",
 }
 STATISTICS = {
     "mean": "mean of the per-doc scores",
@@ -89,6 +91,9 @@ class DocScores:
     # A corpus-level metric (micro-F1) instead: each doc's (tp, fp, fn) counts, and the statistic they make.
     parts: dict[Key, tuple[float, float, float]] = field(default_factory=dict)
     statistic: str = ""  # one of stats.MICRO with `parts`
+    # Docs that come in clusters (the dataset's `cluster`): each doc's cluster, and what the clusters are.
+    clusters: dict[Key, str] = field(default_factory=dict)
+    clustered_by: str = ""
 
     @property
     def keys(self) -> set[Key]:
@@ -101,6 +106,12 @@ class DocScores:
     def groups(self, keys: list[Key]) -> list[list[float]]:
         """The scores of `keys`, one list per task (tasks sorted, docs in `keys`' order)."""
         return [[self.scores[k] for k in keys if k[0] == task] for task in sorted({task for task, _ in keys})]
+
+    def cluster_groups(self, keys: list[Key]) -> list[list[object]] | None:
+        """The clusters of `keys`, one list per task as `groups`; None when the docs are not clustered."""
+        if not self.clusters:
+            return None
+        return [[self.clusters[k] for k in keys if k[0] == task] for task in sorted({task for task, _ in keys})]
 
     def part_groups(self, keys: list[Key]) -> list[list[tuple[float, float, float]]]:
         """The (tp, fp, fn) counts of `keys`, one list per task, as `groups`."""
@@ -123,6 +134,7 @@ def _parse(files: list[Path]) -> DocScores:
         columns = _columns(json.loads(path.read_text(encoding="utf-8")))
         if "doc_id" not in columns or "score" not in columns:
             return DocScores(reason=f"per-sample table {path.name} has no doc_id/score columns")
+        _clusters(result, path.stem, columns)
         if _parts(result, path.stem, columns):
             continue
         for doc_id, score in zip(columns["doc_id"], columns["score"], strict=True):
@@ -139,6 +151,13 @@ def _parse(files: list[Path]) -> DocScores:
             else "its per-sample tables are empty"
         )
     return result
+
+
+def _clusters(result: DocScores, task: str, columns: dict[str, list[Any]]) -> None:
+    """The docs' clusters, when the table has them (a dataset with `cluster`: runner/job/samples.py)."""
+    if "cluster" in columns and "clustered_by" in columns and None not in columns["cluster"]:
+        result.clusters.update({(task, d): str(c) for d, c in zip(columns["doc_id"], columns["cluster"], strict=True)})
+        result.clustered_by = str(columns["clustered_by"][0]) if columns["clustered_by"] else ""
 
 
 def _parts(result: DocScores, task: str, columns: dict[str, list[Any]]) -> bool:
@@ -208,6 +227,8 @@ class RunInterval:
     method: str = ""  # key of METHODS
     matches_score: bool = False  # the interval is one for the logged score itself
     note: str = ""
+    clustered_by: str = ""  # the dataset's `cluster`, when the interval resampled its clusters
+    clusters: int = 0
 
 
 @dataclass
@@ -268,13 +289,18 @@ def _interval(row: RunRow, label: str, dataset: str, docs: DocScores, resamples:
     else:
         out.statistic, out.value, weights = "task_mean", task_mean, [1 / len(groups)] * len(groups)
     out.matches_score = _close(out.value, score)
-    if out.statistic == "mean" and _binary(docs.scores.values()):
+    clusters = _clustered(out, docs, keys)
+    if clusters is not None:
+        out.method = "cluster_bootstrap"
+        out.low, out.high = bootstrap_interval(groups, weights, resamples, seed, clusters)
+    elif out.statistic == "mean" and _binary(docs.scores.values()):
         out.method = "wilson"
         out.low, out.high = wilson_interval(round(math.fsum(docs.scores.values())), out.n)
     else:
         out.method = "bootstrap"
         out.low, out.high = bootstrap_interval(groups, weights, resamples, seed)
     notes = ["the logged score is the unweighted mean of the task means"] if out.statistic == "task_mean" else []
+    notes += [_cluster_note(docs)] if clusters is not None else []
     if not out.matches_score:
         notes.append(
             f"the logged score {score:.4f} is not the mean of the per-doc scores ({mean:.4f}): it is aggregated "
@@ -291,11 +317,15 @@ def _corpus_interval(out: RunInterval, docs: DocScores, resamples: int, seed: in
     keys = sorted(docs.parts, key=_order)
     groups = docs.part_groups(keys)
     weights = [1 / len(groups)] * len(groups)
-    out.n, out.statistic, out.method = len(keys), docs.statistic, "bootstrap"
+    clusters = _clustered(out, docs, keys)
+    out.n, out.statistic = len(keys), docs.statistic
+    out.method = "bootstrap" if clusters is None else "cluster_bootstrap"
     out.value = math.fsum(micro_value(docs.statistic, g) for g in groups) / len(groups)
     out.matches_score = _close(out.value, out.score)
-    out.low, out.high = percentile_interval(bootstrap_micro(groups, weights, docs.statistic, resamples, seed))
+    draws = bootstrap_micro(groups, weights, docs.statistic, resamples, seed, clusters=clusters)
+    out.low, out.high = percentile_interval(draws)
     notes = [f"the logged score is the unweighted mean of the tasks' {docs.statistic}"] if len(groups) > 1 else []
+    notes += [_cluster_note(docs)] if clusters is not None else []
     if not out.matches_score:
         notes.append(
             f"the logged score {out.score:.4f} is not the {docs.statistic} of the per-doc counts ({out.value:.4f}), "
@@ -303,6 +333,25 @@ def _corpus_interval(out: RunInterval, docs: DocScores, resamples: int, seed: in
         )
     out.note = "; ".join(notes)
     return out
+
+
+def _clustered(out: RunInterval, docs: DocScores, keys: list[Key]) -> list[list[object]] | None:
+    """The clusters of the docs per task, noted on `out`; None when the docs are not clustered."""
+    clusters = docs.cluster_groups(keys)
+    if clusters is not None:
+        out.clustered_by, out.clusters = docs.clustered_by, len(set(docs.clusters.values()))
+    return clusters
+
+
+def _cluster_note(docs: DocScores) -> str:
+    return f"clustered by {docs.clustered_by} ({len(set(docs.clusters.values()))} clusters)"
+
+
+def _shared_clusters(da: DocScores, db: DocScores, keys: list[Key]) -> list[list[object]] | None:
+    """The clusters a paired test resamples: both runs' docs clustered alike (the same `cluster` of the dataset)."""
+    if not da.clusters or da.clustered_by != db.clustered_by or any(da.clusters[k] != db.clusters.get(k) for k in keys):
+        return None
+    return da.cluster_groups(keys)
 
 
 def _order(key: Key) -> tuple[str, str, str]:
@@ -355,9 +404,11 @@ def _corpus_test(a: RunInterval, b: RunInterval, da: DocScores, db: DocScores, r
         for ga, gb, w in zip(groups_a, groups_b, weights, strict=True)
     )
     difference = round(difference, 12) + 0.0
-    draws = bootstrap_micro(groups_a, weights, statistic, resamples, seed, minus=groups_b)
+    clusters = _shared_clusters(da, db, keys)
+    draws = bootstrap_micro(groups_a, weights, statistic, resamples, seed, minus=groups_b, clusters=clusters)
     p = null_centred_p(draws, difference)
-    return PairTest(a.run_id, b.run_id, a.label, b.label, len(keys), difference, "paired_bootstrap", p)
+    method, note = ("paired_bootstrap", "") if clusters is None else ("paired_cluster_bootstrap", _cluster_note(da))
+    return PairTest(a.run_id, b.run_id, a.label, b.label, len(keys), difference, method, p, note=note)
 
 
 def _test(a: RunInterval, b: RunInterval, da: DocScores, db: DocScores, resamples: int, seed: int) -> PairTest:
@@ -372,7 +423,11 @@ def _test(a: RunInterval, b: RunInterval, da: DocScores, db: DocScores, resample
     difference = math.fsum(w * math.fsum(d) / len(d) for d, w in zip(differences, weights, strict=True))
     difference = round(difference, 12) + 0.0  # float noise of an exact tie shows as 0, not as -0.0000
     note = "" if a.statistic == b.statistic else "tested on the per-doc mean"
-    if statistic == "mean" and _binary(da.scores.values()) and _binary(db.scores.values()):
+    clusters = _shared_clusters(da, db, keys)
+    if clusters is not None:
+        method, p = "paired_cluster_bootstrap", paired_bootstrap_p(differences, weights, resamples, seed, clusters)
+        note = "; ".join(filter(None, [note, _cluster_note(da)]))
+    elif statistic == "mean" and _binary(da.scores.values()) and _binary(db.scores.values()):
         a_only = sum(1 for k in keys if da.scores[k] > db.scores[k])
         b_only = sum(1 for k in keys if db.scores[k] > da.scores[k])
         method, p = "mcnemar_exact", mcnemar_exact(a_only, b_only)
@@ -460,11 +515,16 @@ def _p(value: float) -> str:
     return f"{value:.2e}" if value < 1e-4 else f"{value:.4f}"
 
 
-_TESTS = {"mcnemar_exact": "exact McNemar", "paired_bootstrap": "paired bootstrap"}
+_TESTS = {
+    "mcnemar_exact": "exact McNemar",
+    "paired_bootstrap": "paired bootstrap",
+    "paired_cluster_bootstrap": "paired cluster bootstrap",
+}
 EXPLANATION = (
     f"Intervals: {CONFIDENCE:.0%}, Wilson for 0/1 scores, else a bootstrap percentile interval ({RESAMPLES} "
     "resamples of the docs, fixed seed; a corpus-level metric such as micro-F1 is recomputed from each resample's "
-    "summed per-doc counts). Pairs: runs scored on the same docs with the same task versions; exact "
+    "summed per-doc counts; a dataset whose docs come in clusters resamples its clusters instead of its docs). Pairs: "
+    "runs scored on the same docs with the same task versions; paired cluster bootstrap for clustered docs, else exact "
     "McNemar test when both runs scored 0/1, else a paired bootstrap of the difference (a bootstrap p-value is never "
     f"below 1/{RESAMPLES + 1}). p (Holm): adjusted for the number of pairs tested on the dataset (Holm–Bonferroni); "
     f"significant: adjusted p < {ALPHA}. A − B is the difference of the tested statistic."

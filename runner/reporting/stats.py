@@ -51,8 +51,11 @@ def holm(p_values: list[float]) -> list[float]:
     return adjusted
 
 
+Clusters = list[list[object]] | None  # per group, each doc's cluster; None: every doc is its own
+
+
 def _resampled_sums(rng: np.random.Generator, values: np.ndarray, resamples: int) -> np.ndarray:
-    """Column sums of `values` (n docs x k columns) over `resamples` resamples of its rows: (resamples, k)."""
+    """Column sums of `values` (n units x k columns) over `resamples` resamples of its rows: (resamples, k)."""
     import numpy as np
 
     n = len(values)
@@ -64,36 +67,74 @@ def _resampled_sums(rng: np.random.Generator, values: np.ndarray, resamples: int
     return out
 
 
-def _resampled_means(rng: np.random.Generator, values: np.ndarray, resamples: int) -> np.ndarray:
-    return _resampled_sums(rng, values.reshape(-1, 1), resamples)[:, 0] / len(values)
+def _units(rows: np.ndarray, clusters: list[object] | None) -> np.ndarray:
+    """What a bootstrap resamples: each doc's row with a count of 1 appended, or, with `clusters`, one row per
+    cluster holding its docs' column sums and their count (a cluster bootstrap: clusters drawn with replacement)."""
+    import numpy as np
+
+    units = np.hstack([rows, np.ones((len(rows), 1))])
+    if clusters is None:
+        return units
+    index = {c: i for i, c in enumerate(dict.fromkeys(clusters))}
+    summed = np.zeros((len(index), units.shape[1]))
+    np.add.at(summed, [index[c] for c in clusters], units)
+    return summed
 
 
-def bootstrap_statistic(groups: list[list[float]], weights: list[float], resamples: int, seed: int) -> np.ndarray:
-    """`sum(w_t * mean(group_t))` over `resamples` stratified resamples (docs drawn with replacement per group)."""
+def bootstrap_statistic(
+    groups: list[list[float]], weights: list[float], resamples: int, seed: int, clusters: Clusters = None
+) -> np.ndarray:
+    """`sum(w_t * mean(group_t))` over `resamples` stratified resamples: docs (or, with `clusters`, the clusters
+    of each group) drawn with replacement per group; a resample's mean is its scores' sum over its doc count."""
     import numpy as np
 
     rng = np.random.default_rng(seed)
     total = np.zeros(resamples)
-    for values, weight in zip(groups, weights, strict=True):
-        total += weight * _resampled_means(rng, np.asarray(values, dtype=float), resamples)
+    for t, (values, weight) in enumerate(zip(groups, weights, strict=True)):
+        rows = np.asarray(values, dtype=float).reshape(-1, 1)
+        sums = _resampled_sums(rng, _units(rows, None if clusters is None else clusters[t]), resamples)
+        total += weight * sums[:, 0] / sums[:, 1]
     return total
 
 
 def bootstrap_interval(
-    groups: list[list[float]], weights: list[float], resamples: int = RESAMPLES, seed: int = SEED
+    groups: list[list[float]],
+    weights: list[float],
+    resamples: int = RESAMPLES,
+    seed: int = SEED,
+    clusters: Clusters = None,
 ) -> tuple[float, float]:
     """Percentile interval (`CONFIDENCE`) of the weighted mean of group means."""
-
-    return percentile_interval(bootstrap_statistic(groups, weights, resamples, seed))
+    return percentile_interval(bootstrap_statistic(groups, weights, resamples, seed, clusters))
 
 
 def paired_bootstrap_p(
-    differences: list[list[float]], weights: list[float], resamples: int = RESAMPLES, seed: int = SEED
+    differences: list[list[float]],
+    weights: list[float],
+    resamples: int = RESAMPLES,
+    seed: int = SEED,
+    clusters: Clusters = None,
 ) -> float:
     """Two-sided p-value of `sum(w_t * mean(d_t)) = 0`: the resampled statistic, centred on the observed one, is
     the null distribution; p = (1 + #{|T* - T| >= |T|}) / (resamples + 1), so never below 1/(resamples + 1)."""
     observed = sum(w * math.fsum(d) / len(d) for d, w in zip(differences, weights, strict=True))
-    return null_centred_p(bootstrap_statistic(differences, weights, resamples, seed), observed)
+    return null_centred_p(bootstrap_statistic(differences, weights, resamples, seed, clusters), observed)
+
+
+def clustered_stderr(values: list[float], clusters: list[object]) -> float:
+    """Cluster-robust standard error of the mean (Miller 2024, "Adding Error Bars to Evals", appendix A): the
+    squared sums of each cluster's deviations from the mean, over n squared, with the finite-cluster correction
+    G / (G - 1) that Inspect's `stderr(cluster=...)` applies. One doc per cluster: the usual CLT standard error
+    up to that correction. NaN with fewer than two clusters."""
+    n = len(values)
+    mean = math.fsum(values) / n
+    deviations: dict[object, float] = {}
+    for value, cluster in zip(values, clusters, strict=True):
+        deviations[cluster] = deviations.get(cluster, 0.0) + value - mean
+    g = len(deviations)
+    if g < 2:
+        return math.nan
+    return math.sqrt(g / (g - 1) * math.fsum(d * d for d in deviations.values())) / n
 
 
 # --------------------------------------------------------------------------------------------------- corpus metrics
@@ -142,10 +183,11 @@ def bootstrap_micro(
     resamples: int = RESAMPLES,
     seed: int = SEED,
     minus: list[list[tuple[float, float, float]]] | None = None,
+    clusters: Clusters = None,
 ) -> np.ndarray:
-    """`sum(w_t * statistic(group_t))` over `resamples` stratified resamples of the docs (per group), or, with
-    `minus` (the same docs' counts in another run), of the paired difference `statistic(A) - statistic(B)`, both
-    runs resampled with the same docs."""
+    """`sum(w_t * statistic(group_t))` over `resamples` stratified resamples of the docs (or their `clusters`) per
+    group, or, with `minus` (the same docs' counts in another run), of the paired difference
+    `statistic(A) - statistic(B)`, both runs resampled with the same docs."""
     import numpy as np
 
     rng = np.random.default_rng(seed)
@@ -154,7 +196,7 @@ def bootstrap_micro(
         values = np.asarray(parts, dtype=float).reshape(-1, 3)
         if minus is not None:
             values = np.hstack([values, np.asarray(minus[t], dtype=float).reshape(-1, 3)])
-        sums = _resampled_sums(rng, values, resamples)
+        sums = _resampled_sums(rng, _units(values, None if clusters is None else clusters[t]), resamples)
         draw = micro(statistic, sums[:, 0], sums[:, 1], sums[:, 2])
         if minus is not None:
             draw = draw - micro(statistic, sums[:, 3], sums[:, 4], sums[:, 5])

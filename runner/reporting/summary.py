@@ -19,13 +19,22 @@ if TYPE_CHECKING:
 SUMMARY_FILE = "summary.md"
 
 
-def _stderr(metrics: dict[str, float], name: str) -> float | None:
-    stderr = metrics.get(f"{name}_stderr")
+def _stderr(metrics: dict[str, float], name: str, kind: str = "_stderr") -> float | None:
+    stderr = metrics.get(f"{name}{kind}")
     return stderr if stderr is not None and stderr == stderr else None  # NaN: lm-eval computed none
 
 
-def _value(metrics: dict[str, float], name: str) -> str:
-    return _pm(metrics[name], _stderr(metrics, name))
+def _value(metrics: dict[str, float], name: str, n: int | str = "?") -> str:
+    """`value ± stderr`: the cluster-robust one where the dataset names its clusters (with their number), else
+    lm-eval's (or, for a corpus metric, the runner's bootstrap); without one, why not."""
+    clustered = _stderr(metrics, name, "_stderr_clustered")
+    if clustered is not None:
+        return f"{metrics[name]:.4f} ± {clustered:.4f} ({int(metrics.get('clusters', 0))} clusters)"
+    stderr = _stderr(metrics, name)
+    if stderr is None:
+        why = "one doc" if n == 1 else "none for this aggregation"
+        return f"{metrics[name]:.4f} (no stderr: {why})"
+    return _pm(metrics[name], stderr)
 
 
 def _pm(value: float, stderr: float | None) -> str:
@@ -54,7 +63,7 @@ def metric_rows(job: JobResult) -> list[tuple[str, str, float, float | None, int
     rows: list[tuple[str, str, float, float | None, int | str]] = []
     for result in job.datasets:
         for task, metrics in result.metrics.items():
-            for name in sorted(m for m in metrics if not m.endswith("_stderr")):
+            for name in sorted(m for m in metrics if "_stderr" not in m):
                 rows.append((_label(result, task), name, metrics[name], _stderr(metrics, name), _n(result, task, name)))
     return rows
 
@@ -80,7 +89,8 @@ def dataset_line(result: DatasetResult, cfg: RunnerConfig) -> str:
     `spatial_reasoning: acc 0.0600 ± 0.0339 (n=50) · 50 requests, 12 from the cache · 21.4 s`."""
     metric, task = _headline_metric(result, cfg.category)
     if metric is not None and task is not None:
-        score = f"{metric} {_value(result.metrics[task], metric)} (n={_n(result, task, metric)})"
+        n = _n(result, task, metric)
+        score = f"{metric} {_value(result.metrics[task], metric, n)} (n={n})"
     else:
         score = "no score" if result.score is None else f"{metric or 'score'} {result.score:.4f}"
     cached = result.requests - result.served
@@ -96,7 +106,8 @@ def headline_rows(job: JobResult, category: CategoryConfig) -> list[list[str]]:
         metric, task = _headline_metric(result, category)
         if metric is not None and task is not None:
             metrics = result.metrics[task]
-            rows.append([result.name, metric, _value(metrics, metric), str(_n(result, task, metric))])
+            n = _n(result, task, metric)
+            rows.append([result.name, metric, _value(metrics, metric, n), str(n)])
         elif result.score is not None:  # no config entry to name it (a hand-built job): the score alone
             rows.append([result.name, metric or "score", f"{result.score:.4f}", "?"])
         else:  # what lm-eval did report is in summary.md (and runner.log names it)
@@ -168,6 +179,18 @@ def _title(job: JobResult, category: CategoryConfig, model: ModelConfig) -> str:
     return f"{category.label} · {model.name} · engine {engine}"
 
 
+def _clustered_stderrs(job: JobResult) -> dict[tuple[str, str], float]:
+    """(dataset[/task], metric) -> its cluster-robust stderr, as `metric_rows` labels them."""
+    out = {}
+    for result in job.datasets:
+        for task, metrics in result.metrics.items():
+            for name in metrics:
+                stderr = _stderr(metrics, name, "_stderr_clustered")
+                if stderr is not None:
+                    out[(_label(result, task), name)] = stderr
+    return out
+
+
 def _md(cell: object) -> str:
     return str(cell).replace("|", "\\|")
 
@@ -182,12 +205,17 @@ def render_markdown(job: JobResult, cfg: RunnerConfig) -> str:
         "n is the number of documents a metric was scored on: a subgroup metric (acc_k1) counts its own "
         "documents only, so metrics of one task can have different n.",
         "",
-        "| dataset | metric | value | ± stderr | n |",
-        "| --- | --- | ---: | ---: | ---: |",
+        "± clustered: the cluster-robust standard error, where the dataset names the clusters its docs come in "
+        "(`cluster:` in conf/dataset/; `clusters` is their number).",
+        "",
+        "| dataset | metric | value | ± stderr | ± clustered | n |",
+        "| --- | --- | ---: | ---: | ---: | ---: |",
     ]
+    clustered = _clustered_stderrs(job)
     for label, name, value, stderr, n in metric_rows(job):
         err = f"{stderr:.4f}" if stderr is not None else ""
-        out.append(f"| {_md(label)} | {_md(name)} | {value:.4f} | {err} | {n} |")
+        by = clustered.get((label, name))
+        out.append(f"| {_md(label)} | {_md(name)} | {value:.4f} | {err} | {'' if by is None else f'{by:.4f}'} | {n} |")
     if job.skipped:
         out += ["", "## Skipped datasets", ""]
         out += [f"- {_md(name)}: {_md(why)}" for name, why in job.skipped.items()]
