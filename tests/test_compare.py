@@ -558,6 +558,37 @@ def _section(text: str, dataset: str) -> str:
     return match.group(1)
 
 
+def test_three_runs_or_more_get_rank_ranges_and_tie_groups(built, store):
+    """qa in score order: a .75, c .725, g .70, f .60, d .556, e .50, b .45. The tests separate a and c from f and
+    b, and f from e and b (f has no task version, so it is compared with e as if equal); g and d were compared
+    with nothing (no table, other docs)."""
+    page, data, _, _ = built
+    ranks = {r["label"]: (r["best"], r["worst"], r["groups"]) for r in data["datasets"][QA]["ranks"]}
+    assert ranks == {
+        "model_a": (1, 5, "a"),
+        "model_c": (1, 5, "a"),
+        "model_g": (1, 7, "ab"),
+        "model_f": (3, 5, "b"),
+        "model_d": (1, 7, "bc"),
+        "model_e": (2, 7, "c"),
+        "model_b": (4, 7, "c"),
+    }
+    assert "1–5" in _section(page, QA) and "tie group" in _section(page, QA)
+    assert data["datasets"][DIST]["ranks"] and not data["datasets"][TPL]["ranks"]  # tpl: two runs only
+
+
+def test_each_pair_lists_the_docs_that_make_its_difference(built, store):
+    page, data, _, _ = built
+    pair = _pair(data, QA, store.ids["a"], store.ids["b"])
+    a_first = pair["a"] == store.ids["a"]
+    better_in_a = [d for d in pair["disagreements"] if (d["difference"] > 0) == a_first]
+    assert len(pair["disagreements"]) == len(better_in_a) == 60  # A right on docs 90-149, B never better
+    assert {d["doc_id"] for d in better_in_a} == set(range(90, 150))
+    assert {"prompt", "target", "answer_a", "answer_b"} <= set(better_in_a[0])
+    section = _section(page, QA)
+    assert "60 docs better in model_a, 0 in model_b" in section and "… and 55 more in comparisons.json." in section
+
+
 def test_the_html_shows_intervals_tests_and_the_pairs_left_out(built, store):
     text, data, _, _ = built
     ids = store.ids

@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from runner.reporting.ranking import Rank, rank_runs
 from runner.reporting.stats import (
     CONFIDENCE,
     MICRO,
@@ -94,6 +95,14 @@ class DocScores:
     # Docs that come in clusters (the dataset's `cluster`): each doc's cluster, and what the clusters are.
     clusters: dict[Key, str] = field(default_factory=dict)
     clustered_by: str = ""
+    texts: dict[Key, tuple[str, str, str]] = field(default_factory=dict)  # (prompt, response, target) per doc
+
+    def doc_score(self, key: Key) -> float:
+        """A doc's own score: its per-doc score, or for a corpus metric the F1 of its own counts (1 when empty)."""
+        if key in self.scores:
+            return self.scores[key]
+        tp, fp, fn = self.parts[key]
+        return 2 * tp / (2 * tp + fp + fn) if 2 * tp + fp + fn else 1.0
 
     @property
     def keys(self) -> set[Key]:
@@ -135,6 +144,7 @@ def _parse(files: list[Path]) -> DocScores:
         if "doc_id" not in columns or "score" not in columns:
             return DocScores(reason=f"per-sample table {path.name} has no doc_id/score columns")
         _clusters(result, path.stem, columns)
+        _texts(result, path.stem, columns)
         if _parts(result, path.stem, columns):
             continue
         for doc_id, score in zip(columns["doc_id"], columns["score"], strict=True):
@@ -151,6 +161,14 @@ def _parse(files: list[Path]) -> DocScores:
             else "its per-sample tables are empty"
         )
     return result
+
+
+def _texts(result: DocScores, task: str, columns: dict[str, list[Any]]) -> None:
+    """Each doc's prompt, response and target, for the report's list of the docs two runs disagree on."""
+    n = len(columns["doc_id"])
+    prompts, responses, targets = (columns.get(name) or [""] * n for name in ("prompt", "response", "target"))
+    for doc_id, prompt, response, target in zip(columns["doc_id"], prompts, responses, targets, strict=True):
+        result.texts[(task, doc_id)] = (str(prompt), str(response), str(target))
 
 
 def _clusters(result: DocScores, task: str, columns: dict[str, list[Any]]) -> None:
@@ -244,6 +262,8 @@ class PairTest:
     p_holm: float = 1.0
     significant: bool = False
     note: str = ""
+    # The docs the two runs scored differently: A's better ones first, then B's (see `_disagreements`).
+    disagreements: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -261,6 +281,7 @@ class DatasetComparison:
     runs: list[RunInterval] = field(default_factory=list)
     pairs: list[PairTest] = field(default_factory=list)
     not_compared: list[NotCompared] = field(default_factory=list)
+    ranks: list[Rank] = field(default_factory=list)  # with three runs or more: rank ranges and tie groups
 
 
 def _close(a: float, b: float) -> bool:
@@ -465,11 +486,29 @@ def compare_runs(
                     continue
                 test = _test(intervals[a.run_id], intervals[b.run_id], docs[a.run_id], docs[b.run_id], resamples, seed)
                 test.note = "; ".join(filter(None, [note, test.note]))
+                test.disagreements = _disagreements(docs[a.run_id], docs[b.run_id])
                 result.pairs.append(test)
         for test, adjusted in zip(result.pairs, holm([t.p_value for t in result.pairs]), strict=True):
             test.p_holm, test.significant = adjusted, adjusted < ALPHA
+        if len(result.runs) >= 3:
+            wins = {(t.a, t.b) if t.difference > 0 else (t.b, t.a) for t in result.pairs if t.significant}
+            result.ranks = rank_runs([(r.run_id, r.label, r.score) for r in result.runs], wins)
         comparisons.append(result)
     return comparisons
+
+
+def _disagreements(da: DocScores, db: DocScores) -> list[dict[str, Any]]:
+    """The docs two runs scored differently, with the prompt, the truth and both answers: where A did better
+    (largest differences first), then where B did."""
+    rows = []
+    for key in sorted(da.keys, key=_order):
+        difference = _minus(da.doc_score(key), db.doc_score(key))
+        if difference:
+            prompt, answer_a, target = da.texts.get(key, ("", "", ""))
+            answer_b = db.texts.get(key, ("", "", ""))[1]
+            rows.append({"task": key[0], "doc_id": key[1], "difference": difference, "prompt": prompt,
+                         "target": target, "answer_a": answer_a, "answer_b": answer_b})  # fmt: skip
+    return sorted(rows, key=lambda row: (row["difference"] < 0, -abs(row["difference"])))
 
 
 def _unique_names(rows: list[RunRow], labels: dict[str, str]) -> dict[str, str]:
@@ -541,6 +580,39 @@ def _table(css: str, heads: tuple[str, ...], classes: tuple[str, ...], rows: lis
     return out + ["</tbody></table>"]
 
 
+RANKING = (
+    "Ranks are ranges: from 1 + the runs significantly above (Holm-adjusted paired tests) to the number of runs − "
+    "those significantly below. Runs sharing a tie-group letter are not told apart by any test between them."
+)
+SHOWN_PER_SIDE = 5  # docs listed per side of a pair; comparisons.json (logged with the report) has all of them
+
+
+def _ranking(ranks: list[Rank]) -> list[str]:
+    if not ranks:
+        return []
+    rows = [(f'data-rank="{html.escape(r.run_id)}"', [r.rank, r.groups, r.label, _num(r.score)]) for r in ranks]
+    heads = ("rank", "tie group", "run", "score")
+    return [f'<p class="legend">{html.escape(RANKING)}</p>', *_table("ranking", heads, ("num", "", "", "num"), rows)]
+
+
+def _made_of(t: PairTest) -> str:
+    """What a pair's difference is made of: the docs one run did better on, then the other's, a few of each."""
+    e = html.escape
+    sides = [[d for d in t.disagreements if d["difference"] > 0], [d for d in t.disagreements if d["difference"] < 0]]
+    summary = f"{t.label_a} vs {t.label_b}: {len(sides[0])} docs better in {t.label_a}, {len(sides[1])} in {t.label_b}"
+    out = [f'<details class="disagreements" data-pair="{e(t.a)} {e(t.b)}"><summary>{e(summary)}</summary>']
+    for better, docs in zip((t.label_a, t.label_b), sides, strict=True):
+        rows = [
+            ("", [str(d["doc_id"]), d["prompt"][-300:], d["target"][:200], d["answer_a"][:200], d["answer_b"][:200]])
+            for d in docs[:SHOWN_PER_SIDE]
+        ]
+        heads = ("doc", "prompt (end)", "truth", f"{t.label_a} answered", f"{t.label_b} answered")
+        out += [f"<p>Better in {e(better)}:</p>", *_table("docs", heads, ("num", "text", "text", "text", "text"), rows)]
+        if len(docs) > SHOWN_PER_SIDE:
+            out.append(f'<p class="notes">… and {len(docs) - SHOWN_PER_SIDE} more in comparisons.json.</p>')
+    return "\n".join([*out, "</details>"])
+
+
 def html_section(comparisons: list[DatasetComparison]) -> str:
     """The report's "Is the difference real?" section: per dataset, the runs' intervals, the tests, the rest."""
     e = html.escape
@@ -563,6 +635,7 @@ def html_section(comparisons: list[DatasetComparison]) -> str:
             for t in c.pairs
         ]
         parts += _table("pairs", heads, ("", "", "num", "num", "", "num", "num", "sig", "note"), pairs) if pairs else []
+        parts += _ranking(c.ranks) + [_made_of(t) for t in c.pairs if t.disagreements]
         if c.not_compared:  # a run without per-doc scores is named once, not in every pair it is part of
             unscored = [r for r in c.runs if not r.n]
             parts.append('<p class="notes">Not compared:</p><ul class="notes not-compared">')
