@@ -205,7 +205,7 @@ def test_clustered_stderrs_of_a_jobs_samples():
 
 
 N = 200
-QA, DIST, NER, GRP, TPL = "qa", "dist", "ner", "grp", "tpl"
+QA, DIST, NER, GRP, TPL, ENG = "qa", "dist", "ner", "grp", "tpl", "eng"
 
 
 @dataclass
@@ -392,6 +392,24 @@ def store(tmp_path_factory) -> Store:
         tables={"samples/qa/qa.json": _table(docs, _binary(set(range(120))))},
     )
     ids["g"] = _add_run(client, exp, "model_g", t0 + 6000, scores={QA: 0.7}, tables={})  # no per-sample table
+    # One model run twice (two engines tag alike here, so the other runs keep their labels): the same answers but
+    # on docs 3 (another answer, still wrong) and 150 (right instead).
+    eng_a = _binary(set(range(100)))
+    eng_b = _binary(set(range(100)) | {150})
+    answers_a = ["The answer is north."] * N
+    answers_b = [*answers_a]
+    answers_b[3], answers_b[150] = "The answer is south.", "The answer is west!"
+    for key, scores, answers, start in (("eng_vllm", eng_a, answers_a, 7000), ("eng_hf", eng_b, answers_b, 8000)):
+        table = _table(docs, scores) | {"response": answers}
+        ids[key] = _add_run(
+            client,
+            exp,
+            "model_eng",
+            t0 + start,
+            scores={ENG: _mean(scores)},
+            tables={"samples/eng/eng.json": table},
+            tags=v1,
+        )
     return Store(uri, root, ids)
 
 
@@ -587,6 +605,20 @@ def test_each_pair_lists_the_docs_that_make_its_difference(built, store):
     assert {"prompt", "target", "answer_a", "answer_b"} <= set(better_in_a[0])
     section = _section(page, QA)
     assert "60 docs better in model_a, 0 in model_b" in section and "… and 55 more in comparisons.json." in section
+
+
+def test_one_model_on_two_engines_gets_the_agreement_of_its_answers(built, store):
+    page, data, _, _ = built
+    pair = _pair(data, ENG, store.ids["eng_vllm"], store.ids["eng_hf"])
+    agreement = pair["agreement"]
+    assert (agreement["docs"], agreement["identical"]) == (N, N - 2)
+    parted = {d["doc_id"]: d for d in agreement["differ"]}
+    assert set(parted) == {3, 150}
+    assert (parted[3]["at"], parted[3]["common"], parted[3]["same_score"]) == (14, "The answer is ", True)
+    assert (parted[150]["a"], parted[150]["b"], parted[150]["same_score"]) == ("north.", "west!", False)
+    section = _section(page, ENG)
+    assert "do the answers themselves agree?" in section and f"{N - 2}/{N}" in section
+    assert _pair(data, QA, store.ids["a"], store.ids["b"])["agreement"] is None  # two models: not asked
 
 
 def test_the_html_shows_intervals_tests_and_the_pairs_left_out(built, store):

@@ -264,6 +264,9 @@ class PairTest:
     note: str = ""
     # The docs the two runs scored differently: A's better ones first, then B's (see `_disagreements`).
     disagreements: list[dict[str, Any]] = field(default_factory=list)
+    # Two runs of one model (engines that should agree): how many answers are the same text, and where the
+    # others first differ (`_agreement`); None for runs of different models.
+    agreement: dict[str, Any] | None = None
 
 
 @dataclass
@@ -487,6 +490,8 @@ def compare_runs(
                 test = _test(intervals[a.run_id], intervals[b.run_id], docs[a.run_id], docs[b.run_id], resamples, seed)
                 test.note = "; ".join(filter(None, [note, test.note]))
                 test.disagreements = _disagreements(docs[a.run_id], docs[b.run_id])
+                if a.model == b.model:
+                    test.agreement = _agreement(docs[a.run_id], docs[b.run_id])
                 result.pairs.append(test)
         for test, adjusted in zip(result.pairs, holm([t.p_value for t in result.pairs]), strict=True):
             test.p_holm, test.significant = adjusted, adjusted < ALPHA
@@ -509,6 +514,21 @@ def _disagreements(da: DocScores, db: DocScores) -> list[dict[str, Any]]:
             rows.append({"task": key[0], "doc_id": key[1], "difference": difference, "prompt": prompt,
                          "target": target, "answer_a": answer_a, "answer_b": answer_b})  # fmt: skip
     return sorted(rows, key=lambda row: (row["difference"] < 0, -abs(row["difference"])))
+
+
+def _agreement(da: DocScores, db: DocScores) -> dict[str, Any]:
+    """Whether two runs of one model gave the same answers: the docs whose answer text is identical, and for
+    each other doc the first character where the answers part (with a little of each answer from there)."""
+    keys = sorted(da.keys & db.keys, key=_order)
+    differ = []
+    for key in keys:
+        a, b = da.texts.get(key, ("", "", ""))[1], db.texts.get(key, ("", "", ""))[1]
+        if a != b:
+            at = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+            same_score = _minus(da.doc_score(key), db.doc_score(key)) == 0
+            differ.append({"task": key[0], "doc_id": key[1], "at": at, "common": a[max(0, at - 40) : at],
+                           "a": a[at : at + 60], "b": b[at : at + 60], "same_score": same_score})  # fmt: skip
+    return {"docs": len(keys), "identical": len(keys) - len(differ), "differ": differ}
 
 
 def _unique_names(rows: list[RunRow], labels: dict[str, str]) -> dict[str, str]:
@@ -595,6 +615,28 @@ def _ranking(ranks: list[Rank]) -> list[str]:
     return [f'<p class="legend">{html.escape(RANKING)}</p>', *_table("ranking", heads, ("num", "", "", "num"), rows)]
 
 
+def _parting(d: dict[str, Any]) -> str:
+    return f"doc {d['doc_id']} at char {d['at']}: …{d['common'][-20:]}[{d['a'][:20]!r} vs {d['b'][:20]!r}]"
+
+
+def _agreement_table(pairs: list[PairTest]) -> list[str]:
+    """Runs of one model on two engines: identical answers, and where the first few others part."""
+    agreeing = [t for t in pairs if t.agreement is not None]
+    if not agreeing:
+        return []
+    rows = []
+    for t in agreeing:
+        agreement = t.agreement or {}
+        differ = agreement["differ"]
+        first = "; ".join(_parting(d) for d in differ[:3])
+        same = sum(1 for d in differ if d["same_score"])
+        cells = [t.label_a, t.label_b, f"{agreement['identical']}/{agreement['docs']}", str(same), first or "—"]
+        rows.append((f'data-agreement="{html.escape(t.a)} {html.escape(t.b)}"', cells))
+    heads = ("A", "B", "identical answers", "different answer, same score", "where the first answers part")
+    legend = '<p class="legend">Same model on two engines: do the answers themselves agree?</p>'
+    return [legend, *_table("agreement", heads, ("", "", "num", "num", "note"), rows)]
+
+
 def _made_of(t: PairTest) -> str:
     """What a pair's difference is made of: the docs one run did better on, then the other's, a few of each."""
     e = html.escape
@@ -635,7 +677,7 @@ def html_section(comparisons: list[DatasetComparison]) -> str:
             for t in c.pairs
         ]
         parts += _table("pairs", heads, ("", "", "num", "num", "", "num", "num", "sig", "note"), pairs) if pairs else []
-        parts += _ranking(c.ranks) + [_made_of(t) for t in c.pairs if t.disagreements]
+        parts += _ranking(c.ranks) + _agreement_table(c.pairs) + [_made_of(t) for t in c.pairs if t.disagreements]
         if c.not_compared:  # a run without per-doc scores is named once, not in every pair it is part of
             unscored = [r for r in c.runs if not r.n]
             parts.append('<p class="notes">Not compared:</p><ul class="notes not-compared">')
