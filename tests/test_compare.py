@@ -201,6 +201,43 @@ def test_clustered_stderrs_of_a_jobs_samples():
     assert samples_module.clustered_stderrs(samples, metrics, "source") == {}  # no such field: nothing claimed
 
 
+def test_a_category_is_ranked_over_all_its_datasets(tmp_path):
+    """Three models on two datasets (tables in their run folders, no store): the category's pairs test the mean of
+    the datasets' differences, resampling each dataset's docs; m1 and m2 are tied, both above m3."""
+    from runner.reporting.compare import compare_runs
+    from runner.reporting.runs import RunRow
+
+    # The docs each model got right on datasets x and y: m2 differs from m1 on a few docs each way, m3 misses many.
+    right = {
+        "m1": (set(range(150)), set(range(140))),
+        "m2": (set(range(10, 156)), set(range(8, 146))),
+        "m3": (set(range(100)), set(range(90))),
+    }
+    rows = []
+    for model, counts in right.items():
+        folder = tmp_path / model
+        for dataset, correct in zip("xy", counts, strict=True):
+            table = folder / "tables" / "samples" / dataset / f"{dataset}.json"
+            table.parent.mkdir(parents=True)
+            table.write_text(json.dumps(_table(range(N), _binary(correct))))
+        scores = {d: len(c) / N for d, c in zip("xy", counts, strict=True)}
+        rows.append(
+            RunRow(model, "geo", model, model, "geo", "vllm", "FINISHED", scores=scores, output_dir=str(folder))
+        )
+    comparisons = compare_runs(rows, {r.run_id: r.run_id for r in rows}, None)
+    whole = comparisons[-1]
+    assert whole.dataset == "geo (all 2 datasets)"
+    m1_m3 = next(t for t in whole.pairs if {t.a, t.b} == {"m1", "m3"})
+    sign = 1 if m1_m3.a == "m1" else -1
+    assert sign * m1_m3.difference == pytest.approx(((150 - 100) + (140 - 90)) / 2 / N)
+    assert m1_m3.significant and m1_m3.n == 2 * N
+    assert {r.run_id: (r.rank, r.groups) for r in whole.ranks} == {
+        "m1": ("1–2", "a"),
+        "m2": ("1–2", "a"),
+        "m3": ("3", "b"),
+    }
+
+
 # --------------------------------------------------------------------------------------------------- the store
 
 

@@ -41,6 +41,7 @@ from runner.reporting.stats import (
     SEED,
     bootstrap_interval,
     bootstrap_micro,
+    bootstrap_statistic,
     holm,
     mcnemar_exact,
     micro_value,
@@ -461,6 +462,83 @@ def _test(a: RunInterval, b: RunInterval, da: DocScores, db: DocScores, resample
     return PairTest(a.run_id, b.run_id, a.label, b.label, n, difference, method, p, note=note)
 
 
+def _difference_draws(
+    a: RunInterval, b: RunInterval, da: DocScores, db: DocScores, resamples: int, seed: int
+) -> tuple[float, Any]:
+    """The pair's difference of the tested statistic and its paired bootstrap draws (docs, or clusters, resampled
+    alike in both runs), for the comparison over a category; a 0/1 pair is resampled too, where its own test is
+    exact McNemar."""
+    keys = sorted(da.keys, key=_order)
+    clusters = _shared_clusters(da, db, keys)
+    if da.parts:
+        parts_a, parts_b = da.part_groups(keys), db.part_groups(keys)
+        equal = [1 / len(parts_a)] * len(parts_a)
+        observed = math.fsum(
+            w * (micro_value(da.statistic, ga) - micro_value(da.statistic, gb))
+            for ga, gb, w in zip(parts_a, parts_b, equal, strict=True)
+        )
+        return observed, bootstrap_micro(parts_a, equal, da.statistic, resamples, seed, parts_b, clusters)
+    groups_a, groups_b = da.groups(keys), db.groups(keys)
+    differences = [list(map(_minus, ga, gb)) for ga, gb in zip(groups_a, groups_b, strict=True)]
+    task_mean = a.statistic == b.statistic == "task_mean"
+    weights = [1 / len(groups_a)] * len(groups_a) if task_mean else [len(g) / len(keys) for g in groups_a]
+    observed = math.fsum(w * math.fsum(d) / len(d) for d, w in zip(differences, weights, strict=True))
+    return observed, bootstrap_statistic(differences, weights, resamples, seed, clusters)
+
+
+def compare_category(
+    comparisons: list[DatasetComparison], draws: dict[tuple[str, str, str], tuple[float, Any]], category: str
+) -> DatasetComparison | None:
+    """The category as a whole: each run's unweighted mean over the datasets every run of the comparison scored,
+    every pair compared on all of them tested by the mean of its datasets' paired bootstrap draws (Holm-adjusted),
+    and, with three runs or more, rank ranges and tie groups. None when fewer than two runs share two datasets."""
+    by_dataset = {c.dataset: {r.run_id: r for r in c.runs if r.n} for c in comparisons}
+    runs = sorted(set.intersection(*(set(v) for v in by_dataset.values())) if by_dataset else set())
+    if len(runs) < 2 or len(by_dataset) < 2:
+        return None
+    first = by_dataset[comparisons[0].dataset]
+    result = DatasetComparison(f"{category} (all {len(by_dataset)} datasets)")
+    for run_id in runs:
+        score = math.fsum(by_dataset[d][run_id].score for d in by_dataset) / len(by_dataset)
+        result.runs.append(RunInterval(run_id, first[run_id].label, score, note="mean of the dataset scores"))
+    for i, a in enumerate(runs):
+        for b in runs[i + 1 :]:
+            parts = [_oriented(draws, d, a, b) for d in by_dataset]
+            labels = first[a].label, first[b].label
+            if any(part is None for part in parts):
+                result.not_compared.append(NotCompared(a, b, *labels, "not compared on every dataset"))
+                continue
+            observed = round(math.fsum(part[0] for part in parts if part) / len(parts), 12) + 0.0
+            total = sum(part[1] for part in parts if part) / len(parts)
+            n = sum(by_dataset[d][a].n for d in by_dataset)
+            p = null_centred_p(total, observed)
+            note = "mean of the datasets' differences; each dataset's docs (or clusters) resampled on their own"
+            result.pairs.append(PairTest(a, b, *labels, n, observed, "paired_bootstrap", p, note=note))
+    _adjust_and_rank(result)
+    return result
+
+
+def _oriented(
+    draws: dict[tuple[str, str, str], tuple[float, Any]], dataset: str, a: str, b: str
+) -> tuple[float, Any] | None:
+    """The draws of `a - b` on `dataset`, from those of either order."""
+    if (dataset, a, b) in draws:
+        return draws[(dataset, a, b)]
+    if (dataset, b, a) in draws:
+        observed, values = draws[(dataset, b, a)]
+        return -observed, -values
+    return None
+
+
+def _adjust_and_rank(result: DatasetComparison) -> None:
+    """Holm over the pairs tested; with three runs or more, rank ranges and tie groups from the significant ones."""
+    for test, adjusted in zip(result.pairs, holm([t.p_value for t in result.pairs]), strict=True):
+        test.p_holm, test.significant = adjusted, adjusted < ALPHA
+    if len(result.runs) >= 3:
+        wins = {(t.a, t.b) if t.difference > 0 else (t.b, t.a) for t in result.pairs if t.significant}
+        result.ranks = rank_runs([(r.run_id, r.label, r.score) for r in result.runs], wins)
+
+
 def compare_runs(
     rows: list[RunRow],
     labels: dict[str, str],
@@ -472,7 +550,8 @@ def compare_runs(
     """Per dataset: each run's interval, the paired test of every comparable pair (Holm-adjusted), the rest."""
     loader = ScoreLoader(tracking_uri)
     datasets = sorted({d for r in rows for d in r.scores})
-    comparisons = []
+    comparisons: list[DatasetComparison] = []
+    draws: dict[tuple[str, str, str], tuple[float, Any]] = {}  # (dataset, a, b) -> the pair's bootstrap draws
     for dataset in datasets:
         scored = [r for r in rows if dataset in r.scores]
         names = _unique_names(scored, labels)
@@ -493,13 +572,13 @@ def compare_runs(
                 if a.model == b.model:
                     test.agreement = _agreement(docs[a.run_id], docs[b.run_id])
                 result.pairs.append(test)
-        for test, adjusted in zip(result.pairs, holm([t.p_value for t in result.pairs]), strict=True):
-            test.p_holm, test.significant = adjusted, adjusted < ALPHA
-        if len(result.runs) >= 3:
-            wins = {(t.a, t.b) if t.difference > 0 else (t.b, t.a) for t in result.pairs if t.significant}
-            result.ranks = rank_runs([(r.run_id, r.label, r.score) for r in result.runs], wins)
+                both = intervals[a.run_id], intervals[b.run_id], docs[a.run_id], docs[b.run_id]
+                draws[(dataset, a.run_id, b.run_id)] = _difference_draws(*both, resamples, seed + len(comparisons))
+        _adjust_and_rank(result)
         comparisons.append(result)
-    return comparisons
+    categories = sorted({r.category for r in rows})
+    whole = compare_category(comparisons, draws, categories[0]) if len(categories) == 1 else None
+    return comparisons + ([whole] if whole is not None else [])
 
 
 def _disagreements(da: DocScores, db: DocScores) -> list[dict[str, Any]]:
