@@ -228,3 +228,6 @@ def test_a_clustered_dataset_shows_its_cluster_robust_stderr_and_a_missing_one_s
     text = (job.out_dir / SUMMARY_FILE).read_text()
     assert "| location_ner | f1 | 0.1000 | 0.0100 | 0.0321 | 100 |" in text  # both, side by side
     assert "| location_ner | clusters | 28.0000 |" in text
+    clustered.metrics[clustered.name] |= {"f1": 0.0, "f1_stderr_clustered": 0.0}  # every doc wrong
+    lines = summary_of(job, make_cfg(), capsys)
+    assert "0.0000 (± 0: every doc scored the same" in " ".join(rows_of(lines, "location_ner")[0])

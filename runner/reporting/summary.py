@@ -28,6 +28,8 @@ def _value(metrics: dict[str, float], name: str, n: int | str = "?") -> str:
     """`value ± stderr`: the cluster-robust one where the dataset names its clusters (with their number), else
     lm-eval's (or, for a corpus metric, the runner's bootstrap); without one, why not."""
     clustered = _stderr(metrics, name, "_stderr_clustered")
+    if (clustered if clustered is not None else _stderr(metrics, name)) == 0 and metrics[name] in (0.0, 1.0):
+        return f"{metrics[name]:.4f} (± 0: every doc scored the same)"
     if clustered is not None:
         return f"{metrics[name]:.4f} ± {clustered:.4f} ({int(metrics.get('clusters', 0))} clusters)"
     stderr = _stderr(metrics, name)
