@@ -87,6 +87,23 @@ def test_the_sweep_ends_with_a_comparison_report_in_its_folder_and_in_mlflow(swe
     assert names == {"report.html", "report.png", "comparisons.json"}
 
 
+def test_every_geospatial_dataset_gets_an_error_bar_in_the_run_and_in_the_report(sweep):
+    """The five datasets of the default category, micro-F1 ones included: a stderr in MLflow (the F1 ones from the
+    docs' counts), a cluster-robust one where the dataset names its clusters, and an interval in the report."""
+    run = _job_runs(sweep)[("smollm2_135m", 2)]
+    metrics = run.data.metrics
+    for dataset in ("address_parsing", "location_ner", "ner_locations"):
+        assert f"{dataset}/f1_stderr" in metrics and f"{dataset}/f1_stderr_clustered" in metrics
+    for dataset in ("spatial_reasoning", "coordinate_processing"):
+        assert f"{dataset}/acc_stderr" in metrics and f"{dataset}/acc_stderr_clustered" in metrics
+    data = json.loads((sweep.dir / "report" / "comparisons.json").read_text())
+    datasets = ("spatial_reasoning", "coordinate_processing", "address_parsing", "location_ner", "ner_locations")
+    for dataset in datasets:
+        (interval,) = [r for r in data["datasets"][dataset]["runs"] if r["run_id"] == run.info.run_id]
+        assert interval["n"] == 2 and interval["low"] is not None and interval["clustered_by"], (dataset, interval)
+        assert interval["statistic"] == ("micro_f1" if dataset in datasets[2:] else "mean")
+
+
 def test_the_report_can_be_rebuilt_from_mlflow_with_one_command(sweep, tmp_path):
     result = run_cli(
         "mode=report", f"paths.output_dir={sweep.out}", f"report.sweep_dir={sweep.dir}", f"report.out_dir={tmp_path}"

@@ -205,6 +205,8 @@ def clustered_stderrs(samples: list[dict[str, Any]], metrics: dict[str, float], 
 
 
 def _clustered(metric: str, value: float, values: list[Any], groups: list[Any]) -> float | None:
+    if len(set(groups)) < 2:
+        return math.nan  # one cluster: nothing to resample between
     statistic = micro_statistic(metric)
     parts = [p for v in values if (p := counts(v)) is not None]
     if statistic is not None and len(parts) == len(values):

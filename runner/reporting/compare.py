@@ -118,8 +118,9 @@ class DocScores:
         return [[self.scores[k] for k in keys if k[0] == task] for task in sorted({task for task, _ in keys})]
 
     def cluster_groups(self, keys: list[Key]) -> list[list[object]] | None:
-        """The clusters of `keys`, one list per task as `groups`; None when the docs are not clustered."""
-        if not self.clusters:
+        """The clusters of `keys`, one list per task as `groups`; None when the docs are not clustered (or all in
+        one cluster, where resampling clusters says nothing)."""
+        if len({self.clusters[k] for k in keys if k in self.clusters}) < 2:
             return None
         return [[self.clusters[k] for k in keys if k[0] == task] for task in sorted({task for task, _ in keys})]
 
