@@ -283,6 +283,9 @@ def test_plan_says_what_its_samples_can_tell_apart_and_what_a_wanted_difference_
     run = client.create_run(client.create_experiment("text_geospatial"), tags={"model": "smollm2_135m"})
     stderr = 0.3 / 50**0.5  # docs' sd 0.3 at n=50
     values = {"coordinate_processing/acc_stderr": stderr, "coordinate_processing/acc_n": 50.0}
+    values |= {"spatial_reasoning/acc_stderr": 0.0, "spatial_reasoning/acc_n": 50.0}  # all docs alike: no spread
+    values |= {"address_parsing/f1_stderr": 0.01, "address_parsing/f1_stderr_clustered": 0.04}
+    values |= {"address_parsing/f1_n": 50.0}
     client.log_batch(run.info.run_id, metrics=[Metric(k, v, 0, 0) for k, v in values.items()])
     client.set_terminated(run.info.run_id)
     result = run_cli(*args)
@@ -292,7 +295,10 @@ def test_plan_says_what_its_samples_can_tell_apart_and_what_a_wanted_difference_
     measured = detectable_difference(0.3, 50)
     assert f"{measured:.3f} (run {run.info.run_id[:8]})" in row and str(samples_needed(0.3, 0.05)) in row
     spatial = next(line for line in table.splitlines() if line.startswith("spatial_reasoning"))
-    assert "0.280 (worst case)" in spatial
+    assert "0.280 (worst case)" in spatial  # a stderr of 0 says nothing of another model's docs
+    address = next(line for line in table.splitlines() if line.startswith("address_parsing"))
+    assert f"{round(detectable_difference(0.04 * 50**0.5, 50), 4):.3f}" in address  # the clustered, wider spread
+    assert "address_parsing: spread from run" in result.stdout and "n=50, clustered)" in result.stdout
     assert f"coordinate_processing: spread from run {run.info.run_id[:8]} (smollm2_135m, n=50)" in result.stdout
     assert "samples to detect 0.05" in result.stdout and "80% of the time" in result.stdout
 

@@ -194,7 +194,8 @@ def test_clustered_stderrs_of_a_jobs_samples():
     ]
     metrics = {"acc": sum(acc) / N, "f1": _micro_f1(parts), "bleu": 0.3}
     got = samples_module.clustered_stderrs(samples, metrics, "template")
-    assert set(got) == {"acc_stderr_clustered", "f1_stderr_clustered", "clusters"} and got["clusters"] == 25
+    assert set(got) == {"acc_stderr_clustered", "f1_stderr_clustered", "acc_clusters", "f1_clusters"}
+    assert got["acc_clusters"] == got["f1_clusters"] == 25
     assert got["acc_stderr_clustered"] == pytest.approx(stats.clustered_stderr(acc, [d["template"] for d in docs]))
     naive = samples_module.corpus_stderrs(samples, metrics)["f1_stderr"]
     assert 0.5 * naive < got["f1_stderr_clustered"] < 2 * naive  # independent clusters here: about the same

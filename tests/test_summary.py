@@ -218,7 +218,7 @@ def test_a_bad_summary_value_is_refused(compose_cfg, value):
 def test_a_clustered_dataset_shows_its_cluster_robust_stderr_and_a_missing_one_says_why(tmp_path, capsys):
     job = make_job(tmp_path)
     clustered, alone = job.datasets[3], job.datasets[4]  # location_ner: clustered; ner_locations: no stderr
-    clustered.metrics[clustered.name] |= {"f1_stderr_clustered": 0.0321, "clusters": 28.0}
+    clustered.metrics[clustered.name] |= {"f1_stderr_clustered": 0.0321, "f1_clusters": 28.0}
     del alone.metrics[alone.name]["f1_stderr"]
     lines = summary_of(job, make_cfg(), capsys)
     assert rows_of(lines, "location_ner") == [
@@ -227,7 +227,7 @@ def test_a_clustered_dataset_shows_its_cluster_robust_stderr_and_a_missing_one_s
     assert rows_of(lines, "ner_locations")[0][2:5] == ["0.1000", "(no", "stderr:"]
     text = (job.out_dir / SUMMARY_FILE).read_text()
     assert "| location_ner | f1 | 0.1000 | 0.0100 | 0.0321 | 100 |" in text  # both, side by side
-    assert "| location_ner | clusters | 28.0000 |" in text
+    assert "| location_ner | f1_clusters |" not in text  # the count shows beside the stderr, not as a metric
     clustered.metrics[clustered.name] |= {"f1": 0.0, "f1_stderr_clustered": 0.0}  # every doc wrong
     lines = summary_of(job, make_cfg(), capsys)
     assert "0.0000 (± 0: every doc scored the same" in " ".join(rows_of(lines, "location_ner")[0])

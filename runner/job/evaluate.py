@@ -371,11 +371,12 @@ def _clustered_or_warn(
 ) -> dict[str, float]:
     assert dataset.cluster is not None
     clustered = clustered_stderrs(samples, metrics, dataset.cluster)
-    if not clustered and samples:
+    if dataset.metric in metrics and f"{dataset.metric}_stderr_clustered" not in clustered and samples:
         fields = ", ".join(sorted(samples[0].get("doc") or {}))
         log.warning(
-            "Dataset %s: category.datasets.%s.cluster=%s names nothing in every doc of task %s (its docs have: %s); "
-            "its standard errors are not clustered. Name one of those fields, or a Jinja expression over them.",
+            "Dataset %s: category.datasets.%s.cluster=%s does not name a cluster for every doc of task %s (its first "
+            "doc has: %s); its standard errors are not clustered. Name a field every doc has, or a Jinja expression "
+            "over them ({{ a if a is defined else b }}).",
             dataset.name, dataset.name, dataset.cluster, task, fields,
         )  # fmt: skip
     return clustered

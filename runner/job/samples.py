@@ -182,12 +182,12 @@ def cluster_of(doc: dict[str, Any], cluster: str) -> str | None:
 
 def clustered_stderrs(samples: list[dict[str, Any]], metrics: dict[str, float], cluster: str) -> dict[str, float]:
     """`<metric>_stderr_clustered` for each metric of these samples (lm-eval's mean of a per-doc number, or a
-    corpus metric of (tp, fp, fn) counts) when every doc has a cluster under `cluster`, and `clusters`, their
-    number. A mean gets the cluster-robust formula (runner/reporting/stats.py `clustered_stderr`), a corpus
+    corpus metric of (tp, fp, fn) counts) when every doc has a cluster under `cluster`, and `<metric>_clusters`,
+    their number. A mean gets the cluster-robust formula (runner/reporting/stats.py `clustered_stderr`), a corpus
     metric the standard deviation of a cluster bootstrap. Only where the docs give back lm-eval's value."""
     out: dict[str, float] = {}
     for metric, value in metrics.items():
-        if metric.endswith("_stderr") or metric.endswith("_stderr_clustered"):
+        if metric.endswith(("_stderr", "_stderr_clustered", "_clusters")):
             continue
         pairs = [
             (v, cluster_of(sample.get("doc") or {}, cluster))
@@ -200,7 +200,7 @@ def clustered_stderrs(samples: list[dict[str, Any]], metrics: dict[str, float], 
         stderr = _clustered(metric, value, [v for v, _ in pairs], groups)
         if stderr is not None:
             out[f"{metric}_stderr_clustered"] = stderr
-            out["clusters"] = float(len(set(groups)))
+            out[f"{metric}_clusters"] = float(len(set(groups)))  # a subgroup metric's docs have fewer
     return out
 
 

@@ -9,8 +9,12 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from runner.reporting.stats import WORST_CASE_SD
+
+if TYPE_CHECKING:
+    from mlflow.entities import Run
 
 logger = logging.getLogger(__name__)
 _RUNS = 200  # the newest finished runs looked at for each dataset's last one
@@ -53,11 +57,24 @@ def last_spreads(tracking_uri: str, experiment: str, metrics: dict[str, str]) ->
         return {}
     spreads: dict[str, Spread] = {}
     for run in runs:
-        values = run.data.metrics
         for dataset, metric in metrics.items():
-            stderr, n = values.get(f"{dataset}/{metric}_stderr"), values.get(f"{dataset}/{metric}_n")
-            if dataset in spreads or stderr is None or not math.isfinite(stderr) or n is None or n < 2:
-                continue
-            source = f"run {run.info.run_id[:8]} ({run.data.tags.get('model', '?')}, n={int(n)})"
-            spreads[dataset] = Spread(stderr * math.sqrt(n), source, run.info.run_id)
+            if dataset not in spreads and (spread := _spread(run, dataset, metric)) is not None:
+                spreads[dataset] = spread
     return spreads
+
+
+def _spread(run: Run, dataset: str, metric: str) -> Spread | None:
+    """The run's spread of `<dataset>/<metric>`: from its cluster-robust stderr where it has one (clustered docs
+    tell apart less), else its stderr. None without one, or with a stderr of 0 (every doc scored the same: that
+    says nothing of another model's docs)."""
+    values = run.data.metrics
+    n = values.get(f"{dataset}/{metric}_n")
+    clustered = values.get(f"{dataset}/{metric}_stderr_clustered")
+    stderr = (
+        clustered if clustered is not None and math.isfinite(clustered) else values.get(f"{dataset}/{metric}_stderr")
+    )
+    if stderr is None or not math.isfinite(stderr) or stderr <= 0 or n is None or n < 2:
+        return None
+    kind = ", clustered" if stderr is clustered else ""
+    source = f"run {run.info.run_id[:8]} ({run.data.tags.get('model', '?')}, n={int(n)}{kind})"
+    return Spread(stderr * math.sqrt(n), source, run.info.run_id)

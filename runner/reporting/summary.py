@@ -31,7 +31,7 @@ def _value(metrics: dict[str, float], name: str, n: int | str = "?") -> str:
     if (clustered if clustered is not None else _stderr(metrics, name)) == 0 and metrics[name] in (0.0, 1.0):
         return f"{metrics[name]:.4f} (± 0: every doc scored the same)"
     if clustered is not None:
-        return f"{metrics[name]:.4f} ± {clustered:.4f} ({int(metrics.get('clusters', 0))} clusters)"
+        return f"{metrics[name]:.4f} ± {clustered:.4f} ({int(metrics.get(f'{name}_clusters', 0))} clusters)"
     stderr = _stderr(metrics, name)
     if stderr is None:
         why = "one doc" if n == 1 else "none for this aggregation"
@@ -65,7 +65,7 @@ def metric_rows(job: JobResult) -> list[tuple[str, str, float, float | None, int
     rows: list[tuple[str, str, float, float | None, int | str]] = []
     for result in job.datasets:
         for task, metrics in result.metrics.items():
-            for name in sorted(m for m in metrics if "_stderr" not in m):
+            for name in sorted(m for m in metrics if "_stderr" not in m and not m.endswith("_clusters")):
                 rows.append((_label(result, task), name, metrics[name], _stderr(metrics, name), _n(result, task, name)))
     return rows
 
@@ -208,7 +208,7 @@ def render_markdown(job: JobResult, cfg: RunnerConfig) -> str:
         "documents only, so metrics of one task can have different n.",
         "",
         "± clustered: the cluster-robust standard error, where the dataset names the clusters its docs come in "
-        "(`cluster:` in conf/dataset/; `clusters` is their number).",
+        "(`cluster:` in conf/dataset/).",
         "",
         "| dataset | metric | value | ± stderr | ± clustered | n |",
         "| --- | --- | ---: | ---: | ---: | ---: |",
