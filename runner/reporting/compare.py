@@ -501,7 +501,8 @@ def compare_category(
     result = DatasetComparison(f"{category} (all {len(by_dataset)} datasets)")
     for run_id in runs:
         score = math.fsum(by_dataset[d][run_id].score for d in by_dataset) / len(by_dataset)
-        result.runs.append(RunInterval(run_id, first[run_id].label, score, note="mean of the dataset scores"))
+        note = "mean of the dataset scores; no interval of its own (each dataset has one above)"
+        result.runs.append(RunInterval(run_id, first[run_id].label, score, note=note))
     for i, a in enumerate(runs):
         for b in runs[i + 1 :]:
             parts = [_oriented(draws, d, a, b) for d in by_dataset]
