@@ -43,6 +43,51 @@ def test_exact_mcnemar_is_the_two_sided_binomial_test_on_the_discordant_docs(a_o
     assert stats.mcnemar_exact(a_only, b_only) == pytest.approx(expected, rel=1e-12)
 
 
+@pytest.mark.parametrize(("successes", "n"), [(81, 263), (15, 148), (0, 20), (20, 20), (1, 29), (37, 50)])
+def test_wilson_interval_matches_statsmodels(successes, n):
+    from statsmodels.stats.proportion import proportion_confint
+
+    expected = proportion_confint(successes, n, alpha=0.05, method="wilson")
+    assert stats.wilson_interval(successes, n) == pytest.approx(expected, abs=1e-9)
+
+
+@pytest.mark.parametrize(("a_only", "b_only"), [(3, 12), (12, 3), (10, 10), (0, 7), (25, 40), (1, 0)])
+def test_exact_mcnemar_matches_statsmodels(a_only, b_only):
+    from statsmodels.stats.contingency_tables import mcnemar
+
+    table = [[40, a_only], [b_only, 33]]  # the concordant cells do not enter the exact test
+    assert stats.mcnemar_exact(a_only, b_only) == pytest.approx(mcnemar(table, exact=True).pvalue, rel=1e-9)
+
+
+def test_clustered_stderr_matches_statsmodels_cluster_robust_ols():
+    """The mean as an intercept-only OLS with cluster-robust covariance: without correction (CR0) it is Miller's
+    formula, and ours, with the finite-cluster correction G / (G - 1) as Inspect applies it, is statsmodels' own
+    corrected one (G / (G - 1) * (N - 1) / (N - K), K = 1)."""
+    import numpy as np
+    import statsmodels.api as sm
+
+    rng = np.random.default_rng(6)
+    clusters = rng.integers(0, 23, size=180)
+    scores = (rng.random(180) < 0.3 + 0.02 * (clusters % 10)).astype(float)
+    model = sm.OLS(scores, np.ones(180))
+    cr0 = model.fit(cov_type="cluster", cov_kwds={"groups": clusters, "use_correction": False}).bse[0]
+    corrected = model.fit(cov_type="cluster", cov_kwds={"groups": clusters}).bse[0]
+    g = len(set(clusters.tolist()))
+    ours = stats.clustered_stderr(scores.tolist(), clusters.tolist())
+    assert ours == pytest.approx(float(corrected), rel=1e-9)
+    assert ours == pytest.approx(float(cr0) * (g / (g - 1)) ** 0.5, rel=1e-9)
+
+
+def test_detectable_difference_matches_statsmodels_power():
+    """The paired difference of two independent models' scores (sd each) has sd * sqrt(2): statsmodels' one-sample
+    normal power solved for the effect size gives the same difference (up to its solver's tolerance)."""
+    from statsmodels.stats.power import NormalIndPower
+
+    for sd, n in ((0.5, 50), (0.3, 400), (0.45, 1200)):
+        effect = NormalIndPower().solve_power(effect_size=None, nobs1=n, alpha=0.05, power=0.8, ratio=0)
+        assert stats.detectable_difference(sd, n) == pytest.approx(effect * sd * 2**0.5, rel=1e-4)
+
+
 def test_exact_mcnemar_without_discordant_docs_is_one():
     assert stats.mcnemar_exact(0, 0) == 1.0
 
@@ -200,6 +245,10 @@ def test_clustered_stderrs_of_a_jobs_samples():
     naive = samples_module.corpus_stderrs(samples, metrics)["f1_stderr"]
     assert 0.5 * naive < got["f1_stderr_clustered"] < 2 * naive  # independent clusters here: about the same
     assert samples_module.clustered_stderrs(samples, metrics, "source") == {}  # no such field: nothing claimed
+    # One cluster, or one doc: no error bar at all rather than a NaN (which never equals itself in a comparison).
+    one = [sample | {"doc": {"template": "same"}} for sample in samples]
+    assert samples_module.clustered_stderrs(one, metrics, "template") == {}
+    assert samples_module.corpus_stderrs(samples[:1], {"f1": _micro_f1(parts[:1])}) == {}
 
 
 def test_a_category_is_ranked_over_all_its_datasets(tmp_path):

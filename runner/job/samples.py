@@ -150,8 +150,10 @@ def corpus_stderrs(samples: list[dict[str, Any]], metrics: dict[str, float]) -> 
         parts = [p for v in values if (p := counts(v)) is not None]
         if not parts or len(parts) != len(values) or abs(micro_value(statistic, parts) - value) > 1e-9:
             continue
+        if len(parts) < 2:
+            continue  # one doc: no spread to resample (left out, not NaN: a NaN never equals itself)
         draws = bootstrap_micro([parts], [1.0], statistic, RESAMPLES, SEED)
-        out[f"{metric}_stderr"] = float(draws.std(ddof=1)) if len(parts) > 1 else math.nan
+        out[f"{metric}_stderr"] = float(draws.std(ddof=1))
     return out
 
 
@@ -206,7 +208,7 @@ def clustered_stderrs(samples: list[dict[str, Any]], metrics: dict[str, float], 
 
 def _clustered(metric: str, value: float, values: list[Any], groups: list[Any]) -> float | None:
     if len(set(groups)) < 2:
-        return math.nan  # one cluster: nothing to resample between
+        return None  # one cluster: nothing to resample between
     statistic = micro_statistic(metric)
     parts = [p for v in values if (p := counts(v)) is not None]
     if statistic is not None and len(parts) == len(values):

@@ -1,6 +1,8 @@
-"""The statistics behind the report's "is the difference real?": intervals, paired tests, multiple-testing
-correction. Plain functions of numbers, knowing nothing of runs or MLflow, so each is tested on its own against
-known values (tests/test_compare.py); runner/reporting/compare.py decides which applies to which runs.
+"""The statistics behind the error bars and the report's "is the difference real?": intervals, paired tests,
+multiple-testing correction, cluster-robust errors, corpus metrics' bootstrap, and the power `mode=plan` reports.
+Plain functions of numbers, knowing nothing of runs or MLflow, so each is tested on its own against outside
+references (tests/test_compare.py: a published table, statsmodels, scipy, a hand-worked example, a simulation);
+runner/reporting/compare.py decides which applies to which runs.
 
 numpy and scipy are imported inside the functions that need them: importing runner.reporting.report stays light.
 """
