@@ -350,7 +350,8 @@ def test_the_coding_category_runs_all_three_datasets_on_the_default_model(tmp_pa
     plan = run_cli("mode=plan", *args)
     assert plan.returncode == 0, plan.stdout
     table = [line.split() for line in plan.stdout.splitlines()]
-    ready = {row[0]: row[-1] for row in table if row[:1] in (["humaneval_offline"], ["mbpp"], ["humaneval_plus"])}
+    column = next(row for row in table if row[:1] == ["dataset"]).index("ready") - 1  # header: "lm-eval tasks"
+    ready = {row[0]: row[column] for row in table if row[:1] in (["humaneval_offline"], ["mbpp"], ["humaneval_plus"])}
     assert ready == {"humaneval_offline": "yes", "mbpp": "yes", "humaneval_plus": "yes"}, plan.stdout
 
     result = run_cli(*args)

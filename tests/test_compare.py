@@ -158,7 +158,14 @@ def test_the_sample_table_keeps_a_corpus_metrics_counts():
         {"doc_id": 0, "filter": "none", "f1": (1, 0, 2), "arguments": [["q0"]], "filtered_resps": ["a"], "target": ""},
         {"doc_id": 1, "filter": "none", "f1": (0, 3, 1), "arguments": [["q1"]], "filtered_resps": ["b"], "target": ""},
     ]
-    table = samples_module.sample_table(samples, "f1")
+    from lm_eval.api.model import hash_args
+
+    failed = {hash_args("generate_until", ["q1"]): "ValueError: rejected"}
+    for sample, template in zip(samples, ("t0", "t1"), strict=True):
+        sample["doc"] = {"template": template}
+    table = samples_module.sample_table(samples, "f1", failed, cluster="template")
+    assert table["error"] == ["", "ValueError: rejected"]  # every doc's error, beside the clusters
+    assert (table["cluster"], table["clustered_by"]) == (["t0", "t1"], ["template", "template"])
     assert table["score"] == [None, None]
     assert (table["tp"], table["fp"], table["fn"]) == ([1.0, 0.0], [0.0, 3.0], [2.0, 1.0])
     assert table["statistic"] == ["micro_f1", "micro_f1"]

@@ -168,7 +168,8 @@ def _detect_cells(d: dict[str, Any], wanted: float | None) -> list[str]:
     if detect is None:
         return ["?"] + (["?"] if wanted is not None else [])
     source = "worst case" if detect["from"] == "worst case" else detect["from"].split(" (")[0]
-    cells = [f"{detect['difference']:.3f} ({source})"]
+    # Past 1, no difference between two 0-1 scores is big enough: the samples cannot tell models apart.
+    cells = [f"{detect['difference']:.3f} ({source})" if detect["difference"] < 1 else f"none: too few ({source})"]
     if wanted is not None:
         needed = detect["samples_for"]["samples"]
         over = d["size"] is not None and needed > d["size"]

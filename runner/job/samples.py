@@ -119,13 +119,13 @@ def sample_table(
             for name, value in zip(("tp", "fp", "fn"), parts, strict=True):
                 columns.setdefault(name, []).append(value)
             columns.setdefault("statistic", []).append(micro_statistic(metric))
+        if failed:
+            columns["error"].append(request_errors(sample, failed) or "")
         if cluster is not None:
             columns.setdefault("cluster", []).append(cluster_of(sample.get("doc") or {}, cluster))
             columns.setdefault("clustered_by", []).append(cluster)
     if None in columns.get("cluster", ()):  # a doc without the field: no clusters rather than wrong ones
         del columns["cluster"], columns["clustered_by"]
-        if failed:
-            columns["error"].append(request_errors(sample, failed) or "")
     return columns
 
 
