@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 
         cache_hook: CacheHook
 
+        def loglikelihood(self, requests: list[Instance], disable_tqdm: bool = False) -> list[tuple[float, bool]]: ...
+
 else:
     _TemplateLM = TemplateLM
 
@@ -147,6 +149,11 @@ class EngineLM(_TemplateLM):
         log.info("Answered %d generate_until requests; lm-eval scores them next", len(requests), extra=FILE_ONLY)
         return cast(list[str], results)  # the engine answers every request (runner/engines/base.py)
 
+    def loglikelihood(self, requests: list[Instance], disable_tqdm: bool = False) -> list[tuple[float, bool]]:
+        """lm-eval's own tokenization of the (context, continuation) pairs, without its "Tokenizing inputs" bar:
+        the job's live display counts these requests as they are scored."""
+        return super().loglikelihood(requests, disable_tqdm=True)
+
     def _loglikelihood_tokens(
         self, requests: list[tuple[tuple[str, str], list[int], list[int]]], disable_tqdm: bool = False, **kwargs: object
     ) -> list[tuple[float, bool]]:
@@ -163,7 +170,7 @@ class EngineLM(_TemplateLM):
             elif key is not None:
                 self.cache_hook.add_partial("loglikelihood", key, out[index])
             if self.progress is not None:
-                self.progress.advance(1)
+                self.progress.advance(1, 0, len(pairs[index][0]) + len(pairs[index][1]))
 
         self.engine.loglikelihood(pairs, on_result=scored)
         return cast(list[tuple[float, bool]], out)  # every request scored, as above

@@ -172,6 +172,28 @@ def test_all_log_likelihood_requests_go_to_the_engine_in_one_call(tokenizer):
     ]
 
 
+def test_log_likelihood_requests_move_the_progress_with_their_input_tokens_and_draw_no_library_bar(tokenizer, capsys):
+    """The job's line counts each scored request and its tokens; lm-eval's own "Tokenizing inputs" bar stays off."""
+
+    class Hook:
+        def __init__(self) -> None:
+            self.advanced: list[tuple[int, int, int]] = []
+
+        def expect(self, requests: int) -> None:
+            pass
+
+        def advance(self, requests: int = 1, output_tokens: int = 0, input_tokens: int = 0) -> None:
+            self.advanced.append((requests, output_tokens, input_tokens))
+
+    engine, hook = RecordingEngine(tokenizer), Hook()
+    lm = EngineLM(engine, max_length=4096, chat=False, progress=hook)
+    lm.loglikelihood([ll_request("The capital of France is", " Paris"), ll_request("2 + 2 =", " four apples")])
+    sizes = sorted(len(context) + len(continuation) for context, continuation in engine.scored[0])
+    assert sorted(hook.advanced) == sorted((1, 0, size) for size in sizes)
+    captured = capsys.readouterr()
+    assert "Tokenizing inputs" not in captured.err + captured.out
+
+
 def test_an_empty_context_is_conditioned_on_the_prefix_token(tokenizer):
     engine = RecordingEngine(tokenizer)
     lm = EngineLM(engine, max_length=4096, chat=False)

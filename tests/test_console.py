@@ -215,6 +215,25 @@ def test_rate_is_over_recent_answers_and_eta_counts_only_the_engines_pace():
         assert progress.rate() == pytest.approx(100 / RATE_WINDOW_S)
 
 
+def test_a_job_of_scores_only_shows_requests_and_input_tokens_per_second_not_0_tok_s(capsys):
+    """Log-likelihood requests (multiple choice) generate nothing: the line shows their pace instead."""
+    clock = Clock()
+    progress = JobProgress(tty=False, interval_s=1.0, clock=clock, tick_s=None)
+    with progress.dataset("arc") as row:
+        row.expect(40)
+        for _ in range(8):  # a request every 0.25 s, each 120 input tokens (context and continuation)
+            clock.advance(0.25)
+            row.advance(1, output_tokens=0, input_tokens=120)
+            progress.tick()
+    lines = [line[9:] for line in capsys.readouterr().out.splitlines() if " job " in line]
+    assert lines and lines[-1].startswith("job 8/40 · 4.0 req/s · 480 input tok/s · ETA"), lines
+    assert not any("tok/s ·" in line and " 0 tok/s" in line for line in lines)
+    with progress.dataset("gsm8k") as row:  # once something is generated, output tok/s is the job's pace again
+        row.expect(1)
+        row.advance(1, output_tokens=50)
+        assert re.search(r"· \d+ tok/s ·", progress.info())
+
+
 def test_the_engines_kv_cache_use_is_shown_where_it_reports_one(capsys):
     clock = Clock()
     progress = JobProgress(tty=False, interval_s=0.5, kv_cache_usage=lambda: 0.37, clock=clock, tick_s=None)

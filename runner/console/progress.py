@@ -89,10 +89,10 @@ class DatasetProgress:
             self.job._cached(requests)
             self.job._refresh(self)
 
-    def advance(self, requests: int = 1, output_tokens: int = 0) -> None:
+    def advance(self, requests: int = 1, output_tokens: int = 0, input_tokens: int = 0) -> None:
         with self.job._lock:
             self.done += requests
-            self.job._answer(requests, output_tokens)
+            self.job._answer(requests, output_tokens, input_tokens)
             self.job._refresh(self)
 
     @property
@@ -144,6 +144,9 @@ class JobProgress:
         self._started = clock()
         self._sent: float | None = None  # when the first request went to the engine
         self._recent: deque[tuple[float, int]] = deque()
+        self._inputs = 0  # the answered requests' input tokens (log-likelihood requests: context and continuation)
+        self._recent_requests: deque[tuple[float, int]] = deque()
+        self._recent_inputs: deque[tuple[float, int]] = deque()
         self._datasets = 0  # datasets started in this job
         self._job_task: TaskID | None = None  # the job's rich row, on a terminal
         self._pace_text: list[str] = []  # its rate and ETA, redrawn once a second (its counts, on every answer)
@@ -262,11 +265,15 @@ class JobProgress:
         self._total += requests
         self._done += requests
 
-    def _answer(self, requests: int, output_tokens: int) -> None:
+    def _answer(self, requests: int, output_tokens: int, input_tokens: int = 0) -> None:
         self._done += requests
         self._answered += requests
         self._tokens += output_tokens
-        self._recent.append((self._clock(), output_tokens))
+        self._inputs += input_tokens
+        now = self._clock()
+        self._recent.append((now, output_tokens))
+        self._recent_requests.append((now, requests))
+        self._recent_inputs.append((now, input_tokens))
 
     @property
     def done(self) -> int:
@@ -279,6 +286,17 @@ class JobProgress:
         with self._lock:
             now = self._clock()
             return _rate(self._recent, self._tokens, self._sent or now, now)
+
+    def _speed(self) -> str:
+        """Output tok/s; for a job whose answers so far are all scores (log-likelihood requests: multiple choice,
+        perplexity), which generate nothing, requests/s and input tok/s instead of a `0 tok/s` that says nothing."""
+        if self._tokens or not self._answered:
+            return f"{self.rate():.0f} tok/s"
+        now = self._clock()
+        since = self._sent or now
+        requests = _rate(self._recent_requests, self._answered, since, now)
+        inputs = _rate(self._recent_inputs, self._inputs, since, now)
+        return f"{requests:.1f} req/s · {inputs:.0f} input tok/s"
 
     def eta(self) -> float | None:
         """Seconds left at the pace the engine has answered so far (cache hits are not pace). None until a
@@ -303,7 +321,7 @@ class JobProgress:
         when = f"ETA {_duration(eta)}" if eta is not None else _duration(self._clock() - since)
         if self._narrow and eta is not None:
             when = _duration(eta)  # "1/3 · 12 tok/s · 1m10s": a 40-column terminal keeps every number
-        parts = [f"{self.rate():.0f} tok/s"]
+        parts = [self._speed()]
         if self._kv is not None and not self._narrow:
             parts.append(f"KV {self._kv:.0%}")
         return parts + ([when] if eta is not None or elapsed else [])
