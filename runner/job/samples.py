@@ -8,8 +8,12 @@ only on the shape of lm-eval's sample records, not on running an evaluation.
 
 from __future__ import annotations
 
+import functools
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import jinja2
 
 from runner.reporting.stats import (
     RESAMPLES,
@@ -94,8 +98,7 @@ def sample_table(
         columns["error"] = []
     for sample in samples:
         # lm-eval logs one entry per doc and filter; metric names carry the filter unless it is "none".
-        filter_name = sample.get("filter", "none")
-        key = next((k for k in sample if k == metric and filter_name == "none" or f"{k}_{filter_name}" == metric), None)
+        key = _metric_key(sample, metric)
         if key is None:
             continue
         arguments = sample.get("arguments") or [[""]]
@@ -157,13 +160,17 @@ def corpus_stderrs(samples: list[dict[str, Any]], metrics: dict[str, float]) -> 
     return out
 
 
-def _value(sample: dict[str, Any], metric: str) -> Any:
-    """A sample's value of a metric as runner/job/evaluate.py names it (`<metric>` or `<metric>_<filter>`)."""
+def _metric_key(sample: dict[str, Any], metric: str) -> str | None:
+    """The key of a metric in a sample, named as runner/job/evaluate.py names it: lm-eval logs one sample per doc
+    and filter, and the metric's name carries the filter unless it is "none"."""
     filter_name = sample.get("filter", "none")
-    for key, value in sample.items():
-        if key == metric and filter_name == "none" or f"{key}_{filter_name}" == metric:
-            return value
-    return None
+    return next((k for k in sample if k == metric and filter_name == "none" or f"{k}_{filter_name}" == metric), None)
+
+
+def _value(sample: dict[str, Any], metric: str) -> Any:
+    """A sample's value of a metric (`<metric>` or `<metric>_<filter>`), or None."""
+    key = _metric_key(sample, metric)
+    return None if key is None else sample[key]
 
 
 def cluster_of(doc: dict[str, Any], cluster: str) -> str | None:
@@ -173,13 +180,21 @@ def cluster_of(doc: dict[str, Any], cluster: str) -> str | None:
         import jinja2
 
         try:
-            return jinja2.Environment(undefined=jinja2.StrictUndefined).from_string(cluster).render(**doc)
+            return _template(cluster).render(**doc)
         except jinja2.TemplateError:
             return None
     value: Any = doc
     for part in cluster.split("."):
         value = value.get(part) if isinstance(value, dict) else None
     return None if value is None else str(value)
+
+
+@functools.cache
+def _template(expression: str) -> jinja2.Template:
+    """A `cluster` expression compiled once, not once per doc."""
+    import jinja2
+
+    return jinja2.Environment(undefined=jinja2.StrictUndefined).from_string(expression)
 
 
 def clustered_stderrs(samples: list[dict[str, Any]], metrics: dict[str, float], cluster: str) -> dict[str, float]:

@@ -422,16 +422,9 @@ def _minus(x: float, y: float) -> float:
 def _corpus_test(a: RunInterval, b: RunInterval, da: DocScores, db: DocScores, resamples: int, seed: int) -> PairTest:
     """Paired bootstrap of a corpus-level metric's difference: both runs' counts resampled with the same docs."""
     keys = sorted(da.parts, key=_order)
-    groups_a, groups_b = da.part_groups(keys), db.part_groups(keys)
-    weights = [1 / len(groups_a)] * len(groups_a)
-    statistic = da.statistic
-    difference = math.fsum(
-        w * (micro_value(statistic, ga) - micro_value(statistic, gb))
-        for ga, gb, w in zip(groups_a, groups_b, weights, strict=True)
-    )
-    difference = round(difference, 12) + 0.0
+    observed, draws = _difference_draws(a, b, da, db, resamples, seed)
+    difference = round(observed, 12) + 0.0
     clusters = _shared_clusters(da, db, keys)
-    draws = bootstrap_micro(groups_a, weights, statistic, resamples, seed, minus=groups_b, clusters=clusters)
     p = null_centred_p(draws, difference)
     method, note = ("paired_bootstrap", "") if clusters is None else ("paired_cluster_bootstrap", _cluster_note(da))
     return PairTest(a.run_id, b.run_id, a.label, b.label, len(keys), difference, method, p, note=note)

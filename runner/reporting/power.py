@@ -70,11 +70,10 @@ def _spread(run: Run, dataset: str, metric: str) -> Spread | None:
     values = run.data.metrics
     n = values.get(f"{dataset}/{metric}_n")
     clustered = values.get(f"{dataset}/{metric}_stderr_clustered")
-    stderr = (
-        clustered if clustered is not None and math.isfinite(clustered) else values.get(f"{dataset}/{metric}_stderr")
-    )
+    is_clustered = clustered is not None and math.isfinite(clustered)
+    stderr = clustered if is_clustered else values.get(f"{dataset}/{metric}_stderr")
     if stderr is None or not math.isfinite(stderr) or stderr <= 0 or n is None or n < 2:
         return None
-    kind = ", clustered" if stderr is clustered else ""
+    kind = ", clustered" if is_clustered else ""
     source = f"run {run.info.run_id[:8]} ({run.data.tags.get('model', '?')}, n={int(n)}{kind})"
     return Spread(stderr * math.sqrt(n), source, run.info.run_id)
