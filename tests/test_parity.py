@@ -48,6 +48,7 @@ def engines(default_model_dir):
             "seed": 0,
             # As the runner runs it: multiple-choice requests share their context through the prefix cache.
             "enable_prefix_caching": True,
+            "block_size": 32,  # conf/engine/auto.yaml's CPU block: a 64-token context fills two
             "disable_log_stats": False,  # as the runner runs it: latencies and the KV-cache gauge
         },
     )
@@ -96,6 +97,126 @@ def test_log_likelihoods_agree_to_a_thousandth(engines):
     assert paris > berlin  # the scores mean something, not only agree
 
 
+def score_alone(engine, requests):
+    """The reference: every request on its own, the way vLLM scored them before shared contexts, its whole
+    prompt read with prompt_logprobs=1 and no prefix cache (vLLM skips it for prompt_logprobs)."""
+    from vllm import SamplingParams
+
+    from runner.engines.base import LogLikelihood
+
+    params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=1, detokenize=False)
+    outputs = engine.llm.generate([{"prompt_token_ids": c + x} for c, x in requests], params, use_tqdm=False)
+    scores = []
+    for (context, continuation), out in zip(requests, outputs, strict=True):
+        rows = out.prompt_logprobs[len(context) : len(context) + len(continuation)]
+        picked = [row[token] for row, token in zip(rows, continuation, strict=True)]
+        scores.append(LogLikelihood(sum(p.logprob for p in picked), all(p.rank == 1 for p in picked)))
+    return scores
+
+
+def multiple_choice(tokenizer, greedy) -> list[tuple[list[int], list[int]]]:
+    """Requests as lm-eval sends a multiple-choice task, every case the shared-context paths take apart."""
+    ids = lambda text: tokenizer(text, add_special_tokens=False).input_ids  # noqa: E731
+    requests = []
+    for question in ("Which is a colour?\nA. red\nB. dog\nC. run\nD. six\nAnswer:", "Pick one.\nAnswer:"):
+        context = ids(question)
+        letters = [ids(f" {x}")[0] for x in "ABCD"]
+        requests += [(context, [t]) for t in letters + [greedy(context)]]  # one token each: one pass
+        requests += [(context, [ids("\n")[0], t]) for t in letters]  # "\n" + a letter, as a chat template has it
+    for question, choices in (
+        ("The capital of France is", [" Paris", " Paris, France", " Rome", " the city of Lyon"]),
+        ("Name a large city:", [" New York", " New Delhi", " Tokyo"]),  # choices sharing their first token
+    ):
+        requests += [(ids(question), ids(c)) for c in choices]
+    # A context of exactly two cache blocks: once the first choice computed them, the cache serves the second
+    # choice's whole context, the row its first token needs included, so it is scored again without the cache.
+    block = (ids(" river") * 64)[:64]
+    requests += [(block, ids(" and the sea")), (block, ids(" or a lake"))]
+    # At the context length (2048 here): the second prompt is exactly 2,048 tokens, and the engine scores it.
+    long = (ids(" The quick brown fox jumps over the lazy dog.") * 200)[: 2048 - 2]
+    requests += [(long, ids(" Done")), (long, ids(" The end"))]
+    return requests
+
+
+def test_shared_context_scoring_equals_scoring_each_request_alone(engines, caplog):
+    """vLLM: a pass per group of choices differing in their last token, reading the prefix cache, gives what
+    scoring every request alone gives, within 1e-4, with the same greedy flags."""
+    from vllm import SamplingParams
+
+    from runner.engines.shared_context import group_by_context
+
+    engine = engines["vllm"]
+    first = SamplingParams(max_tokens=1, temperature=0.0)
+    greedy = lambda c: engine.llm.generate([{"prompt_token_ids": c}], first, use_tqdm=False)[0].outputs[0].token_ids[0]  # noqa: E731
+    requests = multiple_choice(engines["hf"].tokenizer, greedy)
+    sent: list[int] = []
+    run = engine._run
+    engine._run = lambda prompts, *rest: (sent.append(len(prompts)), run(prompts, *rest))[1]  # type: ignore[method-assign]
+    try:
+        with caplog.at_level("INFO", logger="runner.engines.vllm"):
+            shared = engine.loglikelihood(requests)
+    finally:
+        del engine._run
+    alone = score_alone(engine, requests)
+    for index, (a, b) in enumerate(zip(shared, alone, strict=True)):
+        assert a.error is None and b.error is None
+        assert a.logprob == pytest.approx(b.logprob, abs=1e-4), index
+        assert a.is_greedy == b.is_greedy, index
+    assert sum(s.is_greedy for s in alone) >= 2  # greedy flags were really compared, not all False
+    groups = group_by_context(requests)
+    assert [len(g.members) for g in groups[:4]] == [5, 4, 5, 4]  # each question's letters: one pass per form
+    # One request per group, then the second choice on the two-block context once more.
+    assert sent == [len(groups), 1] and len(groups) < len(requests) - 10
+    assert "1 log-likelihood requests scored again" in caplog.text
+
+    # The transformers engine's own grouping, against vLLM's (the near-window pair left out: a batch of
+    # 2,047-token rows is gigabytes of logits on a CPU).
+    hf = engines["hf"].loglikelihood(requests[:-2])
+    for a, b in zip(hf, alone[:-2], strict=True):
+        assert a.logprob == pytest.approx(b.logprob, abs=1e-3) and a.is_greedy == b.is_greedy
+
+
+def test_a_bad_choice_in_a_one_pass_group_fails_alone(engines):
+    tokenizer = engines["hf"].tokenizer
+    context = tokenizer("Answer:", add_special_tokens=False).input_ids
+    bad = len(tokenizer) + 1000  # outside the vocabulary
+    for name in ("vllm", "hf"):
+        scores = engines[name].loglikelihood([(context, [330]), (context, [bad]), (context, [389])])
+        assert [s.error is None for s in scores] == [True, False, True], name
+        assert scores[0].logprob < 0 and scores[1].logprob == float("-inf")
+
+
+def test_a_multiple_choice_pass_holds_at_most_a_batch_of_vllms_outputs(engines):
+    """Each vLLM output (a dict per prompt token for log-likelihoods) is let go once scored, so what a pass
+    holds does not grow with the task: 2,000 requests, never more than a batch of outputs alive."""
+    import weakref
+
+    engine = engines["vllm"]
+    outputs: weakref.WeakSet = weakref.WeakSet()
+    alive: list[int] = []
+
+    def watch(index: int, _) -> None:  # how many of vLLM's outputs are still held, every 200 scores
+        if index % 200 == 199:
+            alive.append(len(outputs))
+
+    run = engine._run
+
+    def watched(prompts, params, on_output, on_error):
+        return run(prompts, params, lambda i, out: (outputs.add(out), on_output(i, out)), on_error)
+
+    # 500 docs of four choices with one-token contexts: one-letter choices (a pass per doc) and two-token
+    # ones (a pass per choice, with prompt_logprobs).
+    letters, words = [[32], [33], [34], [35]], [[1000, 1001], [1002, 1003], [1004, 1005], [1006, 1007]]
+    pairs = [([2000 + d], choice) for d in range(500) for choice in (letters if d % 2 else words)]
+    engine._run = watched  # type: ignore[method-assign]
+    try:
+        scores = engine.loglikelihood(pairs, on_result=watch)
+    finally:
+        del engine._run
+    assert all(s.error is None for s in scores)
+    assert len(alive) == 10 and max(alive) <= 256, alive  # a batch at most (max_num_seqs), never the task's
+
+
 def test_rolling_log_likelihoods_agree(engines):
     text = "The quick brown fox jumps over the lazy dog. " * 20
     request = [Instance("loglikelihood_rolling", {}, (text,), 0)]
@@ -104,37 +225,55 @@ def test_rolling_log_likelihoods_agree(engines):
     assert v == pytest.approx(h, abs=1e-2) and v < 0
 
 
-def test_a_multiple_choice_lm_eval_task_runs_on_both_engines(engines, tmp_path):
+def test_a_multiple_choice_lm_eval_task_runs_on_both_engines(engines, tmp_path, monkeypatch):
+    """Two lm-eval multiple-choice tasks, choices of several tokens and one-token letters (MMLU's form), on vLLM
+    with shared contexts, on vLLM scoring every request alone, and on transformers: the same acc and acc_norm
+    on every doc, log-likelihoods within 1e-4 of scoring alone and 1e-3 of transformers."""
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
     rows = [
-        {"question": "What is the capital of France?", "choices": ["Paris", "Rome", "Madrid"], "label": 0},
-        {"question": "What colour is the sky on a clear day?", "choices": ["green", "blue", "red"], "label": 1},
-        {"question": "How many legs does a spider have?", "choices": ["six", "four", "eight"], "label": 2},
-        {"question": "Which is a fruit?", "choices": ["apple", "carrot", "potato"], "label": 0},
+        {"question": "What is the capital of France?", "choices": ["Paris", "the city of Rome", "Madrid"], "label": 0},
+        {"question": "What colour is the sky on a clear day?", "choices": ["green", "light blue", "red"], "label": 1},
+        {"question": "How many legs does a spider have?", "choices": ["six", "four", "eight legs"], "label": 2},
+        {"question": "Which is a fruit?", "choices": ["an apple", "a carrot", "a potato"], "label": 0},
     ]
     data = tmp_path / "mc.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    common = f"dataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data}\noutput_type: multiple_choice\n"
+    common += "test_split: test\ndoc_to_target: label\nmetric_list:\n  - metric: acc\n  - metric: acc_norm\n"
+    common += "metadata:\n  version: 1.0\n"
     (tmp_path / "mc.yaml").write_text(
-        "task: tiny_mc\ndataset_path: json\n"
-        f"dataset_kwargs:\n  data_files:\n    test: {data}\n"
-        "output_type: multiple_choice\ntest_split: test\n"
-        'doc_to_text: "Question: {{question}}\\nAnswer:"\ndoc_to_choice: "{{choices}}"\ndoc_to_target: label\n'
-        "metric_list:\n  - metric: acc\n  - metric: acc_norm\nmetadata:\n  version: 1.0\n"
+        f"task: tiny_mc\n{common}"
+        'doc_to_text: "Question: {{question}}\\nAnswer:"\ndoc_to_choice: "{{choices}}"\n'
+    )
+    (tmp_path / "letters.yaml").write_text(  # MMLU's form: the choices listed, the answer one letter
+        f"task: tiny_letters\n{common}"
+        'doc_to_text: "{{question}}\\nA. {{choices[0]}}\\nB. {{choices[1]}}\\nC. {{choices[2]}}\\nAnswer:"\n'
+        'doc_to_choice: ["A", "B", "C"]\n'
     )
     tasks = TaskManager(include_path=str(tmp_path), include_defaults=False)
-    results = {}
-    for name, engine in engines.items():
+
+    def evaluate(engine) -> dict:
         lm = EngineLM(engine, max_length=2048, chat=False)
-        out = simple_evaluate(model=lm, tasks=["tiny_mc"], task_manager=tasks, log_samples=True)
-        results[name] = out
-    acc = {name: r["results"]["tiny_mc"]["acc,none"] for name, r in results.items()}
-    assert acc["vllm"] == acc["hf"]
-    picks = {name: [s["filtered_resps"] for s in r["samples"]["tiny_mc"]] for name, r in results.items()}
-    for v_doc, h_doc in zip(picks["vllm"], picks["hf"], strict=True):
-        for (v_lp, _), (h_lp, _) in zip(v_doc, h_doc, strict=True):
-            assert float(v_lp) == pytest.approx(float(h_lp), abs=1e-3)
+        return simple_evaluate(model=lm, tasks=["tiny_mc", "tiny_letters"], task_manager=tasks, log_samples=True)
+
+    def alone(self, requests, on_result):
+        return score_alone(self, requests)
+
+    results = {"vllm": evaluate(engines["vllm"]), "hf": evaluate(engines["hf"])}
+    with monkeypatch.context() as patch:
+        patch.setattr(type(engines["vllm"]), "_loglikelihood", alone)
+        results["vllm alone"] = evaluate(engines["vllm"])
+    for task in ("tiny_mc", "tiny_letters"):
+        docs = {name: sorted(r["samples"][task], key=lambda d: d["doc_id"]) for name, r in results.items()}
+        for name, tolerance in (("vllm alone", 1e-4), ("hf", 1e-3)):
+            for ours, theirs in zip(docs["vllm"], docs[name], strict=True):
+                assert (ours["acc"], ours["acc_norm"]) == (theirs["acc"], theirs["acc_norm"]), (task, name)
+                for (a,), (b,) in zip(ours["resps"], theirs["resps"], strict=True):
+                    assert a[0] == pytest.approx(b[0], abs=tolerance) and a[1] == b[1], (task, name)
+        scores = {name: r["results"][task]["acc,none"] for name, r in results.items()}
+        assert len(set(scores.values())) == 1, scores
 
 
 def test_a_vllm_server_answers_and_scores_as_the_in_process_engine(engines, vllm_server):

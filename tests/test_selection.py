@@ -51,11 +51,11 @@ def test_detect_reports_this_machine():
 
 
 def test_engine_args_combine_platform_defaults_model_facts_and_user_overrides(compose_cfg):
-    cfg = compose_cfg("+engine.args.max_num_seqs=8", "+engine.args.block_size=32")
+    cfg = compose_cfg("+engine.args.max_num_seqs=8", "+engine.args.block_size=64")
     args = vllm_engine_args(select_engine(cfg.engine, cfg.model, CPU_BOX), cfg.model, cfg.engine)
     assert args["dtype"] == "float32"  # from the model
     assert args["enforce_eager"] is True and args["kv_cache_memory_bytes"] == GiB  # CPU defaults
-    assert args["max_num_seqs"] == 8 and args["block_size"] == 32  # the user's words win
+    assert args["max_num_seqs"] == 8 and args["block_size"] == 64  # the user's words win (the CPU default: 32)
     assert args["trust_remote_code"] is False
     assert "revision" not in args  # a converted local folder has no hub revision
 

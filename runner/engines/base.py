@@ -295,6 +295,16 @@ class Engine(ABC):
 
 
 Result = TypeVar("Result", Completion, LogLikelihood)
+Item = TypeVar("Item")
+
+
+def every_answered(results: list[Item | None], engine: str) -> list[Item]:
+    """A call's results, every slot filled: each request was answered, or failed alone."""
+    filled = [r for r in results if r is not None]
+    if len(filled) != len(results):
+        missing = len(results) - len(filled)
+        raise RuntimeError(f"the {engine} engine left {missing} of {len(results)} requests unanswered")
+    return filled
 
 
 def _reporting(call: Callable[[OnResult], list[Result]], on_result: OnResult | None) -> list[Result]:

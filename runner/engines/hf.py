@@ -19,6 +19,7 @@ from runner.engines.base import (
     LogLikelihood,
     OnResult,
     SamplingSettings,
+    every_answered,
     isolate,
     release_memory,
 )
@@ -28,10 +29,12 @@ if TYPE_CHECKING:
 
     from runner.config.schema import ModelConfig
     from runner.engines.selection import Selection
+    from runner.engines.shared_context import ContextGroup
 
 log = logging.getLogger(__name__)
 
 Item = TypeVar("Item")
+
 
 _DTYPES = {"float32": "float32", "float": "float32", "float16": "float16", "half": "float16", "bfloat16": "bfloat16"}
 
@@ -127,7 +130,7 @@ class HFEngine(Engine):
 
         for batch in self._batches(prompts, len, groups=settings):
             isolate(batch, run, failed)  # a request the model cannot take fails alone
-        return _every(results)
+        return every_answered(results, "hf")
 
     def _generate_batch(
         self,
@@ -180,57 +183,62 @@ class HFEngine(Engine):
             on_result(index, results[index])
 
     def _loglikelihood(self, requests: list[tuple[list[int], list[int]]], on_result: OnResult) -> list[LogLikelihood]:
+        """One row per group of requests sharing their context and all but their last token
+        (runner/engines/shared_context.py): the row's last position scores every member's last token, as
+        lm-eval's own `hf` model does (`group_by="contexts"`)."""
+        from runner.engines.shared_context import group_by_context
+
         scores: list[LogLikelihood | None] = [None] * len(requests)
 
-        def failed(index: int, error: str) -> None:
-            scores[index] = LogLikelihood.failed(error)
-            on_result(index, scores[index])
+        def report(index: int, score: LogLikelihood) -> None:
+            scores[index] = score
+            on_result(index, score)
 
-        for batch in self._batches(requests, lambda r: len(r[0]) + len(r[1])):
-            isolate(batch, lambda b: self._score_batch(b, requests, scores, on_result), failed)
-        return _every(scores)
+        rows = group_by_context(requests)
+
+        def run(batch: list[int]) -> None:
+            self._score_batch([rows[r] for r in batch], requests, report)
+
+        def failed(row: int, error: str) -> None:
+            if len(rows[row].members) == 1:
+                report(rows[row].members[0], LogLikelihood.failed(error))
+                return
+            start = len(rows)  # each choice on its own, so a bad choice fails alone
+            rows.extend(rows[row].alone())
+            for alone in range(start, len(rows)):
+                isolate([alone], run, failed)
+
+        for batch in self._batches(rows, lambda row: len(row.prompt)):
+            isolate(batch, run, failed)
+        return every_answered(scores, "hf")
 
     def _score_batch(
-        self,
-        batch: list[int],
-        requests: list[tuple[list[int], list[int]]],
-        scores: list[LogLikelihood | None],
-        on_result: OnResult,
+        self, rows: list[ContextGroup], requests: list[tuple[list[int], list[int]]], report: OnResult
     ) -> None:
         import torch
 
         pad = self._tokenizer.pad_token_id
-        # The model predicts token t from tokens < t: feed context + continuation minus its last token.
-        inputs = [(requests[i][0] + requests[i][1])[:-1] for i in batch]
+        inputs = [row.prompt for row in rows]  # the model predicts token t from tokens < t
         width = max(len(x) for x in inputs)
         ids = torch.tensor([x + [pad] * (width - len(x)) for x in inputs], device=self.device)
         mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in inputs], device=self.device)
         with torch.inference_mode():
-            logits = self.model(input_ids=ids, attention_mask=mask).logits.float()
-        logprobs = torch.log_softmax(logits, dim=-1)
-        for row, index in enumerate(batch):
-            context, continuation = requests[index]
-            first = len(context) - 1
-            positions = logprobs[row, first : first + len(continuation)]
-            target = torch.tensor(continuation, device=self.device)
-            logprob = positions.gather(1, target[:, None]).sum().item()
-            greedy = bool((positions.argmax(dim=-1) == target).all().item())
-            scores[index] = LogLikelihood(logprob, greedy)
-            on_result(index, scores[index])
+            logits = self.model(input_ids=ids, attention_mask=mask).logits
+        for at, row in enumerate(rows):
+            first = len(row.context) - 1  # the position that predicts the continuation's first token
+            # Normalised over the positions read only: a long row's whole [tokens, vocab] block is not copied.
+            positions = torch.log_softmax(logits[at, first : first + len(row.prefix) + 1].float(), dim=-1)
+            for index in row.members:
+                target = torch.tensor(requests[index][1], device=self.device)
+                logprob = positions.gather(1, target[:, None]).sum().item()
+                greedy = bool((positions.argmax(dim=-1) == target).all().item())
+                report(index, LogLikelihood(logprob, greedy))
 
     def shutdown(self) -> None:
         if getattr(self, "model", None) is None:
             return
         self.model = None
         release_memory()
-
-
-def _every(results: list[Item | None]) -> list[Item]:
-    """A pass's results, every slot filled: each request was answered, or failed alone (`isolate`)."""
-    filled = [r for r in results if r is not None]
-    if len(filled) != len(results):
-        raise RuntimeError(f"the hf engine left {len(results) - len(filled)} of {len(results)} requests unanswered")
-    return filled
 
 
 def _cut_at_stop(text: str, stops: tuple[str, ...]) -> tuple[str, bool]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from runner.console.handlers import FILE_ONLY
@@ -15,6 +15,7 @@ from runner.engines.base import (
     OnResult,
     SamplingSettings,
     describe,
+    every_answered,
     release_memory,
 )
 
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
 
     from runner.config.schema import ModelConfig
     from runner.engines.selection import Selection
+    from runner.engines.shared_context import ContextGroup
 
 log = logging.getLogger(__name__)
 
@@ -84,48 +86,46 @@ class VLLMEngine(Engine):
         params: Any,
         on_output: Callable[[int, RequestOutput], None],
         on_error: Callable[[int, str], None],
-    ) -> Sequence[RequestOutput | None]:
+    ) -> None:
         """vLLM's own offline loop (what `LLM.generate` does), handing each request over as it finishes.
 
         One pass with every prompt: vLLM's scheduler batches continuously, which beats any fixed batch
-        size. Outputs come back in prompt order. Requests are added one by one: vLLM refuses a whole call
-        for one prompt it will not take (too long, a token outside the vocabulary), and here that request
-        fails alone (`on_error`, its output None) while the others run.
+        size. Requests are added one by one: vLLM refuses a whole call for one prompt it will not take
+        (too long, a token outside the vocabulary), and here that request fails alone (`on_error`) while
+        the others run. Outputs are handed over and not kept: a log-likelihood output holds a dict per
+        prompt token, and 10,000 of them held to the end would grow with the task.
         """
         enqueue = getattr(self.llm, "enqueue", None)
         if enqueue is None:  # a vLLM without enqueue(): the results arrive all at once
-            answered: list[RequestOutput] = self.llm.generate(prompts, params, use_tqdm=False)
-            return answered
+            for at, out in enumerate(self.llm.generate(prompts, params, use_tqdm=False)):
+                on_output(at, out)
+            return
         each = params if isinstance(params, list) else [params] * len(prompts)
-        request_ids: list[str | None] = []
+        added: dict[str, int] = {}
         for at, (prompt, param) in enumerate(zip(prompts, each, strict=True)):
             try:
                 (request_id,) = enqueue([prompt], [param], use_tqdm=False)  # "<external id>-<random suffix>"
             except Exception as exc:  # noqa: BLE001 - the engine refused this request: it fails alone
-                request_ids.append(None)
                 on_error(at, describe(exc))
                 continue
-            request_ids.append(request_id)
-        added = {r: i for i, r in enumerate(request_ids) if r is not None}
+            added[request_id] = at
         # Outputs carry the external id (what LLM.generate sorts its outputs by).
         position = added | {r.rsplit("-", 1)[0]: i for r, i in added.items()}
-        outputs: list[RequestOutput | None] = [None] * len(prompts)
+        unanswered = set(added.values())
         engine = self.llm.llm_engine
         try:
             while engine.has_unfinished_requests():
                 for out in engine.step():
                     index = position.get(out.request_id)
-                    if out.finished and index is not None:
-                        outputs[index] = out
+                    if out.finished and index in unanswered:
+                        unanswered.discard(index)
                         on_output(index, out)
         except BaseException:
             # Leave no request of this call queued in the engine: the next call would receive its output.
-            engine.abort_request([r for r, i in added.items() if outputs[i] is None], internal=True)
+            engine.abort_request([r for r, i in added.items() if i in unanswered], internal=True)
             raise
-        missing = sum(outputs[i] is None for i in added.values())
-        if missing:
-            raise RuntimeError(f"vLLM stopped with {missing} of {len(prompts)} requests unanswered.")
-        return outputs
+        if unanswered:
+            raise RuntimeError(f"vLLM stopped with {len(unanswered)} of {len(prompts)} requests unanswered.")
 
     def _generate(
         self, prompts: list[list[int]], settings: list[SamplingSettings], on_result: OnResult
@@ -153,28 +153,73 @@ class VLLMEngine(Engine):
             completions[index] = Completion.failed(prompts[index], error)
             on_result(index, completions[index])
 
-        outputs = self._run([{"prompt_token_ids": ids} for ids in prompts], params, finished, failed)
-        return [c or _completion(out) for c, out in zip(completions, outputs, strict=True)]
+        self._run([{"prompt_token_ids": ids} for ids in prompts], params, finished, failed)
+        return every_answered(completions, "vllm")
 
     def _loglikelihood(self, requests: list[tuple[list[int], list[int]]], on_result: OnResult) -> list[LogLikelihood]:
-        from vllm import SamplingParams
+        """Choices that share their context and all but their last token are one request
+        (runner/engines/shared_context.py); a doc's requests go together, reading the prefix cache."""
+        from runner.engines.shared_context import group_by_context
 
-        # Score the prompt itself: prompt_logprobs=1 returns, for every prompt position, the actual
-        # token's log-probability and its rank (rank 1 = what greedy decoding would have picked).
-        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=1, detokenize=False)
         scores: list[LogLikelihood | None] = [None] * len(requests)
 
-        def finished(index: int, out: RequestOutput) -> None:
-            scores[index] = _score(requests[index], out)
-            on_result(index, scores[index])
+        def report(index: int, score: LogLikelihood) -> None:
+            scores[index] = score
+            on_result(index, score)
 
-        def failed(index: int, error: str) -> None:
-            scores[index] = LogLikelihood.failed(error)
-            on_result(index, scores[index])
+        from vllm.sampling_params import MAX_LOGPROB_TOKEN_IDS  # how many tokens one request may read
 
-        prompts = [{"prompt_token_ids": context + continuation} for context, continuation in requests]
-        outputs = self._run(prompts, params, finished, failed)
-        return [s or _score(r, o) for s, r, o in zip(scores, requests, outputs, strict=True)]
+        again = self._score_groups(requests, group_by_context(requests, MAX_LOGPROB_TOKEN_IDS), report, final=False)
+        if again:  # refused groups, one choice at a time (a bad choice fails alone); served past the context
+            log.info("%d log-likelihood requests scored again, alone and without the prefix cache",
+                     sum(len(g.members) for g in again), extra=FILE_ONLY)  # fmt: skip
+            self._score_groups(requests, [alone for group in again for alone in group.alone()], report, final=True)
+        return every_answered(scores, "vllm")
+
+    def _score_groups(
+        self, requests: list[tuple[list[int], list[int]]], groups: list[ContextGroup], report: OnResult, *, final: bool
+    ) -> list[ContextGroup]:
+        """One vLLM request per group, its prompt the context and the continuation's shared prefix:
+        `logprob_token_ids` reads every member's last token at the next position (greedy: the token sampled
+        at temperature 0), and `prompt_logprobs=1` the prefix's tokens with their ranks (rank 1 = greedy).
+
+        vLLM skips the prefix cache for prompt_logprobs unless told; read, a doc's context is computed once
+        for all its choices. The rows the cache served come back unset, so a group the cache served past its
+        context's last token (the row its prefix's first token needs) is returned, as is a group vLLM refused,
+        to be scored again alone with `final=True` (no cache; a refusal then fails the request).
+        """
+        from vllm import SamplingParams
+
+        again: list[ContextGroup] = []
+
+        def finished(at: int, out: RequestOutput) -> None:
+            group = groups[at]
+            if not final and group.prefix and (out.num_cached_tokens or 0) > len(group.context) - 1:
+                again.append(group)
+                return
+            for index, score in _group_scores(requests, group, out):
+                report(index, score)
+
+        def failed(at: int, error: str) -> None:
+            if not final:
+                again.append(groups[at])
+                return
+            for index in groups[at].members:
+                report(index, LogLikelihood.failed(error))
+
+        params = [
+            SamplingParams(
+                max_tokens=1,
+                temperature=0.0,
+                detokenize=False,
+                logprob_token_ids=group.last_tokens(requests),
+                prompt_logprobs=1 if group.prefix else None,
+                skip_reading_prefix_cache=final,
+            )
+            for group in groups
+        ]
+        self._run([{"prompt_token_ids": g.prompt} for g in groups], params, finished, failed)
+        return again
 
     def kv_cache_usage(self) -> float | None:
         """vLLM's own gauge (`vllm:kv_cache_usage_perc`, a 0..1 fraction despite its name); the progress
@@ -217,11 +262,20 @@ def _completion(out: RequestOutput) -> Completion:
     )
 
 
-def _score(request: tuple[list[int], list[int]], out: RequestOutput) -> LogLikelihood:
-    context, continuation = request
-    positions = out.prompt_logprobs[len(context) : len(context) + len(continuation)]
-    picked = [entry[token] for entry, token in zip(positions, continuation, strict=True)]
-    return LogLikelihood(sum(p.logprob for p in picked), all(p.rank == 1 for p in picked))
+def _group_scores(
+    requests: list[tuple[list[int], list[int]]], group: ContextGroup, out: RequestOutput
+) -> list[tuple[int, LogLikelihood]]:
+    rows = (out.prompt_logprobs or [])[len(group.context) : len(group.context) + len(group.prefix)]
+    picked = [row[token] for row, token in zip(rows, group.prefix, strict=True)]
+    prefix = sum(p.logprob for p in picked)  # summed first, as lm-eval sums a continuation from its start
+    prefix_greedy = all(p.rank == 1 for p in picked)
+    (read,) = out.outputs[0].logprobs  # the one generated position: the sampled token and every asked-for one
+    sampled = out.outputs[0].token_ids[0]
+    scores = []
+    for index in group.members:
+        last = requests[index][1][-1]
+        scores.append((index, LogLikelihood(prefix + read[last].logprob, prefix_greedy and last == sampled)))
+    return scores
 
 
 def _latency(output: RequestOutput) -> float | None:

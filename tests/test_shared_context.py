@@ -1,0 +1,38 @@
+"""Multiple-choice requests grouped by what they share (runner/engines/shared_context.py): which requests an
+engine scores in one pass, and in what order it sends the passes."""
+
+from __future__ import annotations
+
+from runner.engines.shared_context import group_by_context
+
+# MMLU through a chat template: the context ends at the assistant's turn, each continuation is "\n" + a letter.
+NL = 198
+MMLU = [([1, 2, 3], [NL, 10]), ([1, 2, 3], [NL, 11]), ([1, 2, 3], [NL, 12]), ([1, 2, 3], [NL, 13])]
+ARC = [([4, 5], [NL, 20, 21]), ([4, 5], [NL, 22]), ([4, 5], [NL, 23, 24, 25])]  # choices of several tokens
+
+
+def test_choices_differing_in_their_last_token_are_one_pass_over_context_and_shared_prefix():
+    groups = group_by_context(MMLU + ARC)
+    assert [(g.context, g.prefix, g.members) for g in groups] == [
+        ([1, 2, 3], [NL], [0, 1, 2, 3]),  # MMLU: one pass over the context and "\n" reads A, B, C and D
+        ([4, 5], [NL, 20], [4]),  # ARC: each choice its own pass, a doc's passes next to each other
+        ([4, 5], [NL], [5]),
+        ([4, 5], [NL, 23, 24], [6]),
+    ]
+    assert groups[0].prompt == [1, 2, 3, NL] and groups[0].last_tokens(MMLU) == [10, 11, 12, 13]
+
+
+def test_a_context_seen_again_later_joins_its_doc_and_one_token_choices_have_no_prefix():
+    requests = [ARC[0], ([7], [30]), ARC[1], ([7], [31])]
+    groups = group_by_context(requests)
+    assert [(g.prefix, g.members) for g in groups] == [([NL, 20], [0]), ([NL], [2]), ([], [1, 3])]
+
+
+def test_a_repeated_choice_is_read_once_and_a_cap_splits_a_large_group():
+    requests = [([7], [t]) for t in (1, 2, 1, 3, 4, 5)]
+    (whole,) = group_by_context(requests)
+    assert whole.last_tokens(requests) == [1, 2, 3, 4, 5]
+    parts = group_by_context(requests, max_last_tokens=2)
+    assert [p.members for p in parts] == [[0, 1, 2], [3, 4], [5]]
+    assert all(len(p.last_tokens(requests)) <= 2 for p in parts)
+    assert [len(g.members) for g in whole.alone()] == [1] * len(requests)
