@@ -195,3 +195,57 @@ def test_own_task_with_subgroup_metrics_equals_lm_eval(tmp_path, default_model_d
     assert logged == {metric: float(n) for metric, n in scored.items()}
     for metric, n in scored.items():  # and the summary prints the same n beside each metric
         assert any(line.split()[1:2] == [metric] and line.split()[-1] == str(n) for line in job.stdout.splitlines())
+
+
+ARC = [  # ARC-format rows (allenai/ai2_arc): lm-eval's arc_easy scores each choice by log-likelihood
+    ("Which of these is a source of light?", ["the Sun", "a rock", "a shadow", "the soil"], "A"),
+    ("What do plants need to make food?", ["sand", "sunlight and water", "metal", "plastic bags"], "B"),
+    ("Which state of matter is ice?", ["gas", "liquid", "solid", "plasma"], "C"),
+    ("What tool measures temperature?", ["a ruler", "a scale", "a clock", "a thermometer"], "D"),
+    ("Which animal lays eggs?", ["a chicken", "a dog", "a cat", "a horse"], "A"),
+    ("What pulls objects toward the Earth?", ["magnetism", "gravity", "friction", "light"], "B"),
+]
+
+
+def test_a_multiple_choice_task_through_the_runner_on_both_engines_equals_the_lm_eval_cli(tmp_path, default_model_dir):
+    """lm-eval's own arc_easy on local files: `python -m runner` on the transformers engine and on vLLM's CPU build
+    (one pass per doc's context, prefix cache) against `lm_eval --model hf`: the same contexts and continuations,
+    the same acc and acc_norm on every doc, log-likelihoods within 1e-4 (transformers) and 1e-3 (vLLM)."""
+    import lm_eval
+
+    from runner.job.evaluate import local_task_yaml
+
+    rows = [
+        {"id": f"q{i}", "question": q, "choices": {"text": c, "label": list("ABCD")}, "answerKey": a}
+        for i, (q, c, a) in enumerate(ARC)
+    ]
+    data = tmp_path / "arc.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    runs = {}
+    for engine in ("hf", "cpu"):
+        out = tmp_path / engine
+        job = run_cli(
+            "category=science", "~category.datasets.gpqa_diamond", "~category.datasets.arc_challenge",
+            "+dataset@category.datasets.arc_easy=arc_easy", f"category.datasets.arc_easy.local.test={data}",
+            f"engine={engine}", "engine.hf.batch_size=1", f"paths.output_dir={out}", "tracking.system_metrics=false",
+        )  # fmt: skip
+        assert job.returncode == 0, job.stdout[-3000:]
+        runs[engine] = run_folder(out)
+    # The runner gave lm-eval only the test file: arc_easy's train and validation splits are not asked for.
+    builtin = Path(lm_eval.__file__).parent / "tasks" / "arc" / "arc_easy.yaml"
+    task_yaml = local_task_yaml("arc_easy", builtin, {"test": str(data)}, "json", tmp_path / "cli_task")
+    cli_out = tmp_path / "cli"
+    lm_eval_cli(default_model_dir, cli_out, str(task_yaml))
+    theirs = samples(cli_out, "arc_easy")
+    for engine, tolerance in (("hf", 1e-4), ("cpu", 1e-3)):
+        ours = samples(runs[engine], "arc_easy")
+        assert ours.keys() == theirs.keys() and len(ours) == len(ARC)
+        for key, row in theirs.items():
+            assert ours[key]["arguments"] == row["arguments"], f"{engine}: contexts or continuations of doc {key}"
+            assert (ours[key]["acc"], ours[key]["acc_norm"]) == (row["acc"], row["acc_norm"]), (engine, key)
+            for (a,), (b,) in zip(ours[key]["resps"], row["resps"], strict=True):
+                assert float(a[0]) == pytest.approx(float(b[0]), abs=tolerance), (engine, key)
+                assert a[1] == b[1], (engine, key)  # greedy flags
+        ours_scores, theirs_scores = (results(folder)["results"]["arc_easy"] for folder in (runs[engine], cli_out))
+        for metric in ("acc,none", "acc_norm,none"):
+            assert ours_scores[metric] == theirs_scores[metric], (engine, metric)

@@ -97,10 +97,21 @@ def local_task_yaml(task: str, yaml_path: str | Path, files: dict[str, str], dat
         "dataset_name": None,
         "dataset_kwargs": {"data_files": {split: str(Path(f).expanduser().resolve()) for split, f in files.items()}},
     }
+    override |= _splits_not_given(yaml_path, files)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{task}.yaml"
     path.write_text(OmegaConf.to_yaml(OmegaConf.create(override)))
     return path
+
+
+def _splits_not_given(yaml_path: str | Path, files: dict[str, str]) -> dict[str, None]:
+    """The task's split settings that name a split the local files lack, set to none: lm-eval's `arc_easy`
+    reads its `train` split for few-shot examples even at 0-shot, and would fail on a `local.test` alone."""
+    from lm_eval.tasks._yaml_loader import load_yaml  # lm-eval's own loader: follows `include:`
+
+    task = load_yaml(yaml_path, resolve_func=False)
+    keys = ("training_split", "validation_split", "test_split", "fewshot_split")
+    return {key: None for key in keys if task.get(key) is not None and task[key] not in files}
 
 
 def check_local_files(dataset: DatasetConfig) -> None:
