@@ -10,12 +10,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from runner.console.handlers import FILE_ONLY
 from runner.engines.base import (
     Completion,
     Engine,
+    Item,
     LogLikelihood,
     OnResult,
     SamplingSettings,
@@ -32,9 +33,6 @@ if TYPE_CHECKING:
     from runner.engines.shared_context import ContextGroup
 
 log = logging.getLogger(__name__)
-
-Item = TypeVar("Item")
-
 
 _DTYPES = {"float32": "float32", "float": "float32", "float16": "float16", "half": "float16", "bfloat16": "bfloat16"}
 

@@ -159,6 +159,8 @@ class VLLMEngine(Engine):
     def _loglikelihood(self, requests: list[tuple[list[int], list[int]]], on_result: OnResult) -> list[LogLikelihood]:
         """Choices that share their context and all but their last token are one request
         (runner/engines/shared_context.py); a doc's requests go together, reading the prefix cache."""
+        from vllm.sampling_params import MAX_LOGPROB_TOKEN_IDS  # how many tokens one request may read
+
         from runner.engines.shared_context import group_by_context
 
         scores: list[LogLikelihood | None] = [None] * len(requests)
@@ -166,8 +168,6 @@ class VLLMEngine(Engine):
         def report(index: int, score: LogLikelihood) -> None:
             scores[index] = score
             on_result(index, score)
-
-        from vllm.sampling_params import MAX_LOGPROB_TOKEN_IDS  # how many tokens one request may read
 
         again = self._score_groups(requests, group_by_context(requests, MAX_LOGPROB_TOKEN_IDS), report, final=False)
         if again:  # refused groups, one choice at a time (a bad choice fails alone); served past the context
