@@ -132,8 +132,9 @@ def multiple_choice(tokenizer, greedy) -> list[tuple[list[int], list[int]]]:
     # choice's whole context, the row its first token needs included, so it is scored again without the cache.
     block = (ids(" river") * 64)[:64]
     requests += [(block, ids(" and the sea")), (block, ids(" or a lake"))]
-    # At the context length (2048 here): the second prompt is exactly 2,048 tokens, and the engine scores it.
-    long = (ids(" The quick brown fox jumps over the lazy dog.") * 200)[: 2048 - 2]
+    # At the context length (2048 here): the second request is 2,047 tokens (the reference below sends a whole
+    # request as one prompt, plus the token it samples), and the engine scores it.
+    long = (ids(" The quick brown fox jumps over the lazy dog.") * 300)[: 2048 - 3]
     requests += [(long, ids(" Done")), (long, ids(" The end"))]
     return requests
 
@@ -167,6 +168,7 @@ def test_shared_context_scoring_equals_scoring_each_request_alone(engines, caplo
     assert [len(g.members) for g in groups[:4]] == [5, 4, 5, 4]  # each question's letters: one pass per form
     # One request per group, then the second choice on the two-block context once more.
     assert sent == [len(groups), 1] and len(groups) < len(requests) - 10
+    assert max(len(c) + len(x) for c, x in requests) == 2047  # the window's length, less the sampled token
     assert "1 log-likelihood requests scored again" in caplog.text
 
     # The transformers engine's own grouping, against vLLM's (the near-window pair left out: a batch of

@@ -1,0 +1,245 @@
+"""Memory of a multiple-choice (log-likelihood) job against a generation job of the same request count.
+
+    python bench/multiple_choice_memory.py [--sizes 1000,10000] [--model tiny_llama] [--keep]
+
+For each size N, two real jobs through the CLI, each in a fresh process, on the default engine (the CPU build
+of vLLM here, in-process, 1 GiB KV cache, 32-token blocks, prefix caching), `cache=false`:
+  - multiple choice: lm-eval's own `arc_easy` on N/4 local ARC-format docs of four choices (N requests),
+    chat template, 0-shot: `python -m runner category=science ... +dataset@category.datasets.arc_easy=arc_easy
+    category.datasets.arc_easy.local.test=FILE` (bench/multiple_choice.py's documents);
+  - generation: N distinct short prompts, greedy, one new token each (bench/job_scaling.py's task).
+The model defaults to `tiny_llama` (conf/model: 14M random weights, the default model's tokenizer and
+vocabulary, so the same [tokens, vocabulary] log-probability blocks): the engine, scheduler, sampler and
+lm-eval work per request are the default model's, and the whole script takes about 4 minutes here (the
+10,000-request multiple-choice job 2.5). `--model smollm2_135m` runs the default model.
+
+The job process loads a small `sitecustomize` (PYTHONPATH; the command stays `python -m runner`) that samples
+its RSS every 20 ms and marks the end of the engine's load and of lm-eval's engine call (the bridge's
+`loglikelihood` or `generate_until`). Printed per job: wall time, RSS once the engine is loaded, RSS when the
+call returns, the peak sampled during the call, the job's own peak (telemetry.json, as the summary shows it),
+and glibc's main arena (in use / free) at those two points. Then, per kind, the growth from the smallest to
+the largest job: of the RSS at the call's end and of the peak during it, over the engine's loaded RSS; and
+the same for multiple choice over generation. Issue goal: a 10,000-request multiple-choice job does not grow
+past what generation needs for the same count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import job_scaling  # bench/job_scaling.py: the generation task and its category
+import multiple_choice  # bench/multiple_choice.py: the ARC-format documents
+from common import machine
+
+ROOT = Path(__file__).resolve().parents[1]
+
+HOOK = r"""
+import ctypes, importlib.util, json, os, sys, threading, time, atexit
+
+_OUT = os.environ.get("MC_MEMORY_TIMELINE")
+if _OUT:
+    _PAGE = os.sysconf("SC_PAGE_SIZE")
+    _samples, _marks = [], []
+
+    class _Mallinfo(ctypes.Structure):  # glibc's mallinfo2 (>= 2.33): the main arena
+        _fields_ = [(n, ctypes.c_size_t) for n in
+                    ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                     "keepcost")]
+
+    try:
+        _libc = ctypes.CDLL("libc.so.6")
+        _libc.mallinfo2.restype = _Mallinfo
+    except (OSError, AttributeError):
+        _libc = None
+
+    def _rss():
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * _PAGE
+
+    def _arena():
+        if _libc is None:
+            return None
+        info = _libc.mallinfo2()
+        return [info.uordblks, info.fordblks]
+
+    def _poll():
+        while True:
+            _samples.append((time.time(), _rss()))
+            time.sleep(0.02)
+
+    threading.Thread(target=_poll, daemon=True).start()
+    atexit.register(lambda: json.dump({"samples": _samples, "marks": _marks}, open(_OUT, "w")))
+    _TARGETS = {
+        "adapters.lm_eval_model": [("EngineLM", "loglikelihood"), ("EngineLM", "generate_until")],
+        "runner.engines.build": [(None, "build_engine")],
+    }
+
+    def _wrap(owner, attr, name):
+        fn = getattr(owner, attr)
+
+        def wrapped(*args, **kwargs):
+            _marks.append((time.time(), name, "start", _rss(), _arena()))
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                _marks.append((time.time(), name, "end", _rss(), _arena()))
+
+        setattr(owner, attr, wrapped)
+
+    class _Finder:
+        def find_spec(self, fullname, path, target=None):
+            if fullname not in _TARGETS:
+                return None
+            sys.meta_path.remove(self)
+            try:
+                spec = importlib.util.find_spec(fullname)
+            finally:
+                sys.meta_path.insert(0, self)
+            run = spec.loader.exec_module
+
+            def exec_module(module):
+                run(module)
+                for owner, attr in _TARGETS[fullname]:
+                    _wrap(getattr(module, owner) if owner else module, attr, f"{owner or fullname}.{attr}")
+
+            spec.loader.exec_module = exec_module
+            return spec
+
+    sys.meta_path.insert(0, _Finder())
+"""
+
+MIB = 1024**2
+
+
+def mc_args(work: Path, n: int) -> list[str]:
+    """The multiple-choice job: lm-eval's arc_easy on N/4 local ARC-format docs."""
+    folder = work / f"mc_{n}"
+    folder.mkdir(parents=True)
+    files = multiple_choice.write_data(folder, n // 4)
+    return [
+        "category=science",
+        "~category.datasets.gpqa_diamond",
+        "~category.datasets.arc_challenge",
+        "+dataset@category.datasets.arc_easy=arc_easy",
+        f"category.datasets.arc_easy.local.test={files['arc']['test']}",
+    ]
+
+
+def generation_args(work: Path, n: int) -> list[str]:
+    """The generation job: N distinct prompts, one new token each."""
+    conf = job_scaling.write_category(work / "conf")
+    tasks = job_scaling.write_task(work / f"gen_{n}", n, 1)
+    return ["--config-dir", str(conf), f"category={job_scaling.CATEGORY}", f"paths.tasks_dir={tasks}"]
+
+
+def job(kind: str, n: int, model: str, work: Path, env: dict[str, str]) -> dict:
+    args = mc_args(work, n) if kind == "multiple choice" else generation_args(work, n)
+    run_dir = work / "out" / f"{kind.replace(' ', '_')}_{n}"
+    timeline = work / f"timeline_{run_dir.name}.json"
+    command = [
+        sys.executable, "-m", "runner", *args, f"model={model}", "cache=false", "tracking.system_metrics=false",
+        f"paths.output_dir={work / 'out'}", f"hydra.run.dir={run_dir}",
+    ]  # fmt: skip
+    start = time.perf_counter()
+    done = subprocess.run(
+        command, cwd=ROOT, env=env | {"MC_MEMORY_TIMELINE": str(timeline)}, stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=3 * 3600,
+    )  # fmt: skip
+    wall = time.perf_counter() - start
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} exited {done.returncode}:\n{done.stdout[-4000:]}")
+    telemetry = json.loads((run_dir / "telemetry.json").read_text())
+    data = json.loads(timeline.read_text())
+    marks = {(name.rsplit(".", 1)[-1], edge): (t, rss, arena) for t, name, edge, rss, arena in data["marks"]}
+    call = "loglikelihood" if kind == "multiple choice" else "generate_until"
+    loaded_at, loaded, loaded_arena = marks[("build_engine", "end")]
+    ended_at, ended, ended_arena = marks[(call, "end")]
+    during = [rss for t, rss in data["samples"] if loaded_at <= t <= ended_at]
+    return {
+        "kind": kind,
+        "n": n,
+        "wall": wall,
+        "pass_s": ended_at - loaded_at,
+        "loaded": loaded / MIB,
+        "ended": ended / MIB,
+        "peak": max(during + [ended]) / MIB,
+        "job_peak": telemetry["peak_rss_gib"] * 1024,
+        "arena_loaded": [b / MIB for b in loaded_arena] if loaded_arena else None,
+        "arena_ended": [b / MIB for b in ended_arena] if ended_arena else None,
+    }
+
+
+def show(r: dict) -> None:
+    arena = ""
+    if r["arena_loaded"] and r["arena_ended"]:
+        (used0, free0), (used1, free1) = r["arena_loaded"], r["arena_ended"]
+        arena = f"; main arena in use {used0:.0f} -> {used1:.0f}, free {free0:.0f} -> {free1:.0f} MiB"
+    print(
+        f"{r['kind']:>15} {r['n']:>6,} requests: {r['wall']:.1f} s, engine call {r['pass_s']:.1f} s; "
+        f"RSS loaded {r['loaded']:.0f}, at the call's end {r['ended']:.0f} (+{r['ended'] - r['loaded']:.0f}), "
+        f"peak during it {r['peak']:.0f} (+{r['peak'] - r['loaded']:.0f}), job peak {r['job_peak']:.0f} MiB{arena}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--sizes", default="1000,10000")
+    parser.add_argument("--model", default="tiny_llama")
+    parser.add_argument("--keep", action="store_true", help="keep the temp folder (run folders, timelines)")
+    args = parser.parse_args()
+    sizes = sorted(int(s) for s in args.sizes.split(","))
+    work = Path(tempfile.mkdtemp(prefix="bench-mc-memory-"))
+    hooks = work / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(HOOK)
+    inherited = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
+    env = inherited | {
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(hooks), os.environ.get("PYTHONPATH")])),
+    }
+    print(machine())
+    print(f"model {args.model}, default engine, cache=false; sizes {sizes}; load average {os.getloadavg()[0]:.2f}")
+    results: dict[str, list[dict]] = {"multiple choice": [], "generation": []}
+    for n in sizes:  # interleaved, smallest first
+        for kind, rows in results.items():
+            rows.append(job(kind, n, args.model, work, env))
+            show(rows[-1])
+    growth = {}
+    for kind, rows in results.items():
+        small, large = rows[0], rows[-1]
+        at_end = (large["ended"] - large["loaded"]) - (small["ended"] - small["loaded"])
+        peak = (large["peak"] - large["loaded"]) - (small["peak"] - small["loaded"])
+        growth[kind] = (at_end, peak)
+        per_k = 1000 / max(1, large["n"] - small["n"])
+        print(
+            f"{kind}: from {small['n']:,} to {large['n']:,} requests, RSS at the call's end grew {at_end:+.0f} MiB "
+            f"({at_end * per_k * 1024:+.0f} KiB per 1,000 requests), the peak during it {peak:+.0f} MiB"
+        )
+    mc, gen = results["multiple choice"][-1], results["generation"][-1]
+    print(
+        f"at {mc['n']:,} requests, multiple choice over generation: RSS at the call's end "
+        f"{mc['ended'] - mc['loaded']:+.0f} vs {gen['ended'] - gen['loaded']:+.0f} MiB over the loaded engine, "
+        f"peak {mc['peak'] - mc['loaded']:+.0f} vs {gen['peak'] - gen['loaded']:+.0f} MiB, job peak "
+        f"{mc['job_peak']:.0f} vs {gen['job_peak']:.0f} MiB"
+    )
+    peaks = mc["peak"] - mc["loaded"], gen["peak"] - gen["loaded"]
+    ok = growth["multiple choice"][0] <= growth["generation"][0] and peaks[0] <= peaks[1]
+    print(f"goal (multiple choice grows no more than generation, peak included): {'MET' if ok else 'NOT MET'}")
+    if args.keep:
+        print(f"kept: {work}")
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
