@@ -128,8 +128,8 @@ def multiple_choice(tokenizer, greedy) -> list[tuple[list[int], list[int]]]:
         ("Name a large city:", [" New York", " New Delhi", " Tokyo"]),  # choices sharing their first token
     ):
         requests += [(ids(question), ids(c)) for c in choices]
-    # A context of exactly two cache blocks: once the first choice computed them, the cache serves the second
-    # choice's whole context, the row its first token needs included, so it is scored again without the cache.
+    # A context of exactly two cache blocks: the cache holds all of it once computed, but vLLM computes at least
+    # a prompt's last token, so its positions compute its last block again.
     block = (ids(" river") * 64)[:64]
     requests += [(block, ids(" and the sea")), (block, ids(" or a lake"))]
     # At the context length (2048 here): the second request is 2,047 tokens (the reference below sends a whole
@@ -139,23 +139,34 @@ def multiple_choice(tokenizer, greedy) -> list[tuple[list[int], list[int]]]:
     return requests
 
 
-def test_shared_context_scoring_equals_scoring_each_request_alone(engines, caplog):
-    """vLLM: a pass per group of choices differing in their last token, reading the prefix cache, gives what
-    scoring every request alone gives, within 1e-4, with the same greedy flags."""
+def test_shared_context_scoring_equals_scoring_each_request_alone(engines):
+    """vLLM: a request per position the choices' continuations pass through, reading the prefix cache, gives
+    what scoring every request alone gives, within 1e-4, with the same greedy flags, and no request computes
+    log-probabilities over its prompt (what made a long context's pass cost its length times the vocabulary)."""
     from vllm import SamplingParams
 
-    from runner.engines.shared_context import group_by_context
+    from runner.engines.shared_context import by_position, group_by_context
 
     engine = engines["vllm"]
     first = SamplingParams(max_tokens=1, temperature=0.0)
     greedy = lambda c: engine.llm.generate([{"prompt_token_ids": c}], first, use_tqdm=False)[0].outputs[0].token_ids[0]  # noqa: E731
     requests = multiple_choice(engines["hf"].tokenizer, greedy)
     sent: list[int] = []
+    rows: list[int] = []  # per vLLM request: the prompt positions vLLM computed log-probabilities for
+
+    def counted(prompts, params, on_output, on_error):
+        sent.append(len(prompts))
+
+        def output(at, out):
+            rows.append(sum(row is not None for row in out.prompt_logprobs or []))
+            on_output(at, out)
+
+        return run(prompts, params, output, on_error)
+
     run = engine._run
-    engine._run = lambda prompts, *rest: (sent.append(len(prompts)), run(prompts, *rest))[1]  # type: ignore[method-assign]
+    engine._run = counted  # type: ignore[method-assign]
     try:
-        with caplog.at_level("INFO", logger="runner.engines.vllm"):
-            shared = engine.loglikelihood(requests)
+        shared = engine.loglikelihood(requests)
     finally:
         del engine._run
     alone = score_alone(engine, requests)
@@ -164,15 +175,16 @@ def test_shared_context_scoring_equals_scoring_each_request_alone(engines, caplo
         assert a.logprob == pytest.approx(b.logprob, abs=1e-4), index
         assert a.is_greedy == b.is_greedy, index
     assert sum(s.is_greedy for s in alone) >= 2  # greedy flags were really compared, not all False
-    groups = group_by_context(requests)
-    assert [len(g.members) for g in groups[:4]] == [5, 4, 5, 4]  # each question's letters: one pass per form
-    # One request per group, then the second choice on the two-block context once more.
-    assert sent == [len(groups), 1] and len(groups) < len(requests) - 10
+    # One pass, a request per position: the letters after "\n" are one request, as are a doc's first tokens.
+    positions = by_position(requests)
+    assert sent == [len(positions)] and len(positions) < sum(len(c) for _, c in requests) - 10
+    assert len(rows) == len(positions) and max(rows) == 0
     assert max(len(c) + len(x) for c, x in requests) == 2047  # the window's length, less the sampled token
-    assert "1 log-likelihood requests scored again" in caplog.text
 
-    # The transformers engine's own grouping, against vLLM's (the near-window pair left out: a batch of
-    # 2,047-token rows is gigabytes of logits on a CPU).
+    # The transformers engine's own grouping (a row per group), against vLLM's (the near-window pair left out:
+    # a batch of 2,047-token rows is gigabytes of logits on a CPU).
+    groups = group_by_context(requests)
+    assert [len(g.members) for g in groups[:4]] == [5, 4, 5, 4]  # each question's letters: one row per form
     hf = engines["hf"].loglikelihood(requests[:-2])
     for a, b in zip(hf, alone[:-2], strict=True):
         assert a.logprob == pytest.approx(b.logprob, abs=1e-3) and a.is_greedy == b.is_greedy
@@ -189,8 +201,8 @@ def test_a_bad_choice_in_a_one_pass_group_fails_alone(engines):
 
 
 def test_a_multiple_choice_pass_holds_at_most_a_batch_of_vllms_outputs(engines):
-    """Each vLLM output (a dict per prompt token for log-likelihoods) is let go once scored, so what a pass
-    holds does not grow with the task: 2,000 requests, never more than a batch of outputs alive."""
+    """Each vLLM output is let go once scored, so what a pass holds does not grow with the task: 2,000
+    requests, never more than a batch of outputs alive."""
     import weakref
 
     engine = engines["vllm"]
@@ -206,8 +218,8 @@ def test_a_multiple_choice_pass_holds_at_most_a_batch_of_vllms_outputs(engines):
     def watched(prompts, params, on_output, on_error):
         return run(prompts, params, lambda i, out: (outputs.add(out), on_output(i, out)), on_error)
 
-    # 500 docs of four choices with one-token contexts: one-letter choices (a pass per doc) and two-token
-    # ones (a pass per choice, with prompt_logprobs).
+    # 500 docs of four choices with one-token contexts: one-letter choices (a request per doc) and two-token
+    # ones (five requests per doc: the four first tokens together, then each choice's second).
     letters, words = [[32], [33], [34], [35]], [[1000, 1001], [1002, 1003], [1004, 1005], [1006, 1007]]
     pairs = [([2000 + d], choice) for d in range(500) for choice in (letters if d % 2 else words)]
     engine._run = watched  # type: ignore[method-assign]

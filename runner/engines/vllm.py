@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from runner.console.handlers import FILE_ONLY
 from runner.engines.base import (
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
     from runner.config.schema import ModelConfig
     from runner.engines.selection import Selection
-    from runner.engines.shared_context import ContextGroup
+    from runner.engines.shared_context import Position
 
 log = logging.getLogger(__name__)
 
@@ -157,11 +157,11 @@ class VLLMEngine(Engine):
         return every_answered(completions, "vllm")
 
     def _loglikelihood(self, requests: list[tuple[list[int], list[int]]], on_result: OnResult) -> list[LogLikelihood]:
-        """Choices that share their context and all but their last token are one request
-        (runner/engines/shared_context.py); a doc's requests go together, reading the prefix cache."""
+        """Each position a continuation passes through is one vLLM request, shared by every choice that passes
+        through it (runner/engines/shared_context.py); a doc's positions go together, reading the prefix cache."""
         from vllm.sampling_params import MAX_LOGPROB_TOKEN_IDS  # how many tokens one request may read
 
-        from runner.engines.shared_context import group_by_context
+        from runner.engines.shared_context import by_position
 
         scores: list[LogLikelihood | None] = [None] * len(requests)
 
@@ -169,57 +169,65 @@ class VLLMEngine(Engine):
             scores[index] = score
             on_result(index, score)
 
-        again = self._score_groups(requests, group_by_context(requests, MAX_LOGPROB_TOKEN_IDS), report, final=False)
-        if again:  # refused groups, one choice at a time (a bad choice fails alone); served past the context
-            log.info("%d log-likelihood requests scored again, alone and without the prefix cache",
-                     sum(len(g.members) for g in again), extra=FILE_ONLY)  # fmt: skip
-            self._score_groups(requests, [alone for group in again for alone in group.alone()], report, final=True)
+        for index, (_, continuation) in enumerate(requests):
+            if not continuation:  # nothing to read: probability 1, as lm-eval's own models score it
+                report(index, LogLikelihood(0.0, True))
+        positions = by_position(requests, MAX_LOGPROB_TOKEN_IDS)
+        refused = self._score_positions(requests, positions, report, final=False)
+        if refused:  # a position vLLM refused fails only the requests that, alone, it still refuses
+            log.info("%d log-likelihood requests scored again, each alone", len(refused), extra=FILE_ONLY)
+            alone = by_position(requests, MAX_LOGPROB_TOKEN_IDS, alone=refused)
+            self._score_positions(requests, alone, report, final=True)
         return every_answered(scores, "vllm")
 
-    def _score_groups(
-        self, requests: list[tuple[list[int], list[int]]], groups: list[ContextGroup], report: OnResult, *, final: bool
-    ) -> list[ContextGroup]:
-        """One vLLM request per group, its prompt the context and the continuation's shared prefix:
-        `logprob_token_ids` reads every member's last token at the next position (greedy: the token sampled
-        at temperature 0), and `prompt_logprobs=1` the prefix's tokens with their ranks (rank 1 = greedy).
+    def _score_positions(
+        self, requests: list[tuple[list[int], list[int]]], positions: list[Position], report: OnResult, *, final: bool
+    ) -> list[int]:
+        """One vLLM request per position, its prompt the context and the path so far: `logprob_token_ids`
+        reads each member's next token at the one position it samples (greedy: the token sampled at
+        temperature 0). No request asks for `prompt_logprobs`, which vLLM computes as a [tokens, vocabulary]
+        block over every prompt token it computes, so a pass holds what a generation pass holds, whatever
+        the context's length (lm-eval #2698).
 
-        vLLM skips the prefix cache for prompt_logprobs unless told; read, a doc's context is computed once
-        for all its choices. The rows the cache served come back unset, so a group the cache served past its
-        context's last token (the row its prefix's first token needs) is returned, as is a group vLLM refused,
-        to be scored again alone with `final=True` (no cache; a refusal then fails the request).
+        A request is scored once all its positions are read: their log-probabilities summed from the
+        continuation's start, as lm-eval sums them; greedy when every token is the one sampled. The members
+        of a position vLLM refuses are returned to be scored alone (`final=False`), or fail (`final=True`).
         """
         from vllm import SamplingParams
 
-        again: list[ContextGroup] = []
+        read: dict[int, list[tuple[float, bool] | None]] = {}  # request -> what its positions gave so far
+        dropped: set[int] = set()
 
         def finished(at: int, out: RequestOutput) -> None:
-            group = groups[at]
-            if not final and group.prefix and (out.num_cached_tokens or 0) > len(group.context) - 1:
-                again.append(group)
-                return
-            for index, score in _group_scores(requests, group, out):
-                report(index, score)
+            position = positions[at]
+            (logprobs,) = out.outputs[0].logprobs  # the sampled position: the sampled token and each asked for
+            sampled, depth = out.outputs[0].token_ids[0], len(position.path)
+            for index in position.members:
+                if index in dropped:
+                    continue
+                token = requests[index][1][depth]
+                got = read.setdefault(index, [None] * len(requests[index][1]))
+                got[depth] = (logprobs[token].logprob, token == sampled)
+                if all(part is not None for part in got):
+                    parts = cast(list[tuple[float, bool]], read.pop(index))
+                    report(index, LogLikelihood(sum(lp for lp, _ in parts), all(greedy for _, greedy in parts)))
 
         def failed(at: int, error: str) -> None:
-            if not final:
-                again.append(groups[at])
-                return
-            for index in groups[at].members:
-                report(index, LogLikelihood.failed(error))
+            for index in positions[at].members:
+                if index not in dropped:
+                    dropped.add(index)
+                    read.pop(index, None)
+                    if final:
+                        report(index, LogLikelihood.failed(error))
 
         params = [
             SamplingParams(
-                max_tokens=1,
-                temperature=0.0,
-                detokenize=False,
-                logprob_token_ids=group.last_tokens(requests),
-                prompt_logprobs=1 if group.prefix else None,
-                skip_reading_prefix_cache=final,
+                max_tokens=1, temperature=0.0, detokenize=False, logprob_token_ids=position.next_tokens(requests)
             )
-            for group in groups
+            for position in positions
         ]
-        self._run([{"prompt_token_ids": g.prompt} for g in groups], params, finished, failed)
-        return again
+        self._run([{"prompt_token_ids": position.prompt} for position in positions], params, finished, failed)
+        return [] if final else sorted(dropped)
 
     def kv_cache_usage(self) -> float | None:
         """vLLM's own gauge (`vllm:kv_cache_usage_perc`, a 0..1 fraction despite its name); the progress
@@ -260,22 +268,6 @@ def _completion(out: RequestOutput) -> Completion:
         finish_reason=out.outputs[0].finish_reason,
         latency_s=_latency(out),
     )
-
-
-def _group_scores(
-    requests: list[tuple[list[int], list[int]]], group: ContextGroup, out: RequestOutput
-) -> list[tuple[int, LogLikelihood]]:
-    rows = (out.prompt_logprobs or [])[len(group.context) : len(group.context) + len(group.prefix)]
-    picked = [row[token] for row, token in zip(rows, group.prefix, strict=True)]
-    prefix = sum(p.logprob for p in picked)  # summed first, as lm-eval sums a continuation from its start
-    prefix_greedy = all(p.rank == 1 for p in picked)
-    (read,) = out.outputs[0].logprobs  # the one generated position: the sampled token and every asked-for one
-    sampled = out.outputs[0].token_ids[0]
-    scores = []
-    for index in group.members:
-        last = requests[index][1][-1]
-        scores.append((index, LogLikelihood(prefix + read[last].logprob, prefix_greedy and last == sampled)))
-    return scores
 
 
 def _latency(output: RequestOutput) -> float | None:
