@@ -186,8 +186,8 @@ class VLLMEngine(Engine):
         """One vLLM request per position, its prompt the context and the path so far: `logprob_token_ids`
         reads each member's next token at the one position it samples (greedy: the token sampled at
         temperature 0). No request asks for `prompt_logprobs`, which vLLM computes as a [tokens, vocabulary]
-        block over every prompt token it computes, so a pass holds what a generation pass holds, whatever
-        the context's length (lm-eval #2698).
+        block over every prompt token it computes: what a request computes no longer grows with its context's
+        length times the vocabulary (lm-eval #2698).
 
         A request is scored once all its positions are read: their log-probabilities summed from the
         continuation's start, as lm-eval sums them; greedy when every token is the one sampled. The members
