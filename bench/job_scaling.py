@@ -61,7 +61,7 @@ import time
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from common import machine  # bench/common.py (a script's folder is on sys.path)
+from common import hooked_job_env, machine  # bench/common.py (a script's folder is on sys.path)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -525,14 +525,7 @@ def main() -> None:
     hooks.mkdir()
     (hooks / "sitecustomize.py").write_text(HOOK)
     conf = write_category(work / "conf")
-    inherited = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
-    env = inherited | {
-        "HF_HUB_OFFLINE": "1",
-        "HF_DATASETS_OFFLINE": "1",
-        "MLFLOW_DISABLE_TELEMETRY": "true",
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(hooks), os.environ.get("PYTHONPATH")])),
-        "JOB_SCALING_TIMINGS": str(work / "timings"),
-    }
+    env = hooked_job_env(hooks) | {"JOB_SCALING_TIMINGS": str(work / "timings")}
     load_before = os.getloadavg()
 
     # The baseline runs first: it also creates the store's tables, which the jobs compared then all find made.

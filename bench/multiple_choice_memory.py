@@ -37,7 +37,7 @@ from pathlib import Path
 
 import job_scaling  # bench/job_scaling.py: the generation task and its category
 import multiple_choice  # bench/multiple_choice.py: the ARC-format documents
-from common import machine
+from common import hooked_job_env, machine
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -200,13 +200,7 @@ def main() -> None:
     hooks = work / "hooks"
     hooks.mkdir()
     (hooks / "sitecustomize.py").write_text(HOOK)
-    inherited = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
-    env = inherited | {
-        "HF_HUB_OFFLINE": "1",
-        "HF_DATASETS_OFFLINE": "1",
-        "MLFLOW_DISABLE_TELEMETRY": "true",
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(hooks), os.environ.get("PYTHONPATH")])),
-    }
+    env = hooked_job_env(hooks)
     print(machine())
     print(f"model {args.model}, default engine, cache=false; sizes {sizes}; load average {os.getloadavg()[0]:.2f}")
     results: dict[str, list[dict]] = {"multiple choice": [], "generation": []}
