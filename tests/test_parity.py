@@ -154,14 +154,15 @@ def test_shared_context_scoring_equals_scoring_each_request_alone(engines):
     sent: list[int] = []
     rows: list[int] = []  # per vLLM request: the prompt positions vLLM computed log-probabilities for
 
-    def counted(prompts, params, on_output, on_error):
-        sent.append(len(prompts))
+    def counted(passes, on_output, on_error):
+        passes = list(passes)
+        sent.append(len(passes))
 
         def output(at, out):
             rows.append(sum(row is not None for row in out.prompt_logprobs or []))
             on_output(at, out)
 
-        return run(prompts, params, output, on_error)
+        return run(passes, output, on_error)
 
     run = engine._run
     engine._run = counted  # type: ignore[method-assign]
@@ -201,22 +202,25 @@ def test_a_bad_choice_in_a_one_pass_group_fails_alone(engines):
 
 
 def test_a_multiple_choice_pass_holds_at_most_a_batch_of_vllms_outputs(engines):
-    """Each vLLM output is let go once scored, so what a pass holds does not grow with the task: 2,000
-    requests, never more than a batch of outputs alive."""
+    """What a pass holds does not grow with the task: 2,000 requests (1,500 vLLM requests), never more than a
+    batch of vLLM's outputs alive (each is let go once scored), and never more than four batches of requests
+    inside vLLM (each goes in as an earlier one finishes), yet always more than one batch: the engine is fed."""
     import weakref
 
     engine = engines["vllm"]
     outputs: weakref.WeakSet = weakref.WeakSet()
     alive: list[int] = []
+    inside: list[int] = []  # requests vLLM holds, at each score
 
     def watch(index: int, _) -> None:  # how many of vLLM's outputs are still held, every 200 scores
+        inside.append(engine.llm.llm_engine.get_num_unfinished_requests())
         if index % 200 == 199:
             alive.append(len(outputs))
 
     run = engine._run
 
-    def watched(prompts, params, on_output, on_error):
-        return run(prompts, params, lambda i, out: (outputs.add(out), on_output(i, out)), on_error)
+    def watched(passes, on_output, on_error):
+        return run(passes, lambda i, out: (outputs.add(out), on_output(i, out)), on_error)
 
     # 500 docs of four choices with one-token contexts: one-letter choices (a request per doc) and two-token
     # ones (five requests per doc: the four first tokens together, then each choice's second).
@@ -229,6 +233,8 @@ def test_a_multiple_choice_pass_holds_at_most_a_batch_of_vllms_outputs(engines):
         del engine._run
     assert all(s.error is None for s in scores)
     assert len(alive) == 10 and max(alive) <= 256, alive  # a batch at most (max_num_seqs), never the task's
+    batch = engine.llm.llm_engine.vllm_config.scheduler_config.max_num_seqs
+    assert batch < max(inside) <= 4 * batch, (batch, max(inside))
 
 
 def test_rolling_log_likelihoods_agree(engines):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, cast
 
 from runner.console.handlers import FILE_ONLY
@@ -82,50 +82,64 @@ class VLLMEngine(Engine):
 
     def _run(
         self,
-        prompts: list[dict[str, list[int]]],
-        params: Any,
+        requests: Iterable[tuple[dict[str, list[int]], Any]],
         on_output: Callable[[int, RequestOutput], None],
         on_error: Callable[[int, str], None],
     ) -> None:
-        """vLLM's own offline loop (what `LLM.generate` does), handing each request over as it finishes.
+        """vLLM's own offline loop (what `LLM.generate` does) over (prompt, SamplingParams) pairs, handing each
+        request over as it finishes.
 
-        One pass with every prompt: vLLM's scheduler batches continuously, which beats any fixed batch
-        size. Requests are added one by one: vLLM refuses a whole call for one prompt it will not take
-        (too long, a token outside the vocabulary), and here that request fails alone (`on_error`) while
-        the others run. Outputs are handed over and not kept: a log-likelihood output holds a dict per
-        prompt token, and 10,000 of them held to the end would grow with the task.
+        vLLM's scheduler batches continuously, which beats any fixed batch size; it is kept fed, but never
+        holds more than `_in_flight()` requests, and each pair is made only when it goes in: what is kept
+        per queued request (its tokens, block hashes, sampling state) otherwise grows with the task: by about
+        0.15 GiB at the peak of a 10,000-request multiple-choice pass here. Requests are added one by one: vLLM refuses a
+        whole call for one prompt it will not take (too long, a token outside the vocabulary), and here that
+        request fails alone (`on_error`) while the others run. Outputs are handed over and not kept.
         """
         enqueue = getattr(self.llm, "enqueue", None)
         if enqueue is None:  # a vLLM without enqueue(): the results arrive all at once
+            pairs = list(requests)
+            prompts, params = [prompt for prompt, _ in pairs], [param for _, param in pairs]
             for at, out in enumerate(self.llm.generate(prompts, params, use_tqdm=False)):
                 on_output(at, out)
             return
-        each = params if isinstance(params, list) else [params] * len(prompts)
-        added: dict[str, int] = {}
-        for at, (prompt, param) in enumerate(zip(prompts, each, strict=True)):
-            try:
-                (request_id,) = enqueue([prompt], [param], use_tqdm=False)  # "<external id>-<random suffix>"
-            except Exception as exc:  # noqa: BLE001 - the engine refused this request: it fails alone
-                on_error(at, describe(exc))
-                continue
-            added[request_id] = at
-        # Outputs carry the external id (what LLM.generate sorts its outputs by).
-        position = added | {r.rsplit("-", 1)[0]: i for r, i in added.items()}
-        unanswered = set(added.values())
-        engine = self.llm.llm_engine
+        waiting = enumerate(requests)
+        live: dict[str, int] = {}  # request id ("<external id>-<random suffix>") -> its index, while in vLLM
+        outputs: dict[str, str] = {}  # the id an output carries (the external id, what LLM.generate sorts by)
+        window, engine = self._in_flight(), self.llm.llm_engine
+
+        def top_up() -> None:
+            while len(live) < window and (nxt := next(waiting, None)) is not None:
+                at, (prompt, param) = nxt
+                try:
+                    (request_id,) = enqueue([prompt], [param], use_tqdm=False)
+                except Exception as exc:  # noqa: BLE001 - the engine refused this request: it fails alone
+                    on_error(at, describe(exc))
+                    continue
+                live[request_id] = at
+                outputs[request_id] = outputs[request_id.rsplit("-", 1)[0]] = request_id
+
         try:
+            top_up()
             while engine.has_unfinished_requests():
                 for out in engine.step():
-                    index = position.get(out.request_id)
-                    if out.finished and index in unanswered:
-                        unanswered.discard(index)
-                        on_output(index, out)
+                    request_id = outputs.get(out.request_id)
+                    if out.finished and request_id in live:
+                        outputs.pop(request_id.rsplit("-", 1)[0], None)
+                        outputs.pop(request_id, None)
+                        on_output(live.pop(request_id), out)
+                top_up()
         except BaseException:
             # Leave no request of this call queued in the engine: the next call would receive its output.
-            engine.abort_request([r for r, i in added.items() if i in unanswered], internal=True)
+            engine.abort_request(list(live), internal=True)
             raise
-        if unanswered:
-            raise RuntimeError(f"vLLM stopped with {len(unanswered)} of {len(prompts)} requests unanswered.")
+        if live or next(waiting, None) is not None:
+            raise RuntimeError(f"vLLM stopped with {len(live)} requests unanswered.")
+
+    def _in_flight(self) -> int:
+        """How many requests vLLM holds at once: four times what it schedules in a step, so a full batch always
+        waits behind the running one (max_num_seqs: 64 on the CPU build here, 256 or more on GPUs)."""
+        return 4 * int(self.llm.llm_engine.vllm_config.scheduler_config.max_num_seqs)
 
     def _generate(
         self, prompts: list[list[int]], settings: list[SamplingSettings], on_result: OnResult
@@ -142,7 +156,6 @@ class VLLMEngine(Engine):
                     stop=list(each.stop) or None,
                     seed=each.seed,
                 )
-        params = [made[each] for each in settings]
         completions: list[Completion | None] = [None] * len(prompts)
 
         def finished(index: int, out: RequestOutput) -> None:
@@ -153,7 +166,11 @@ class VLLMEngine(Engine):
             completions[index] = Completion.failed(prompts[index], error)
             on_result(index, completions[index])
 
-        self._run([{"prompt_token_ids": ids} for ids in prompts], params, finished, failed)
+        self._run(
+            (({"prompt_token_ids": ids}, made[each]) for ids, each in zip(prompts, settings, strict=True)),
+            finished,
+            failed,
+        )
         return every_answered(completions, "vllm")
 
     def _loglikelihood(self, requests: list[tuple[list[int], list[int]]], on_result: OnResult) -> list[LogLikelihood]:
@@ -220,13 +237,16 @@ class VLLMEngine(Engine):
                     if final:
                         report(index, LogLikelihood.failed(error))
 
-        params = [
-            SamplingParams(
-                max_tokens=1, temperature=0.0, detokenize=False, logprob_token_ids=position.next_tokens(requests)
+        passes = (
+            (
+                {"prompt_token_ids": position.prompt},
+                SamplingParams(
+                    max_tokens=1, temperature=0.0, detokenize=False, logprob_token_ids=position.next_tokens(requests)
+                ),
             )
             for position in positions
-        ]
-        self._run([{"prompt_token_ids": position.prompt} for position in positions], params, finished, failed)
+        )
+        self._run(passes, finished, failed)
         return [] if final else sorted(dropped)
 
     def kv_cache_usage(self) -> float | None:
