@@ -151,7 +151,9 @@ def test_isolation_report_is_complete(isolation):
 
 
 def test_infinite_loop_times_out(caller_kills):
-    result = _run("while True:\n    pass", timeout_s=1)
+    # The CPU-time limit (by default the timeout's) set above the timeout: on a busy machine the supervisor may
+    # wake late, and the kernel's SIGXCPU at 1 s of CPU time would then stop the loop first.
+    result = _run("while True:\n    pass", timeout_s=1, cpu_s=5)
     assert result.status == "timeout" and result.reason == "wall-clock timeout (1 s)"
     assert caller_kills == []  # the supervisor's own timeout stopped it, not the caller's last resort
 
