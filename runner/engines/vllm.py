@@ -91,10 +91,11 @@ class VLLMEngine(Engine):
 
         vLLM's scheduler batches continuously, which beats any fixed batch size; it is kept fed, but never
         holds more than `_in_flight()` requests, and each pair is made only when it goes in: what is kept
-        per queued request (its tokens, block hashes, sampling state) otherwise grows with the task: by about
-        0.15 GiB at the peak of a 10,000-request multiple-choice pass here. Requests are added one by one: vLLM refuses a
-        whole call for one prompt it will not take (too long, a token outside the vocabulary), and here that
-        request fails alone (`on_error`) while the others run. Outputs are handed over and not kept.
+        per queued request (its tokens, block hashes, sampling state) otherwise grows with the task, by about
+        0.15 GiB at the peak of a 10,000-request multiple-choice pass here. Requests are added one by one:
+        vLLM refuses a whole call for one prompt it will not take (too long, a token outside the vocabulary),
+        and here that request fails alone (`on_error`) while the others run. Outputs are handed over and not
+        kept.
         """
         enqueue = getattr(self.llm, "enqueue", None)
         if enqueue is None:  # a vLLM without enqueue(): the results arrive all at once
