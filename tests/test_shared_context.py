@@ -20,7 +20,7 @@ def test_choices_differing_in_their_last_token_are_one_pass_over_context_and_sha
         ([4, 5], [NL], [5]),
         ([4, 5], [NL, 23, 24], [6]),
     ]
-    assert groups[0].prompt == [1, 2, 3, NL] and groups[0].last_tokens(MMLU) == [10, 11, 12, 13]
+    assert groups[0].prompt == [1, 2, 3, NL]
 
 
 def test_a_context_seen_again_later_joins_its_doc_and_one_token_choices_have_no_prefix():
@@ -29,14 +29,10 @@ def test_a_context_seen_again_later_joins_its_doc_and_one_token_choices_have_no_
     assert [(g.prefix, g.members) for g in groups] == [([NL, 20], [0]), ([NL], [2]), ([], [1, 3])]
 
 
-def test_a_repeated_choice_is_read_once_and_a_cap_splits_a_large_group():
+def test_a_group_splits_into_one_group_per_member():
     requests = [([7], [t]) for t in (1, 2, 1, 3, 4, 5)]
     (whole,) = group_by_context(requests)
-    assert whole.last_tokens(requests) == [1, 2, 3, 4, 5]
-    parts = group_by_context(requests, max_last_tokens=2)
-    assert [p.members for p in parts] == [[0, 1, 2], [3, 4], [5]]
-    assert all(len(p.last_tokens(requests)) <= 2 for p in parts)
-    assert [len(g.members) for g in whole.alone()] == [1] * len(requests)
+    assert [g.members for g in whole.alone()] == [[i] for i in range(len(requests))]
 
 
 def test_each_position_a_continuation_passes_through_is_one_pass_shared_by_the_choices_passing_through_it():

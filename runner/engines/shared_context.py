@@ -38,22 +38,14 @@ class ContextGroup:
     def prompt(self) -> list[int]:
         return self.context + self.prefix
 
-    def last_tokens(self, requests: Sequence[Request]) -> list[int]:
-        """The distinct last tokens the pass reads at its final position, in first-seen order."""
-        return list(dict.fromkeys(requests[i][1][-1] for i in self.members))
-
     def alone(self) -> list[ContextGroup]:
         """Each member in a group of its own (a choice the engine refused then fails alone)."""
         return [ContextGroup(self.context, self.prefix, [i]) for i in self.members]
 
 
-def group_by_context(requests: Sequence[Request], max_last_tokens: int | None = None) -> list[ContextGroup]:
+def group_by_context(requests: Sequence[Request]) -> list[ContextGroup]:
     """Groups in the order their requests first appear; members in request order; a doc's groups adjacent
-    (groups with one context follow each other), so a prefix cache holds that context for all of them.
-
-    `max_last_tokens` caps the distinct last tokens one pass may read (vLLM reads at most 128): a larger
-    group is split into passes of that many tokens' requests.
-    """
+    (groups with one context follow each other)."""
     by_key: dict[tuple[tuple[int, ...], tuple[int, ...]], list[int]] = {}
     for index, (context, continuation) in enumerate(requests):
         by_key.setdefault((tuple(context), tuple(continuation[:-1])), []).append(index)
@@ -61,12 +53,7 @@ def group_by_context(requests: Sequence[Request], max_last_tokens: int | None = 
     for key, members in by_key.items():
         context_seen.setdefault(key[0], members[0])
     keys = sorted(by_key, key=lambda key: (context_seen[key[0]], by_key[key][0]))
-    groups: list[ContextGroup] = []
-    for key in keys:
-        context, prefix = requests[by_key[key][0]][0], list(key[1])
-        for part in _split(by_key[key], lambda i: requests[i][1][-1], max_last_tokens):
-            groups.append(ContextGroup(context, prefix, part))
-    return groups
+    return [ContextGroup(requests[by_key[key][0]][0], list(key[1]), by_key[key]) for key in keys]
 
 
 def _split(members: list[int], token: Callable[[int], int], cap: int | None) -> list[list[int]]:
