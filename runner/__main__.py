@@ -5,6 +5,11 @@ Kept tiny and import-light: torch, vLLM, lm-eval and MLflow load only once a job
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # not in the workers vLLM spawns, which import this module as __mp_main__
+    from runner.machine.allocator import preload_tcmalloc
+
+    preload_tcmalloc()  # on vLLM's CPU build: this command again, with tcmalloc preloaded (allocator.py)
+
 from pathlib import Path
 
 import hydra

@@ -13,6 +13,8 @@ import mlflow
 import pytest
 from conftest import SHORT_ANSWERS, run_cli
 
+from runner.machine import allocator
+
 pytestmark = pytest.mark.slow
 
 
@@ -55,6 +57,8 @@ def test_one_finished_mlflow_run_with_accuracy_and_engine_telemetry(job):
     assert 0 < metrics["latency_p50_s"] <= metrics["latency_p95_s"]
     assert metrics["peak_rss_gib"] > 0.5  # the fp32 model alone is ~0.5 GiB
     assert run.data.tags["engine"] == "cpu"
+    # vLLM's CPU build runs on tcmalloc, as vLLM sets up its own engine-core process, where the machine has it.
+    assert run.data.tags["malloc"] == ("tcmalloc" if allocator.find_tcmalloc() else "system")
     assert run.data.params["limit"] == "6"
 
 
@@ -117,6 +121,7 @@ def test_the_summary_names_scores_throughput_and_where_things_are(job):
     assert "output tok/s" in stdout and "latency p50" in stdout
     assert f"MLflow run:  {runs[0].info.run_id}" in stdout
     assert f"output dir:  {out}/runs/" in stdout
+    assert "tcmalloc" not in stdout  # its report of each allocation over 1 GiB (the KV cache) stays off the console
 
 
 # On vLLM, tiny_llama's dummy weights run in the shared sweep (tests/test_sweep.py).

@@ -111,8 +111,11 @@ def refused_credentials(exc: BaseException) -> str | None:
 
 
 def provenance_tags() -> dict[str, str]:
-    """Git commit and dirty flag of the checkout, and the versions of the packages that make the result."""
-    tags: dict[str, str] = {}
+    """Git commit and dirty flag of the checkout, the versions of the packages that make the result, and the
+    malloc the job ran on (its memory telemetry depends on it: runner/machine/allocator.py)."""
+    from runner.machine.allocator import allocator
+
+    tags: dict[str, str] = {"malloc": allocator()}
     for package in PACKAGES:
         try:
             tags[f"version.{package}"] = metadata.version(package)
