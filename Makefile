@@ -13,7 +13,7 @@ REQS := requirements/$(FLAVOR).lock
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 
-.PHONY: venv model browser run test test-quick lint lock lock-gpu check-gpu-env mlflow-ui clean
+.PHONY: venv model browser tcmalloc run test test-quick lint lock lock-gpu check-gpu-env mlflow-ui clean
 
 venv: $(STAMP)
 
@@ -21,7 +21,7 @@ $(STAMP): $(REQS) pyproject.toml scripts/setup_venv.sh
 	bash scripts/setup_venv.sh $(FLAVOR) $(VENV)
 	touch $@
 
-model: venv
+model: venv tcmalloc
 	$(PY) -m runner.catalog.weights
 
 ## The default job: text_geospatial on smollm2_135m, 50 samples per dataset. Other overrides: make run ARGS="limit=200"
@@ -31,7 +31,13 @@ run: model
 
 ## Headless Chromium for the MLflow UI test (Debian's package, as root; that test skips, saying why, without it).
 browser:
-	bash scripts/install_chromium.sh
+	bash scripts/install_debian_package.sh chromium "command -v chromium" "the MLflow UI test will skip"
+
+## tcmalloc for vLLM's CPU build (Debian's package, as root), as vLLM's CPU guide sets up: `python -m runner`
+## re-executes itself with it preloaded (runner/machine/allocator.py). Without it, jobs run on glibc's malloc.
+tcmalloc:
+	@if [ "$(FLAVOR)" = cpu ]; then bash scripts/install_debian_package.sh libtcmalloc-minimal4 "$(PY) -m runner.machine.allocator" \
+		"jobs on vLLM's CPU build run on glibc's malloc, which keeps more memory on multiple-choice tasks"; fi
 
 ## The test suite, on two pytest-xdist workers (WORKERS=1: one process). Extra pytest arguments: make test PYTEST_ARGS="-k config"
 ## A file's tests run whole on one worker, longest files first (tests/conftest.py, docs/testing.md).

@@ -218,7 +218,7 @@ def chromium() -> str:
     path = shutil.which("chromium")
     if path is None:
         pytest.skip(
-            "Chromium is not installed (scripts/install_chromium.sh installs Debian's chromium package as root); "
+            "Chromium is not installed (scripts/install_debian_package.sh installs Debian's chromium package as root); "
             "the MLflow UI test needs it"
         )
     return path
