@@ -197,13 +197,13 @@ def prompts(n: int, seed: int = 0) -> list[dict[str, str]]:
     ]
 
 
-def write_task(folder: Path, n: int, max_tokens: int) -> Path:
+def write_task(folder: Path, n: int, max_tokens: int, rows: list[dict[str, str]] | None = None) -> Path:
     """tasks/<TASK>.yaml and tasks/data/<TASK>.jsonl (the project's layout, which readiness checks); returns
-    the tasks folder, given to the job as paths.tasks_dir."""
+    the tasks folder, given to the job as paths.tasks_dir. `rows` (prompt, answer) replace `prompts(n)`."""
     tasks = folder / "tasks"
     (tasks / "data").mkdir(parents=True, exist_ok=True)
     data = tasks / "data" / f"{TASK}.jsonl"
-    data.write_text("".join(json.dumps(row) + "\n" for row in prompts(n)))
+    data.write_text("".join(json.dumps(row) + "\n" for row in (prompts(n) if rows is None else rows)))
     # lm-eval resolves relative data_files against the working directory, not the YAML: absolute path.
     # exact_match after dropping whitespace and everything from the first comma: the first number only.
     (tasks / f"{TASK}.yaml").write_text(

@@ -1,26 +1,29 @@
-"""Memory of a multiple-choice (log-likelihood) job against a generation job of the same request count.
+"""Memory of a multiple-choice (log-likelihood) job against generation jobs of the same request count.
 
     python bench/multiple_choice_memory.py [--sizes 1000,10000] [--model tiny_llama] [--keep]
 
-For each size N, two real jobs through the CLI, each in a fresh process, on the default engine (the CPU build
+For each size N, three real jobs through the CLI, each in a fresh process, on the default engine (the CPU build
 of vLLM here, in-process, 1 GiB KV cache, 32-token blocks, prefix caching), `cache=false`:
   - multiple choice: lm-eval's own `arc_easy` on N/4 local ARC-format docs of four choices (N requests),
     chat template, 0-shot: `python -m runner category=science ... +dataset@category.datasets.arc_easy=arc_easy
     category.datasets.arc_easy.local.test=FILE` (bench/multiple_choice.py's documents);
-  - generation: N distinct short prompts, greedy, one new token each (bench/job_scaling.py's task).
+  - generation: N questions of the same kind, as arc_easy writes them ("Question: ...\nAnswer:"), greedy, one
+    new token each: the same prompts' prefill, without the log-likelihood machinery (the issue's yardstick);
+  - short generation: N distinct short prompts, one new token each (bench/job_scaling.py's task).
 The model defaults to `tiny_llama` (conf/model: 14M random weights, the default model's tokenizer and
 vocabulary, so the same [tokens, vocabulary] log-probability blocks): the engine, scheduler, sampler and
-lm-eval work per request are the default model's, and the whole script takes about 4 minutes here (the
-10,000-request multiple-choice job 2.5). `--model smollm2_135m` runs the default model.
+lm-eval work per request are the default model's, and the whole script takes about 5 minutes here (the
+10,000-request multiple-choice job 1.5). `--model smollm2_135m` runs the default model.
 
 The job process loads a small `sitecustomize` (PYTHONPATH; the command stays `python -m runner`) that samples
 its RSS every 20 ms and marks the end of the engine's load and of lm-eval's engine call (the bridge's
-`loglikelihood` or `generate_until`). Printed per job: wall time, RSS once the engine is loaded, RSS when the
-call returns, the peak sampled during the call, the job's own peak (telemetry.json, as the summary shows it),
-and glibc's main arena (in use / free) at those two points. Then, per kind, the growth from the smallest to
-the largest job: of the RSS at the call's end and of the peak during it, over the engine's loaded RSS; and
-the same for multiple choice over generation. Issue goal: a 10,000-request multiple-choice job does not grow
-past what generation needs for the same count.
+`loglikelihood` or `generate_until`). Printed per job: the malloc it ran on (tcmalloc, which `python -m runner`
+preloads on vLLM's CPU build where the machine has it, or glibc's), wall time, RSS once the engine is loaded,
+RSS when the call returns, the peak sampled during the call, the job's own peak (telemetry.json, as the summary
+shows it), and glibc's main arena (in use / free) at those two points (zeros under tcmalloc). Then, per kind,
+the growth from the smallest to the largest job: of the RSS at the call's end and of the peak during it, over
+the engine's loaded RSS; and the same for multiple choice over generation. Issue goal: a 10,000-request
+multiple-choice job does not grow past what generation needs for the same count.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -47,7 +51,7 @@ import ctypes, importlib.util, json, os, sys, threading, time, atexit
 _OUT = os.environ.get("MC_MEMORY_TIMELINE")
 if _OUT:
     _PAGE = os.sysconf("SC_PAGE_SIZE")
-    _samples, _marks = [], []
+    _samples, _marks, _malloc = [], [], [None]
 
     class _Mallinfo(ctypes.Structure):  # glibc's mallinfo2 (>= 2.33): the main arena
         _fields_ = [(n, ctypes.c_size_t) for n in
@@ -76,7 +80,7 @@ if _OUT:
             time.sleep(0.02)
 
     threading.Thread(target=_poll, daemon=True).start()
-    atexit.register(lambda: json.dump({"samples": _samples, "marks": _marks}, open(_OUT, "w")))
+    atexit.register(lambda: json.dump({"samples": _samples, "marks": _marks, "malloc": _malloc[0]}, open(_OUT, "w")))
     _TARGETS = {
         "adapters.lm_eval_model": [("EngineLM", "loglikelihood"), ("EngineLM", "generate_until")],
         "runner.engines.build": [(None, "build_engine")],
@@ -87,6 +91,7 @@ if _OUT:
 
         def wrapped(*args, **kwargs):
             _marks.append((time.time(), name, "start", _rss(), _arena()))
+            _malloc[0] = "tcmalloc" if "libtcmalloc" in open("/proc/self/maps").read() else "glibc"
             try:
                 return fn(*args, **kwargs)
             finally:
@@ -117,6 +122,7 @@ if _OUT:
 """
 
 MIB = 1024**2
+MC, GEN, SHORT = "multiple choice", "generation", "short generation"
 
 
 def mc_args(work: Path, n: int) -> list[str]:
@@ -133,15 +139,22 @@ def mc_args(work: Path, n: int) -> list[str]:
     ]
 
 
-def generation_args(work: Path, n: int) -> list[str]:
-    """The generation job: N distinct prompts, one new token each."""
+def generation_args(work: Path, n: int, *, short: bool) -> list[str]:
+    """A generation job of N requests, one new token each: N questions written as arc_easy writes its prompts
+    (a seed of their own, so not the multiple-choice job's, whose prefix cache is gone with its process
+    anyway), or, `short`, job_scaling's N distinct short prompts."""
     conf = job_scaling.write_category(work / "conf")
-    tasks = job_scaling.write_task(work / f"gen_{n}", n, 1)
+    folder = work / f"{'short' if short else 'gen'}_{n}"
+    rng = random.Random(1)
+    rows = None if short else [
+        {"prompt": f"Question: {multiple_choice.sentence(rng, 12, 40)}?\nAnswer:", "answer": "A"} for _ in range(n)
+    ]  # fmt: skip
+    tasks = job_scaling.write_task(folder, n, 1, rows)
     return ["--config-dir", str(conf), f"category={job_scaling.CATEGORY}", f"paths.tasks_dir={tasks}"]
 
 
 def job(kind: str, n: int, model: str, work: Path, env: dict[str, str]) -> dict:
-    args = mc_args(work, n) if kind == "multiple choice" else generation_args(work, n)
+    args = mc_args(work, n) if kind == MC else generation_args(work, n, short=kind == SHORT)
     run_dir = work / "out" / f"{kind.replace(' ', '_')}_{n}"
     timeline = work / f"timeline_{run_dir.name}.json"
     command = [
@@ -159,13 +172,14 @@ def job(kind: str, n: int, model: str, work: Path, env: dict[str, str]) -> dict:
     telemetry = json.loads((run_dir / "telemetry.json").read_text())
     data = json.loads(timeline.read_text())
     marks = {(name.rsplit(".", 1)[-1], edge): (t, rss, arena) for t, name, edge, rss, arena in data["marks"]}
-    call = "loglikelihood" if kind == "multiple choice" else "generate_until"
+    call = "loglikelihood" if kind == MC else "generate_until"
     loaded_at, loaded, loaded_arena = marks[("build_engine", "end")]
     ended_at, ended, ended_arena = marks[(call, "end")]
     during = [rss for t, rss in data["samples"] if loaded_at <= t <= ended_at]
     return {
         "kind": kind,
         "n": n,
+        "malloc": data["malloc"],
         "wall": wall,
         "pass_s": ended_at - loaded_at,
         "loaded": loaded / MIB,
@@ -183,7 +197,7 @@ def show(r: dict) -> None:
         (used0, free0), (used1, free1) = r["arena_loaded"], r["arena_ended"]
         arena = f"; main arena in use {used0:.0f} -> {used1:.0f}, free {free0:.0f} -> {free1:.0f} MiB"
     print(
-        f"{r['kind']:>15} {r['n']:>6,} requests: {r['wall']:.1f} s, engine call {r['pass_s']:.1f} s; "
+        f"{r['kind']:>16} {r['n']:>6,} requests, {r['malloc']}: {r['wall']:.1f} s, engine call {r['pass_s']:.1f} s; "
         f"RSS loaded {r['loaded']:.0f}, at the call's end {r['ended']:.0f} (+{r['ended'] - r['loaded']:.0f}), "
         f"peak during it {r['peak']:.0f} (+{r['peak'] - r['loaded']:.0f}), job peak {r['job_peak']:.0f} MiB{arena}"
     )
@@ -203,7 +217,7 @@ def main() -> None:
     env = hooked_job_env(hooks)
     print(machine())
     print(f"model {args.model}, default engine, cache=false; sizes {sizes}; load average {os.getloadavg()[0]:.2f}")
-    results: dict[str, list[dict]] = {"multiple choice": [], "generation": []}
+    results: dict[str, list[dict]] = {MC: [], GEN: [], SHORT: []}
     for n in sizes:  # interleaved, smallest first
         for kind, rows in results.items():
             rows.append(job(kind, n, args.model, work, env))
@@ -219,15 +233,18 @@ def main() -> None:
             f"{kind}: from {small['n']:,} to {large['n']:,} requests, RSS at the call's end grew {at_end:+.0f} MiB "
             f"({at_end * per_k * 1024:+.0f} KiB per 1,000 requests), the peak during it {peak:+.0f} MiB"
         )
-    mc, gen = results["multiple choice"][-1], results["generation"][-1]
-    print(
-        f"at {mc['n']:,} requests, multiple choice over generation: RSS at the call's end "
-        f"{mc['ended'] - mc['loaded']:+.0f} vs {gen['ended'] - gen['loaded']:+.0f} MiB over the loaded engine, "
-        f"peak {mc['peak'] - mc['loaded']:+.0f} vs {gen['peak'] - gen['loaded']:+.0f} MiB, job peak "
-        f"{mc['job_peak']:.0f} vs {gen['job_peak']:.0f} MiB"
-    )
+    mc = results[MC][-1]
+    for kind in (GEN, SHORT):
+        gen = results[kind][-1]
+        print(
+            f"at {mc['n']:,} requests, multiple choice over {kind}: RSS at the call's end "
+            f"{mc['ended'] - mc['loaded']:+.0f} vs {gen['ended'] - gen['loaded']:+.0f} MiB over the loaded engine, "
+            f"peak {mc['peak'] - mc['loaded']:+.0f} vs {gen['peak'] - gen['loaded']:+.0f} MiB, job peak "
+            f"{mc['job_peak']:.0f} vs {gen['job_peak']:.0f} MiB"
+        )
+    gen = results[GEN][-1]
     peaks = mc["peak"] - mc["loaded"], gen["peak"] - gen["loaded"]
-    ok = growth["multiple choice"][0] <= growth["generation"][0] and peaks[0] <= peaks[1]
+    ok = growth[MC][0] <= growth[GEN][0] and peaks[0] <= peaks[1]
     print(f"goal (multiple choice grows no more than generation, peak included): {'MET' if ok else 'NOT MET'}")
     if args.keep:
         print(f"kept: {work}")
