@@ -56,7 +56,10 @@ def test_python_m_runner_reexecutes_itself_once_on_tcmalloc(tmp_path):
         "_write('start')\n"
         "atexit.register(_write, 'exit')\n"
     )
-    done = run_cli("mode=plan", f"paths.output_dir={tmp_path / 'out'}", env={"PYTHONPATH": str(hooks)})
+    done = run_cli(
+        "mode=plan", f"paths.output_dir={tmp_path / 'out'}", env={"PYTHONPATH": str(hooks)},
+        unset=("RUNNER_TCMALLOC", "LD_PRELOAD"),  # the default a user gets, whatever this shell opted into
+    )  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:]
     events = [json.loads(line) for line in log.read_text().splitlines()]
     # Started twice in one process (the second start is the re-execution), ended once, on tcmalloc.

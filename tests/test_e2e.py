@@ -6,6 +6,7 @@ The model is tiny and weak, so these tests assert on mechanics (runs, metrics, f
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -57,8 +58,12 @@ def test_one_finished_mlflow_run_with_accuracy_and_engine_telemetry(job):
     assert 0 < metrics["latency_p50_s"] <= metrics["latency_p95_s"]
     assert metrics["peak_rss_gib"] > 0.5  # the fp32 model alone is ~0.5 GiB
     assert run.data.tags["engine"] == "cpu"
-    # vLLM's CPU build runs on tcmalloc, as vLLM sets up its own engine-core process, where the machine has it.
-    assert run.data.tags["malloc"] == ("tcmalloc" if allocator.find_tcmalloc() else "system")
+    # vLLM's CPU build runs on tcmalloc, as vLLM sets up its own engine-core process, where the machine has it
+    # (unless this environment opts out with RUNNER_TCMALLOC=0, or already preloads it).
+    preloads = "libtcmalloc" in os.environ.get("LD_PRELOAD", "") or allocator.preload_environment(
+        os.environ, allocator.find_tcmalloc(), cpu=allocator.cpu_build()
+    )
+    assert run.data.tags["malloc"] == ("tcmalloc" if preloads else "system")
     assert run.data.params["limit"] == "6"
 
 
