@@ -22,6 +22,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
+# pytest-xdist workers share the machine's cores. A process's OpenMP team (torch, vLLM's CPU kernels) takes every
+# core it may use, and two teams on the same cores spin at their barriers against each other: two default jobs
+# at once took 145 s each on two cores, against 38 s alone and 55 s each with one thread apiece (docs/testing.md).
+# So each worker's processes get their share of the cores, as scikit-learn's suite does; a developer's
+# OMP_NUM_THREADS wins. Tests that need more (replicas, tensor and pipeline parallel) set their own.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1 and hasattr(os, "sched_getaffinity"):
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0)) // _WORKERS)))
+
 
 # `make test-quick` (pytest --quick): the edit-test loop. No engine process and no job through the CLI, the
 # tests that need one are skipped saying so; `make test` runs everything, as CI does.
