@@ -1,6 +1,6 @@
 """Memory of a multiple-choice (log-likelihood) job against generation jobs of the same request count.
 
-    python bench/multiple_choice_memory.py [--sizes 1000,10000] [--model tiny_llama] [--keep]
+    python bench/multiple_choice_memory.py [--sizes 1000,10000] [--model tiny_llama] [--keep] [OVERRIDE ...]
 
 For each size N, three real jobs through the CLI, each in a fresh process, on the default engine (the CPU build
 of vLLM here, in-process, 1 GiB KV cache, 32-token blocks, prefix caching), `cache=false`:
@@ -14,6 +14,7 @@ The model defaults to `tiny_llama` (conf/model: 14M random weights, the default 
 vocabulary, so the same [tokens, vocabulary] log-probability blocks): the engine, scheduler, sampler and
 lm-eval work per request are the default model's, and the whole script took 3.5 minutes here (the
 10,000-request multiple-choice job 1). `--model smollm2_135m` runs the default model (31 min at 10,000).
+Hydra overrides after the options go to every job, e.g. `+engine.args.max_num_seqs=32` (vLLM's batch).
 
 The job process loads a small `sitecustomize` (PYTHONPATH; the command stays `python -m runner`) that samples
 its RSS every 20 ms and marks the end of the engine's load and of lm-eval's engine call (the bridge's
@@ -153,13 +154,13 @@ def generation_args(work: Path, n: int, *, short: bool) -> list[str]:
     return ["--config-dir", str(conf), f"category={job_scaling.CATEGORY}", f"paths.tasks_dir={tasks}"]
 
 
-def job(kind: str, n: int, model: str, work: Path, env: dict[str, str]) -> dict:
+def job(kind: str, n: int, model: str, work: Path, env: dict[str, str], overrides: list[str]) -> dict:
     args = mc_args(work, n) if kind == MC else generation_args(work, n, short=kind == SHORT)
     run_dir = work / "out" / f"{kind.replace(' ', '_')}_{n}"
     timeline = work / f"timeline_{run_dir.name}.json"
     command = [
         sys.executable, "-m", "runner", *args, f"model={model}", "cache=false", "tracking.system_metrics=false",
-        f"paths.output_dir={work / 'out'}", f"hydra.run.dir={run_dir}",
+        f"paths.output_dir={work / 'out'}", f"hydra.run.dir={run_dir}", *overrides,
     ]  # fmt: skip
     start = time.perf_counter()
     done = subprocess.run(
@@ -208,6 +209,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="1000,10000")
     parser.add_argument("--model", default="tiny_llama")
     parser.add_argument("--keep", action="store_true", help="keep the temp folder (run folders, timelines)")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides for every job, e.g. +engine.args.max_num_seqs=32")
     args = parser.parse_args()
     sizes = sorted(int(s) for s in args.sizes.split(","))
     work = Path(tempfile.mkdtemp(prefix="bench-mc-memory-"))
@@ -216,11 +218,14 @@ def main() -> None:
     (hooks / "sitecustomize.py").write_text(HOOK)
     env = hooked_job_env(hooks)
     print(machine())
-    print(f"model {args.model}, default engine, cache=false; sizes {sizes}; load average {os.getloadavg()[0]:.2f}")
+    print(
+        f"model {args.model}, default engine, cache=false, overrides {args.overrides or 'none'}; sizes {sizes}; "
+        f"load average {os.getloadavg()[0]:.2f}"
+    )
     results: dict[str, list[dict]] = {MC: [], GEN: [], SHORT: []}
     for n in sizes:  # interleaved, smallest first
         for kind, rows in results.items():
-            rows.append(job(kind, n, args.model, work, env))
+            rows.append(job(kind, n, args.model, work, env, args.overrides))
             show(rows[-1])
     growth = {}
     for kind, rows in results.items():
