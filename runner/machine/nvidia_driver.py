@@ -11,13 +11,13 @@ runs on any 12.y driver from 525 on): NVIDIA's CUDA compatibility table.
 
 from __future__ import annotations
 
-import importlib.metadata
 import importlib.util
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from runner.machine.hardware import HardwareError
+from runner.machine.vllm_build import installed_version
 
 MIN_DRIVER = {13: 580, 12: 525, 11: 450}
 FIX = (
@@ -66,9 +66,8 @@ def torch_cuda() -> str | None:
 
 def vllm_cuda() -> str | None:
     """The CUDA version of vLLM's build where its version says so (`0.32.0+cu129` -> '12.9')."""
-    try:
-        version = importlib.metadata.version("vllm")
-    except importlib.metadata.PackageNotFoundError:
+    version = installed_version("vllm")
+    if version is None:
         return None
     match = re.search(r"\+cu(\d+)(\d)$", version)
     return f"{match[1]}.{match[2]}" if match else None
@@ -102,10 +101,7 @@ def problem(runtime: str, who: str, found: Driver) -> str | None:
 
 
 def _installed(dist: str) -> str:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return "(not installed)"
+    return installed_version(dist) or "(not installed)"
 
 
 def require_compatible() -> None:
