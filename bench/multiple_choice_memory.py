@@ -23,8 +23,9 @@ preloads on vLLM's CPU build where the machine has it, or glibc's), wall time, R
 RSS when the call returns, the peak sampled during the call, the job's own peak (telemetry.json, as the summary
 shows it), and glibc's main arena (in use / free) at those two points (zeros under tcmalloc). Then, per kind,
 the growth from the smallest to the largest job: of the RSS at the call's end and of the peak during it, over
-the engine's loaded RSS; and the same for multiple choice over generation. Issue goal: a 10,000-request
-multiple-choice job does not grow past what generation needs for the same count.
+the engine's loaded RSS; and the same for multiple choice over generation. Issue goal, judged at the largest
+size: a 10,000-request multiple-choice job on the default engine (`--model smollm2_135m`) does not grow past what
+generation on the same kind of questions needs for the same count, at the call's end and at its peak.
 """
 
 from __future__ import annotations
@@ -227,12 +228,10 @@ def main() -> None:
         for kind, rows in results.items():
             rows.append(job(kind, n, args.model, work, env, args.overrides))
             show(rows[-1])
-    growth = {}
-    for kind, rows in results.items():
+    for kind, rows in results.items() if len(sizes) > 1 else ():
         small, large = rows[0], rows[-1]
         at_end = (large["ended"] - large["loaded"]) - (small["ended"] - small["loaded"])
         peak = (large["peak"] - large["loaded"]) - (small["peak"] - small["loaded"])
-        growth[kind] = (at_end, peak)
         per_k = 1000 / max(1, large["n"] - small["n"])
         print(
             f"{kind}: from {small['n']:,} to {large['n']:,} requests, RSS at the call's end grew {at_end:+.0f} MiB "
@@ -247,10 +246,15 @@ def main() -> None:
             f"peak {mc['peak'] - mc['loaded']:+.0f} vs {gen['peak'] - gen['loaded']:+.0f} MiB, job peak "
             f"{mc['job_peak']:.0f} vs {gen['job_peak']:.0f} MiB"
         )
+    # The issue's goal, in its words: at the same count, the multiple-choice job's memory does not grow past what
+    # generation on the same kind of questions needs. Growth between sizes (above) is printed, not judged:
+    # generation's own rise moves about 30 MiB from run to run, so a difference of two such rises is noise.
     gen = results[GEN][-1]
-    peaks = mc["peak"] - mc["loaded"], gen["peak"] - gen["loaded"]
-    ok = growth[MC][0] <= growth[GEN][0] and peaks[0] <= peaks[1]
-    print(f"goal (multiple choice grows no more than generation, peak included): {'MET' if ok else 'NOT MET'}")
+    ok = all(mc[at] - mc["loaded"] <= gen[at] - gen["loaded"] for at in ("ended", "peak"))
+    print(
+        f"goal (at {mc['n']:,} requests, multiple choice rises over the loaded engine no more than generation on "
+        f"the same kind of questions, at the call's end and at its peak): {'MET' if ok else 'NOT MET'}"
+    )
     if args.keep:
         print(f"kept: {work}")
     else:
