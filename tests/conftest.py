@@ -296,6 +296,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.fixture
+def serve_http():
+    """Serves each `http.server` server it is given on a thread of its own; all are shut down after the test."""
+    import threading
+
+    servers = []
+
+    def start(server):
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
 class MlflowServer:
     """A real `mlflow server` on loopback; stop() ends it and every process it started."""
 

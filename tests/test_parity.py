@@ -305,6 +305,8 @@ def test_a_vllm_server_answers_and_scores_as_the_in_process_engine(engines, vllm
     assert all(c.output_tokens > 0 and c.latency_s > 0 for c in served)
 
     requests = [Instance("loglikelihood", {}, pair, i) for i, pair in enumerate(PAIRS)]
+    # By position, as in process: this vLLM's server reads `logprob_token_ids` (no fallback to prompt_logprobs).
+    assert vllm_server._reads_tokens(prompts[0])
     over_http = EngineLM(vllm_server, max_length=2048, chat=False).loglikelihood(requests)
     in_process = EngineLM(engines["vllm"], max_length=2048, chat=False).loglikelihood(requests)
     for (s_lp, s_greedy), (v_lp, v_greedy) in zip(over_http, in_process, strict=True):

@@ -63,19 +63,8 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def serve():
-    servers = []
-
-    def start(statuses: list[int]) -> Scripted:
-        server = Scripted(statuses)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        server.shutdown()
-        server.server_close()
+def serve(serve_http):
+    return lambda statuses: serve_http(Scripted(statuses))
 
 
 def _engine(server: Scripted, model_dir, retries: int) -> VLLMServerEngine:

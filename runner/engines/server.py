@@ -8,8 +8,11 @@ fails or is interrupted.
 
 Requests go out as token ids (the bridge built the prompts), so the server sees exactly the tokens the
 in-process engine would, up to `engine.max_concurrency` at a time, each with a timeout and bounded
-retries; every answer reaches the response cache as it arrives. Log-likelihoods use vLLM's
-`prompt_logprobs`: a server without it answers generation requests only, and says so.
+retries; every answer reaches the response cache as it arrives. Log-likelihoods are read as in process
+(runner/engines/vllm.py): one request per position a continuation passes through, vLLM's `logprob_token_ids`
+reading every choice's next token there, a doc's positions sent together so the server's prefix cache computes
+its context once. A server that does not read those tokens (a vLLM without the field ignores it) gets each
+request alone with `prompt_logprobs`; a server without either answers generation requests only, and says so.
 
 Telemetry: client-side latency per request, plus the server's own Prometheus counters (`/metrics`)
 read before and after each pass, recorded as `server_*` metrics, and its KV-cache gauge for the display.
@@ -29,10 +32,10 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, cast
 
 from runner.console.handlers import FILE_ONLY
-from runner.engines.base import Completion, Engine, LogLikelihood, OnResult, Result, SamplingSettings
+from runner.engines.base import Completion, Engine, LogLikelihood, OnResult, SamplingSettings, every_answered
 from runner.engines.lazy import load_tokenizer
 from runner.engines.load import EngineLoadError
 
@@ -42,10 +45,13 @@ if TYPE_CHECKING:
 
     from runner.config.schema import ModelConfig
     from runner.engines.selection import Selection
+    from runner.engines.shared_context import Position
 
 log = logging.getLogger(__name__)
 
 RETRY_STATUS = {429, 500, 502, 503, 504}  # overloaded or restarting: worth another try
+MAX_TOKEN_READS = 128  # vLLM's MAX_LOGPROB_TOKEN_IDS: the most `logprob_token_ids` one request may ask for
+BY_POSITION_UP_TO = 64  # continuation tokens: multiple-choice answers; longer ones go alone (below)
 
 
 class ServerError(EngineLoadError):
@@ -54,6 +60,20 @@ class ServerError(EngineLoadError):
 
 class RequestRefused(ServerError):
     """The server refused one request (HTTP 4xx other than 429: too long, a bad token): it fails alone."""
+
+
+class TokenReadsMissing(ServerError):
+    """The server did not return the log-probabilities of the tokens a request asked it to read."""
+
+
+class TokenReads(NamedTuple):
+    """What one position gave: the token sampled there at temperature 0, and each asked token's log-probability."""
+
+    sampled: int
+    logprobs: dict[int, float]
+
+
+Answer = TypeVar("Answer")
 
 
 class VLLMServerEngine(Engine):
@@ -180,13 +200,13 @@ class VLLMServerEngine(Engine):
         answer: dict[str, Any] = response.json()
         return answer
 
-    def _each(self, n: int, request: Callable[[int], Result], on_result: OnResult) -> list[Result]:
+    def _each(self, n: int, request: Callable[[int], Answer], on_result: Callable[[int, Answer], None]) -> list[Answer]:
         """`request(i)` for i in range(n), up to max_concurrency at once; results in order, each reported as it
         arrives. The first failure cancels what has not started and is raised."""
-        results: dict[int, Result] = {}
+        results: dict[int, Answer] = {}
         pool = ThreadPoolExecutor(self.max_concurrency, thread_name_prefix="vllm-server")
         try:
-            pending: dict[Future[Result], int] = {pool.submit(request, i): i for i in range(n)}
+            pending: dict[Future[Answer], int] = {pool.submit(request, i): i for i in range(n)}
             while pending:
                 # FIRST_COMPLETED, not FIRST_EXCEPTION: that one returns only once every request is back (or one
                 # failed), so the live display sat at 0/N for the whole pass and every answer came at once.
@@ -233,31 +253,137 @@ class VLLMServerEngine(Engine):
         return completions
 
     def _loglikelihood(self, requests: list[tuple[list[int], list[int]]], on_result: OnResult) -> list[LogLikelihood]:
-        def one(i: int) -> LogLikelihood:
-            context, continuation = requests[i]
-            payload = {
-                "model": self.model,
-                "prompt": context + continuation,
-                "max_tokens": 1,
-                "temperature": 0.0,
-                "prompt_logprobs": 1,  # each prompt token's log-probability and rank, as in-process
-            }
-            try:
-                positions = self._post("/completions", payload)["choices"][0].get("prompt_logprobs")
-            except RequestRefused as exc:
-                return LogLikelihood.failed(str(exc))
-            if not positions:
-                raise ServerError(
-                    f"The server at {self.url} returns no prompt log-probabilities (vLLM's `prompt_logprobs`), so "
-                    "log-likelihood requests (multiple-choice and perplexity tasks) cannot run against it; "
-                    "generation tasks can. Use a vLLM server, or the in-process engine (engine=auto)."
-                )
-            picked = [
-                positions[len(context) + k][str(token)] for k, token in enumerate(continuation)
-            ]  # the prompt's own tokens are always among each position's entries
-            return LogLikelihood(sum(p["logprob"] for p in picked), all(p["rank"] == 1 for p in picked))
+        """By position where the server reads `logprob_token_ids` (module docstring); the rest each alone."""
+        from runner.engines.shared_context import by_position
 
-        return self._each(len(requests), one, on_result)
+        scores: list[LogLikelihood | None] = [None] * len(requests)
+
+        def report(index: int, score: LogLikelihood) -> None:
+            scores[index] = score
+            on_result(index, score)
+
+        # Choices go by position. A long continuation (a perplexity task's rolling window: thousands of tokens)
+        # goes alone: by position it would be a request per token, each sending its whole prompt again.
+        short = [i for i, (_, continuation) in enumerate(requests) if len(continuation) <= BY_POSITION_UP_TO]
+        if short and self._reads_tokens(requests[short[0]][0]):
+            chosen = [requests[i] for i in short]
+            for at, (_, continuation) in enumerate(chosen):
+                if not continuation:  # nothing to read: probability 1, as lm-eval's own models score it
+                    report(short[at], LogLikelihood(0.0, True))
+
+            def mapped(at: int, score: LogLikelihood) -> None:  # `chosen`'s index -> the caller's
+                report(short[at], score)
+
+            refused = self._score_positions(chosen, by_position(chosen, MAX_TOKEN_READS), mapped, final=False)
+            if refused:  # a refused position fails only the requests that, alone, the server still refuses
+                self._score_positions(chosen, by_position(chosen, MAX_TOKEN_READS, alone=refused), mapped, final=True)
+        elif short:
+            log.info("the server does not read `logprob_token_ids`: each request alone", extra=FILE_ONLY)
+        rest = [i for i, score in enumerate(scores) if score is None]
+        if rest:
+            self._each(len(rest), lambda k: self._score_alone(*requests[rest[k]]), lambda k, s: report(rest[k], s))
+        return every_answered(scores, "vllm_server")
+
+    def _score_positions(
+        self, requests: list[tuple[list[int], list[int]]], positions: list[Position], report: OnResult, *, final: bool
+    ) -> list[int]:
+        """runner/engines/vllm.py's `_score_positions` over HTTP: a request is scored once all its positions are
+        read (their log-probabilities summed; greedy when each token is the one sampled at temperature 0). The
+        members of a position the server refuses are returned to be scored alone (`final=False`), or fail."""
+        read: dict[int, list[tuple[float, bool] | None]] = {}  # request -> what its positions gave so far
+        dropped: set[int] = set()
+
+        def one(at: int) -> TokenReads | str:
+            position = positions[at]
+            try:
+                return self._read_tokens(position.prompt, position.next_tokens(requests))
+            except RequestRefused as exc:
+                return str(exc)
+
+        def arrived(at: int, got: TokenReads | str) -> None:  # in the calling thread, as each answer arrives
+            depth = len(positions[at].path)
+            for index in positions[at].members:
+                if index in dropped:
+                    continue
+                if isinstance(got, str):
+                    dropped.add(index)
+                    read.pop(index, None)
+                    if final:
+                        report(index, LogLikelihood.failed(got))
+                    continue
+                token = requests[index][1][depth]
+                parts = read.setdefault(index, [None] * len(requests[index][1]))
+                parts[depth] = (got.logprobs[token], token == got.sampled)
+                if all(part is not None for part in parts):
+                    done = cast(list[tuple[float, bool]], read.pop(index))
+                    report(index, LogLikelihood(sum(lp for lp, _ in done), all(greedy for _, greedy in done)))
+
+        self._each(len(positions), one, arrived)
+        return [] if final else sorted(dropped)
+
+    def _read_tokens(self, prompt: list[int], tokens: list[int]) -> TokenReads:
+        """One position: the token the server samples after `prompt` at temperature 0, and the log-probability
+        there of each of `tokens` (`logprob_token_ids`; keys `token_id:<id>` with `return_tokens_as_token_ids`)."""
+        payload = {
+            "model": self.model,
+            "prompt": prompt,
+            "max_tokens": 1,
+            "temperature": 0.0,
+            "logprobs": 1,  # vLLM asks for it beside `logprob_token_ids`, which then decides what is returned
+            "logprob_token_ids": tokens,
+            "return_tokens_as_token_ids": True,
+        }
+        logprobs = self._post("/completions", payload)["choices"][0].get("logprobs") or {}
+        sampled = (logprobs.get("tokens") or [""])[0]
+        entries = (logprobs.get("top_logprobs") or [None])[0] or {}
+        values = {t: entries.get(f"token_id:{t}") for t in tokens}
+        missing = [t for t, v in values.items() if v is None]
+        if missing or not sampled.startswith("token_id:"):
+            raise TokenReadsMissing(
+                f"The server at {self.url} returned no log-probability for tokens {missing[:5]} it was asked to read "
+                "(`logprob_token_ids`), though its first answer read them. Check that every server behind "
+                f"{self.url} runs the same vLLM, or use the in-process engine (engine=auto)."
+            )
+        return TokenReads(  # -9999.0 is how vLLM's JSON writes -inf (a token the model cannot produce there)
+            int(sampled.removeprefix("token_id:")),
+            {t: float("-inf") if v <= -9999.0 else float(v) for t, v in values.items() if v is not None},
+        )
+
+    def _reads_tokens(self, prompt: list[int]) -> bool:
+        """Whether the server reads `logprob_token_ids`: asked for two tokens, a server that ignores the field
+        returns at most one (its top-1 token, with `logprobs: 1`), which may happen to be one asked for."""
+        try:
+            self._read_tokens(prompt, [0, 1])
+        except RequestRefused:
+            return True  # this prompt's own problem: the pass finds it again and fails it alone
+        except TokenReadsMissing:
+            return False
+        return True
+
+    def _score_alone(self, context: list[int], continuation: list[int]) -> LogLikelihood:
+        """One request alone, `prompt_logprobs` over its whole prompt: a long continuation, or a server that does
+        not read `logprob_token_ids`."""
+        payload = {
+            "model": self.model,
+            "prompt": context + continuation,
+            "max_tokens": 1,
+            "temperature": 0.0,
+            "prompt_logprobs": 1,  # each prompt token's log-probability and rank, as in-process
+        }
+        try:
+            positions = self._post("/completions", payload)["choices"][0].get("prompt_logprobs")
+        except RequestRefused as exc:
+            return LogLikelihood.failed(str(exc))
+        if not positions:
+            raise ServerError(
+                f"The server at {self.url} returns no prompt log-probabilities (vLLM's `prompt_logprobs`), so "
+                "log-likelihood requests (multiple-choice and perplexity tasks) cannot run against it; "
+                "generation tasks can. Use a vLLM server, or the in-process engine (engine=auto)."
+            )
+        picked = [
+            positions[len(context) + k][str(token)] for k, token in enumerate(continuation)
+        ]  # the prompt's own tokens are always among each position's entries
+        return LogLikelihood(sum(p["logprob"] for p in picked), all(p["rank"] == 1 for p in picked))
 
     # --- the server's own state ---------------------------------------------------------------------------
 
