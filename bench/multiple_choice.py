@@ -1,6 +1,6 @@
 """Multiple-choice (log-likelihood) speed: the runner on vLLM against lm-eval's own model classes.
 
-    python bench/multiple_choice.py [--docs 500] [--tasks arc,mmlu]
+    python bench/multiple_choice.py [--docs 500] [--tasks arc,mmlu] [--server]
 
 Two lm-eval tasks on local files written here (deterministic, seed 0), chat template, 0-shot:
   - arc: lm-eval's `arc_easy` on 500 ARC-format docs, 4 choices of 1-6 words each (2,000 requests);
@@ -17,6 +17,12 @@ on 8 docs (not timed), then times one pass over all docs:
 All use the default model in fp32. Prints each backend's time, requests/s, whether its acc and acc_norm equal
 the runner's on every doc and its largest log-likelihood difference, then the ratios against the goals:
 runner >= 1.0x the faster of lm-eval's two, and on mmlu >= 2x the runner's each-choice-alone path.
+
+`--server` measures `engine=vllm_server` instead, beside the in-process runner: `vllm serve` started by the
+runner's ServeProcess with the same EngineArgs (CPU environment included), then the runner's server engine
+(32 requests in flight, conf/engine/vllm_server.yaml) scoring a request per position with `logprob_token_ids`,
+against the same engine forced onto its fallback (each request alone with `prompt_logprobs`, what it sent
+before). Server start is not timed.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ sys.path.insert(0, str(ROOT))
 TASKS = {"arc": "arc_easy", "mmlu": "mmlu_high_school_geography"}
 RUNNER, EACH, LM_EVAL_VLLM, LM_EVAL_HF = "runner", "runner, each choice alone", "lm-eval vllm auto", "lm-eval hf b8"
 BACKENDS = (RUNNER, EACH, LM_EVAL_VLLM, LM_EVAL_HF)
+SERVER, SERVER_EACH = "runner on vllm_server", "vllm_server, each alone"
 WARM_DOCS = 8
 WORDS = (
     "the a of which river mountain city north south capital ocean desert forest lake island border coast plant "
@@ -92,7 +99,8 @@ def backend(name: str, model: str):
     """The lm-eval model for a backend name."""
     from omegaconf import OmegaConf
 
-    cpu = OmegaConf.load(ROOT / "conf" / "engine" / "auto.yaml").cpu  # the runner's CPU defaults, as written
+    auto = OmegaConf.load(ROOT / "conf" / "engine" / "auto.yaml")
+    cpu, cpu_env = auto.cpu, auto.cpu_env  # the runner's CPU defaults, as written
     engine_args = {"dtype": "float32", "max_model_len": 4096, "seed": 0}
     keys = ("enforce_eager", "distributed_executor_backend", "kv_cache_memory_bytes", "max_num_seqs")
     engine_args |= {key: cpu[key] for key in (*keys, "enable_prefix_caching", "block_size")}
@@ -104,6 +112,8 @@ def backend(name: str, model: str):
             engine_args["block_size"] = 128
             VLLMEngine._loglikelihood = lambda self, requests, report: _each_alone(self, requests, report)  # type: ignore[method-assign]
         return EngineLM(VLLMEngine(model, engine_args), max_length=4096, chat=True)
+    if name in (SERVER, SERVER_EACH):
+        return server_backend(name, model, engine_args, dict(cpu_env))
     if name == LM_EVAL_VLLM:
         from lm_eval.models.vllm_causallms import VLLM
 
@@ -111,6 +121,22 @@ def backend(name: str, model: str):
     from lm_eval.models.huggingface import HFLM
 
     return HFLM(pretrained=model, dtype="float32", batch_size=8, device="cpu")
+
+
+def server_backend(name: str, model: str, engine_args: dict, cpu_env: dict):
+    """`vllm serve` with the in-process engine's arguments, and the runner's server engine attached to it."""
+    import atexit
+
+    from adapters.lm_eval_model import EngineLM
+    from runner.engines.server import ServeProcess, VLLMServerEngine
+
+    if name == SERVER_EACH:  # the fallback: each request alone with prompt_logprobs, what the engine sent before
+        VLLMServerEngine._reads_tokens = lambda self, prompt: False  # type: ignore[method-assign]
+    env = {str(k): str(v) for k, v in cpu_env.items() if k != "VLLM_ENABLE_V1_MULTIPROCESSING"}
+    server = ServeProcess.start(model, engine_args, served_name="smollm2_135m", env=env, timeout_s=600)
+    atexit.register(server.stop)
+    engine = VLLMServerEngine(server.url, model, accept=("smollm2_135m",), max_concurrency=32, server=server)
+    return EngineLM(engine, max_length=4096, chat=True)
 
 
 def _each_alone(engine, requests, report):
@@ -169,6 +195,8 @@ def worker(name: str, task: str, folder: Path, out: Path) -> None:
         "logliks": [float(r[0][0]) for d in docs for r in d["resps"]],
         "results": {k: v for k, v in results["results"][task].items() if k != "alias"},
     }))  # fmt: skip
+    if hasattr(lm.engine, "_server"):  # a `vllm serve` of our own: its process group goes with us
+        lm.engine.shutdown()
     os._exit(0)  # skip engine teardown: the next measurement is a fresh process anyway
 
 
@@ -183,7 +211,7 @@ def measure(name: str, task: str, folder: Path) -> dict:
     return result
 
 
-def report(task: str, results: dict[str, dict]) -> None:
+def show(task: str, results: dict[str, dict]) -> None:
     ours = results[RUNNER]
     print(f"\n{task}: {len(ours['scores'])} docs, {ours['requests']} requests, chat template, 0-shot, fp32")
     for name, r in results.items():
@@ -193,16 +221,29 @@ def report(task: str, results: dict[str, dict]) -> None:
             f"  {name:<27} {r['seconds']:7.1f} s  {r['requests'] / r['seconds']:6.1f} req/s  "
             f"acc/acc_norm per doc = runner's: {same}  max |loglik - runner's| {diff:.1e}"
         )
+
+
+def report(task: str, results: dict[str, dict]) -> None:
+    show(task, results)
+    ours = results[RUNNER]
     faster = min(results[LM_EVAL_VLLM]["seconds"], results[LM_EVAL_HF]["seconds"])
     print(f"  runner vs the faster of lm-eval's two: {faster / ours['seconds']:.2f}x (goal >= 1.0)")
     ratio = results[EACH]["seconds"] / ours["seconds"]
     print(f"  runner vs each choice alone: {ratio:.2f}x" + (" (goal >= 2.0)" if task == TASKS["mmlu"] else ""))
 
 
+def report_server(task: str, results: dict[str, dict]) -> None:
+    show(task, results)
+    server, alone, ours = results[SERVER], results[SERVER_EACH], results[RUNNER]
+    print(f"  vllm_server by position vs each alone: {alone['seconds'] / server['seconds']:.2f}x")
+    print(f"  vllm_server by position vs the in-process runner: {ours['seconds'] / server['seconds']:.2f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--docs", type=int, default=500)
     parser.add_argument("--tasks", default="arc,mmlu")
+    parser.add_argument("--server", action="store_true", help="engine=vllm_server: positions against each alone")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--task", help=argparse.SUPPRESS)
     parser.add_argument("--folder", help=argparse.SUPPRESS)
@@ -215,10 +256,11 @@ def main() -> None:
     task_folder(folder, write_data(folder, args.docs))
     print(machine())
     print(f"{provide_vllm_metadata()}, lm_eval {version('lm_eval')}, transformers {version('transformers')}")
+    backends = (RUNNER, SERVER, SERVER_EACH) if args.server else BACKENDS
     for key in args.tasks.split(","):
         task = TASKS[key]
-        results = {name: measure(name, task, folder) for name in BACKENDS}
-        report(task, results)
+        results = {name: measure(name, task, folder) for name in backends}
+        (report_server if args.server else report)(task, results)
 
 
 if __name__ == "__main__":
