@@ -13,6 +13,9 @@ import pytest
 from runner.engines.server import VLLMServerEngine
 
 VOCAB = range(12)
+REFUSED = (
+    11  # a request asking to read this token is refused (HTTP 400), as vLLM refuses a token outside the vocabulary
+)
 
 
 def logprob(prompt: list[int], token: int) -> float:
@@ -54,6 +57,8 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:  # noqa: N802
         payload = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         self.server.payloads.append(payload)
+        if REFUSED in (payload.get("logprob_token_ids") or []):
+            return self._send({"error": {"message": f"token id {REFUSED} is out of vocabulary"}}, 400)
         prompt = payload["prompt"]
         sampled = greedy(prompt)
         choice: dict = {"text": "", "token_ids": [sampled], "finish_reason": "length"}
@@ -117,3 +122,18 @@ def test_both_ways_of_scoring_give_each_requests_own_log_likelihood(serve_http, 
         assert window["prompt_logprobs"] == 1 and len(window["prompt"]) == 101
     else:
         assert len(sent) == len(REQUESTS) and all(p.get("prompt_logprobs") == 1 for p in sent)
+
+
+def test_a_choice_the_server_refuses_fails_alone_and_its_docs_other_choices_are_scored(serve_http, default_model_dir):
+    server = serve_http(Scripted(reads_tokens=True))
+    url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+    engine = VLLMServerEngine(url, str(default_model_dir), served_model="scripted")
+    requests = [([3, 1, 4], [2]), ([3, 1, 4], [REFUSED]), ([3, 1, 4], [6])]  # one position reads all three
+    scores = engine.loglikelihood(requests)
+    assert [s.error is None for s in scores] == [True, False, True]
+    assert "HTTP 400" in scores[1].error and scores[1].logprob == float("-inf")
+    for index in (0, 2):
+        assert (scores[index].logprob, scores[index].is_greedy) == pytest.approx(expected(*requests[index]))
+    # The shared position was refused, then each choice read alone: the refused one alone fails.
+    asked = [sorted(p["logprob_token_ids"]) for p in server.payloads[1:]]
+    assert asked[0] == [2, 6, REFUSED] and sorted(asked[1:]) == [[2], [6], [REFUSED]]
