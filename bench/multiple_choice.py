@@ -159,7 +159,7 @@ def _each_alone(engine, requests, report):
     def refused(index, error):
         raise RuntimeError(f"request {index} refused: {error}")
 
-    engine._run([{"prompt_token_ids": c + x} for c, x in requests], params, scored, refused)
+    engine._run((({"prompt_token_ids": c + x}, params) for c, x in requests), scored, refused)
     return every_answered(scores, "vllm")
 
 
@@ -195,8 +195,9 @@ def worker(name: str, task: str, folder: Path, out: Path) -> None:
         "logliks": [float(r[0][0]) for d in docs for r in d["resps"]],
         "results": {k: v for k, v in results["results"][task].items() if k != "alias"},
     }))  # fmt: skip
-    if hasattr(lm.engine, "_server"):  # a `vllm serve` of our own: its process group goes with us
-        lm.engine.shutdown()
+    engine = getattr(lm, "engine", None)
+    if getattr(engine, "_server", None) is not None:  # a `vllm serve` of our own: its process group goes with us
+        engine.shutdown()
     os._exit(0)  # skip engine teardown: the next measurement is a fresh process anyway
 
 
